@@ -1,0 +1,1 @@
+"""Transport adapters, one module per protocol, found by URL scheme through entry points."""

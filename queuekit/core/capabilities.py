@@ -1,0 +1,63 @@
+"""What an adapter guarantees natively, declared once and read (never guessed) by the core."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+#: Capability flags in the order tables show them.
+FLAGS: tuple[str, ...] = (
+    "durable",
+    "redelivery",
+    "nack_requeue",
+    "fifo",
+    "competing_consumers",
+    "fanout",
+    "topics",
+    "delay",
+    "priority",
+    "dedup",
+    "inspect",
+)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """A frozen declaration of native guarantees.
+
+    - ``durable``: a message the broker accepted survives a broker restart.
+    - ``redelivery``: un-acked work comes back when its consumer dies.
+    - ``nack_requeue``: ``nack(requeue=True)`` puts the message back; ``False`` drops it.
+    - ``fifo``: one producer, one consumer, order kept.
+    - ``competing_consumers``: each message goes to exactly one of many consumers.
+    - ``fanout``: ``broadcast`` reaches every subscriber.
+    - ``topics``: subscriptions take patterns, ``*`` one dot-separated word, ``#`` any words.
+    - ``delay``: ``SendOptions.not_before`` is honoured by the broker.
+    - ``priority``: with several waiting, higher ``SendOptions.priority`` is received first.
+    - ``dedup``: a second send with a pending ``SendOptions.dedup_key`` is dropped.
+    - ``inspect``: ``depth`` and ``purge`` work.
+    - ``max_message_size``: bytes of an encoded message, ``None`` when the broker sets no limit.
+
+    ``reasons`` explains, per flag, why it is not declared (shown by the conformance table).
+    """
+
+    durable: bool = False
+    redelivery: bool = False
+    nack_requeue: bool = False
+    fifo: bool = False
+    competing_consumers: bool = False
+    fanout: bool = False
+    topics: bool = False
+    delay: bool = False
+    priority: bool = False
+    dedup: bool = False
+    inspect: bool = False
+    max_message_size: int | None = None
+    reasons: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def declared(self) -> tuple[str, ...]:
+        """The flags this adapter declares, in table order."""
+        return tuple(name for name in FLAGS if getattr(self, name))
+
+    def as_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "reasons"}

@@ -1,0 +1,143 @@
+"""The message envelope: ``{"payload": ..., "metadata": {...}}`` as compact JSON.
+
+JSON only, never pickle: a body from an untrusted broker can at worst be malformed, never
+run code. A ``bytes`` payload is carried as base64 and flagged in the metadata
+(``"encoding": "base64"``), so it round-trips exactly and cannot be confused with a string.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MalformedMessage
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_decode_json = json.JSONDecoder().decode
+
+
+@dataclass(slots=True)
+class Metadata:
+    """What queuekit knows about a message besides its payload.
+
+    ``attempts`` counts finished attempts (0 before the first run); ``not_before`` is a Unix
+    time; ``priority`` 0-255, higher first; ``key`` is the dedup key; ``group`` a serial
+    group; ``headers`` are the user's own (e.g. trace context).
+    """
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    name: str = ""
+    created_at: float = field(default_factory=time.time)
+    attempts: int = 0
+    not_before: float | None = None
+    priority: int | None = None
+    key: str | None = None
+    group: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    retry: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "attempts": self.attempts,
+        }
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        if self.headers:
+            data["headers"] = self.headers
+        return data
+
+
+_OPTIONAL = ("not_before", "priority", "key", "group", "correlation_id", "reply_to", "retry")
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "name": (str,),
+    "created_at": (int, float),
+    "attempts": (int,),
+    "not_before": (int, float),
+    "priority": (int,),
+    "key": (str,),
+    "group": (str,),
+    "correlation_id": (str,),
+    "reply_to": (str,),
+    "retry": (dict,),
+    "headers": (dict,),
+}
+
+
+@dataclass(slots=True)
+class Message:
+    """A payload and its metadata, as ``work()`` and ``validate()`` receive it."""
+
+    payload: Any
+    metadata: Metadata = field(default_factory=Metadata)
+
+    @property
+    def id(self) -> str:
+        return self.metadata.id
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.metadata.headers
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message; raises ``TypeError`` for a payload JSON cannot carry."""
+    meta = message.metadata.to_json()
+    payload = message.payload
+    if isinstance(payload, bytes | bytearray | memoryview):
+        payload = base64.b64encode(bytes(payload)).decode("ascii")
+        meta["encoding"] = "base64"
+    try:
+        text = _ENCODER.encode({"payload": payload, "metadata": meta})
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"payload cannot be sent as JSON: {exc}") from None
+    return text.encode("utf-8")
+
+
+def decode(body: bytes) -> Message:
+    """Parse an envelope; anything else raises :class:`MalformedMessage` with the reason."""
+    try:
+        data = _decode_json(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage(
+            f"body is not UTF-8 ({exc.reason} at byte {exc.start})", body
+        ) from None
+    except ValueError as exc:
+        raise MalformedMessage(f"body is not JSON ({exc})", body) from None
+    if not isinstance(data, dict) or "payload" not in data or "metadata" not in data:
+        raise MalformedMessage("JSON is not a queuekit envelope (payload, metadata)", body)
+    raw_meta = data["metadata"]
+    if not isinstance(raw_meta, dict):
+        raise MalformedMessage("metadata is not an object", body)
+    payload = data["payload"]
+    encoding = raw_meta.pop("encoding", None)
+    if encoding == "base64":
+        if not isinstance(payload, str):
+            raise MalformedMessage("base64 payload is not a string", body)
+        try:
+            payload = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise MalformedMessage(f"payload is not valid base64 ({exc})", body) from None
+    elif encoding is not None:
+        raise MalformedMessage(f"unknown payload encoding {encoding!r}", body)
+    for name, value in raw_meta.items():
+        expected = _FIELD_TYPES.get(name)
+        if expected is None:
+            raise MalformedMessage(f"unknown metadata field {name!r}", body)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise MalformedMessage(f"metadata field {name!r} has the wrong type", body)
+    if "id" not in raw_meta:
+        raise MalformedMessage("metadata has no id", body)
+    return Message(payload, Metadata(**raw_meta))

@@ -1,0 +1,176 @@
+"""The transport contract: the one primitive every adapter implements.
+
+Everything above it (envelopes, retries, delays the broker lacks, dedup, the failed store,
+the dispatch loop) lives in the core; an adapter only moves opaque bytes plus a few string
+headers between a named queue and a broker, and says what it guarantees in
+:class:`~queuekit.core.capabilities.Capabilities`.
+
+Contract, for every adapter:
+
+- **Threads.** ``send``/``send_many``/``broadcast`` are thread-safe. ``receive``, ``ack`` and
+  ``nack`` are called from one consumer thread at a time. ``close`` may be called from any
+  thread; a ``receive`` blocked in another thread then returns ``None`` promptly.
+- **Publishing.** ``send`` returns once the broker holds the message as far as the protocol
+  can tell (publisher confirms, receipts, a committed row). ``send_many`` gives the same
+  guarantee for the whole batch when it returns, and should pay one round trip per batch,
+  not per message.
+- **Options.** ``SendOptions`` fields are set by the core only for capabilities the adapter
+  declares (``delay``, ``priority``, ``dedup``); the core emulates or refuses the rest. An
+  adapter handed an option it does not declare raises :class:`Unsupported`.
+- **Consuming.** ``receive(queue, timeout)`` returns one :class:`Delivery` or ``None`` when
+  nothing arrived within ``timeout`` seconds (the consumer's heartbeat). Push-style clients
+  feed a bounded local buffer that ``receive`` reads; the bound is the prefetch.
+- **Settling.** ``ack`` and ``nack`` take a delivery from this transport instance, once each.
+  ``nack(requeue=True)`` puts it back for any consumer; ``requeue=False`` drops it (the core
+  has already written it to the failed store). Settling a delivery twice is a no-op.
+- **Close.** ``close`` is idempotent. Un-acked deliveries go back to the broker (where
+  ``redelivery`` is declared). Any other call after ``close`` raises :class:`TransportClosed`.
+- **Errors.** Only :mod:`queuekit.core.errors` types escape; :class:`ConnectionLost` marks
+  what a reconnect may fix.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .capabilities import Capabilities
+from .errors import Unsupported
+from .urls import TransportURL
+
+Headers = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class SendOptions:
+    """Per-message broker instructions, set only for capabilities the adapter declares.
+
+    ``not_before`` is an absolute Unix time; ``priority`` is 0 (lowest) to 255 (highest),
+    which adapters map onto their broker's own scale; ``dedup_key`` drops a second send
+    while a message with the same key is pending.
+    """
+
+    not_before: float | None = None
+    priority: int | None = None
+    dedup_key: str | None = None
+
+
+NO_OPTIONS = SendOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message of a ``send_many`` batch."""
+
+    body: bytes
+    headers: Headers = field(default_factory=dict)
+    options: SendOptions = NO_OPTIONS
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A received message, to be settled with ``ack`` or ``nack`` on the same transport.
+
+    ``redelivered`` is the broker's flag; ``delivery_count`` the broker's count of deliveries
+    (1 on the first), when it keeps one. ``handle`` is the adapter's own reference.
+    """
+
+    queue: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    redelivered: bool = False
+    delivery_count: int | None = None
+    handle: Any = None
+
+
+class Transport(ABC):
+    """Base class of every adapter. See the module docstring for the full contract."""
+
+    #: Short adapter name used in errors and tables ("sqlite", "amqp", ...).
+    name: ClassVar[str] = "transport"
+    #: What this adapter guarantees. Adapters whose guarantees depend on the server they
+    #: talk to (STOMP, gearmand's queue type) set it per instance once connected.
+    capabilities: Capabilities = Capabilities()
+    #: True when queues live inside one process (``memory://``): the conformance suite then
+    #: uses threads where it would use processes, and closing stands in for a crash.
+    process_local: ClassVar[bool] = False
+
+    def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
+        self.url = url
+        self.prefetch = prefetch
+
+    # -- point to point -----------------------------------------------------------------
+
+    @abstractmethod
+    def send(
+        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
+    ) -> None:
+        """Publish one message to ``queue``; return once the broker has it."""
+
+    def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
+        """Publish a batch; the default loops over ``send``. Adapters batch round trips."""
+        for message in messages:
+            self.send(queue, message.body, message.headers, options=message.options)
+
+    @abstractmethod
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        """One delivery from ``queue``, or ``None`` if none arrived within ``timeout`` s."""
+
+    @abstractmethod
+    def ack(self, delivery: Delivery) -> None:
+        """The message was processed: the broker forgets it."""
+
+    @abstractmethod
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
+        """The message was not processed: put it back (``requeue``) or drop it."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; idempotent. Un-acked deliveries return to the broker."""
+
+    # -- inspection (capability ``inspect``) ---------------------------------------------
+
+    def depth(self, queue: str) -> int:
+        """How many messages wait in ``queue`` (not counting un-acked ones)."""
+        raise Unsupported("inspect (depth)", self.name)
+
+    def purge(self, queue: str) -> int:
+        """Drop every waiting message of ``queue``; return how many were dropped."""
+        raise Unsupported("inspect (purge)", self.name)
+
+    def delete(self, queue: str) -> None:  # noqa: B027 - brokerless adapters keep nothing
+        """Remove ``queue`` and whatever the adapter created for it on the broker."""
+
+    # -- publish/subscribe (capabilities ``fanout`` and ``topics``) ----------------------
+
+    def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
+        """Publish once to ``topic``; every matching subscription receives it."""
+        raise Unsupported("fanout", self.name)
+
+    def subscribe(self, pattern: str) -> str:
+        """Subscribe to ``pattern`` and return a subscription name that ``receive`` reads.
+
+        The subscription exists (and receives what is broadcast) from the moment this
+        returns; nothing broadcast before then is owed to it.
+        """
+        raise Unsupported("fanout", self.name)
+
+    def unsubscribe(self, subscription: str) -> None:  # noqa: B027 - optional to override
+        """End a subscription made with ``subscribe``; idempotent."""
+
+    # -- helpers for adapters ------------------------------------------------------------
+
+    def require(self, options: SendOptions) -> None:
+        """Raise :class:`Unsupported` for any option this adapter does not declare."""
+        caps = self.capabilities
+        if options.not_before is not None and not caps.delay:
+            raise Unsupported("delay", self.name)
+        if options.priority is not None and not caps.priority:
+            raise Unsupported("priority", self.name)
+        if options.dedup_key is not None and not caps.dedup:
+            raise Unsupported("dedup", self.name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url.redacted()}>"
