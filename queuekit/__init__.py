@@ -1,0 +1,1 @@
+"""queuekit: background jobs and messaging, one small interface over many real brokers."""

@@ -1,0 +1,239 @@
+"""``memory://name``: an in-process broker for tests and embedded use.
+
+Every transport opened on the same ``name`` in one process shares one broker, so a test can
+publish through one connection and consume through another. It keeps the full contract
+(priorities, delays, dedup while pending, redelivery of un-acked work when a transport is
+closed, topics), which makes it the stand-in a user's own test suite can run against.
+Nothing survives the process: it is not ``durable``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..core.capabilities import Capabilities
+from ..core.errors import TransportClosed
+from ..core.topics import topic_matches
+from ..core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ..core.urls import TransportURL
+
+_sequence = itertools.count()
+
+
+@dataclass
+class _Entry:
+    body: bytes
+    headers: dict[str, str]
+    priority: int
+    key: str | None
+    deliveries: int = 0
+    seq: int = field(default_factory=lambda: next(_sequence))
+
+
+@dataclass
+class _Queue:
+    ready: list[tuple[int, int, _Entry]] = field(default_factory=list)  # (-priority, seq, entry)
+    delayed: list[tuple[float, int, _Entry]] = field(default_factory=list)  # (due, seq, entry)
+    keys: set[str] = field(default_factory=set)  # dedup keys waiting or in flight
+
+    def push(self, entry: _Entry) -> None:
+        heapq.heappush(self.ready, (-entry.priority, entry.seq, entry))
+
+    def promote_due(self, now: float) -> float | None:
+        """Move due delayed entries to ready; return when the next one falls due."""
+        while self.delayed and self.delayed[0][0] <= now:
+            self.push(heapq.heappop(self.delayed)[2])
+        return self.delayed[0][0] if self.delayed else None
+
+
+class _Broker:
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.queues: dict[str, _Queue] = {}
+        self.subscriptions: dict[str, str] = {}  # subscription queue -> pattern
+
+    def queue(self, name: str) -> _Queue:
+        found = self.queues.get(name)
+        if found is None:
+            found = self.queues[name] = _Queue()
+        return found
+
+
+_brokers: weakref.WeakValueDictionary[str, _Broker] = weakref.WeakValueDictionary()
+_brokers_lock = threading.Lock()
+
+
+def _broker(name: str) -> _Broker:
+    with _brokers_lock:
+        broker = _brokers.get(name)
+        if broker is None:
+            broker = _brokers[name] = _Broker()
+        return broker
+
+
+class MemoryTransport(Transport):
+    """In-process transport; see the module docstring."""
+
+    name = "memory"
+    process_local = True
+    capabilities = Capabilities(
+        redelivery=True,
+        nack_requeue=True,
+        fifo=True,
+        competing_consumers=True,
+        fanout=True,
+        topics=True,
+        delay=True,
+        priority=True,
+        dedup=True,
+        inspect=True,
+        reasons={"durable": "messages live in this process's memory only"},
+    )
+
+    def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
+        super().__init__(url, prefetch=prefetch)
+        # Keep a strong reference: the broker lives while any transport uses it.
+        self._broker = _broker(url.hosts[0].name if url.hosts else url.path or "default")
+        self._unacked: dict[int, tuple[str, _Entry]] = {}
+        self._subscriptions: set[str] = set()
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise TransportClosed(f"{self!r} is closed")
+
+    def send(
+        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
+    ) -> None:
+        self.send_many(queue, [Outgoing(body, headers, options)])
+
+    def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
+        self._check()
+        with self._broker.changed:
+            target = self._broker.queue(queue)
+            for message in messages:
+                self._enqueue(target, message.body, dict(message.headers), message.options)
+            self._broker.changed.notify_all()
+
+    @staticmethod
+    def _enqueue(target: _Queue, body: bytes, headers: dict[str, str], opts: SendOptions) -> None:
+        if opts.dedup_key is not None:
+            if opts.dedup_key in target.keys:
+                return
+            target.keys.add(opts.dedup_key)
+        entry = _Entry(bytes(body), headers, opts.priority or 0, opts.dedup_key)
+        if opts.not_before is not None and opts.not_before > time.time():
+            heapq.heappush(target.delayed, (opts.not_before, entry.seq, entry))
+        else:
+            target.push(entry)
+
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        self._check()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._broker.changed:
+            target = self._broker.queue(queue)
+            while True:
+                if self._closed:
+                    return None
+                next_due = target.promote_due(time.time())
+                if target.ready:
+                    entry = heapq.heappop(target.ready)[2]
+                    entry.deliveries += 1
+                    self._unacked[id(entry)] = (queue, entry)
+                    return Delivery(
+                        queue=queue,
+                        body=entry.body,
+                        headers=dict(entry.headers),
+                        redelivered=entry.deliveries > 1,
+                        delivery_count=entry.deliveries,
+                        handle=id(entry),
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if next_due is not None:
+                    remaining = min(remaining, max(next_due - time.time(), 0.001))
+                self._broker.changed.wait(remaining)
+
+    def ack(self, delivery: Delivery) -> None:
+        self._check()
+        self._settle(delivery, requeue=False)
+
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
+        self._check()
+        self._settle(delivery, requeue=requeue)
+
+    def _settle(self, delivery: Delivery, *, requeue: bool) -> None:
+        with self._broker.changed:
+            held = self._unacked.pop(delivery.handle, None)
+            if held is None:
+                return
+            queue, entry = held
+            target = self._broker.queue(queue)
+            if requeue:
+                target.push(entry)
+                self._broker.changed.notify_all()
+            elif entry.key is not None:
+                target.keys.discard(entry.key)
+
+    def close(self) -> None:
+        with self._broker.changed:
+            if self._closed:
+                return
+            self._closed = True
+            for queue, entry in self._unacked.values():
+                self._broker.queue(queue).push(entry)
+            self._unacked.clear()
+            for subscription in self._subscriptions:
+                self._broker.subscriptions.pop(subscription, None)
+            self._broker.changed.notify_all()
+
+    def depth(self, queue: str) -> int:
+        self._check()
+        with self._broker.changed:
+            target = self._broker.queue(queue)
+            return len(target.ready) + len(target.delayed)
+
+    def purge(self, queue: str) -> int:
+        self._check()
+        with self._broker.changed:
+            target = self._broker.queue(queue)
+            count = len(target.ready) + len(target.delayed)
+            target.ready.clear()
+            target.delayed.clear()
+            target.keys.clear()
+            return count
+
+    def delete(self, queue: str) -> None:
+        self._check()
+        with self._broker.changed:
+            self._broker.queues.pop(queue, None)
+            self._broker.subscriptions.pop(queue, None)
+
+    def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
+        self._check()
+        with self._broker.changed:
+            for subscription, pattern in self._broker.subscriptions.items():
+                if topic_matches(pattern, topic):
+                    self._enqueue(self._broker.queue(subscription), body, dict(headers), NO_OPTIONS)
+            self._broker.changed.notify_all()
+
+    def subscribe(self, pattern: str) -> str:
+        self._check()
+        subscription = f"subscription.{next(_sequence)}.{pattern}"
+        with self._broker.changed:
+            self._broker.subscriptions[subscription] = pattern
+            self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: str) -> None:
+        with self._broker.changed:
+            self._broker.subscriptions.pop(subscription, None)
+            self._broker.queues.pop(subscription, None)
+            self._subscriptions.discard(subscription)
