@@ -34,6 +34,7 @@ from contextlib import contextmanager
 
 from ..core.capabilities import Capabilities
 from ..core.errors import ConfigurationError, ConnectionLost, TransportClosed, TransportError
+from ..core.sqlitedb import connect_database
 from ..core.topics import topic_matches
 from ..core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ..core.urls import TransportURL
@@ -85,18 +86,6 @@ def database_path(url: TransportURL) -> str:
     if url.hosts:
         raise ConfigurationError(f"{url}: use sqlite:///relative.db or sqlite:////absolute.db")
     return url.path or "queuekit.db"
-
-
-def connect_database(path: str, *, synchronous: str = "normal") -> sqlite3.Connection:
-    """Open ``path`` in WAL mode for use from several threads (callers hold a lock)."""
-    if synchronous.lower() not in {"normal", "full"}:
-        raise ConfigurationError(f"synchronous must be normal or full, not {synchronous!r}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-    return conn
 
 
 class SQLiteTransport(Transport):

@@ -1,0 +1,244 @@
+"""The job store: what queuekit keeps beside the broker.
+
+- the **failed store** (dead letters): every message that ran out of attempts, was rejected
+  by ``validate``, or could not be decoded, with its reason, traceback and raw body;
+- the **delayed store**: messages due later, for brokers without native delays. They wait
+  here durably and a worker's scheduler forwards them when due, so no due-later message is
+  ever held un-acked in worker memory (where it would run twice past a broker timeout);
+- **dedup keys** for brokers without native dedup.
+
+It is an SQLite file by default (the same file as a ``sqlite://`` transport). All methods
+are thread-safe; the store opens its file on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .errors import ConfigurationError
+from .sqlitedb import connect_database
+from .transport import Outgoing, SendOptions
+from .urls import TransportURL
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queuekit_failed (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    message_id TEXT,
+    name TEXT,
+    reason TEXT NOT NULL,
+    traceback TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failed_at REAL NOT NULL,
+    headers TEXT,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queuekit_failed_queue ON queuekit_failed (queue, id);
+CREATE TABLE IF NOT EXISTS queuekit_delayed (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    due REAL NOT NULL,
+    claimed_until REAL NOT NULL DEFAULT 0,
+    priority INTEGER,
+    dedup_key TEXT,
+    headers TEXT,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queuekit_delayed_due ON queuekit_delayed (due, id);
+"""
+_FORWARD_LEASE = 60.0  # seconds a forwarder may take before another one retries the batch
+
+
+@dataclass(frozen=True)
+class FailedMessage:
+    """A dead letter: the raw body as it arrived and why it failed."""
+
+    id: int
+    queue: str
+    message_id: str | None
+    name: str | None
+    reason: str
+    traceback: str | None
+    attempts: int
+    failed_at: float
+    headers: dict[str, str]
+    body: bytes
+
+
+class JobStore:
+    """See the module docstring. ``url`` is ``sqlite:///path`` or ``sqlite:///:memory:``."""
+
+    def __init__(self, url: str) -> None:
+        parsed = TransportURL.parse(url)
+        if parsed.scheme != "sqlite":
+            raise ConfigurationError(
+                f"job store {parsed.redacted()}: only sqlite:///path is supported"
+            )
+        self.url = parsed
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                path = self.url.path or "queuekit.db"
+                synchronous = self.url.option("synchronous") or "normal"
+                self._db = connect_database(path, synchronous=synchronous)
+                self._db.executescript(_SCHEMA)
+            yield self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- failed store --------------------------------------------------------------------
+
+    def add_failed(
+        self,
+        queue: str,
+        body: bytes,
+        reason: str,
+        *,
+        message_id: str | None = None,
+        name: str | None = None,
+        traceback: str | None = None,
+        attempts: int = 0,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        with self._connection() as db:
+            cursor = db.execute(
+                "INSERT INTO queuekit_failed (queue, message_id, name, reason, traceback,"
+                " attempts, failed_at, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    queue,
+                    message_id,
+                    name,
+                    reason,
+                    traceback,
+                    attempts,
+                    time.time(),
+                    json.dumps(headers) if headers else None,
+                    body,
+                ),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def failed(self, queue: str | None = None, *, limit: int = 1000) -> list[FailedMessage]:
+        """Dead letters, oldest first, optionally of one queue."""
+        query = "SELECT * FROM queuekit_failed"
+        args: tuple[object, ...] = ()
+        if queue is not None:
+            query, args = query + " WHERE queue = ?", (queue,)
+        with self._connection() as db:
+            rows = db.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        return [_failed(row) for row in rows]
+
+    def get_failed(self, failed_id: int) -> FailedMessage | None:
+        with self._connection() as db:
+            row = db.execute("SELECT * FROM queuekit_failed WHERE id = ?", (failed_id,)).fetchone()
+        return _failed(row) if row else None
+
+    def remove_failed(self, failed_id: int) -> bool:
+        with self._connection() as db:
+            return db.execute("DELETE FROM queuekit_failed WHERE id = ?", (failed_id,)).rowcount > 0
+
+    def purge_failed(self, queue: str | None = None) -> int:
+        with self._connection() as db:
+            if queue is None:
+                return db.execute("DELETE FROM queuekit_failed").rowcount
+            return db.execute("DELETE FROM queuekit_failed WHERE queue = ?", (queue,)).rowcount
+
+    # -- delayed store -------------------------------------------------------------------
+
+    def add_delayed(self, queue: str, due: float, messages: Sequence[Outgoing]) -> None:
+        rows = [
+            (
+                queue,
+                due,
+                m.options.priority,
+                m.options.dedup_key,
+                json.dumps(dict(m.headers)) if m.headers else None,
+                m.body,
+            )
+            for m in messages
+        ]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO queuekit_delayed (queue, due, priority, dedup_key, headers, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def next_due(self) -> float | None:
+        with self._connection() as db:
+            row = db.execute("SELECT MIN(due) FROM queuekit_delayed").fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def forward_due(
+        self, send: Callable[[str, Sequence[Outgoing]], None], *, limit: int = 500
+    ) -> int:
+        """Hand due messages to ``send(queue, batch)`` in due order; delete them once sent.
+
+        A batch is claimed for ``_FORWARD_LEASE`` seconds first, so two schedulers never
+        forward the same message, and one that dies mid-batch leaves it for the next: at
+        worst a message is forwarded twice, never lost.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "UPDATE queuekit_delayed SET claimed_until = ? WHERE id IN ("
+                " SELECT id FROM queuekit_delayed WHERE due <= ? AND claimed_until < ?"
+                " ORDER BY due, id LIMIT ?)"
+                " RETURNING id, queue, due, priority, dedup_key, headers, body",
+                (now + _FORWARD_LEASE, now, now, limit),
+            ).fetchall()
+        if not rows:
+            return 0
+        rows.sort(key=lambda row: (row[2], row[0]))
+        batches: dict[str, list[Outgoing]] = {}
+        for _, queue, _, priority, key, headers, body in rows:
+            options = SendOptions(priority=priority, dedup_key=key)
+            batches.setdefault(queue, []).append(
+                Outgoing(bytes(body), json.loads(headers) if headers else {}, options)
+            )
+        for queue, batch in batches.items():
+            send(queue, batch)
+        with self._transaction() as db:
+            db.executemany("DELETE FROM queuekit_delayed WHERE id = ?", [(r[0],) for r in rows])
+        return len(rows)
+
+
+def _failed(row: tuple[object, ...]) -> FailedMessage:
+    ident, queue, message_id, name, reason, trace, attempts, failed_at, headers, body = row
+    return FailedMessage(
+        id=int(ident),  # type: ignore[call-overload]
+        queue=str(queue),
+        message_id=message_id if isinstance(message_id, str) else None,
+        name=name if isinstance(name, str) else None,
+        reason=str(reason),
+        traceback=trace if isinstance(trace, str) else None,
+        attempts=int(attempts),  # type: ignore[call-overload]
+        failed_at=float(failed_at),  # type: ignore[arg-type]
+        headers=json.loads(headers) if isinstance(headers, str) else {},
+        body=bytes(body),  # type: ignore[call-overload]
+    )
