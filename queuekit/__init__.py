@@ -1,1 +1,67 @@
-"""queuekit: background jobs and messaging, one small interface over many real brokers."""
+"""queuekit: background jobs and messaging, one small interface over many real brokers.
+
+Start with :func:`connect` and :class:`AbstractQueue`; adapters are chosen by URL scheme.
+"""
+
+from .core.abstract import AbstractQueue
+from .core.capabilities import Capabilities
+from .core.envelope import Message, Metadata
+from .core.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    MalformedMessage,
+    MessageTooLarge,
+    MissingDependency,
+    PermanentError,
+    QueuekitError,
+    RetryLater,
+    StopWorker,
+    TransportClosed,
+    TransportError,
+    UnknownScheme,
+    Unsupported,
+)
+from .core.events import Event, EventManager, bridge
+from .core.jobstore import FailedMessage
+from .core.queue import Connection, Queue, Topic, connect
+from .core.registry import register_transport
+from .core.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
+from .core.transport import Delivery, Outgoing, SendOptions, Transport
+
+__all__ = [
+    "AbstractQueue",
+    "Capabilities",
+    "ConfigurationError",
+    "Connection",
+    "ConnectionLost",
+    "Delivery",
+    "Event",
+    "EventManager",
+    "Exponential",
+    "FailedMessage",
+    "Intervals",
+    "MalformedMessage",
+    "Message",
+    "MessageTooLarge",
+    "Metadata",
+    "MissingDependency",
+    "NoRetry",
+    "Outgoing",
+    "PermanentError",
+    "Queue",
+    "QueuekitError",
+    "Repeat",
+    "RetryLater",
+    "RetryStrategy",
+    "SendOptions",
+    "StopWorker",
+    "Topic",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
+    "UnknownScheme",
+    "Unsupported",
+    "bridge",
+    "connect",
+    "register_transport",
+]

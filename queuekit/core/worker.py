@@ -1,0 +1,239 @@
+"""The dispatch loop: receive, decode, validate, work, settle; until told to stop.
+
+At-least-once: a message is acked only after ``work()`` returns. What goes wrong is
+recorded, never lost:
+
+- a body that does not decode, or that ``validate()`` rejects, goes to the failed store
+  with the reason and is dropped from the queue (no retries: it cannot get better);
+- an exception from ``work()`` consults the retry strategy (the message's own, else the
+  handler's): the message is published again, due later, with ``attempts + 1``, and only
+  then is the original acked; when the strategy is spent it goes to the failed store;
+- ``PermanentError`` skips retries, ``RetryLater`` comes back without counting an attempt,
+  ``StopWorker`` records the message and ends the loop.
+
+Signals (SIGTERM, SIGINT, SIGHUP) only set a flag; the loop finishes the message in hand,
+settles it, and returns. A second SIGINT aborts at once: the un-acked message then goes
+back to the broker (redelivery). ``receive`` returns ``None`` when idle, which is the
+loop's heartbeat for noticing the flag and the limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Protocol
+
+from .envelope import Message, decode
+from .errors import MalformedMessage, PermanentError, RetryLater, StopWorker
+from .retry import DEFAULT_RETRY, RetryStrategy, strategy_from_json
+from .transport import Delivery
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+log = logging.getLogger("queuekit.worker")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_HEARTBEAT = 0.5  # seconds a receive may block before the loop checks flags and limits
+_SCHEDULER_EVERY = 0.5  # seconds between forwards of due messages from the delayed store
+
+
+class Handler(Protocol):
+    """What the loop calls: ``AbstractQueue`` subclasses and :class:`FunctionHandler`."""
+
+    retry: RetryStrategy
+
+    def validate(self, message: Message) -> bool: ...
+
+    def work(self, message: Message) -> object: ...
+
+
+class FunctionHandler:
+    """Adapts plain callables to :class:`Handler`."""
+
+    def __init__(
+        self,
+        work: Callable[[Message], object],
+        validate: Callable[[Message], bool] | None = None,
+        retry: RetryStrategy | None = None,
+    ) -> None:
+        self._work, self._validate = work, validate
+        self.retry = retry or DEFAULT_RETRY
+
+    def validate(self, message: Message) -> bool:
+        return True if self._validate is None else self._validate(message)
+
+    def work(self, message: Message) -> object:
+        return self._work(message)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a worker exits cleanly on its own, for a supervisor to start a fresh one."""
+
+    max_messages: int | None = None
+    max_seconds: float | None = None
+    max_memory: int | None = None  # bytes of resident memory
+
+
+def resident_memory() -> int:
+    """This process's resident set size in bytes (Linux ``/proc``; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Worker:
+    """Runs ``handler`` over ``queue``; see the module docstring. ``stop()`` is thread-safe."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Handler,
+        *,
+        limits: Limits = Limits(),
+        handle_signals: bool = True,
+    ) -> None:
+        self.queue, self.handler, self.limits = queue, handler, limits
+        self.handle_signals = handle_signals
+        self.processed = 0
+        self._stop_reason: str | None = None
+        self._signals_seen = 0
+        self._jobs = queue.connection.jobs
+        self._transport = queue.transport
+        self._emulates_delay = not self._transport.capabilities.delay
+
+    def stop(self, reason: str = "stop() called") -> None:
+        self._stop_reason = self._stop_reason or reason
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = self._install_signals()
+        started = time.monotonic()
+        next_check = 0.0
+        log.info("worker %d consuming %r on %s", os.getpid(), self.queue.name,
+                 self.queue.connection.url.redacted())  # fmt: skip
+        try:
+            while self._stop_reason is None:
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + _SCHEDULER_EVERY
+                    self._periodic(started)
+                    if self._stop_reason is not None:
+                        break
+                delivery = self._transport.receive(self.queue.name, _HEARTBEAT)
+                if delivery is None:
+                    continue
+                self._process(delivery)
+                self.processed += 1
+                if self.limits.max_messages and self.processed >= self.limits.max_messages:
+                    self.stop(f"processed {self.processed} messages")
+        finally:
+            self._restore_signals(previous)
+        log.info("worker %d stopped: %s", os.getpid(), self._stop_reason)
+        return self.processed
+
+    def _periodic(self, started: float) -> None:
+        if self._emulates_delay:
+            self._jobs.forward_due(self._transport.send_many)
+        if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
+            self.stop(f"ran {self.limits.max_seconds:g}s")
+        if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
+            self.stop(f"resident memory reached {self.limits.max_memory} bytes")
+
+    # -- one message ---------------------------------------------------------------------
+
+    def _process(self, delivery: Delivery) -> None:
+        try:
+            message = decode(delivery.body)
+        except MalformedMessage as exc:
+            self._fail(delivery, exc.reason, None)
+            return
+        try:
+            valid = self.handler.validate(message)
+        except Exception as exc:
+            self._fail(delivery, f"validate() raised {exc!r}", message, traceback.format_exc())
+            return
+        if not valid:
+            self._fail(delivery, "rejected by validate()", message)
+            return
+        try:
+            self.handler.work(message)
+        except RetryLater as exc:
+            self.queue.resend(message, delay=exc.delay)
+            self._transport.ack(delivery)
+        except PermanentError as exc:
+            self._fail(delivery, f"permanent error: {exc}", message, traceback.format_exc())
+        except StopWorker as exc:
+            self._fail(delivery, f"worker stopped: {exc}", message, traceback.format_exc())
+            self.stop(f"StopWorker: {exc}")
+        except Exception as exc:
+            self._retry_or_fail(delivery, message, exc)
+        else:
+            self._transport.ack(delivery)
+
+    def _retry_or_fail(self, delivery: Delivery, message: Message, exc: Exception) -> None:
+        meta = message.metadata
+        meta.attempts += 1
+        trace = traceback.format_exc()
+        strategy = self.handler.retry
+        if meta.retry is not None:
+            try:
+                strategy = strategy_from_json(meta.retry)
+            except (TypeError, ValueError) as bad:
+                log.warning("message %s: ignoring its retry strategy: %s", meta.id, bad)
+        wait = strategy.delay_for(meta.attempts)
+        if wait is None:
+            self._fail(delivery, f"{type(exc).__name__}: {exc}", message, trace)
+            return
+        log.warning("message %s failed (attempt %d), retrying in %gs: %r",
+                    meta.id, meta.attempts, wait, exc)  # fmt: skip
+        self.queue.resend(message, delay=wait)
+        self._transport.ack(delivery)
+
+    def _fail(
+        self, delivery: Delivery, reason: str, message: Message | None, trace: str | None = None
+    ) -> None:
+        """Record the message in the failed store, then drop it from the queue."""
+        self._jobs.add_failed(
+            self.queue.name,
+            delivery.body,
+            reason,
+            message_id=message.id if message else None,
+            name=message.metadata.name if message else None,
+            traceback=trace,
+            attempts=message.metadata.attempts if message else 0,
+            headers=dict(delivery.headers),
+        )
+        log.warning("message %s failed for good: %s", message.id if message else "?", reason)
+        self._transport.nack(delivery, requeue=False)
+
+    # -- signals -------------------------------------------------------------------------
+
+    def _install_signals(self) -> dict[int, object]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+
+    def _restore_signals(self, previous: dict[int, object]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only set flags here: logging and I/O are not safe inside a handler.
+        self._signals_seen += 1
+        if signum == signal.SIGINT and self._signals_seen > 1:
+            raise KeyboardInterrupt
+        self.stop(f"received {signal.Signals(signum).name}")
