@@ -1,0 +1,229 @@
+"""The ``worker`` command: run queue classes, publish, inspect dead letters, check brokers.
+
+Each subcommand is one small function; ``conformance`` and ``zmq-proxy`` live with the code
+they run and are only dispatched to from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from .core.abstract import AbstractQueue
+from .core.config import resolve_url
+from .core.errors import QueuekitError
+from .core.queue import Connection, connect
+from .core.urls import redact
+
+#: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
+_DELEGATED = {
+    "conformance": ("queuekit.conformance.cli", "command", "check a broker against the contract"),
+    "zmq-proxy": ("queuekit.adapters.zmq_proxy", "main", "run the ZeroMQ routing device"),
+}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)b?$", re.IGNORECASE)
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line on stderr, exit status 2."""
+
+
+def load_queue_class(path: str) -> type[AbstractQueue]:
+    """``package.module.Class`` or ``package.module:Class`` -> the AbstractQueue subclass."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise UsageError(f"{path!r} is not a class path (expected module.Class or module:Class)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the project's own modules import
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"cannot import {module_name!r} for {path!r}: {exc}") from None
+    found = getattr(module, attr, None)
+    if not (isinstance(found, type) and issubclass(found, AbstractQueue)):
+        what = "not found" if found is None else "not an AbstractQueue subclass"
+        raise UsageError(f"{path!r}: {attr!r} is {what} in module {module_name!r}")
+    return found
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1048576`` -> bytes."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 2G)")
+    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match[2].lower()]
+    return int(float(match[1]) * scale)
+
+
+# -- subcommands ---------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cls = load_queue_class(args.queue_class)
+    if args.queue:
+        cls = type(cls.__name__, (cls,), {"queue": args.queue, "__module__": cls.__module__})
+    url = resolve_url(args.url or cls.url, queue=cls.queue_name())
+    instance = cls(connect(url, prefetch=args.prefetch))
+    processed = instance.dispatch(
+        max_messages=args.max_messages, max_seconds=args.max_seconds, max_memory=args.max_memory
+    )
+    print(f"worker: processed {processed} message(s) from {cls.queue_name()!r}", file=sys.stderr)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"payload is not JSON: {exc}") from None
+    delay: float | str | datetime | None = args.delay
+    if args.at:
+        delay = datetime.fromisoformat(args.at)
+    with connect(resolve_url(args.url, queue=args.queue)) as conn:
+        message_id = conn.queue(args.queue).publish(
+            payload, name=args.name, delay=delay, priority=args.priority, key=args.key
+        )
+    print(message_id)
+    return 0
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    with connect(resolve_url(args.url, queue=args.queue)) as conn:
+        return _FAILED_ACTIONS[args.action](conn, args)
+
+
+def _failed_list(conn: Connection, args: argparse.Namespace) -> int:
+    entries = conn.failed.list(args.queue)
+    for entry in entries:
+        when = datetime.fromtimestamp(entry.failed_at).isoformat(timespec="seconds")
+        print(f"{entry.id}\t{when}\t{entry.queue}\t{entry.message_id or '-'}\t{entry.reason}")
+    print(f"{len(entries)} failed message(s)", file=sys.stderr)
+    return 0
+
+
+def _failed_show(conn: Connection, args: argparse.Namespace) -> int:
+    entry = conn.failed.get(_failed_id(args))
+    if entry is None:
+        raise UsageError(f"no failed message {args.id}")
+    print(f"id: {entry.id}\nqueue: {entry.queue}\nmessage: {entry.message_id}\n"
+          f"reason: {entry.reason}\nattempts: {entry.attempts}\n"
+          f"body: {entry.body.decode('utf-8', 'backslashreplace')}")  # fmt: skip
+    if entry.traceback:
+        print(entry.traceback, end="")
+    return 0
+
+
+def _failed_retry(conn: Connection, args: argparse.Namespace) -> int:
+    ids = [e.id for e in conn.failed.list(args.queue)] if args.id == "all" else [_failed_id(args)]
+    retried = sum(conn.failed.retry(i) for i in ids)
+    print(f"{retried} message(s) back on their queue", file=sys.stderr)
+    return 0 if retried == len(ids) else 1
+
+
+def _failed_purge(conn: Connection, args: argparse.Namespace) -> int:
+    print(f"{conn.failed.purge(args.queue)} failed message(s) removed", file=sys.stderr)
+    return 0
+
+
+def _failed_id(args: argparse.Namespace) -> int:
+    if args.id is None or not str(args.id).isdigit():
+        raise UsageError(
+            f"worker failed {args.action} needs the numeric id from 'worker failed list'"
+        )
+    return int(args.id)
+
+
+_FAILED_ACTIONS: dict[str, Callable[[Connection, argparse.Namespace], int]] = {
+    "list": _failed_list,
+    "show": _failed_show,
+    "retry": _failed_retry,
+    "purge": _failed_purge,
+}
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker",
+        description="queuekit: run background-job workers and talk to queues on any broker.",
+        epilog=(
+            "The broker comes from --url, else $QUEUEKIT_URL, else queuekit.toml, else "
+            "sqlite:///queuekit.db (an embedded queue, no server needed). "
+            "Example: worker run myproject.queues:EmailQueue --max-messages 100"
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every message")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="process a queue with an AbstractQueue subclass")
+    run.add_argument("queue_class", metavar="CLASS", help="module.Class or module:Class")
+    run.add_argument("--url", help="broker URL (default: configured, see above)")
+    run.add_argument("--queue", help="queue name (default: the class's `queue`)")
+    run.add_argument("--prefetch", type=int, default=16, help="messages buffered ahead")
+    run.add_argument("--max-messages", type=int, metavar="N", help="exit after N messages")
+    run.add_argument("--max-seconds", type=float, metavar="S", help="exit after S seconds")
+    run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                     help="exit once resident memory reaches SIZE (e.g. 512M)")  # fmt: skip
+    run.set_defaults(func=cmd_run)
+
+    publish = sub.add_parser("publish", help="publish one JSON payload to a queue")
+    publish.add_argument("queue", metavar="QUEUE")
+    publish.add_argument("payload", metavar="JSON")
+    publish.add_argument("--url")
+    publish.add_argument("--name", default="", help="handler name stored in the metadata")
+    publish.add_argument("--delay", help="seconds, '10 minutes' or an ISO 8601 duration")
+    publish.add_argument("--at", help="an ISO 8601 moment to deliver at")
+    publish.add_argument("--priority", type=int, help="0-255, higher first")
+    publish.add_argument("--key", help="dedup key: dropped while one with this key is pending")
+    publish.set_defaults(func=cmd_publish)
+
+    failed = sub.add_parser("failed", help="list, show, retry or purge dead letters")
+    failed.add_argument("action", choices=sorted(_FAILED_ACTIONS))
+    failed.add_argument("id", nargs="?", help="failed id (show, retry) or 'all' (retry)")
+    failed.add_argument("--queue", help="only this queue")
+    failed.add_argument("--url")
+    failed.set_defaults(func=cmd_failed)
+
+    for name, (_, _, summary) in _DELEGATED.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in args_list if not a.startswith("-")), None)
+    if first in _DELEGATED:
+        module, function, _ = _DELEGATED[first]
+        rest = args_list[args_list.index(first) + 1 :]
+        delegate: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+        return _guarded(lambda: delegate(rest))
+    args = build_parser().parse_args(args_list)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return _guarded(lambda: int(args.func(args)))
+
+
+def _guarded(call: Callable[[], int]) -> int:
+    """Expected failures become one line on stderr, never a traceback or a leaked secret."""
+    try:
+        return call()
+    except UsageError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    except QueuekitError as exc:
+        print(f"worker: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
