@@ -1,0 +1,235 @@
+"""One live STOMP 1.2 connection through stomp.py, and the bookkeeping around its frames.
+
+A :class:`Session` never reconnects: when its socket dies it says so (``alive`` turns
+False, every receipt waiter wakes up with :class:`ConnectionLost`) and the transport opens a
+new session, possibly on the next listed host. Keeping one session per socket means a
+delivery's ack id can never be sent on a connection that did not deliver it.
+
+stomp.py calls the listener from its I/O thread; everything here that the listener touches
+is guarded by ``_lock`` or is an :class:`threading.Event`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import stomp
+import stomp.exception
+import stomp.protocol
+
+from ...core.errors import ConnectionLost, TransportError
+from ...core.urls import Host
+
+log = logging.getLogger("queuekit.stomp")
+
+#: Called from stomp.py's I/O thread with each MESSAGE frame's headers and body.
+OnMessage = Callable[["Session", dict[str, str], bytes], None]
+#: Called from stomp.py's I/O thread once when the session dies.
+OnLost = Callable[["Session"], None]
+
+_generations = itertools.count(1)
+_CONFIRMED, _LOST = "confirmed", "lost"
+
+
+class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def on_connected(self, frame: Any) -> None:
+        self.session._connected(dict(frame.headers))
+
+    def on_message(self, frame: Any) -> None:
+        self.session.on_message(self.session, dict(frame.headers), frame.body)
+
+    def on_receipt(self, frame: Any) -> None:
+        self.session._receipt(frame.headers.get("receipt-id", ""), _CONFIRMED)
+
+    def on_error(self, frame: Any) -> None:
+        self.session._error(dict(frame.headers), frame.body)
+
+    def on_disconnected(self) -> None:
+        self.session._lost("the connection closed")
+
+    def on_heartbeat_timeout(self) -> None:
+        self.session._lost("no heart-beat from the server")
+
+
+class Session:
+    """One STOMP connection to one host; thread-safe for sending and waiting on receipts."""
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        login: str | None,
+        passcode: str | None,
+        vhost: str,
+        heartbeat_ms: int,
+        connect_timeout: float,
+        tls: Mapping[str, Any] | None,
+        on_message: OnMessage,
+        on_lost: OnLost,
+    ) -> None:
+        self.host = host
+        self.generation = next(_generations)
+        self.on_message = on_message
+        self._on_lost = on_lost
+        self._lock = threading.Lock()
+        self._receipts: dict[str, threading.Event] = {}
+        self._outcomes: dict[str, str] = {}
+        self._ids = itertools.count(1)
+        self._connected_event = threading.Event()
+        self.server_headers: dict[str, str] = {}
+        self.alive = False
+        self.error: str | None = None
+        address = (host.name, host.port or 61613)
+        # stomp.py applies its socket timeout to every later read as well (a quiet
+        # connection would then drop), so the connect timeout is enforced by a probe.
+        try:
+            socket.create_connection(address, timeout=connect_timeout).close()
+        except OSError as exc:
+            raise ConnectionLost(f"cannot reach STOMP server {host}: {exc}") from None
+        self.conn = stomp.Connection12(
+            [address],
+            prefer_localhost=False,
+            try_loopback_connect=False,
+            reconnect_attempts_max=1,
+            heartbeats=(heartbeat_ms, heartbeat_ms),
+            vhost=vhost,
+            auto_decode=False,
+        )
+        if tls is not None:
+            self.conn.set_ssl(for_hosts=[address], **tls)
+        self.conn.set_listener("queuekit", _Listener(self))
+        try:
+            self.conn.connect(login, passcode, wait=False)
+        except (stomp.exception.StompException, OSError, ssl.SSLError) as exc:
+            self._teardown()
+            raise ConnectionLost(f"cannot connect to STOMP server {host}: {exc!r}") from None
+        if not self._connected_event.wait(connect_timeout) or not self.alive:
+            reason = self.error or f"no CONNECTED frame within {connect_timeout}s"
+            self._teardown()
+            if self.error:  # the server answered with an ERROR frame (e.g. bad login)
+                raise TransportError(f"STOMP server {host} refused the connection: {reason}")
+            raise ConnectionLost(f"STOMP server {host}: {reason}")
+
+    @property
+    def server(self) -> str:
+        return self.server_headers.get("server", "")
+
+    # -- sending ------------------------------------------------------------------------
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Call a stomp.py frame method (``send``, ``ack``, ...), mapping its failures."""
+        if not self.alive:
+            raise ConnectionLost(f"connection to {self.host} lost: {self.error}")
+        try:
+            getattr(self.conn, method)(*args, **kwargs)
+        except (stomp.exception.StompException, OSError) as exc:
+            self._lost(f"{method} failed: {exc!r}")
+            raise ConnectionLost(f"connection to {self.host} lost: {exc!r}") from None
+
+    def new_receipt(self) -> str:
+        """A receipt id to put on the next frame; wait for it with :meth:`wait_receipt`."""
+        receipt = f"qk-{self.generation}-{next(self._ids)}"
+        with self._lock:
+            self._receipts[receipt] = threading.Event()
+        return receipt
+
+    def wait_receipt(self, receipt: str, timeout: float) -> None:
+        """Block until the server confirms ``receipt``; raise if it failed or the link died."""
+        with self._lock:
+            event = self._receipts.get(receipt)
+        if event is None:
+            raise TransportError(f"unknown receipt {receipt}")
+        arrived = event.wait(timeout)
+        with self._lock:
+            self._receipts.pop(receipt, None)
+            outcome = self._outcomes.pop(receipt, None)
+        if outcome == _CONFIRMED:
+            return
+        if outcome is not None and outcome != _LOST:
+            raise TransportError(f"STOMP server {self.host} refused a frame: {outcome}")
+        if not arrived:
+            self._lost(f"no receipt within {timeout}s")
+            self._teardown()
+        raise ConnectionLost(f"connection to STOMP server {self.host} lost: {self.error}")
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self, timeout: float = 5.0) -> None:
+        """DISCONNECT with a receipt (the server then returns un-acked messages); idempotent.
+
+        A session closed on purpose never reports itself lost.
+        """
+        with self._lock:
+            was_alive, self.alive = self.alive, False
+            self.error = self.error or "closed"
+        if was_alive:
+            receipt = self.new_receipt()
+            try:
+                # Protocol12.disconnect, not Connection12.disconnect: the latter then waits
+                # for the I/O thread without a time limit.
+                stomp.protocol.Protocol12.disconnect(self.conn, receipt=receipt)
+            except (stomp.exception.StompException, OSError):
+                pass
+            else:
+                with self._lock:
+                    event = self._receipts.get(receipt)
+                if event is not None:
+                    event.wait(timeout)
+        self._teardown()
+
+    def _teardown(self) -> None:
+        transport = self.conn.transport if hasattr(self, "conn") else None
+        if transport is None:
+            return
+        transport.running = False
+        with contextlib.suppress(Exception):  # best effort: the socket may be gone already
+            transport.disconnect_socket()
+
+    # -- listener callbacks (stomp.py's I/O thread) ----------------------------------------
+
+    def _connected(self, headers: dict[str, str]) -> None:
+        self.server_headers = headers
+        self.alive = True
+        self._connected_event.set()
+
+    def _receipt(self, receipt: str, outcome: str) -> None:
+        with self._lock:
+            event = self._receipts.get(receipt)
+            if event is not None:
+                self._outcomes.setdefault(receipt, outcome)
+        if event is not None:
+            event.set()
+
+    def _error(self, headers: dict[str, str], body: bytes) -> None:
+        text = headers.get("message", "error")
+        if body:
+            text += ": " + body.decode("utf-8", "replace").strip()
+        log.warning("STOMP server %s sent ERROR: %s", self.host, text)
+        self.error = text
+        receipt = headers.get("receipt-id")
+        if receipt:
+            self._receipt(receipt, text)
+        if not self.alive:
+            self._connected_event.set()
+
+    def _lost(self, reason: str) -> None:
+        with self._lock:
+            was_alive, self.alive = self.alive, False
+            if self.error is None:
+                self.error = reason
+            pending = list(self._receipts)
+        self._connected_event.set()
+        for receipt in pending:
+            self._receipt(receipt, _LOST)
+        if was_alive:
+            self._on_lost(self)

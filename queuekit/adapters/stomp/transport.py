@@ -1,0 +1,525 @@
+"""``stomp://`` and ``stomp+ssl://``: the transport contract over STOMP 1.2 (stomp.py).
+
+Work queues are ``/queue/<name>``, fan-out is ``/topic/<topic>``. Every subscription uses
+``ack: client-individual`` with the server's own prefetch header, so the broker never has
+more than ``prefetch`` un-acked messages in this process: that bounds the local buffer that
+stomp.py's listener feeds and :meth:`StompTransport.receive` reads.
+
+What the server does natively (prefetch, delay, priority, NACK, wildcards) comes from the
+CONNECTED frame's ``server`` header through :mod:`.servers`; ``capabilities`` is set per
+instance once connected. Publishing waits for a RECEIPT: one per ``send``, one per batch of
+``send_many`` (on its last frame; a server handles one connection's frames in order).
+
+Threads: stomp.py's I/O thread calls ``_on_message``/``_on_lost`` and only ever takes the
+``_buffers`` condition, never ``_connect_lock``, under which connecting does blocking I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...core.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    MessageTooLarge,
+    TransportClosed,
+    TransportError,
+    Unsupported,
+)
+from ...core.topics import topic_matches
+from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...core.urls import Host, TransportURL
+from .servers import ServerProfile, map_priority, profile_for, topic_destinations
+from .session import Session
+
+log = logging.getLogger("queuekit.stomp")
+
+#: Prefix that keeps queuekit's headers apart from the server's own (destination,
+#: message-id, priority, RabbitMQ's copied receipt, ActiveMQ's JMS properties, ...).
+USER_PREFIX = "qk-"
+#: How often an ActiveMQ message was put back by ``nack(requeue=True)`` (a re-send there).
+REQUEUES = "queuekit-requeues"
+#: MESSAGE headers the server sets, dropped when ActiveMQ's requeue re-sends a message.
+_SERVER_SET = frozenset(
+    {
+        "destination",
+        "message-id",
+        "subscription",
+        "ack",
+        "redelivered",
+        "content-length",
+        "timestamp",
+        "expires",
+        "receipt",
+        "transaction",
+    }
+)
+_BATCH = 1000  # frames per receipt in send_many: bounds what a reconnect re-sends
+
+
+def _escape_name(name: str) -> str:
+    # stomp.py escapes header values (STOMP 1.2) but not names; its parser unescapes both.
+    return name.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c").replace("\r", "\\r")
+
+
+@dataclass(eq=False)
+class _Subscription:
+    name: str  # what receive() is called with: the queue name, or subscribe()'s answer
+    sub_id: str
+    destination: str
+    headers: dict[str, str]
+    topic_filter: str | None = None  # pattern to match locally (ActiveMQ, # not last)
+    generation: int = 0  # the session it was last subscribed on
+    buffer: deque[Delivery] = field(default_factory=deque)
+
+
+@dataclass(eq=False)
+class _Handle:
+    generation: int
+    ack_id: str
+    subscription: _Subscription
+    headers: dict[str, str]  # the MESSAGE frame's, for ActiveMQ's requeue re-send
+    settled: bool = False
+
+
+class StompTransport(Transport):
+    """STOMP 1.2 over stomp.py: RabbitMQ's STOMP plugin, ActiveMQ 5, or another server.
+
+    URL: ``stomp://user:pass@host:61613[,host2:61623][/vhost]?option=value``. Options:
+    ``heartbeat`` (ms, default 10000, 0 = off), ``priority`` (default 1; 0 leaves RabbitMQ
+    queues without x-max-priority), ``scheduler`` (ActiveMQ with schedulerSupport, default 1),
+    ``reconnect_window`` (s an operation keeps reconnecting, default 30), ``receipt_timeout``
+    (s, default 30), ``connect_timeout`` (s, default 5); for ``stomp+ssl``: ``ca_certs``,
+    ``certfile``, ``keyfile``, ``verify`` (default 1).
+    """
+
+    name = "stomp"
+
+    def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
+        super().__init__(url, prefetch=prefetch)
+        default_port = 61614 if url.scheme == "stomp+ssl" else 61613
+        self._hosts = [h if h.port else Host(h.name, default_port) for h in url.hosts]
+        if not self._hosts:
+            raise ConfigurationError(f"{url.redacted()} names no host")
+        self._heartbeat = self._int_option("heartbeat", 10_000)
+        self._window = self._float_option("reconnect_window", 30.0)
+        self._receipt_timeout = self._float_option("receipt_timeout", 30.0)
+        self._connect_timeout = self._float_option("connect_timeout", 5.0)
+        self._tls = self._tls_options() if url.scheme == "stomp+ssl" else None
+        self._connect_lock = threading.Lock()
+        self._buffers = threading.Condition()
+        self._subs: dict[str, _Subscription] = {}  # by name
+        self._by_id: dict[str, _Subscription] = {}  # by STOMP subscription id
+        self._session: Session | None = None
+        self._down_since: float | None = None
+        self._closed = False
+        session = self._connect_round()
+        if session is None:
+            raise ConnectionLost(f"no STOMP server answered at {url.redacted()}")
+        self._profile: ServerProfile = profile_for(session.server, url)
+        self.capabilities = self._profile.capabilities
+
+    # -- options ------------------------------------------------------------------------
+
+    def _float_option(self, name: str, default: float) -> float:
+        raw = self.url.option(name)
+        try:
+            return default if raw is None else float(raw)
+        except ValueError:
+            message = f"{self.url.redacted()}: {name}={raw!r} is not a number"
+            raise ConfigurationError(message) from None
+
+    def _int_option(self, name: str, default: int) -> int:
+        return int(self._float_option(name, default))
+
+    def _tls_options(self) -> dict[str, Any]:
+        return {
+            "ca_certs": self.url.option("ca_certs"),
+            "cert_file": self.url.option("certfile"),
+            "key_file": self.url.option("keyfile"),
+            "verify": self.url.flag("verify", True),
+            "ssl_version": ssl.PROTOCOL_TLS_CLIENT,
+        }
+
+    @property
+    def server(self) -> str:
+        """The product and version the current connection's server announced."""
+        session = self._session
+        return session.server if session is not None else ""
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _connect_round(self) -> Session | None:
+        """Try each listed host once, in order; the first that answers becomes current."""
+        last: Exception | None = None
+        for host in self._hosts:
+            try:
+                session = Session(
+                    host,
+                    login=self.url.username,
+                    passcode=self.url.password,
+                    vhost=self.url.path or "/",
+                    heartbeat_ms=self._heartbeat,
+                    connect_timeout=self._connect_timeout,
+                    tls=self._tls,
+                    on_message=self._on_message,
+                    on_lost=self._on_lost,
+                )
+            except ConnectionLost as exc:
+                last = exc
+                continue
+            self._session = session
+            return session
+        if last is not None:
+            log.info("STOMP connect round failed: %s", last)
+        return None
+
+    def _live(self, deadline: float | None = None) -> Session:
+        """The current session, reconnecting (and re-subscribing) when it died.
+
+        Keeps trying until ``deadline`` or, at the latest, ``reconnect_window`` seconds
+        after the loss was noticed; then raises :class:`ConnectionLost`.
+        """
+        session = self._session
+        if session is not None and session.alive:
+            return session
+        with self._connect_lock:
+            while True:
+                self._check_open()
+                session = self._session
+                if session is not None and session.alive:
+                    return session
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                limit = self._down_since + self._window
+                if deadline is not None:
+                    limit = min(limit, deadline)
+                session = self._connect_round()
+                if session is not None and self._resubscribe(session):
+                    self._down_since = None
+                    log.info("STOMP reconnected to %s (%s)", session.host, session.server)
+                    return session
+                if time.monotonic() >= limit:
+                    raise ConnectionLost(
+                        f"STOMP server unreachable at {self.url.redacted()} "
+                        f"for {time.monotonic() - self._down_since:.1f}s"
+                    )
+                time.sleep(min(0.5, max(0.0, limit - time.monotonic())))
+
+    def _resubscribe(self, session: Session) -> bool:
+        profile = profile_for(session.server, self.url)
+        if profile.product != self._profile.product:
+            log.warning(
+                "STOMP failover moved from %s to %s; capabilities stay as declared",
+                self._profile.product,
+                profile.product,
+            )
+        self._profile = profile
+        subs = list(self._subs.values())
+        try:
+            receipt = session.new_receipt()
+            for index, sub in enumerate(subs):
+                sub.generation = session.generation
+                frame = dict(sub.headers)
+                if index == len(subs) - 1:
+                    frame["receipt"] = receipt
+                session.call("subscribe", sub.destination, sub.sub_id, "client-individual", frame)
+            if subs:
+                session.wait_receipt(receipt, self._receipt_timeout)
+        except (ConnectionLost, TransportError) as exc:
+            log.info("STOMP re-subscribe failed: %s", exc)
+            return False
+        return True
+
+    def _on_lost(self, session: Session) -> None:
+        # stomp.py's I/O thread: wake receivers and drop what that connection delivered
+        # but nobody took yet (the server redelivers it).
+        log.warning("STOMP connection to %s lost: %s", session.host, session.error)
+        with self._buffers:
+            for sub in self._subs.values():
+                sub.buffer = deque(
+                    d for d in sub.buffer if d.handle.generation != session.generation
+                )
+            self._buffers.notify_all()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed(f"{self!r} is closed")
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def _frame_headers(self, headers: Headers, options: SendOptions) -> dict[str, str]:
+        out = {USER_PREFIX + _escape_name(k): v for k, v in headers.items()}
+        out["persistent"] = "true"
+        out.update(self._profile.queue_arguments)
+        if options.priority is not None:
+            out["priority"] = str(map_priority(options.priority))
+        if options.not_before is not None:
+            if self._profile.delay_header is None:
+                raise Unsupported("delay", f"stomp ({self._profile.product})")
+            delay_ms = round((options.not_before - time.time()) * 1000)
+            if delay_ms > 0:
+                out[self._profile.delay_header] = str(delay_ms)
+        return out
+
+    def _check_size(self, body: bytes) -> None:
+        limit = self.capabilities.max_message_size
+        if limit is not None and len(body) > limit:
+            raise MessageTooLarge(len(body), limit, self.name)
+
+    def send(
+        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
+    ) -> None:
+        self._check_open()
+        self.require(options)
+        self._check_size(body)
+        self._publish("/queue/" + queue, [(body, self._frame_headers(headers, options))])
+
+    def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
+        self._check_open()
+        frames = []
+        for message in messages:
+            self.require(message.options)
+            self._check_size(message.body)
+            frames.append((message.body, self._frame_headers(message.headers, message.options)))
+        for start in range(0, len(frames), _BATCH):
+            self._publish("/queue/" + queue, frames[start : start + _BATCH])
+
+    def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
+        self._check_open()
+        self._check_size(body)
+        frame = {USER_PREFIX + _escape_name(k): v for k, v in headers.items()}
+        self._publish("/topic/" + topic, [(body, frame)])
+
+    def _publish(self, destination: str, frames: Sequence[tuple[bytes, dict[str, str]]]) -> None:
+        """Send ``frames`` with a receipt on the last one; re-send all if the link drops.
+
+        A RECEIPT answers a frame after the server has handled every earlier frame of the
+        same connection, so one receipt confirms the whole batch. A batch cut off by a lost
+        connection is sent again in full on the next one: duplicates, never losses.
+        """
+        while True:
+            session = self._live()
+            receipt = session.new_receipt()
+            try:
+                last = len(frames) - 1
+                for index, (body, headers) in enumerate(frames):
+                    frame = dict(headers)
+                    if index == last:
+                        frame["receipt"] = receipt
+                    session.call("send", destination, body, "application/octet-stream", frame)
+                session.wait_receipt(receipt, self._receipt_timeout)
+                return
+            except ConnectionLost as exc:
+                log.info("STOMP publish interrupted (%s); re-sending after reconnect", exc)
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def _subscribe(self, sub: _Subscription) -> None:
+        """Register ``sub`` and SUBSCRIBE, waiting for the receipt (it exists on return)."""
+        with self._buffers:
+            self._subs[sub.name] = sub
+            self._by_id[sub.sub_id] = sub
+        session = self._live()
+        if sub.generation == session.generation:
+            return  # a reconnect in another thread subscribed it already
+        sub.generation = session.generation
+        receipt = session.new_receipt()
+        try:
+            frame = dict(sub.headers, receipt=receipt)
+            session.call("subscribe", sub.destination, sub.sub_id, "client-individual", frame)
+            session.wait_receipt(receipt, self._receipt_timeout)
+        except ConnectionLost:
+            self._live()  # reconnecting re-subscribes everything registered
+        except TransportError:
+            self._forget(sub)
+            raise
+
+    def _subscription_headers(self) -> dict[str, str]:
+        header = self._profile.prefetch_header
+        return {header: str(self.prefetch)} if header else {}
+
+    def _queue_subscription(self, queue: str) -> _Subscription:
+        sub = self._subs.get(queue)
+        if sub is None:
+            headers = self._subscription_headers()
+            headers.update(self._profile.queue_arguments)
+            sub = _Subscription(queue, f"q-{uuid.uuid4().hex}", "/queue/" + queue, headers)
+            self._subscribe(sub)
+        return sub
+
+    def subscribe(self, pattern: str) -> str:
+        self._check_open()
+        destination, local = topic_destinations(self._profile, pattern)
+        name = f"subscription.{uuid.uuid4().hex}"
+        sub = _Subscription(
+            name, name, destination, self._subscription_headers(), pattern if local else None
+        )
+        self._subscribe(sub)
+        return name
+
+    def unsubscribe(self, subscription: str) -> None:
+        sub = self._subs.get(subscription)
+        if sub is None or self._closed:
+            return
+        self._forget(sub)
+        session = self._session
+        if session is not None and session.alive:
+            # a lost connection took the subscription with it
+            with contextlib.suppress(ConnectionLost):
+                session.call("unsubscribe", sub.sub_id)
+
+    def delete(self, queue: str) -> None:
+        # STOMP cannot delete a queue; stop consuming it so the server forgets this consumer.
+        self.unsubscribe(queue)
+
+    def _forget(self, sub: _Subscription) -> None:
+        with self._buffers:
+            self._subs.pop(sub.name, None)
+            self._by_id.pop(sub.sub_id, None)
+            sub.buffer.clear()
+
+    def _on_message(self, session: Session, headers: dict[str, str], body: bytes) -> None:
+        # stomp.py's I/O thread.
+        if session is not self._session:
+            return  # a connection being replaced: its un-acked messages come back anyway
+        with self._buffers:
+            sub = self._by_id.get(headers.get("subscription", ""))
+        ack_id = headers.get("ack", headers.get("message-id", ""))
+        if sub is None:
+            return
+        if sub.topic_filter is not None:
+            topic = headers.get("destination", "").removeprefix("/topic/")
+            if not topic_matches(sub.topic_filter, topic):
+                with contextlib.suppress(ConnectionLost):
+                    session.call("ack", ack_id)
+                return
+        requeues = headers.get(REQUEUES)
+        delivery = Delivery(
+            queue=sub.name,
+            body=body,
+            headers={
+                k[len(USER_PREFIX) :]: v for k, v in headers.items() if k.startswith(USER_PREFIX)
+            },
+            redelivered=headers.get("redelivered") == "true" or requeues is not None,
+            handle=_Handle(session.generation, ack_id, sub, headers),
+        )
+        with self._buffers:
+            if self._subs.get(sub.name) is sub:
+                sub.buffer.append(delivery)
+                self._buffers.notify_all()
+
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        self._check_open()
+        deadline = time.monotonic() + max(0.0, timeout)
+        sub = self._subs.get(queue)
+        if sub is None:
+            if queue.startswith("subscription."):
+                raise TransportError(f"no subscription {queue!r} on {self!r}")
+            sub = self._queue_subscription(queue)
+        while True:
+            with self._buffers:
+                if sub.buffer:
+                    return sub.buffer.popleft()
+            session = self._session
+            if session is None or not session.alive:
+                if self._closed:
+                    return None
+                try:
+                    self._live(deadline)
+                except ConnectionLost:
+                    if time.monotonic() >= deadline and self._within_window():
+                        return None
+                    raise
+            with self._buffers:
+                remaining = deadline - time.monotonic()
+                if sub.buffer:
+                    continue
+                if remaining <= 0 or self._closed:
+                    return None
+                if self._session is not None and self._session.alive:
+                    self._buffers.wait(remaining)
+
+    def _within_window(self) -> bool:
+        down = self._down_since
+        return down is None or time.monotonic() - down < self._window
+
+    def _settle_session(self, delivery: Delivery) -> tuple[_Handle, Session] | None:
+        """The handle and the connection to settle on, or None when there is nothing to do."""
+        self._check_open()
+        handle = delivery.handle
+        if not isinstance(handle, _Handle):
+            raise TransportError(f"{delivery!r} did not come from a STOMP transport")
+        if handle.settled:
+            return None
+        handle.settled = True
+        session = self._session
+        if session is None or session.generation != handle.generation or not session.alive:
+            return None  # the connection that delivered it is gone: the server redelivers it
+        return handle, session
+
+    def ack(self, delivery: Delivery) -> None:
+        found = self._settle_session(delivery)
+        if found is not None:
+            handle, session = found
+            session.call("ack", handle.ack_id)
+
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
+        found = self._settle_session(delivery)
+        if found is None:
+            return
+        handle, session = found
+        if self._profile.native_requeue:
+            session.call("nack", handle.ack_id, requeue="true" if requeue else "false")
+        elif not requeue:
+            session.call("ack", handle.ack_id)  # ActiveMQ's NACK would park it in its DLQ
+        elif handle.subscription.destination.startswith("/topic/"):
+            session.call("nack", handle.ack_id)  # a re-send would reach every subscriber
+        else:
+            self._requeue_by_resend(session, handle, delivery.body)
+
+    def _requeue_by_resend(self, session: Session, handle: _Handle, body: bytes) -> None:
+        """Put a message back on ActiveMQ: re-send a copy and ACK the original, atomically."""
+        headers = {
+            k: v
+            for k, v in handle.headers.items()
+            if k not in _SERVER_SET and not k.startswith("AMQ_SCHEDULED")
+        }
+        headers[REQUEUES] = str(int(headers.get(REQUEUES, "0")) + 1)
+        headers.pop("content-type", None)
+        transaction = f"qk-tx-{uuid.uuid4().hex}"
+        receipt = session.new_receipt()
+        session.call("begin", transaction)
+        frame = dict(headers, transaction=transaction)
+        session.call(
+            "send", handle.subscription.destination, body, "application/octet-stream", frame
+        )
+        session.call("ack", handle.ack_id, transaction)
+        session.call("commit", transaction, {"receipt": receipt})
+        session.wait_receipt(receipt, self._receipt_timeout)
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._buffers:
+            self._buffers.notify_all()
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+        with self._buffers:
+            for sub in self._subs.values():
+                sub.buffer.clear()
+            self._buffers.notify_all()

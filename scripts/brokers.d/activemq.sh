@@ -1,0 +1,97 @@
+# ActiveMQ 5 (Debian package `activemq`) as the second STOMP server, on 127.0.0.1:61623.
+# The package's own instance speaks only OpenWire and wants an init system, so this script
+# writes its own broker (STOMP connector, scheduler for delays, priority queues) under
+# $QUEUEKIT_VAR/activemq and runs activemq.jar in the background with a modest heap.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd); source "$here/lib.sh"
+port=61623
+base="$QUEUEKIT_VAR/activemq"
+pidfile="$base/activemq.pid"
+
+write_config() {
+  mkdir -p "$base/conf" "$base/data" "$base/log" "$base/tmp"
+  cat >"$base/conf/activemq.xml" <<XML
+<beans xmlns="http://www.springframework.org/schema/beans"
+       xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+       xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
+       http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <broker xmlns="http://activemq.apache.org/schema/core" brokerName="queuekit" useJmx="false"
+          persistent="true" schedulerSupport="true" dataDirectory="$base/data"
+          schedulerDirectory="$base/data/scheduler" tmpDataDirectory="$base/tmp">
+    <destinationPolicy>
+      <policyMap>
+        <policyEntries>
+          <!-- priority: the store keeps queues in priority order (JMS 0-9, 4 by default) -->
+          <policyEntry queue="&gt;" prioritizedMessages="true" useCache="false"
+                       expireMessagesPeriod="0"/>
+          <policyEntry topic="&gt;" expireMessagesPeriod="0"/>
+        </policyEntries>
+      </policyMap>
+    </destinationPolicy>
+    <persistenceAdapter>
+      <kahaDB directory="$base/data/kahadb"/>
+    </persistenceAdapter>
+    <systemUsage>
+      <systemUsage>
+        <memoryUsage><memoryUsage percentOfJvmHeap="60"/></memoryUsage>
+        <storeUsage><storeUsage limit="2 gb"/></storeUsage>
+        <tempUsage><tempUsage limit="1 gb"/></tempUsage>
+      </systemUsage>
+    </systemUsage>
+    <transportConnectors>
+      <transportConnector name="stomp" uri="stomp://127.0.0.1:$port?transport.hbGracePeriodMultiplier=1.5"/>
+    </transportConnectors>
+  </broker>
+</beans>
+XML
+  cat >"$base/conf/log4j.properties" <<PROPS
+# log4j 1.2 (the Debian package's ActiveMQ logs through slf4j-log4j12)
+log4j.rootLogger=INFO, logfile
+log4j.logger.org.springframework=WARN
+log4j.logger.org.apache.xbean=WARN
+log4j.appender.logfile=org.apache.log4j.RollingFileAppender
+log4j.appender.logfile.file=$base/log/activemq.log
+log4j.appender.logfile.maxFileSize=10MB
+log4j.appender.logfile.maxBackupIndex=2
+log4j.appender.logfile.layout=org.apache.log4j.PatternLayout
+log4j.appender.logfile.layout.ConversionPattern=%d | %-5p | %m | %c | %t%n
+PROPS
+}
+
+running_pid() {  # the pid of the broker this script started, if it is alive
+  [ -f "$pidfile" ] || return 1
+  local pid; pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null && grep -q activemq.jar "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+}
+
+start() {
+  apt_install activemq
+  write_config
+  log "starting ActiveMQ (log: $base/log/activemq.log)"
+  cd "$base"
+  setsid nohup java -Xms64m -Xmx512m -XX:+UseSerialGC \
+    -Djava.io.tmpdir="$base/tmp" \
+    -Dactivemq.home=/usr/share/activemq -Dactivemq.base="$base" \
+    -Dactivemq.conf="$base/conf" -Dactivemq.data="$base/data" \
+    -Dlog4j.configuration="file:$base/conf/log4j.properties" \
+    -jar /usr/share/activemq/bin/activemq.jar start "xbean:file:$base/conf/activemq.xml" \
+    >"$base/log/stdout.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  wait_port 127.0.0.1 "$port" 120 activemq || { tail -n 30 "$base/log/activemq.log" "$base/log/stdout.log" >&2 || true; return 1; }
+}
+
+stop() {
+  local pid; pid=$(running_pid) || return 0
+  log "stopping ActiveMQ (pid $pid)"
+  kill "$pid"
+  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && { log "ActiveMQ did not stop in 30s; killing it"; kill -9 "$pid"; }
+  rm -f "$pidfile"
+}
+
+case "${1:-up}" in
+  up) port_open 127.0.0.1 "$port" && { log "activemq answers on 127.0.0.1:$port"; exit 0; }
+      stop; start ;;
+  restart) stop; start ;;
+  urls) ;;  # printed once the conformance suite passes on it
+  *) echo "usage: $0 up|restart|urls" >&2; exit 2 ;;
+esac
