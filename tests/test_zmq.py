@@ -318,13 +318,16 @@ def test_topic_patterns_filter_words(open_zmq) -> None:  # type: ignore[no-untyp
     topics = ["R", "R.a", "R.ab", "R.a.c", "R.b.c", "R.a.b.c", "Rx.a"]
     for topic in topics:
         publisher.broadcast(topic.replace("R", root), topic.encode(), {})
-    publisher.broadcast(f"{root}.end", b"end", {})  # every pattern but R.a.* ends on this
+    # A sentinel per pattern, sent last by the same publisher, so order says "nothing more".
+    for pattern in subs:
+        sentinel = pattern.replace("R", root).replace("*", "end").replace("#", "end")
+        publisher.broadcast(sentinel, b"end", {})
     expected = {p: [t for t in topics if topic_matches(p, t)] for p in subs}
     for pattern, sub in subs.items():
         got: list[str] = []
-        while (delivery := consumer.receive(sub, 2.0)) is not None:
-            if delivery.body != b"end":
-                got.append(delivery.body.decode())
+        while (delivery := consumer.receive(sub, 10.0)) is not None and delivery.body != b"end":
+            got.append(delivery.body.decode())
+        assert delivery is not None, f"{pattern}: no sentinel"
         assert got == expected[pattern], pattern
 
 
