@@ -71,7 +71,7 @@ class EventManager:
             self._attachments = kept
         return removed
 
-    def trigger(self, name: str, target: object = None, **params: Any) -> list[object]:
+    def trigger(self, name: str, target: object = None, /, **params: Any) -> list[object]:
         """Call every listener whose pattern matches ``name``; return their results."""
         event = Event(name, target, params)
         with self._lock:

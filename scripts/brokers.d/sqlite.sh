@@ -10,5 +10,5 @@ assert (major, minor) >= (3, 35), f"SQLite {sqlite3.sqlite_version} lacks RETURN
 print(f"[brokers] sqlite {sqlite3.sqlite_version} ready (Python {sys.version.split()[0]})", file=sys.stderr)
 PY
     ;;
-  urls) echo "memory://conformance"; echo "sqlite:///$QUEUEKIT_VAR/conformance.db" ;;
+  urls) echo "memory://conformance"; echo "sqlite:///$QUEUEKIT_VAR/conformance.db?lease=2" ;;
 esac
