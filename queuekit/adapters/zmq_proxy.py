@@ -373,7 +373,7 @@ def serve(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="zmq-proxy", description="Run the queuekit ZeroMQ routing device."
+        prog="worker zmq-proxy", description="Run the queuekit ZeroMQ routing device."
     )
     parser.add_argument("url", nargs="?", default=f"zmq://127.0.0.1:{DEFAULT_PORT}")
     parser.add_argument("--max-buffered", type=int, default=DEFAULT_MAX_BUFFERED)
