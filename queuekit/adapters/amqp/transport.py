@@ -63,11 +63,10 @@ T = TypeVar("T")
 
 
 def priority_level(priority: int, max_priority: int) -> int:
-    """queuekit's 0-255 onto RabbitMQ's 0..``max_priority``: by bit length, so 0, 1, 2-3,
-    4-7, ... 128-255 are the nine levels at the default ``max_priority=8``; order is kept
-    and small values stay apart."""
-    bits = max(0, min(255, priority)).bit_length()
-    return -(-bits * max_priority // 8)
+    """queuekit's 0-255 onto RabbitMQ's 0..``max_priority``, rounding up: 0 stays the lowest
+    level alone, 255 the highest (230-255 at the default of 10); order is kept, and values
+    in the same band (25.5 wide at 10 levels) share a level."""
+    return -(-max(0, min(255, priority)) * max_priority // 255)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +325,12 @@ class AMQPTransport(Transport):
     # -- consuming --------------------------------------------------------------------
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
+        """Streaming (``prefetch > 1``): one consumer per queue keeps up to ``prefetch``
+        deliveries in flight. Strict (``prefetch <= 1``): ``basic.get``, and when the queue is
+        empty a consumer that lives only until its one delivery, so this worker never holds a
+        message it did not ask for (``depth``/``purge`` elsewhere see every waiting one)."""
         deadline = time.monotonic() + max(0.0, timeout)
+        strict = self.prefetch <= 1
         with self._con_lock:
             self._check_open()
             while True:
@@ -336,7 +340,11 @@ class AMQPTransport(Transport):
                 if self._closing:
                     return None
                 try:
-                    self._ensure_consumer(queue)
+                    self._ensure_consumer(queue, start=not strict)
+                    if strict:
+                        got = self._pull(queue, deadline)
+                        self._con_failing_since, self._con_attempt = None, 0
+                        return got
                     if not self._buffers[queue]:
                         slice_ = max(0.0, min(deadline - time.monotonic(), _SLICE))
                         self._consumer.drain(slice_)
@@ -349,7 +357,8 @@ class AMQPTransport(Transport):
                 if not self._buffers.get(queue) and time.monotonic() >= deadline:
                     return None
 
-    def _ensure_consumer(self, queue: str) -> None:
+    def _ensure_consumer(self, queue: str, *, start: bool) -> None:
+        """Declare ``queue`` once per connection; with ``start``, consume it into its buffer."""
         if queue in self._consumers:
             return
         channel = self._consumer.channel()
@@ -357,7 +366,11 @@ class AMQPTransport(Transport):
             channel.queue_declare(
                 queue, durable=True, auto_delete=False, arguments=self._queue_arguments()
             )
-        buffer = self._buffers.setdefault(queue, deque())
+        self._buffers.setdefault(queue, deque())
+        self._consumers[queue] = self._consume(channel, queue) if start else ""
+
+    def _consume(self, channel: Any, queue: str) -> str:
+        buffer = self._buffers[queue]
         generation = self._consumer.generation
         user_headers = _user_headers
 
@@ -374,14 +387,43 @@ class AMQPTransport(Transport):
                 )
             )
 
-        self._consumers[queue] = channel.basic_consume(queue, callback=on_message)
+        tag: str = channel.basic_consume(queue, callback=on_message)
+        return tag
+
+    def _pull(self, queue: str, deadline: float) -> Delivery | None:
+        """Strict mode: take one waiting message, or wait for one with a one-shot consumer."""
+        channel = self._consumer.channel()
+        message = channel.basic_get(queue)
+        if message is not None:
+            self._buffers[queue].append(
+                Delivery(
+                    queue=queue,
+                    body=_as_bytes(message.body),
+                    headers=_user_headers(message.properties.get("application_headers")),
+                    redelivered=bool(message.delivery_info["redelivered"]),
+                    handle=_Handle(
+                        self._consumer.generation, message.delivery_info["delivery_tag"]
+                    ),
+                )
+            )
+        else:
+            tag = self._consume(channel, queue)
+            buffer = self._buffers[queue]
+            while not buffer and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._consumer.drain(min(remaining, _SLICE))
+            channel.basic_cancel(tag)  # a delivery racing the cancel lands in the buffer too
+        buffer = self._buffers[queue]
+        return buffer.popleft() if buffer else None
 
     def _consumer_channel(self, channel: Any) -> None:
         """A fresh consumer channel: earlier deliveries are void (the broker requeued them)."""
         self._consumers.clear()
         for buffer in self._buffers.values():
             buffer.clear()
-        channel.basic_qos(0, self.prefetch, False)
+        channel.basic_qos(0, max(1, self.prefetch), False)
 
     def _after_consumer_failure(self, exc: BaseException, deadline: float) -> None:
         self._consumer.drop()
@@ -499,7 +541,7 @@ class AMQPTransport(Transport):
             tag = self._consumers.pop(queue, None)
             buffered = self._buffers.pop(queue, deque())
             channel = self._consumer.current
-            if tag is not None and channel is not None:
+            if tag and channel is not None:
                 try:
                     channel.basic_cancel(tag)
                     for delivery in buffered:
