@@ -1,0 +1,1 @@
+"""Helpers that run in child processes: example queue classes, test transports, spawners."""

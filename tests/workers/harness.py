@@ -1,0 +1,87 @@
+"""Starting ``worker`` processes the way a user does, and reading what they report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(sys.executable).parent / "worker"
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment minus queuekit settings, with the repo importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUEUEKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def worker_command(*args: str) -> list[str]:
+    """``worker ARGS`` (the console script when installed, else ``python -m queuekit``)."""
+    if WORKER.exists():
+        return [str(WORKER), *args]
+    return [sys.executable, "-m", "queuekit", *args]
+
+
+def run_worker(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        worker_command(*args),
+        cwd=cwd,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_worker(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        worker_command(*args),
+        cwd=cwd,
+        env=child_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def lines(path: Path) -> list[str]:
+    """The complete lines of ``path`` so far (none if it does not exist yet)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+
+
+def sqlite_url(path: Path, **options: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
+
+
+def stop(process: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Reap a child the test started (kill it only if it is still running)."""
+    if process.poll() is None:
+        process.kill()
+    process.communicate(timeout=timeout)
+
+
+__all__: Sequence[str] = [
+    "ROOT",
+    "child_env",
+    "lines",
+    "run_worker",
+    "sqlite_url",
+    "start_worker",
+    "stop",
+    "worker_command",
+]

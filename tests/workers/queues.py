@@ -1,0 +1,68 @@
+"""Queue classes the tests run with ``worker run tests.workers.queues:...``.
+
+They report what they do through files named by environment variables, so a test can wait
+on a line appearing instead of sleeping:
+
+- ``QK_OUT``: every processed payload's ``n`` is appended here, one per line;
+- ``QK_EVENTS``: ``started N`` / ``done N`` lines around a gated ``work()``;
+- ``QK_RELEASE``: a gated ``work()`` waits until this file exists.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from queuekit import AbstractQueue, Message
+
+
+def _append(variable: str, line: str) -> None:
+    path = os.environ.get(variable)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+            out.flush()
+
+
+class RecordingQueue(AbstractQueue):
+    """Appends each payload's ``n`` to ``$QK_OUT``."""
+
+    queue = "records"
+
+    def work(self, message: Message) -> None:
+        _append("QK_OUT", str(message.payload["n"]))
+
+
+class GatedQueue(AbstractQueue):
+    """Says ``started N``, waits for ``$QK_RELEASE`` to exist, then records and says ``done N``."""
+
+    queue = "gated"
+
+    def work(self, message: Message) -> None:
+        n = message.payload["n"]
+        _append("QK_EVENTS", f"started {n}")
+        release = Path(os.environ["QK_RELEASE"])
+        deadline = time.monotonic() + 120
+        while not release.exists():  # waiting on an event the test causes, not a timing guess
+            if time.monotonic() > deadline:
+                raise RuntimeError("never released")
+            time.sleep(0.01)
+        _append("QK_OUT", str(n))
+        _append("QK_EVENTS", f"done {n}")
+
+
+class PickyQueue(AbstractQueue):
+    """Rejects payloads without ``to``; records the rest."""
+
+    queue = "picky"
+
+    def validate(self, message: Message) -> bool:
+        return isinstance(message.payload, dict) and "to" in message.payload
+
+    def work(self, message: Message) -> None:
+        _append("QK_OUT", str(message.payload["to"]))
+
+
+class NotAQueue:
+    """A class that is not an AbstractQueue (for the CLI's error path)."""
