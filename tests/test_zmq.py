@@ -7,6 +7,7 @@ Each semantic the adapter declares is proven here, and so is each loss it docume
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,13 +31,17 @@ pytest.importorskip("zmq")
 
 
 def free_port_triple() -> int:
-    """A port P with P, P+1 and P+2 all free on loopback."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + 2 < 65536 and not any(port_open("127.0.0.1", base + i, 0.1) for i in range(3)):
-            return base
+    """A port P with P, P+1 and P+2 bindable on loopback, below the ephemeral range (where
+    outgoing connections take their local ports)."""
+    for _ in range(200):
+        base = random.randrange(20_000, 30_000)
+        try:
+            with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+                for offset, sock in enumerate((a, b, c)):
+                    sock.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        return base
     raise RuntimeError("no three free consecutive ports")
 
 

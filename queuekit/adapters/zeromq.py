@@ -53,6 +53,8 @@ from .zmq_proxy import (
     Endpoints,
     frame_limit,
     max_message_size_option,
+    pack_item,
+    unpack_item,
 )
 
 #: Messages per multipart frame set in ``send_many`` (each set is atomic in ZeroMQ).
@@ -63,6 +65,8 @@ _ANNOUNCE_EVERY = 1.0
 _POLL_SLICE = 0.1
 #: Probe topics start with a byte no queuekit topic frame starts with in practice.
 _PROBE_MARK = b"\x01"
+_SEND, _BROADCAST, _PROBE = bytes((SEND,)), bytes((BROADCAST,)), bytes((PROBE,))
+_WINDOW, _LEAVE = bytes((WINDOW,)), bytes((LEAVE,))
 
 _REASONS = {
     "durable": "the zmq device keeps waiting messages in memory only: a device restart loses them",
@@ -101,7 +105,7 @@ class _Handle:
 class _Inbox:
     """A worker's side of one queue: what the device sent and how much was handed out."""
 
-    items: deque[tuple[bytes, bytes, bytes]] = field(default_factory=deque)
+    items: deque[bytes] = field(default_factory=deque)  # packed items, in arrival order
     consumed: int = 0
     announced: int = 0
     announced_at: float = 0.0
@@ -232,26 +236,26 @@ class ZeroMQTransport(Transport):
             self.require(options)
         raw_headers = _encode_headers(headers)
         self._check_size(body, raw_headers)
-        self._push_frames([SEND, queue.encode(), b"0", raw_headers, body])
+        self._push_frames([_SEND + queue.encode(), pack_item(0, raw_headers, body)])
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         """One atomic ZeroMQ message per chunk of 1024: all of a chunk arrives, or none."""
-        name = queue.encode()
+        head = _SEND + queue.encode()
         for start in range(0, len(messages), _SEND_MANY_CHUNK):
-            frames = [SEND, name]
+            frames = [head]
             for message in messages[start : start + _SEND_MANY_CHUNK]:
                 if message.options is not NO_OPTIONS:
                     self.require(message.options)
                 raw_headers = _encode_headers(message.headers)
                 self._check_size(message.body, raw_headers)
-                frames += (b"0", raw_headers, message.body)
-            if len(frames) > 2:
+                frames.append(pack_item(0, raw_headers, message.body))
+            if len(frames) > 1:
                 self._push_frames(frames)
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
         raw_headers = _encode_headers(headers)
         self._check_size(body, raw_headers)
-        self._push_frames([BROADCAST, topic.encode(), raw_headers, body])
+        self._push_frames([_BROADCAST + topic.encode(), pack_item(0, raw_headers, body)])
 
     # -- consuming work --------------------------------------------------------------------
 
@@ -275,11 +279,14 @@ class ZeroMQTransport(Transport):
         deadline = time.monotonic() + timeout
         while True:
             if inbox.items:
-                count_text, raw_headers, body = inbox.items.popleft()
+                item = inbox.items.popleft()
                 inbox.consumed += 1
                 if inbox.consumed - inbox.announced >= self._step:
                     self._announce(queue, inbox)
-                count = int(count_text)
+                try:
+                    count, raw_headers, body = unpack_item(item)
+                except ValueError:
+                    continue  # not from a queuekit peer; nothing to deliver
                 handle = _Handle(count, raw_headers, None)
                 delivery = Delivery(
                     queue,
@@ -307,7 +314,7 @@ class ZeroMQTransport(Transport):
         assert self._worker is not None
         try:
             self._worker.send_multipart(
-                [WINDOW, queue.encode(), str(inbox.consumed).encode(), str(self.prefetch).encode()],
+                [_WINDOW + queue.encode(), b"%d" % inbox.consumed, b"%d" % self.prefetch],
                 zmq.NOBLOCK,
             )
         except zmq.ZMQError:
@@ -323,14 +330,14 @@ class ZeroMQTransport(Transport):
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if frames[0] == DELIVER and len(frames) >= 5:
-                inbox = self._inboxes.get(frames[1].decode())
-                if inbox is None:  # a queue this transport never asked for: cannot happen
-                    continue
-                items = frames[2:]
-                inbox.items.extend(zip(items[0::3], items[1::3], items[2::3], strict=True))
-            elif frames[0] == LEFT and len(frames) == 2:
-                left = self._inboxes.get(frames[1].decode())
+            head = frames[0]
+            kind = head[0] if head else 0
+            if kind == DELIVER:
+                inbox = self._inboxes.get(head[1:].decode())
+                if inbox is not None:  # always: the device sends only queues we asked for
+                    inbox.items.extend(frames[1:])
+            elif kind == LEFT:
+                left = self._inboxes.get(head[1:].decode())
                 if left is not None:
                     left.left = True
 
@@ -360,15 +367,8 @@ class ZeroMQTransport(Transport):
             handle.settled = False
             handle.subscription.items.append(delivery)
             return
-        self._push_frames(
-            [
-                SEND,
-                delivery.queue.encode(),
-                str(handle.count + 1).encode(),
-                handle.headers,
-                delivery.body,
-            ]
-        )
+        item = pack_item(handle.count + 1, handle.headers, delivery.body)
+        self._push_frames([_SEND + delivery.queue.encode(), item])
 
     # -- fan-out ---------------------------------------------------------------------------
 
@@ -399,7 +399,7 @@ class ZeroMQTransport(Transport):
                             f"no zmq device answered the subscription probe at "
                             f"{self.endpoints.fanout} within {self._subscribe_timeout:g}s"
                         )
-                    self._push_frames([PROBE, probe])
+                    self._push_frames([_PROBE + probe])
                     if sock.poll(int(interval * 1000)):
                         ready = self._drain_subscription(subscription, probe)
                     interval = min(interval * 2, 0.5)
@@ -419,13 +419,17 @@ class ZeroMQTransport(Transport):
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return seen_probe
-            if len(frames) != 3:
+            if len(frames) != 2:
                 continue
-            topic_frame, raw_headers, body = frames
+            topic_frame, item = frames
             if topic_frame.startswith(_PROBE_MARK):
                 seen_probe = seen_probe or (bool(probe) and topic_frame == probe)
                 continue
             if not topic_frame.endswith(TOPIC_END):
+                continue
+            try:
+                _, raw_headers, body = unpack_item(item)
+            except ValueError:
                 continue
             if not subscription.exact and not topic_matches(
                 subscription.pattern, topic_frame[:-1].decode()
@@ -491,7 +495,7 @@ class ZeroMQTransport(Transport):
         if worker is not None and self._inboxes:
             for queue in self._inboxes:
                 try:
-                    worker.send_multipart([LEAVE, queue.encode()], zmq.NOBLOCK)
+                    worker.send_multipart([_LEAVE + queue.encode()], zmq.NOBLOCK)
                 except zmq.ZMQError:
                     break
             deadline = time.monotonic() + 1.0
@@ -501,18 +505,13 @@ class ZeroMQTransport(Transport):
                     break
                 self._drain_worker()
         for queue, inbox in self._inboxes.items():
-            frames = [SEND, queue.encode()]
-            for item in inbox.items:
-                frames += item
-            if len(frames) > 2:
-                returned.append(frames)
+            if inbox.items:
+                returned.append([_SEND + queue.encode(), *inbox.items])
             inbox.items.clear()
         for handle, delivery in self._unacked.items():
             if handle.subscription is None:
-                count = str(handle.count + 1).encode()
-                returned.append(
-                    [SEND, delivery.queue.encode(), count, handle.headers, delivery.body]
-                )
+                item = pack_item(handle.count + 1, handle.headers, delivery.body)
+                returned.append([_SEND + delivery.queue.encode(), item])
         self._unacked.clear()
         return returned
 

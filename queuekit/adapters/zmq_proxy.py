@@ -13,16 +13,21 @@ queuekit.adapters.zmq_proxy URL``). From the URL's port ``P`` it binds three soc
   batches of work, never more than their window (the prefetch).
 - ``P + 2`` PUB: broadcasts and probes go out here; ZeroMQ filters them by topic prefix.
 
-Wire frames (all ``bytes``; ``count`` is the ASCII number of earlier deliveries)::
+Wire frames. The first frame is one kind byte followed by a queue name or topic (UTF-8);
+every message is then *one* frame, an "item" (:func:`pack_item`): ``count`` (earlier
+deliveries) and the headers' length as two big-endian uint32, the headers JSON, the body.
+The device never looks inside an item, so it routes a message with one frame copy::
 
-    producer -> P      [b"S", queue, (count, headers, body) * n]   work for one queue
-                       [b"B", topic, headers, body]                 fan-out to subscribers
-                       [b"P", probe]                                readiness probe
-    worker   -> P + 1  [b"W", queue, consumed, window]              credit: may hold window
-                                                                     more than consumed
-                       [b"X", queue]                                leave; answered by [b"x", queue]
-    P + 1 -> worker    [b"D", queue, (count, headers, body) * n]
-    P + 2 -> SUB       [topic + b"\\0", headers, body]
+    producer -> P      [b"S" + queue, item, item, ...]             work for one queue
+                       [b"B" + topic, item]                         fan-out to subscribers
+                       [b"P" + probe]                               readiness probe
+    worker   -> P + 1  [b"W" + queue, consumed, window]             credit (ASCII numbers):
+                                                                     may hold window more
+                                                                     than it consumed
+                       [b"X" + queue]                               leave; answered by
+                                                                     [b"x" + queue]
+    P + 1 -> worker    [b"D" + queue, item, item, ...]
+    P + 2 -> SUB       [topic + b"\\0", item]  or  [probe, b""]
 
 Work waits in the device's memory (in arrival order per queue) until a worker has credit;
 when more than ``max_buffered`` messages wait in total, the device stops reading producers
@@ -35,6 +40,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import struct
 import sys
 import threading
 import time
@@ -60,9 +66,31 @@ DEFAULT_PORT = 5560
 #: Largest number of messages the device packs into one delivery frame set.
 MAX_BATCH = 256
 
-SEND, BROADCAST, PROBE = b"S", b"B", b"P"
-WINDOW, LEAVE, LEFT, DELIVER = b"W", b"X", b"x", b"D"
+SEND, BROADCAST, PROBE = ord("S"), ord("B"), ord("P")
+WINDOW, LEAVE, LEFT, DELIVER = ord("W"), ord("X"), ord("x"), ord("D")
 TOPIC_END = b"\0"
+_ITEM_HEAD = struct.Struct("!II")
+
+
+def pack_item(count: int, headers: bytes, body: bytes) -> bytes:
+    """One message as one frame: delivery count, headers JSON, body."""
+    return b"".join((_ITEM_HEAD.pack(count, len(headers)), headers, body))
+
+
+def unpack_item(item: bytes) -> tuple[int, bytes, bytes]:
+    """``(count, headers, body)``; raises ``ValueError`` for a frame that is not an item."""
+    if len(item) < _ITEM_HEAD.size:
+        raise ValueError("short item")
+    count, size = _ITEM_HEAD.unpack_from(item)
+    end = _ITEM_HEAD.size + size
+    if end > len(item):
+        raise ValueError("item headers overrun")
+    return count, item[_ITEM_HEAD.size : end], item[end:]
+
+
+def with_count(item: bytes, count: int) -> bytes:
+    """The same item with another delivery count (for a requeue)."""
+    return _ITEM_HEAD.pack(count, _ITEM_HEAD.unpack_from(item)[1]) + item[_ITEM_HEAD.size :]
 
 
 @dataclass(frozen=True)
@@ -126,9 +154,6 @@ class _Worker:
         return self.consumed + self.window - self.sent
 
 
-Item = tuple[bytes, bytes, bytes]
-
-
 class Device:
     """The routing loop. Not thread-safe: ``run`` owns its sockets; ``stop`` may be called
     from any thread (or a signal handler) and makes ``run`` return within ~0.1 s."""
@@ -146,7 +171,7 @@ class Device:
         self._context = context or zmq.Context()
         self._own_context = context is None
         self._stopping = threading.Event()
-        self._queues: dict[bytes, deque[Item]] = {}
+        self._queues: dict[bytes, deque[bytes]] = {}
         self._workers: dict[bytes, OrderedDict[bytes, _Worker]] = {}
         self._buffered = 0
         self.forwarded = 0
@@ -215,21 +240,20 @@ class Device:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            kind = frames[0]
-            if kind == SEND and len(frames) >= 5 and (len(frames) - 2) % 3 == 0:
-                queue = frames[1]
+            head = frames[0]
+            kind = head[0] if head else 0
+            if kind == SEND and len(frames) >= 2:
+                queue = head[1:]
                 pending = self._queues.get(queue)
                 if pending is None:
                     pending = self._queues[queue] = deque()
-                items = frames[2:]
-                for i in range(0, len(items), 3):
-                    pending.append((items[i], items[i + 1], items[i + 2]))
-                self._buffered += len(items) // 3
+                pending.extend(frames[1:])
+                self._buffered += len(frames) - 1
                 dirty.add(queue)
-            elif kind == BROADCAST and len(frames) == 4:
-                self._fanout.send_multipart([frames[1] + TOPIC_END, frames[2], frames[3]])
-            elif kind == PROBE and len(frames) == 2:
-                self._fanout.send_multipart([frames[1], b"", b""])
+            elif kind == BROADCAST and len(frames) == 2:
+                self._fanout.send_multipart([head[1:] + TOPIC_END, frames[1]])
+            elif kind == PROBE and len(frames) == 1:
+                self._fanout.send_multipart([head[1:], b""])
             else:
                 log.warning("dropped a malformed frontend message (%d frames)", len(frames))
 
@@ -240,10 +264,12 @@ class Device:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) == 5 and frames[1] == WINDOW:
-                ident, _, queue, consumed_text, window_text = frames
+            head = frames[1] if len(frames) > 1 else b""
+            kind = head[0] if head else 0
+            if kind == WINDOW and len(frames) == 4:
+                ident, queue = frames[0], head[1:]
                 try:
-                    consumed, window = int(consumed_text), int(window_text)
+                    consumed, window = int(frames[2]), int(frames[3])
                 except ValueError:
                     continue
                 workers = self._workers.get(queue)
@@ -256,14 +282,14 @@ class Device:
                     worker.consumed = max(worker.consumed, consumed)
                     worker.window = window
                 dirty.add(queue)
-            elif len(frames) == 3 and frames[1] == LEAVE:
-                ident, _, queue = frames
+            elif kind == LEAVE and len(frames) == 2:
+                ident, queue = frames[0], head[1:]
                 workers = self._workers.get(queue)
                 if workers is not None:
                     workers.pop(ident, None)
                 # The worker may be gone already; then nothing is owed to it.
                 with contextlib.suppress(zmq.ZMQError):
-                    self._backend.send_multipart([ident, LEFT, queue], zmq.NOBLOCK)
+                    self._backend.send_multipart([ident, bytes((LEFT,)) + queue], zmq.NOBLOCK)
             else:
                 log.warning("dropped a malformed backend message (%d frames)", len(frames))
 
@@ -273,6 +299,7 @@ class Device:
         """Hand waiting work of ``queue`` to its workers with credit, round robin."""
         pending = self._queues.get(queue)
         workers = self._workers.get(queue)
+        deliver_head = bytes((DELIVER,)) + queue
         while pending and workers:
             progressed = False
             share = max(1, -(-len(pending) // len(workers)))
@@ -282,11 +309,8 @@ class Device:
                 if n <= 0:
                     continue
                 items = [pending.popleft() for _ in range(n)]
-                frames = [ident, DELIVER, queue]
-                for item in items:
-                    frames.extend(item)
                 try:
-                    self._backend.send_multipart(frames, zmq.NOBLOCK)
+                    self._backend.send_multipart([ident, deliver_head, *items], zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     pending.extendleft(reversed(items))
                     if exc.errno != zmq.EAGAIN:  # EHOSTUNREACH: that worker is gone
