@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(sys.executable).parent / "worker"
@@ -54,6 +57,28 @@ def start_worker(
     )
 
 
+def wait_for_line(stream: IO[str], needle: str, timeout: float = 30) -> str:
+    """Read ``stream`` (a child's pipe) until a line containing ``needle``; fail on timeout/EOF.
+
+    A child's readiness line is an event to wait on: no sleeping, no guessing.
+    """
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no line with {needle!r} within {timeout}s; got {seen!r}")
+        ready, _, _ = select.select([stream], [], [], remaining)
+        if not ready:
+            continue
+        line = stream.readline()
+        if not line:
+            raise AssertionError(f"stream ended before a line with {needle!r}; got {seen!r}")
+        seen.append(line)
+        if needle in line:
+            return line
+
+
 def lines(path: Path) -> list[str]:
     """The complete lines of ``path`` so far (none if it does not exist yet)."""
     try:
@@ -83,5 +108,6 @@ __all__: Sequence[str] = [
     "sqlite_url",
     "start_worker",
     "stop",
+    "wait_for_line",
     "worker_command",
 ]
