@@ -57,6 +57,7 @@ class Link:
         self.role = role
         self._on_channel = on_channel
         self._connection: Any = None
+        self._raw: Any = None  # py-amqp's connection, kept to free its socket whatever happens
         self._channel: Any = None
         self._next_host = 0
         #: Bumped on every new connection; deliveries and confirms of older ones are void.
@@ -87,14 +88,15 @@ class Link:
             connection = KombuConnection(**self.settings.kombu_kwargs(host))
             try:
                 connection.connect()
-                self._connection = connection
+                self._connection, self._raw = connection, connection.connection
                 self._open_channel()
             except amqp_errors.AccessRefused as exc:
-                _quiet_release(connection)
+                _quiet_release(connection, self._raw)
+                self._connection = self._raw = self._channel = None
                 raise ConfigurationError(f"amqp {host}: access refused: {exc}") from None
             except (*CONNECTION_ERRORS, *CHANNEL_ERRORS) as exc:
-                _quiet_release(connection)
-                self._connection = self._channel = None
+                _quiet_release(connection, self._raw)
+                self._connection = self._raw = self._channel = None
                 errors.append(f"{host}: {exc}")
                 continue
             self._next_host = index
@@ -136,25 +138,30 @@ class Link:
 
     def drop(self) -> None:
         """Abandon the connection (after a failure): close it without waiting on the broker."""
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, raw = self._connection, self._raw
+        self._connection = self._raw = self._channel = None
         if connection is not None:
-            _quiet_release(connection)
+            _quiet_release(connection, raw)
 
     def close(self) -> None:
         """Close politely (un-acked deliveries go back to their queues)."""
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, raw = self._connection, self._raw
+        self._connection = self._raw = self._channel = None
         if connection is None:
             return
         try:
             connection.close()
         except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
-            _quiet_release(connection)
+            _quiet_release(connection, raw)
 
 
-def _quiet_release(connection: Any) -> None:
+def _quiet_release(connection: Any, raw: Any) -> None:
     # drops the socket without a closing handshake; it already failed, free what is left
     with contextlib.suppress(Exception):
         connection.collect()
+    with contextlib.suppress(Exception):
+        if raw is not None:
+            raw.collect()
 
 
 def backoff(attempt: int) -> float:

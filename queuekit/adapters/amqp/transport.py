@@ -387,7 +387,11 @@ class AMQPTransport(Transport):
                 )
             )
 
-        tag: str = channel.basic_consume(queue, callback=on_message)
+        def on_cancel(tag: str) -> None:  # the broker ended it (queue deleted elsewhere)
+            if self._consumers.get(queue) == tag:
+                del self._consumers[queue]
+
+        tag: str = channel.basic_consume(queue, callback=on_message, on_cancel=on_cancel)
         return tag
 
     def _pull(self, queue: str, deadline: float) -> Delivery | None:
