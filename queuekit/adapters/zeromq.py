@@ -52,8 +52,11 @@ from .zmq_proxy import (
     WINDOW,
     Endpoints,
     frame_limit,
+    make_head,
     max_message_size_option,
     pack_item,
+    recv_message,
+    send_message,
     unpack_item,
 )
 
@@ -65,8 +68,6 @@ _ANNOUNCE_EVERY = 1.0
 _POLL_SLICE = 0.1
 #: Probe topics start with a byte no queuekit topic frame starts with in practice.
 _PROBE_MARK = b"\x01"
-_SEND, _BROADCAST, _PROBE = bytes((SEND,)), bytes((BROADCAST,)), bytes((PROBE,))
-_WINDOW, _LEAVE = bytes((WINDOW,)), bytes((LEAVE,))
 
 _REASONS = {
     "durable": "the zmq device keeps waiting messages in memory only: a device restart loses them",
@@ -213,12 +214,12 @@ class ZeroMQTransport(Transport):
         if len(headers) > FRAME_ALLOWANCE:
             raise MessageTooLarge(len(headers), FRAME_ALLOWANCE, f"{self.name} (headers)")
 
-    def _push_frames(self, frames: list[bytes]) -> None:
+    def _push_message(self, head: bytes, items: Sequence[bytes]) -> None:
         with self._send_lock:
             if self._closed:
                 raise TransportClosed(f"{self!r} is closed")
             try:
-                self._push.send_multipart(frames)
+                send_message(self._push, head, items)
             except zmq.Again:
                 raise ConnectionLost(
                     f"the zmq device at {self.endpoints.frontend} took nothing for "
@@ -236,26 +237,27 @@ class ZeroMQTransport(Transport):
             self.require(options)
         raw_headers = _encode_headers(headers)
         self._check_size(body, raw_headers)
-        self._push_frames([_SEND + queue.encode(), pack_item(0, raw_headers, body)])
+        self._push_message(make_head(SEND, 1, queue.encode()), (pack_item(0, raw_headers, body),))
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         """One atomic ZeroMQ message per chunk of 1024: all of a chunk arrives, or none."""
-        head = _SEND + queue.encode()
+        name = queue.encode()
         for start in range(0, len(messages), _SEND_MANY_CHUNK):
-            frames = [head]
+            items: list[bytes] = []
             for message in messages[start : start + _SEND_MANY_CHUNK]:
                 if message.options is not NO_OPTIONS:
                     self.require(message.options)
                 raw_headers = _encode_headers(message.headers)
                 self._check_size(message.body, raw_headers)
-                frames.append(pack_item(0, raw_headers, message.body))
-            if len(frames) > 1:
-                self._push_frames(frames)
+                items.append(pack_item(0, raw_headers, message.body))
+            if items:
+                self._push_message(make_head(SEND, len(items), name), items)
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
         raw_headers = _encode_headers(headers)
         self._check_size(body, raw_headers)
-        self._push_frames([_BROADCAST + topic.encode(), pack_item(0, raw_headers, body)])
+        item = pack_item(0, raw_headers, body)
+        self._push_message(make_head(BROADCAST, 1, topic.encode()), (item,))
 
     # -- consuming work --------------------------------------------------------------------
 
@@ -313,8 +315,10 @@ class ZeroMQTransport(Transport):
         """Tell the device how much this worker may hold: ``consumed + prefetch``."""
         assert self._worker is not None
         try:
-            self._worker.send_multipart(
-                [_WINDOW + queue.encode(), b"%d" % inbox.consumed, b"%d" % self.prefetch],
+            send_message(
+                self._worker,
+                make_head(WINDOW, 2, queue.encode()),
+                (b"%d" % inbox.consumed, b"%d" % self.prefetch),
                 zmq.NOBLOCK,
             )
         except zmq.ZMQError:
@@ -324,20 +328,18 @@ class ZeroMQTransport(Transport):
 
     def _drain_worker(self) -> None:
         assert self._worker is not None
-        recv = self._worker.recv_multipart
+        worker = self._worker
         while True:
             try:
-                frames = recv(zmq.NOBLOCK)
+                kind, name, items = recv_message(worker)
             except zmq.Again:
                 return
-            head = frames[0]
-            kind = head[0] if head else 0
             if kind == DELIVER:
-                inbox = self._inboxes.get(head[1:].decode())
+                inbox = self._inboxes.get(name.decode())
                 if inbox is not None:  # always: the device sends only queues we asked for
-                    inbox.items.extend(frames[1:])
+                    inbox.items.extend(items)
             elif kind == LEFT:
-                left = self._inboxes.get(head[1:].decode())
+                left = self._inboxes.get(name.decode())
                 if left is not None:
                     left.left = True
 
@@ -368,7 +370,7 @@ class ZeroMQTransport(Transport):
             handle.subscription.items.append(delivery)
             return
         item = pack_item(handle.count + 1, handle.headers, delivery.body)
-        self._push_frames([_SEND + delivery.queue.encode(), item])
+        self._push_message(make_head(SEND, 1, delivery.queue.encode()), (item,))
 
     # -- fan-out ---------------------------------------------------------------------------
 
@@ -399,7 +401,7 @@ class ZeroMQTransport(Transport):
                             f"no zmq device answered the subscription probe at "
                             f"{self.endpoints.fanout} within {self._subscribe_timeout:g}s"
                         )
-                    self._push_frames([_PROBE + probe])
+                    self._push_message(make_head(PROBE, 0, probe), ())
                     if sock.poll(int(interval * 1000)):
                         ready = self._drain_subscription(subscription, probe)
                     interval = min(interval * 2, 0.5)
@@ -413,15 +415,13 @@ class ZeroMQTransport(Transport):
     def _drain_subscription(self, subscription: _Subscription, probe: bytes = b"") -> bool:
         """Move what arrived into the subscription's buffer; True when ``probe`` came."""
         seen_probe = False
-        recv = subscription.socket.recv_multipart
+        recv = subscription.socket.recv
         while True:
             try:
-                frames = recv(zmq.NOBLOCK)
+                topic_frame = recv(zmq.NOBLOCK)
+                item = recv(zmq.NOBLOCK)  # the device always sends two frames
             except zmq.Again:
                 return seen_probe
-            if len(frames) != 2:
-                continue
-            topic_frame, item = frames
             if topic_frame.startswith(_PROBE_MARK):
                 seen_probe = seen_probe or (bool(probe) and topic_frame == probe)
                 continue
@@ -480,22 +480,22 @@ class ZeroMQTransport(Transport):
             if self._worker is not None:
                 self._worker.close(linger=0)
         with self._send_lock:
-            for frames in returned:
+            for head, items in returned:
                 try:
-                    self._push.send_multipart(frames, zmq.NOBLOCK)
+                    send_message(self._push, head, items, zmq.NOBLOCK)
                 except zmq.ZMQError:
                     break  # the pipe is full: the device is away; these are lost
             self._push.close(linger=self._linger_ms)
         self._context.term()
 
-    def _leave_queues(self) -> list[list[bytes]]:
-        """Leave every queue; return the frames that put un-handled work back."""
-        returned: list[list[bytes]] = []
+    def _leave_queues(self) -> list[tuple[bytes, list[bytes]]]:
+        """Leave every queue; return the messages that put un-handled work back."""
+        returned: list[tuple[bytes, list[bytes]]] = []
         worker = self._worker
         if worker is not None and self._inboxes:
             for queue in self._inboxes:
                 try:
-                    worker.send_multipart([_LEAVE + queue.encode()], zmq.NOBLOCK)
+                    send_message(worker, make_head(LEAVE, 0, queue.encode()), (), zmq.NOBLOCK)
                 except zmq.ZMQError:
                     break
             deadline = time.monotonic() + 1.0
@@ -506,12 +506,13 @@ class ZeroMQTransport(Transport):
                 self._drain_worker()
         for queue, inbox in self._inboxes.items():
             if inbox.items:
-                returned.append([_SEND + queue.encode(), *inbox.items])
+                items = list(inbox.items)
+                returned.append((make_head(SEND, len(items), queue.encode()), items))
             inbox.items.clear()
         for handle, delivery in self._unacked.items():
             if handle.subscription is None:
                 item = pack_item(handle.count + 1, handle.headers, delivery.body)
-                returned.append([_SEND + delivery.queue.encode(), item])
+                returned.append((make_head(SEND, 1, delivery.queue.encode()), [item]))
         self._unacked.clear()
         return returned
 

@@ -13,21 +13,23 @@ queuekit.adapters.zmq_proxy URL``). From the URL's port ``P`` it binds three soc
   batches of work, never more than their window (the prefetch).
 - ``P + 2`` PUB: broadcasts and probes go out here; ZeroMQ filters them by topic prefix.
 
-Wire frames. The first frame is one kind byte followed by a queue name or topic (UTF-8);
-every message is then *one* frame, an "item" (:func:`pack_item`): ``count`` (earlier
-deliveries) and the headers' length as two big-endian uint32, the headers JSON, the body.
-The device never looks inside an item, so it routes a message with one frame copy::
+Wire format. Every ZeroMQ message starts with a *head* frame: a kind byte, a big-endian
+uint32 saying how many frames follow, then a queue name or topic (UTF-8). Each message of
+work is one *item* frame (:func:`pack_item`): its delivery count and the headers' length as
+two big-endian uint32, the headers JSON, the body. The device never looks inside an item.
+Frames are sent and read one call each with the count known up front: pyzmq's
+``send_multipart``/``recv_multipart`` cost about three times more per frame here::
 
-    producer -> P      [b"S" + queue, item, item, ...]             work for one queue
-                       [b"B" + topic, item]                         fan-out to subscribers
-                       [b"P" + probe]                               readiness probe
-    worker   -> P + 1  [b"W" + queue, consumed, window]             credit (ASCII numbers):
+    producer -> P      head(S, n, queue), item * n                 work for one queue
+                       head(B, 1, topic), item                      fan-out to subscribers
+                       head(P, 0, probe)                            readiness probe
+    worker   -> P + 1  head(W, 2, queue), consumed, window          credit (ASCII numbers):
                                                                      may hold window more
-                                                                     than it consumed
-                       [b"X" + queue]                               leave; answered by
-                                                                     [b"x" + queue]
-    P + 1 -> worker    [b"D" + queue, item, item, ...]
-    P + 2 -> SUB       [topic + b"\\0", item]  or  [probe, b""]
+                                                                     than it has consumed
+                       head(X, 0, queue)                            leave; answered by
+                                                                     head(x, 0, queue)
+    P + 1 -> worker    head(D, n, queue), item * n
+    P + 2 -> SUB       topic + b"\\0", item        or  probe, b""
 
 Work waits in the device's memory (in arrival order per queue) until a worker has credit;
 when more than ``max_buffered`` messages wait in total, the device stops reading producers
@@ -69,7 +71,48 @@ MAX_BATCH = 256
 SEND, BROADCAST, PROBE = ord("S"), ord("B"), ord("P")
 WINDOW, LEAVE, LEFT, DELIVER = ord("W"), ord("X"), ord("x"), ord("D")
 TOPIC_END = b"\0"
+_HEAD = struct.Struct("!BI")
 _ITEM_HEAD = struct.Struct("!II")
+
+
+def make_head(kind: int, count: int, name: bytes) -> bytes:
+    return _HEAD.pack(kind, count) + name
+
+
+def send_message(
+    sock: zmq.Socket[bytes], head: bytes, items: Sequence[bytes], flags: int = 0
+) -> None:
+    """Send ``head`` and ``items`` as one atomic ZeroMQ message, one call per frame.
+
+    ``flags`` (e.g. ``NOBLOCK``) apply to the first frame only: once it is accepted, ZeroMQ
+    takes the rest of the message whatever the high-water mark.
+    """
+    if not items:
+        sock.send(head, flags)
+        return
+    sock.send(head, flags | zmq.SNDMORE)
+    more = zmq.SNDMORE
+    for item in items[:-1]:
+        sock.send(item, more)
+    sock.send(items[-1])
+
+
+def recv_message(sock: zmq.Socket[bytes]) -> tuple[int, bytes, list[bytes]]:
+    """``(kind, name, items)`` of the next message; raises ``zmq.Again`` when none waits.
+
+    A message is delivered whole, so its frames never need waiting for; a head that
+    promises more frames than came yields kind 0 (malformed) instead of blocking.
+    """
+    head = sock.recv(zmq.NOBLOCK)
+    if len(head) < _HEAD.size:
+        return 0, head, []
+    kind, count = _HEAD.unpack_from(head)
+    recv, flags = sock.recv, zmq.NOBLOCK
+    try:
+        items = [recv(flags) for _ in range(count)]
+    except zmq.Again:
+        return 0, head, []
+    return kind, head[_HEAD.size :], items
 
 
 def pack_item(count: int, headers: bytes, body: bytes) -> bytes:
@@ -86,11 +129,6 @@ def unpack_item(item: bytes) -> tuple[int, bytes, bytes]:
     if end > len(item):
         raise ValueError("item headers overrun")
     return count, item[_ITEM_HEAD.size : end], item[end:]
-
-
-def with_count(item: bytes, count: int) -> bytes:
-    """The same item with another delivery count (for a requeue)."""
-    return _ITEM_HEAD.pack(count, _ITEM_HEAD.unpack_from(item)[1]) + item[_ITEM_HEAD.size :]
 
 
 @dataclass(frozen=True)
@@ -232,44 +270,41 @@ class Device:
     # -- reading ---------------------------------------------------------------------------
 
     def _read_frontend(self, dirty: set[bytes]) -> None:
-        recv = self._frontend.recv_multipart
-        for _ in range(2048):
+        frontend, fanout = self._frontend, self._fanout
+        for _ in range(4096):
             if self._buffered >= self.max_buffered:
                 return
             try:
-                frames = recv(zmq.NOBLOCK)
+                kind, name, items = recv_message(frontend)
             except zmq.Again:
                 return
-            head = frames[0]
-            kind = head[0] if head else 0
-            if kind == SEND and len(frames) >= 2:
-                queue = head[1:]
-                pending = self._queues.get(queue)
+            if kind == SEND and items:
+                pending = self._queues.get(name)
                 if pending is None:
-                    pending = self._queues[queue] = deque()
-                pending.extend(frames[1:])
-                self._buffered += len(frames) - 1
-                dirty.add(queue)
-            elif kind == BROADCAST and len(frames) == 2:
-                self._fanout.send_multipart([head[1:] + TOPIC_END, frames[1]])
-            elif kind == PROBE and len(frames) == 1:
-                self._fanout.send_multipart([head[1:], b""])
+                    pending = self._queues[name] = deque()
+                pending.extend(items)
+                self._buffered += len(items)
+                dirty.add(name)
+            elif kind == BROADCAST and len(items) == 1:
+                fanout.send(name + TOPIC_END, zmq.SNDMORE)
+                fanout.send(items[0])
+            elif kind == PROBE and not items:
+                fanout.send(name, zmq.SNDMORE)
+                fanout.send(b"")
             else:
-                log.warning("dropped a malformed frontend message (%d frames)", len(frames))
+                log.warning("dropped a malformed message from a producer")
 
     def _read_backend(self, dirty: set[bytes]) -> None:
-        recv = self._backend.recv_multipart
-        for _ in range(2048):
+        backend = self._backend
+        for _ in range(4096):
             try:
-                frames = recv(zmq.NOBLOCK)
+                ident = backend.recv(zmq.NOBLOCK)
+                kind, queue, items = recv_message(backend)
             except zmq.Again:
                 return
-            head = frames[1] if len(frames) > 1 else b""
-            kind = head[0] if head else 0
-            if kind == WINDOW and len(frames) == 4:
-                ident, queue = frames[0], head[1:]
+            if kind == WINDOW and len(items) == 2:
                 try:
-                    consumed, window = int(frames[2]), int(frames[3])
+                    consumed, window = int(items[0]), int(items[1])
                 except ValueError:
                     continue
                 workers = self._workers.get(queue)
@@ -282,16 +317,16 @@ class Device:
                     worker.consumed = max(worker.consumed, consumed)
                     worker.window = window
                 dirty.add(queue)
-            elif kind == LEAVE and len(frames) == 2:
-                ident, queue = frames[0], head[1:]
+            elif kind == LEAVE and not items:
                 workers = self._workers.get(queue)
                 if workers is not None:
                     workers.pop(ident, None)
                 # The worker may be gone already; then nothing is owed to it.
                 with contextlib.suppress(zmq.ZMQError):
-                    self._backend.send_multipart([ident, bytes((LEFT,)) + queue], zmq.NOBLOCK)
+                    backend.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
+                    backend.send(make_head(LEFT, 0, queue))
             else:
-                log.warning("dropped a malformed backend message (%d frames)", len(frames))
+                log.warning("dropped a malformed message from a worker")
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -299,7 +334,7 @@ class Device:
         """Hand waiting work of ``queue`` to its workers with credit, round robin."""
         pending = self._queues.get(queue)
         workers = self._workers.get(queue)
-        deliver_head = bytes((DELIVER,)) + queue
+        backend = self._backend
         while pending and workers:
             progressed = False
             share = max(1, -(-len(pending) // len(workers)))
@@ -308,14 +343,15 @@ class Device:
                 n = min(worker.credit, len(pending), MAX_BATCH, share)
                 if n <= 0:
                     continue
-                items = [pending.popleft() for _ in range(n)]
                 try:
-                    self._backend.send_multipart([ident, deliver_head, *items], zmq.NOBLOCK)
+                    # ROUTER_MANDATORY: an unknown or full peer fails here, on the first frame.
+                    backend.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
                 except zmq.ZMQError as exc:
-                    pending.extendleft(reversed(items))
                     if exc.errno != zmq.EAGAIN:  # EHOSTUNREACH: that worker is gone
                         del workers[ident]
                     continue
+                items = [pending.popleft() for _ in range(n)]
+                send_message(backend, make_head(DELIVER, n, queue), items)
                 worker.sent += n
                 self._buffered -= n
                 self.forwarded += n
