@@ -1,0 +1,802 @@
+"""SQLite queues, measured on one disk in one run: queuekit against raw sqlite3 and its peers.
+
+What is measured (messages per second, the median of ``--reps`` runs, each on a fresh file):
+
+- raw ``sqlite3`` statements: one autocommit INSERT per message; claim + ack as one
+  ``UPDATE ... RETURNING`` and one ``DELETE`` (the statements queuekit's adapter runs);
+- queuekit ``sqlite://``: ``Queue.publish``, ``Queue.publish_many`` and ``Transport.send_many``
+  (batches of 1000), and consume-with-ack through ``Queue.dispatch`` (no-op work) and through
+  ``Transport.receive`` + ``ack``;
+- peers: huey's ``SqliteHuey`` (enqueue; dequeue + execute of a no-op task, which is what
+  huey's worker loop does), persist-queue's ``SQLiteAckQueue`` (put; get + ack) and litequeue
+  (put; pop + done);
+- every row at ``synchronous=NORMAL`` and ``FULL`` (WAL everywhere). A peer whose API has no
+  such setting gets the PRAGMA on its own connection; the notes column says so;
+- queue-depth sensitivity: queuekit's worker rate with 1k and 100k messages waiting;
+- two consumer processes on one file (queuekit workers, persist-queue consumers): throughput,
+  and every message id checked to be processed exactly once.
+
+Consume rates are taken over the first ``consume`` messages of a queue pre-filled with
+``waiting`` messages (filled at ``synchronous=OFF`` and checkpointed, then set to the
+measured level). Measurements run round-robin, one round per repetition, so a noisy moment
+on a shared machine hits every subject alike.
+
+Run: ``.venv/bin/pip install -r bench/requirements.txt`` once, then
+``.venv/bin/python bench/bench_sqlite.py`` (about 3 minutes; ``--quick`` for a smoke run,
+``--profile`` to print where queuekit's worker spends its time). Files go to a fresh
+directory under ``--dir`` (default ``$QUEUEKIT_VAR`` or ``/tmp``), removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime
+import json
+import os
+import platform
+import pstats
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+LEVELS = ("normal", "full")
+BATCH = 1000
+# After a pre-fill: move the WAL into the database file, so the consume run measured next
+# does not pay for checkpointing the fill.
+CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
+
+
+@dataclass
+class Sizes:
+    """How many messages each measurement moves, per synchronous level."""
+
+    insert: dict[str, int] = field(default_factory=lambda: {"normal": 20_000, "full": 3_000})
+    bulk: int = 50_000
+    waiting: int = 10_000
+    consume: dict[str, int] = field(default_factory=lambda: {"normal": 5_000, "full": 1_500})
+    depth_consume: int = 2_000
+    pair: int = 4_000
+
+
+QUICK = Sizes(
+    insert={"normal": 2_000, "full": 300},
+    bulk=5_000,
+    waiting=2_000,
+    consume={"normal": 500, "full": 150},
+    depth_consume=300,
+    pair=500,
+)
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"to": f"user{i}@example.com", "subject": "Welcome", "i": i}
+
+
+def body(i: int) -> bytes:
+    return json.dumps(payload(i), separators=(",", ":")).encode()
+
+
+# -- bookkeeping ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    subject: str
+    operation: str
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    table: str = "main"
+    note: str = ""
+
+    def median(self, level: str) -> float | None:
+        runs = self.runs.get(level)
+        return statistics.median(runs) if runs else None
+
+
+class Bench:
+    def __init__(self, root: str, reps: int, sizes: Sizes) -> None:
+        self.root, self.reps, self.sizes = root, reps, sizes
+        self.rows: list[Row] = []
+        self._plan: list[tuple[Row, Callable[[str, str], float]]] = []
+        self._count = 0
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[str]:
+        """A fresh directory for one measurement, deleted afterwards."""
+        self._count += 1
+        path = os.path.join(self.root, f"m{self._count}")
+        os.makedirs(path)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def measure(
+        self,
+        subject: str,
+        operation: str,
+        run: Callable[[str, str], float],
+        *,
+        table: str = "main",
+        note: str = "",
+    ) -> Row:
+        """Plan ``run(directory, level)`` (returns msg/s) at each level, for ``execute``."""
+        row = Row(subject, operation, table=table, note=note)
+        self.rows.append(row)
+        self._plan.append((row, run))
+        return row
+
+    def execute(self) -> None:
+        """Run the plan round-robin, ``reps`` rounds: a noisy moment on a shared machine
+        then hits every subject alike instead of all runs of one."""
+        for rep in range(self.reps):
+            print(f"round {rep + 1}/{self.reps}", file=sys.stderr, flush=True)
+            for row, run in self._plan:
+                for level in LEVELS:
+                    with self.scratch() as directory:
+                        rate = run(directory, level)
+                    row.runs.setdefault(level, []).append(rate)
+                    print(
+                        f"  {row.subject:14} {row.operation:44} {level:6} {rate:9,.0f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        self._plan.clear()
+
+
+def timed(n: int, fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+# -- raw sqlite3 ---------------------------------------------------------------------------
+
+_RAW_SCHEMA = """
+CREATE TABLE q (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, state INTEGER NOT NULL,
+                priority INTEGER NOT NULL DEFAULT 0, lease_until REAL, body BLOB NOT NULL);
+CREATE INDEX q_claim ON q (queue, state, priority DESC, id);
+"""
+_RAW_CLAIM = """
+UPDATE q SET state = 2, lease_until = ? WHERE id = (
+    SELECT id FROM q WHERE queue = 'bench' AND state = 1 ORDER BY priority DESC, id LIMIT 1
+) RETURNING id, body
+"""
+
+
+def raw_db(directory: str, level: str) -> sqlite3.Connection:
+    db = sqlite3.connect(os.path.join(directory, "raw.db"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={level}")
+    db.executescript(_RAW_SCHEMA)
+    return db
+
+
+def raw_insert(sizes: Sizes) -> Callable[[str, str], float]:
+    def run(directory: str, level: str) -> float:
+        db, n = raw_db(directory, level), sizes.insert[level]
+        bodies = [body(i) for i in range(n)]
+
+        def go() -> None:
+            for b in bodies:
+                db.execute("INSERT INTO q (queue, state, body) VALUES ('bench', 1, ?)", (b,))
+
+        rate = timed(n, go)
+        db.close()
+        return rate
+
+    return run
+
+
+def raw_claim_ack(sizes: Sizes) -> Callable[[str, str], float]:
+    def run(directory: str, level: str) -> float:
+        db, n = raw_db(directory, level), sizes.consume[level]
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO q (queue, state, body) VALUES ('bench', 1, ?)",
+            ((body(i),) for i in range(sizes.waiting)),
+        )
+        db.execute("COMMIT")
+        db.execute(CHECKPOINT)
+
+        def go() -> None:
+            for _ in range(n):
+                ident, _body = db.execute(_RAW_CLAIM, (time.time() + 30,)).fetchone()
+                db.execute("DELETE FROM q WHERE id = ?", (ident,))
+
+        rate = timed(n, go)
+        db.close()
+        return rate
+
+    return run
+
+
+# -- queuekit ------------------------------------------------------------------------------
+
+
+def qk_url(directory: str, level: str) -> str:
+    return f"sqlite:///{os.path.join(directory, 'queuekit.db')}?synchronous={level}"
+
+
+def qk_fill(url: str, queue: str, n: int) -> None:
+    """Pre-fill ``queue`` with ``n`` real envelopes, fast (synchronous=OFF for the fill)."""
+    from queuekit import connect
+
+    with contextlib.closing(connect(url.split("?", maxsplit=1)[0])) as conn:
+        conn.transport._db.execute("PRAGMA synchronous=OFF")  # type: ignore[attr-defined]
+        q = conn.queue(queue)
+        for start in range(0, n, BATCH):
+            q.publish_many(payload(i) for i in range(start, min(n, start + BATCH)))
+        conn.transport._db.execute(CHECKPOINT)  # type: ignore[attr-defined]
+
+
+def qk_publish(directory: str, level: str, sizes: Sizes) -> float:
+    from queuekit import connect
+
+    n = sizes.insert[level]
+    with contextlib.closing(connect(qk_url(directory, level))) as conn:
+        q = conn.queue("bench")
+        return timed(n, lambda: [q.publish(payload(i)) for i in range(n)])
+
+
+def qk_publish_many(directory: str, level: str, sizes: Sizes) -> float:
+    from queuekit import connect
+
+    n = sizes.bulk
+    with contextlib.closing(connect(qk_url(directory, level))) as conn:
+        q = conn.queue("bench")
+        payloads = [payload(i) for i in range(n)]
+
+        def go() -> None:
+            for start in range(0, n, BATCH):
+                q.publish_many(payloads[start : start + BATCH])
+
+        return timed(n, go)
+
+
+def qk_send_many(directory: str, level: str, sizes: Sizes) -> float:
+    from queuekit import connect
+    from queuekit.core.transport import Outgoing
+
+    n = sizes.bulk
+    with contextlib.closing(connect(qk_url(directory, level))) as conn:
+        transport = conn.transport
+        batches = [
+            [Outgoing(body(i)) for i in range(start, min(n, start + BATCH))]
+            for start in range(0, n, BATCH)
+        ]
+
+        def go() -> None:
+            for batch in batches:
+                transport.send_many("bench", batch)
+
+        return timed(n, go)
+
+
+def qk_dispatch(directory: str, level: str, waiting: int, n: int) -> float:
+    from queuekit import connect
+
+    url = qk_url(directory, level)
+    qk_fill(url, "bench", waiting)
+    with contextlib.closing(connect(url)) as conn:
+        q = conn.queue("bench")
+        start = time.perf_counter()
+        done = q.dispatch(lambda message: None, max_messages=n, handle_signals=False)
+        rate = done / (time.perf_counter() - start)
+    assert done == n, (done, n)
+    return rate
+
+
+def qk_receive_ack(directory: str, level: str, sizes: Sizes) -> float:
+    from queuekit import connect
+
+    url, n = qk_url(directory, level), sizes.consume[level]
+    qk_fill(url, "bench", sizes.waiting)
+    with contextlib.closing(connect(url)) as conn:
+        transport = conn.transport
+
+        def go() -> None:
+            for _ in range(n):
+                delivery = transport.receive("bench", 1.0)
+                assert delivery is not None
+                transport.ack(delivery)
+
+        return timed(n, go)
+
+
+# -- peers ---------------------------------------------------------------------------------
+
+
+def make_huey(directory: str, level: str) -> tuple[Any, Any]:
+    from huey import SqliteHuey
+
+    huey = SqliteHuey("bench", filename=os.path.join(directory, "huey.db"))
+    # SqliteHuey's own knob is fsync=True (FULL) / False (OFF); NORMAL only via the PRAGMA.
+    huey.storage.conn.execute(f"PRAGMA synchronous={level}")
+
+    @huey.task()
+    def noop(i: int) -> None:
+        return None
+
+    return huey, noop
+
+
+def huey_enqueue(directory: str, level: str, sizes: Sizes) -> float:
+    huey, noop = make_huey(directory, level)
+    n = sizes.insert[level]
+    rate = timed(n, lambda: [noop(i) for i in range(n)])
+    huey.storage.close()
+    return rate
+
+
+def huey_consume(directory: str, level: str, sizes: Sizes) -> float:
+    huey, noop = make_huey(directory, level)
+    huey.storage.conn.execute("PRAGMA synchronous=OFF")
+    for i in range(sizes.waiting):
+        noop(i)
+    huey.storage.conn.execute(CHECKPOINT)
+    huey.storage.conn.execute(f"PRAGMA synchronous={level}")
+    n = sizes.consume[level]
+
+    def go() -> None:  # the heart of huey.consumer.Worker.loop: dequeue, then execute
+        for _ in range(n):
+            task = huey.dequeue()
+            assert task is not None
+            huey.execute(task)
+
+    rate = timed(n, go)
+    huey.storage.close()
+    return rate
+
+
+def make_persist(directory: str, level: str, **kwargs: Any) -> Any:
+    from persistqueue import SQLiteAckQueue
+
+    q = SQLiteAckQueue(os.path.join(directory, "pq"), **kwargs)
+    q._putter.execute(f"PRAGMA synchronous={level}")  # no API for it
+    q._getter.execute(f"PRAGMA synchronous={level}")
+    return q
+
+
+def persist_put(directory: str, level: str, sizes: Sizes) -> float:
+    q, n = make_persist(directory, level), sizes.insert[level]
+    rate = timed(n, lambda: [q.put(payload(i)) for i in range(n)])
+    q.close()
+    return rate
+
+
+def persist_fill(directory: str, n: int) -> None:
+    q = make_persist(directory, "off")
+    for i in range(n):
+        q.put(payload(i))
+    q._putter.execute(CHECKPOINT)
+    q.close()
+
+
+def persist_get_ack(directory: str, level: str, sizes: Sizes) -> float:
+    persist_fill(directory, sizes.waiting)
+    q, n = make_persist(directory, level), sizes.consume[level]
+
+    def go() -> None:
+        for _ in range(n):
+            item = q.get(block=False, raw=True)
+            q.ack(id=item["pqid"])
+
+    rate = timed(n, go)
+    q.close()
+    return rate
+
+
+def make_litequeue(directory: str, level: str) -> Any:
+    from litequeue import LiteQueue
+
+    q = LiteQueue(os.path.join(directory, "lq.db"))
+    q.conn.execute(f"PRAGMA synchronous={level}")  # LiteQueue hard-codes NORMAL
+    return q
+
+
+def lite_put(directory: str, level: str, sizes: Sizes) -> float:
+    q, n = make_litequeue(directory, level), sizes.insert[level]
+    bodies = [body(i).decode() for i in range(n)]
+    rate = timed(n, lambda: [q.put(b) for b in bodies])
+    q.conn.close()
+    return rate
+
+
+def lite_pop_done(directory: str, level: str, sizes: Sizes) -> float:
+    q = make_litequeue(directory, "off")
+    with q.transaction():
+        for i in range(sizes.waiting):
+            q.put(body(i).decode())
+    q.conn.execute(CHECKPOINT)
+    q.conn.execute(f"PRAGMA synchronous={level}")
+    n = sizes.consume[level]
+
+    def go() -> None:
+        for _ in range(n):
+            message = q.pop()
+            q.done(message.message_id)
+
+    rate = timed(n, go)
+    q.conn.close()
+    return rate
+
+
+# -- two consumer processes ----------------------------------------------------------------
+
+
+@dataclass
+class PairResult:
+    rate: float
+    processed: int
+    duplicates: int
+    missing: int
+    errors: int
+
+
+def run_pair(kind: str, directory: str, level: str, n: int) -> PairResult:
+    """Two child processes consume ``n`` messages from one file; check each id once."""
+    if kind == "queuekit":
+        url = qk_url(directory, level)
+        qk_fill(url, "pair", n)
+        target = url
+    else:
+        persist_fill(directory, n)
+        target = directory
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", kind, target, level],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    go = time.time()
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    if kind == "queuekit":  # workers run until told to stop: wait for the queue to empty
+        path = url.split("?")[0].removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+            while db.execute("SELECT COUNT(*) FROM queuekit_messages").fetchone()[0]:
+                time.sleep(0.01)
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+    reports = []
+    for child in children:
+        out, _ = child.communicate(timeout=120)
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    seen = Counter(i for report in reports for i in report["ids"])
+    last = max(report["last"] for report in reports)
+    return PairResult(
+        rate=sum(seen.values()) / (last - go),
+        processed=sum(seen.values()),
+        duplicates=sum(c - 1 for c in seen.values() if c > 1),
+        missing=sum(1 for i in range(n) if i not in seen),
+        errors=sum(report["errors"] for report in reports),
+    )
+
+
+def child(kind: str, target: str, level: str) -> None:
+    ids: list[int] = []
+    last, errors = 0.0, 0
+    if kind == "queuekit":
+        from queuekit import connect
+
+        conn = connect(target)
+        q = conn.queue("pair")
+
+        def work(message: Any) -> None:
+            nonlocal last
+            ids.append(message.payload["i"])
+            last = time.time()
+
+        print("ready", flush=True)
+        sys.stdin.readline()
+        q.dispatch(work)  # until SIGTERM: finishes the message in hand, acks, returns
+        conn.close()
+    else:
+        from persistqueue.exceptions import Empty
+
+        q = make_persist(target, level, multithreading=True, auto_resume=False)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        idle = 0
+        while idle < 20:
+            try:
+                item = q.get(block=False, raw=True)
+            except Empty:
+                idle += 1
+                time.sleep(0.005)
+                continue
+            except sqlite3.OperationalError:
+                errors += 1
+                continue
+            idle = 0
+            ids.append(item["data"]["i"])
+            last = time.time()
+            try:
+                q.ack(id=item["pqid"])
+            except sqlite3.OperationalError:
+                errors += 1
+        q.close()
+    print(json.dumps({"ids": ids, "last": last, "errors": errors}), flush=True)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def rate_cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def plan(bench: Bench, only: set[str] | None) -> None:
+    sizes = bench.sizes
+
+    def wanted(section: str) -> bool:
+        return only is None or section in only
+
+    if wanted("raw"):
+        bench.measure("raw sqlite3", "single INSERT (autocommit)", raw_insert(sizes))
+        bench.measure("raw sqlite3", "claim+ack: UPDATE..RETURNING, DELETE", raw_claim_ack(sizes))
+    if wanted("queuekit"):
+        bench.measure("queuekit", "Queue.publish", lambda d, lv: qk_publish(d, lv, sizes))
+        bench.measure(
+            "queuekit",
+            f"Queue.publish_many ({BATCH}/batch)",
+            lambda d, lv: qk_publish_many(d, lv, sizes),
+        )
+        bench.measure(
+            "queuekit",
+            f"Transport.send_many ({BATCH}/batch)",
+            lambda d, lv: qk_send_many(d, lv, sizes),
+        )
+        bench.measure(
+            "queuekit",
+            "Queue.dispatch no-op work (consume+ack)",
+            lambda d, lv: qk_dispatch(d, lv, sizes.waiting, sizes.consume[lv]),
+        )
+        bench.measure(
+            "queuekit", "Transport.receive + ack", lambda d, lv: qk_receive_ack(d, lv, sizes)
+        )
+    if wanted("peers"):
+        bench.measure(
+            "huey",
+            "SqliteHuey enqueue",
+            lambda d, lv: huey_enqueue(d, lv, sizes),
+            note="NORMAL set by PRAGMA (its API: fsync=True/False = FULL/OFF)",
+        )
+        bench.measure(
+            "huey",
+            "dequeue + execute no-op (deletes on fetch)",
+            lambda d, lv: huey_consume(d, lv, sizes),
+        )
+        bench.measure(
+            "persist-queue",
+            "SQLiteAckQueue put",
+            lambda d, lv: persist_put(d, lv, sizes),
+            note="no synchronous option: PRAGMA on its connections",
+        )
+        bench.measure(
+            "persist-queue", "SQLiteAckQueue get + ack", lambda d, lv: persist_get_ack(d, lv, sizes)
+        )
+        bench.measure(
+            "litequeue",
+            "put",
+            lambda d, lv: lite_put(d, lv, sizes),
+            note="hard-codes NORMAL: FULL set by PRAGMA",
+        )
+        bench.measure("litequeue", "pop + done", lambda d, lv: lite_pop_done(d, lv, sizes))
+    if wanted("depth"):
+        n = sizes.depth_consume
+        for waiting in (1_000, 100_000):
+            bench.measure(
+                "queuekit",
+                f"{waiting:,} waiting",
+                lambda d, lv, w=waiting: qk_dispatch(d, lv, w, min(n, w)),
+                table="depth",
+            )
+
+
+def render(bench: Bench) -> list[str]:
+    sizes, lines = bench.sizes, []
+    main_rows = [r for r in bench.rows if r.table == "main"]
+    if main_rows:
+        lines += [
+            f"Consume rows: the first {sizes.consume['normal']:,} (NORMAL) / "
+            f"{sizes.consume['full']:,} (FULL) messages of {sizes.waiting:,} waiting. "
+            "Single-message rows: "
+            f"{sizes.insert['normal']:,} / {sizes.insert['full']:,} messages; "
+            f"bulk rows: {sizes.bulk:,}.",
+            "",
+            "| library | operation | msg/s, synchronous=NORMAL | msg/s, synchronous=FULL | note |",
+            "|---|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {row.subject} | {row.operation} | {rate_cell(row.median('normal'))} | "
+            f"{rate_cell(row.median('full'))} | {row.note} |"
+            for row in main_rows
+        ]
+        lines.append("")
+    depth_rows = [r for r in bench.rows if r.table == "depth"]
+    if depth_rows:
+        n = sizes.depth_consume
+        lines += [
+            f"Queue depth: queuekit worker (Queue.dispatch, no-op work), rate over the first "
+            f"{n:,} messages (of 1,000: all of them):",
+            "",
+            "| messages waiting | msg/s, NORMAL | msg/s, FULL |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {row.operation.split()[0]} | {rate_cell(row.median('normal'))} | "
+            f"{rate_cell(row.median('full'))} |"
+            for row in depth_rows
+        ]
+        lines.append("")
+    return lines
+
+
+def pairs(bench: Bench) -> list[str]:
+    """Two consumer processes per library on one file, round-robin over the reps."""
+    n = bench.sizes.pair
+    results: dict[str, list[PairResult]] = {"queuekit": [], "persist-queue": []}
+    for _ in range(bench.reps):
+        for kind, runs in results.items():
+            with bench.scratch() as directory:
+                runs.append(run_pair(kind, directory, "normal", n))
+            print(f"  {kind:14} two processes: {runs[-1]}", file=sys.stderr, flush=True)
+    lines = [
+        f"Two consumer processes on one file, {n:,} messages, synchronous=NORMAL; rate is the "
+        f"median of {bench.reps} runs, counts are summed over the runs:",
+        "",
+        "| library | msg/s (both together) | processed | duplicates | missing | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind, runs in results.items():
+        lines.append(
+            f"| {kind} | {statistics.median(r.rate for r in runs):,.0f} | "
+            f"{sum(r.processed for r in runs):,} | {sum(r.duplicates for r in runs):,} | "
+            f"{sum(r.missing for r in runs):,} | {sum(r.errors for r in runs)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def targets(bench: Bench) -> list[str]:
+    """The issue's targets, checked against this run."""
+    by = {(r.subject, r.operation.split(" (")[0].split(",")[0]): r for r in bench.rows}
+    worker, huey = (
+        by.get(("queuekit", "Queue.dispatch no-op work")),
+        by.get(("huey", "dequeue + execute no-op")),
+    )
+    bulk = by.get(("queuekit", "Queue.publish_many"))
+    lines = []
+    if worker and huey:
+        for level in LEVELS:
+            w, h = worker.median(level), huey.median(level)
+            if w and h:
+                verdict = "met" if w >= 1.5 * h else "MISSED"
+                lines.append(
+                    f"- worker vs huey consume at {level.upper()}: "
+                    f"{w / h:.2f}x (target 1.5x): {verdict}"
+                )
+    if bulk:
+        for level in LEVELS:
+            b = bulk.median(level)
+            if b:
+                verdict = "met" if b >= 100_000 else "MISSED"
+                lines.append(
+                    f"- Queue.publish_many at {level.upper()}: {b:,.0f}/s "
+                    f"(target 100,000/s): {verdict}"
+                )
+    depth = [r for r in bench.rows if r.table == "depth"]
+    if len(depth) == 2:
+        for level in LEVELS:
+            s, large = depth[0].median(level), depth[1].median(level)
+            if s and large:
+                verdict = "met" if large >= 0.9 * s else "MISSED"
+                lines.append(
+                    f"- 100k vs 1k waiting at {level.upper()}: {large / s:.2f}x "
+                    f"(target: not falling, >= 0.9x allowing noise): {verdict}"
+                )
+    return lines
+
+
+def profile(root: str, sizes: Sizes) -> None:
+    """Print where queuekit's worker loop spends its time, per synchronous level."""
+    from queuekit import connect
+
+    for level in LEVELS:
+        with tempfile.TemporaryDirectory(dir=root) as directory:
+            url = qk_url(directory, level)
+            qk_fill(url, "bench", sizes.waiting)
+            with contextlib.closing(connect(url)) as conn:
+                q = conn.queue("bench")
+                profiler = cProfile.Profile()
+                profiler.enable()
+                q.dispatch(lambda m: None, max_messages=sizes.consume[level], handle_signals=False)
+                profiler.disable()
+        print(
+            f"\n### queuekit Queue.dispatch, synchronous={level.upper()}, "
+            f"{sizes.consume[level]:,} messages"
+        )
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(18)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument(
+        "--dir",
+        default=os.environ.get("QUEUEKIT_VAR") or "/tmp",
+        help="where the scratch files go (default $QUEUEKIT_VAR or /tmp)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["raw", "queuekit", "peers", "depth", "pair"],
+        help="run only these sections (repeatable)",
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile the queuekit worker")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    sizes = QUICK if args.quick else Sizes()
+    os.makedirs(args.dir, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="queuekit-bench-", dir=args.dir)
+    try:
+        if args.profile:
+            profile(root, sizes)
+            return
+        bench = Bench(root, args.reps, sizes)
+        started = time.monotonic()
+        only = set(args.only) if args.only else None
+        plan(bench, only)
+        bench.execute()
+        lines = render(bench)
+        if only is None or "pair" in only:
+            lines += pairs(bench)
+        elapsed = time.monotonic() - started
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    versions = []
+    for dist in ("huey", "persist-queue", "litequeue"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions.append(f"{dist} {version(dist)}")
+    print(f"## SQLite benchmark, {datetime.date.today().isoformat()}\n")
+    print(
+        f"`{' '.join(['python', 'bench/bench_sqlite.py', *sys.argv[1:]])}`: WAL, "
+        f"files under {args.dir}, median of {args.reps} runs, {elapsed:.0f} s in all. "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"{', '.join(versions)}; {os.cpu_count()} CPUs.\n"
+    )
+    print("\n".join(lines))
+    checks = targets(bench)
+    if checks:
+        print("Targets (issue 2):\n")
+        print("\n".join(checks))
+
+
+if __name__ == "__main__":
+    main()
