@@ -36,6 +36,13 @@ OnLost = Callable[["Session"], None]
 
 _generations = itertools.count(1)
 _CONFIRMED, _LOST = "confirmed", "lost"
+#: ERROR frames a server sends while going away: a reconnect may well succeed.
+_TRANSIENT = ("connection_forced", "shutdown", "shutting down", "stopping", "closing")
+
+
+def _transient(error: str) -> bool:
+    lowered = error.lower()
+    return any(word in lowered for word in _TRANSIENT)
 
 
 class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
@@ -89,6 +96,8 @@ class Session:
         self.server_headers: dict[str, str] = {}
         self.alive = False
         self.error: str | None = None
+        #: The text of an ERROR frame the server sent (it closes the connection after one).
+        self.server_error: str | None = None
         address = (host.name, host.port or 61613)
         # stomp.py applies its socket timeout to every later read as well (a quiet
         # connection would then drop), so the connect timeout is enforced by a probe.
@@ -116,7 +125,7 @@ class Session:
         if not self._connected_event.wait(connect_timeout) or not self.alive:
             reason = self.error or f"no CONNECTED frame within {connect_timeout}s"
             self._teardown()
-            if self.error:  # the server answered with an ERROR frame (e.g. bad login)
+            if self.server_error and not _transient(self.server_error):  # e.g. a bad login
                 raise TransportError(f"STOMP server {host} refused the connection: {reason}")
             raise ConnectionLost(f"STOMP server {host}: {reason}")
 
@@ -129,12 +138,22 @@ class Session:
     def call(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Call a stomp.py frame method (``send``, ``ack``, ...), mapping its failures."""
         if not self.alive:
-            raise ConnectionLost(f"connection to {self.host} lost: {self.error}")
+            raise self.failure()
         try:
             getattr(self.conn, method)(*args, **kwargs)
         except (stomp.exception.StompException, OSError) as exc:
             self._lost(f"{method} failed: {exc!r}")
-            raise ConnectionLost(f"connection to {self.host} lost: {exc!r}") from None
+            raise self.failure() from None
+
+    def failure(self) -> TransportError:
+        """Why this session is dead: :class:`ConnectionLost` unless the server refused
+        something with an ERROR frame that a reconnect would only repeat."""
+        if self.server_error and not _transient(self.server_error):
+            hint = ""
+            if "x-max-priority" in self.server_error:
+                hint = " (the queue exists with other arguments; ?priority=0 sends none)"
+            return TransportError(f"STOMP server {self.host} refused: {self.server_error}{hint}")
+        return ConnectionLost(f"connection to STOMP server {self.host} lost: {self.error}")
 
     def new_receipt(self) -> str:
         """A receipt id to put on the next frame; wait for it with :meth:`wait_receipt`."""
@@ -160,7 +179,7 @@ class Session:
         if not arrived:
             self._lost(f"no receipt within {timeout}s")
             self._teardown()
-        raise ConnectionLost(f"connection to STOMP server {self.host} lost: {self.error}")
+        raise self.failure()
 
     # -- closing ------------------------------------------------------------------------
 
@@ -215,7 +234,7 @@ class Session:
         if body:
             text += ": " + body.decode("utf-8", "replace").strip()
         log.warning("STOMP server %s sent ERROR: %s", self.host, text)
-        self.error = text
+        self.error = self.server_error = text
         receipt = headers.get("receipt-id")
         if receipt:
             self._receipt(receipt, text)

@@ -2,7 +2,7 @@
 
 Work queues are ``/queue/<name>``, fan-out is ``/topic/<topic>``. Every subscription uses
 ``ack: client-individual`` with the server's own prefetch header, so the broker never has
-more than ``prefetch`` un-acked messages in this process: that bounds the local buffer that
+more than ``prefetch`` un-acked messages in this process: that bounds the local inbox that
 stomp.py's listener feeds and :meth:`StompTransport.receive` reads.
 
 What the server does natively (prefetch, delay, priority, NACK, wildcards) comes from the
@@ -10,8 +10,10 @@ CONNECTED frame's ``server`` header through :mod:`.servers`; ``capabilities`` is
 instance once connected. Publishing waits for a RECEIPT: one per ``send``, one per batch of
 ``send_many`` (on its last frame; a server handles one connection's frames in order).
 
-Threads: stomp.py's I/O thread calls ``_on_message``/``_on_lost`` and only ever takes the
-``_buffers`` condition, never ``_connect_lock``, under which connecting does blocking I/O.
+Threads: stomp.py's I/O thread calls ``_on_message``/``_on_lost``; it only puts into the
+inboxes (lock-free :class:`queue.SimpleQueue`) and never takes ``_connect_lock``, under which
+connecting does blocking I/O. A lost connection or ``close`` puts a wake-up marker into every
+inbox; deliveries of a dead connection are dropped when read (the server redelivers them).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import ssl
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from ...core.errors import (
@@ -64,6 +66,7 @@ _SERVER_SET = frozenset(
     }
 )
 _BATCH = 1000  # frames per receipt in send_many: bounds what a reconnect re-sends
+_MAX_RESENDS = 5  # connections a batch may lose before the publish gives up
 
 
 def _escape_name(name: str) -> str:
@@ -79,7 +82,7 @@ class _Subscription:
     headers: dict[str, str]
     topic_filter: str | None = None  # pattern to match locally (ActiveMQ, # not last)
     generation: int = 0  # the session it was last subscribed on
-    buffer: deque[Delivery] = field(default_factory=deque)
+    inbox: SimpleQueue[Delivery | None] = field(default_factory=SimpleQueue)  # None: wake up
 
 
 @dataclass(eq=False)
@@ -116,7 +119,7 @@ class StompTransport(Transport):
         self._connect_timeout = self._float_option("connect_timeout", 5.0)
         self._tls = self._tls_options() if url.scheme == "stomp+ssl" else None
         self._connect_lock = threading.Lock()
-        self._buffers = threading.Condition()
+        self._subs_lock = threading.Lock()
         self._subs: dict[str, _Subscription] = {}  # by name
         self._by_id: dict[str, _Subscription] = {}  # by STOMP subscription id
         self._session: Session | None = None
@@ -245,12 +248,7 @@ class StompTransport(Transport):
         # stomp.py's I/O thread: wake receivers and drop what that connection delivered
         # but nobody took yet (the server redelivers it).
         log.warning("STOMP connection to %s lost: %s", session.host, session.error)
-        with self._buffers:
-            for sub in self._subs.values():
-                sub.buffer = deque(
-                    d for d in sub.buffer if d.handle.generation != session.generation
-                )
-            self._buffers.notify_all()
+        self._wake_all()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -308,6 +306,7 @@ class StompTransport(Transport):
         same connection, so one receipt confirms the whole batch. A batch cut off by a lost
         connection is sent again in full on the next one: duplicates, never losses.
         """
+        failures = 0
         while True:
             session = self._live()
             receipt = session.new_receipt()
@@ -321,13 +320,16 @@ class StompTransport(Transport):
                 session.wait_receipt(receipt, self._receipt_timeout)
                 return
             except ConnectionLost as exc:
+                failures += 1
+                if failures >= _MAX_RESENDS:
+                    raise
                 log.info("STOMP publish interrupted (%s); re-sending after reconnect", exc)
 
     # -- consuming ----------------------------------------------------------------------
 
     def _subscribe(self, sub: _Subscription) -> None:
         """Register ``sub`` and SUBSCRIBE, waiting for the receipt (it exists on return)."""
-        with self._buffers:
+        with self._subs_lock:
             self._subs[sub.name] = sub
             self._by_id[sub.sub_id] = sub
         session = self._live()
@@ -384,17 +386,22 @@ class StompTransport(Transport):
         self.unsubscribe(queue)
 
     def _forget(self, sub: _Subscription) -> None:
-        with self._buffers:
+        with self._subs_lock:
             self._subs.pop(sub.name, None)
             self._by_id.pop(sub.sub_id, None)
-            sub.buffer.clear()
+        sub.inbox.put(None)
+
+    def _wake_all(self) -> None:
+        with self._subs_lock:
+            subs = list(self._subs.values())
+        for sub in subs:
+            sub.inbox.put(None)
 
     def _on_message(self, session: Session, headers: dict[str, str], body: bytes) -> None:
         # stomp.py's I/O thread.
         if session is not self._session:
             return  # a connection being replaced: its un-acked messages come back anyway
-        with self._buffers:
-            sub = self._by_id.get(headers.get("subscription", ""))
+        sub = self._by_id.get(headers.get("subscription", ""))
         ack_id = headers.get("ack", headers.get("message-id", ""))
         if sub is None:
             return
@@ -414,10 +421,7 @@ class StompTransport(Transport):
             redelivered=headers.get("redelivered") == "true" or requeues is not None,
             handle=_Handle(session.generation, ack_id, sub, headers),
         )
-        with self._buffers:
-            if self._subs.get(sub.name) is sub:
-                sub.buffer.append(delivery)
-                self._buffers.notify_all()
+        sub.inbox.put(delivery)
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
         self._check_open()
@@ -428,27 +432,32 @@ class StompTransport(Transport):
                 raise TransportError(f"no subscription {queue!r} on {self!r}")
             sub = self._queue_subscription(queue)
         while True:
-            with self._buffers:
-                if sub.buffer:
-                    return sub.buffer.popleft()
             session = self._session
             if session is None or not session.alive:
                 if self._closed:
                     return None
                 try:
-                    self._live(deadline)
+                    session = self._live(deadline)
                 except ConnectionLost:
                     if time.monotonic() >= deadline and self._within_window():
                         return None
                     raise
-            with self._buffers:
-                remaining = deadline - time.monotonic()
-                if sub.buffer:
-                    continue
-                if remaining <= 0 or self._closed:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining > 0:
+                    delivery = sub.inbox.get(timeout=remaining)
+                else:
+                    delivery = sub.inbox.get_nowait()
+            except Empty:
+                return None
+            if delivery is None:  # woken: closed, lost, or unsubscribed
+                if self._closed or self._subs.get(sub.name) is not sub:
                     return None
-                if self._session is not None and self._session.alive:
-                    self._buffers.wait(remaining)
+                continue
+            current = self._session
+            if current is not None and delivery.handle.generation == current.generation:
+                return delivery
+            # else delivered by a connection that died: the server redelivers it
 
     def _within_window(self) -> bool:
         down = self._down_since
@@ -514,12 +523,7 @@ class StompTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        with self._buffers:
-            self._buffers.notify_all()
+        self._wake_all()
         session, self._session = self._session, None
         if session is not None:
             session.close()
-        with self._buffers:
-            for sub in self._subs.values():
-                sub.buffer.clear()
-            self._buffers.notify_all()
