@@ -279,6 +279,7 @@ class ZeroMQTransport(Transport):
             worker = self._worker = self._socket(zmq.DEALER)
             worker.connect(self.endpoints.backend)
         deadline = time.monotonic() + timeout
+        drained = False
         while True:
             if inbox.items:
                 item = inbox.items.popleft()
@@ -302,6 +303,10 @@ class ZeroMQTransport(Transport):
                 return delivery
             if self._closed:
                 return None
+            if not drained:  # under load the next batch is usually there: skip the poll
+                drained = True
+                if self._drain_worker():
+                    continue
             now = time.monotonic()
             if now - inbox.announced_at >= _ANNOUNCE_EVERY:
                 self._announce(queue, inbox)
@@ -326,14 +331,17 @@ class ZeroMQTransport(Transport):
         inbox.announced = inbox.consumed
         inbox.announced_at = time.monotonic()
 
-    def _drain_worker(self) -> None:
+    def _drain_worker(self) -> bool:
+        """Read everything waiting from the device; True if anything came."""
         assert self._worker is not None
         worker = self._worker
+        got = False
         while True:
             try:
                 kind, name, items = recv_message(worker)
             except zmq.Again:
-                return
+                return got
+            got = True
             if kind == DELIVER:
                 inbox = self._inboxes.get(name.decode())
                 if inbox is not None:  # always: the device sends only queues we asked for

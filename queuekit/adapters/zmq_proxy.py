@@ -72,6 +72,8 @@ SEND, BROADCAST, PROBE = ord("S"), ord("B"), ord("P")
 WINDOW, LEAVE, LEFT, DELIVER = ord("W"), ord("X"), ord("x"), ord("D")
 TOPIC_END = b"\0"
 _HEAD = struct.Struct("!BI")
+# Plain ints: combining pyzmq's IntFlag members runs enum code on every frame.
+_SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 _ITEM_HEAD = struct.Struct("!II")
 
 
@@ -90,11 +92,11 @@ def send_message(
     if not items:
         sock.send(head, flags)
         return
-    sock.send(head, flags | zmq.SNDMORE)
-    more = zmq.SNDMORE
+    sock.send(head, flags | _SNDMORE)
+    send = sock.send
     for item in items[:-1]:
-        sock.send(item, more)
-    sock.send(items[-1])
+        send(item, _SNDMORE)
+    send(items[-1])
 
 
 def recv_message(sock: zmq.Socket[bytes]) -> tuple[int, bytes, list[bytes]]:
@@ -103,13 +105,13 @@ def recv_message(sock: zmq.Socket[bytes]) -> tuple[int, bytes, list[bytes]]:
     A message is delivered whole, so its frames never need waiting for; a head that
     promises more frames than came yields kind 0 (malformed) instead of blocking.
     """
-    head = sock.recv(zmq.NOBLOCK)
+    recv = sock.recv
+    head = recv(_NOBLOCK)
     if len(head) < _HEAD.size:
         return 0, head, []
     kind, count = _HEAD.unpack_from(head)
-    recv, flags = sock.recv, zmq.NOBLOCK
     try:
-        items = [recv(flags) for _ in range(count)]
+        items = [recv(_NOBLOCK) for _ in range(count)]
     except zmq.Again:
         return 0, head, []
     return kind, head[_HEAD.size :], items
@@ -286,10 +288,10 @@ class Device:
                 self._buffered += len(items)
                 dirty.add(name)
             elif kind == BROADCAST and len(items) == 1:
-                fanout.send(name + TOPIC_END, zmq.SNDMORE)
+                fanout.send(name + TOPIC_END, _SNDMORE)
                 fanout.send(items[0])
             elif kind == PROBE and not items:
-                fanout.send(name, zmq.SNDMORE)
+                fanout.send(name, _SNDMORE)
                 fanout.send(b"")
             else:
                 log.warning("dropped a malformed message from a producer")
@@ -323,7 +325,7 @@ class Device:
                     workers.pop(ident, None)
                 # The worker may be gone already; then nothing is owed to it.
                 with contextlib.suppress(zmq.ZMQError):
-                    backend.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
+                    backend.send(ident, _NOBLOCK | _SNDMORE)
                     backend.send(make_head(LEFT, 0, queue))
             else:
                 log.warning("dropped a malformed message from a worker")
@@ -345,7 +347,7 @@ class Device:
                     continue
                 try:
                     # ROUTER_MANDATORY: an unknown or full peer fails here, on the first frame.
-                    backend.send(ident, zmq.NOBLOCK | zmq.SNDMORE)
+                    backend.send(ident, _NOBLOCK | _SNDMORE)
                 except zmq.ZMQError as exc:
                     if exc.errno != zmq.EAGAIN:  # EHOSTUNREACH: that worker is gone
                         del workers[ident]
