@@ -9,7 +9,8 @@ routing device, a third process, as `worker zmq-proxy` would). End-to-end rate =
 per-message CPU microseconds of each process (user + system), which is where queuekit's
 own cost shows: compare "transport" (bytes only) with "Queue" (envelope + dispatch loop).
 
-The table shows the median of --runs runs per case. --profile prints the cProfile top
+The table shows the median of --runs runs per case. The "pre-filled" cases fill the device
+first and time the consumer alone (its own capacity). --profile then prints the cProfile top
 functions of one `dispatch()` consumer.
 """
 
@@ -82,6 +83,7 @@ class Spec:
     prefetch: int = 16
     store: str = ""
     profile: bool = False
+    prefill: bool = False  # fill the queue first, then time the consumer alone
 
 
 @dataclass
@@ -127,6 +129,19 @@ def raw_consumer(spec: Spec, ready: Event, out: Any) -> None:
     ctx.term()
 
 
+def prefill_producer(spec: Spec, ready: Event, out: Any) -> None:
+    """Distinct envelopes, encoded before the clock starts, sent in batches."""
+    from queuekit.adapters.zeromq import ZeroMQTransport
+
+    t = ZeroMQTransport(TransportURL.parse(spec.url))
+    bodies = [Outgoing(encode(Message(payload(i)))) for i in range(spec.n)]
+    c0, t0 = cpu(), time.monotonic()
+    for start in range(0, spec.n, CHUNK):
+        t.send_many("bench", bodies[start : start + CHUNK])
+    out.put(("producer", t0, time.monotonic(), cpu() - c0))
+    t.close()
+
+
 def transport_producer(spec: Spec, ready: Event, out: Any) -> None:
     url, n, body, batch = spec.url, spec.n, spec.body, spec.batch
     from queuekit.adapters.zeromq import ZeroMQTransport
@@ -150,16 +165,17 @@ def transport_consumer(spec: Spec, ready: Event, out: Any) -> None:
     from queuekit.adapters.zeromq import ZeroMQTransport
 
     t = ZeroMQTransport(TransportURL.parse(url), prefetch=prefetch)
-    t.receive("bench", 0.01)  # announces the window
+    if not spec.prefill:
+        assert t.receive("bench", 0.01) is None  # announces the window
     ready.set()
-    c0, got = cpu(), 0
+    t_start, c0, got = time.monotonic(), cpu(), 0
     while got < n:
         delivery = t.receive("bench", 5.0)
         if delivery is None:
             raise SystemExit(f"consumer starved after {got} messages")
         t.ack(delivery)
         got += 1
-    out.put(("consumer", 0.0, time.monotonic(), cpu() - c0))
+    out.put(("consumer", t_start, time.monotonic(), cpu() - c0))
     t.close()
 
 
@@ -183,14 +199,15 @@ def queue_consumer(spec: Spec, ready: Event, out: Any) -> None:
     url, store, n, prefetch, profile = spec.url, spec.store, spec.n, spec.prefetch, spec.profile
     conn = connect(url, jobstore=store, prefetch=prefetch)
     q = conn.queue("bench")
-    conn.transport.receive("bench", 0.01)  # announces the window
+    if not spec.prefill:
+        assert conn.transport.receive("bench", 0.01) is None  # announces the window
     ready.set()
 
     def work(message: Message) -> None:
         return None
 
     profiler = cProfile.Profile() if profile else None
-    c0 = cpu()
+    t_start, c0 = time.monotonic(), cpu()
     if profiler:
         profiler.enable()
     done = q.dispatch(work, max_messages=n, handle_signals=False)
@@ -204,7 +221,7 @@ def queue_consumer(spec: Spec, ready: Event, out: Any) -> None:
         buf = io.StringIO()
         pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(14)
         text = buf.getvalue()
-    out.put(("consumer", 0.0, end, used, text))
+    out.put(("consumer", t_start, end, used, text))
     conn.close()
 
 
@@ -242,16 +259,33 @@ class Device:
 Body = Callable[[Spec, Event, Any], None]
 
 
+def wait_forwarded(device: Device | None, n: int) -> None:
+    """Until the device has read all n from the producer: its CPU time stops moving."""
+    assert device is not None
+    last, quiet = -1.0, 0
+    while quiet < 5:
+        time.sleep(0.1)
+        now = device.cpu()
+        quiet = quiet + 1 if now == last else 0
+        last = now
+
+
 def run_case(name: str, spec: Spec, bodies: tuple[Body, Body], device: Device | None) -> Result:
     ctx = mp.get_context("fork")
     ready, out = ctx.Event(), ctx.Queue()
     d0 = device.cpu() if device else 0.0
     cons = ctx.Process(target=bodies[1], args=(spec, ready, out))
     prod = ctx.Process(target=bodies[0], args=(spec, ready, out))
-    cons.start()
-    prod.start()
     results = {}
-    for _ in range(2):
+    if spec.prefill:  # fill the device's queue first, then start the consumer
+        prod.start()
+        item = out.get(timeout=300)
+        results[item[0]] = item
+        wait_forwarded(device, spec.n)
+    else:
+        prod.start()
+    cons.start()
+    while len(results) < 2:
         item = out.get(timeout=300)
         results[item[0]] = item
     prod.join()
@@ -260,14 +294,17 @@ def run_case(name: str, spec: Spec, bodies: tuple[Body, Body], device: Device | 
         raise SystemExit(f"{name}: a process failed")
     n = spec.n
     _, t0, sent, p_cpu = results["producer"][:4]
-    _, _, finished, c_cpu = results["consumer"][:4]
+    _, c_start, finished, c_cpu = results["consumer"][:4]
+    producer_rate = n / (sent - t0)
+    if spec.prefill:
+        t0 = c_start
     if len(results["consumer"]) > 4 and results["consumer"][4]:
         PROFILES.append(results["consumer"][4])
     d_cpu = (device.cpu() - d0) if device else 0.0
     return Result(
         name,
         n / (finished - t0),
-        n / (sent - t0),
+        producer_rate,
         p_cpu / n * 1e6,
         c_cpu / n * 1e6,
         d_cpu / n * 1e6,
@@ -316,7 +353,11 @@ def main() -> int:
          replace(base, batch=True)),
         ("Queue.publish -> dispatch(no-op)", True, (queue_producer, queue_consumer), base),
         ("Queue.publish_many -> dispatch(no-op)", True, (queue_producer, queue_consumer),
-         replace(base, batch=True, profile=args.profile)),
+         replace(base, batch=True)),
+        ("pre-filled queue -> transport receive/ack", True,
+         (prefill_producer, transport_consumer), replace(base, prefill=True)),
+        ("pre-filled queue -> dispatch(no-op)", True, (prefill_producer, queue_consumer),
+         replace(base, prefill=True)),
     ]  # fmt: skip
     if args.only:
         cases = [c for c in cases if any(c[0].startswith(p) for p in args.only)]
@@ -358,8 +399,15 @@ def main() -> int:
     samples = [micro(50_000) for _ in range(3)]
     for i, (label, _) in enumerate(samples[0]):
         print(f"  {label:40} {statistics.median(s[i][1] for s in samples):6.2f} µs")
+    if args.profile:
+        device = Device()
+        try:
+            spec = replace(base, prefill=True, profile=True, url=device.url)
+            run_case("profile", spec, (prefill_producer, queue_consumer), device)
+        finally:
+            device.stop()
     for text in PROFILES[:1]:
-        print("\ncProfile of one dispatch() consumer (sorted by own time):")
+        print("\ncProfile of one dispatch() consumer draining a pre-filled queue:")
         print(text)
     return 0
 
