@@ -189,11 +189,6 @@ def qk_dispatch(count: int, prefetch: int) -> float:
     return count / seconds
 
 
-def median_rate(function: Callable[[], float], runs: int) -> tuple[float, list[float]]:
-    rates = [function() for _ in range(runs)]
-    return statistics.median(rates), rates
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=10000)
@@ -214,12 +209,16 @@ def main() -> None:
         (f"queuekit Queue.dispatch no-op (prefetch {p})", lambda: qk_dispatch(n, p)),
     ]
     print(f"RabbitMQ at {URL.replace('guest:guest', 'guest:***')}, {n} messages, {args.runs} runs")
+    # rows interleave run by run, so a load change on the machine hits every row alike
+    rates: dict[str, list[float]] = {label: [] for label, _ in rows}
+    for _ in range(args.runs):
+        for label, function in rows:
+            rates[label].append(function())
     print(f"{'benchmark':55} {'median msg/s':>12}   runs")
     results: dict[str, float] = {}
-    for label, function in rows:
-        median, rates = median_rate(function, args.runs)
-        results[label] = median
-        print(f"{label:55} {median:12,.0f}   {', '.join(f'{r:,.0f}' for r in rates)}")
+    for label, _ in rows:
+        results[label] = median = statistics.median(rates[label])
+        print(f"{label:55} {median:12,.0f}   {', '.join(f'{r:,.0f}' for r in rates[label])}")
     bulk = results["queuekit send_many (confirmed batch of 1000)"]
     one = results["raw kombu publish, confirmed one by one"]
     worker = results[f"queuekit Queue.dispatch no-op (prefetch {p})"]
