@@ -20,6 +20,7 @@ from queuekit import Connection, Message, connect
 from queuekit.adapters.sqlite import SQLiteTransport
 from queuekit.core.envelope import decode
 from queuekit.core.registry import open_transport
+from queuekit.core.transport import Delivery
 from tests.support import wait_until
 from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop, wait_for_line
 
@@ -44,7 +45,7 @@ def name() -> str:
 
 def receive_all(conn: Connection, queue: str, count: int, timeout: float = 10) -> list[Message]:
     """Receive and ack ``count`` messages, failing if they do not all arrive in time."""
-    messages = []
+    messages: list[Message] = []
     deadline = time.monotonic() + timeout
     while len(messages) < count:
         delivery = conn.transport.receive(queue, max(deadline - time.monotonic(), 0))
@@ -274,7 +275,7 @@ def test_a_worker_killed_mid_work_has_its_message_redelivered(
     assert lines(tmp_path / "out.txt") == []  # it never finished
 
     with connect(url) as conn:
-        deliveries = {}
+        deliveries: dict[int, Delivery] = {}
         deadline = time.monotonic() + SAFETY
         while len(deliveries) < 2:  # n=1 at once; n=0 once the dead worker's lease expires
             delivery = conn.transport.receive(name, max(deadline - time.monotonic(), 0))
