@@ -1,0 +1,510 @@
+"""``gearman://host:4730[,host2:4730][?durable=1]``: queues as Gearman background jobs.
+
+How the contract maps onto Gearman (docs/gearman.md says more):
+
+- a queue is a Gearman function (four, for priority levels: see :mod:`.frame`);
+- ``send`` is ``SUBMIT_JOB_BG`` (or its high/low variants) through pygearman's client and
+  returns on ``JOB_CREATED``: gearmand holds the job (with a persistent queue, it has
+  written it); a dedup key becomes the job's ``unique``, which gearmand coalesces natively;
+- ``receive`` grabs jobs as a worker (:mod:`.link`); there is no ack in Gearman, the job is
+  done when the worker says so: ``ack`` is ``WORK_COMPLETE``, ``nack(requeue=False)`` is
+  ``WORK_FAIL`` (gearmand drops a failed background job), ``nack(requeue=True)`` submits the
+  same data again and then completes the original (the copy goes to the back of its level);
+- a worker that dies holding jobs: gearmand gives them to another worker (redelivery), with
+  nothing that marks them as redelivered;
+- ``call`` is foreground RPC: submit, wait for the worker's ``complete(delivery, result)``.
+
+Several hosts: a job is submitted to the first host that answers (the next ones are for
+failover); a consumer grabs from every host, as Gearman workers always do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gearman.admin_client import GearmanAdminClient
+from gearman.client import GearmanClient
+from gearman.constants import JOB_COMPLETE, JOB_CREATED, JOB_FAILED
+from gearman.errors import ConnectionError as GearmanConnectionError
+from gearman.errors import GearmanError, ServerUnavailable
+
+from ...core.capabilities import Capabilities
+from ...core.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    QueuekitError,
+    TransportClosed,
+    TransportError,
+)
+from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...core.urls import TransportURL
+from . import frame
+from .link import Assignment, LinkDown, Woken, WorkerLink, _Connection
+
+__all__ = ["CallFailed", "GearmanTransport"]
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 4730
+_PURGE_BATCH = 64
+
+
+class CallFailed(QueuekitError):
+    """A foreground ``call`` did not return a result: the worker failed it, or it timed out.
+
+    ``reason`` is ``"failed"`` or ``"timeout"``. After a timeout the job may still run.
+    """
+
+    def __init__(self, queue: str, reason: str) -> None:
+        self.queue, self.reason = queue, reason
+        super().__init__(f"gearman call to {queue!r} {reason}")
+
+
+class _ServerError(GearmanError):  # type: ignore[misc]
+    """gearmand answered ERROR (e.g. an argument too large)."""
+
+
+class _Client(GearmanClient):  # type: ignore[misc]
+    """pygearman's client, with hosts tried in the listed order (failover, not load
+    balancing: ordering holds on the primary) and server errors raised, not just logged."""
+
+    connection_class = _Connection
+
+    def establish_request_connection(self, current_request: Any) -> Any:
+        for connection in self.connection_list:
+            try:
+                return self.establish_connection(connection)
+            except GearmanConnectionError:
+                continue
+        raise ServerUnavailable("no gearmand answers")
+
+    def on_gearman_error(self, error_code: bytes, error_text: bytes) -> bool:
+        raise _ServerError(f"{error_code!r}: {error_text!r}")
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """``Delivery.handle``: the assignment plus what settling it needs."""
+
+    assignment: Assignment
+    queue: str
+    level: int
+    foreground: bool
+    settled: bool = False
+
+
+@dataclass(slots=True)
+class _Consumer:
+    """The worker links (one per host) and prefetched jobs of one queue."""
+
+    links: list[WorkerLink]
+    buffer: deque[Assignment] = field(default_factory=deque)
+    unsettled: int = 0
+    turn: int = 0
+
+
+class GearmanTransport(Transport):
+    """Gearman background jobs through pygearman. See the module docstring."""
+
+    name = "gearman"
+
+    def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
+        super().__init__(url, prefetch=max(1, prefetch))
+        if not url.hosts:
+            raise ConfigurationError(f"{url.redacted()} names no gearmand host")
+        self._hosts = [(h.name, h.port or DEFAULT_PORT) for h in url.hosts]
+        self._host_list = [f"{h}:{p}" for h, p in self._hosts]
+        try:
+            self._io_timeout = float(url.option("timeout", "30") or "30")
+        except ValueError:
+            raise ConfigurationError(f"{url.redacted()}: timeout must be seconds") from None
+        self.capabilities = _capabilities(url.flag("durable"))
+        self._closed = False
+        self._send_lock = threading.Lock()
+        self._client = _Client(self._host_list)
+        self._callers: list[_Client] = []
+        self._callers_lock = threading.Lock()
+        self._consume_lock = threading.Lock()
+        self._consumers: dict[str, _Consumer] = {}
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- publishing -------------------------------------------------------------------
+
+    def send(
+        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
+    ) -> None:
+        self.send_many(queue, [Outgoing(body, headers, options)])
+
+    def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
+        """All jobs go out pipelined; returns when gearmand created every one."""
+        self._check_open()
+        if not messages:
+            return
+        jobs = []
+        for message in messages:
+            self.require(message.options)
+            level = frame.level_for(message.options.priority)
+            key = message.options.dedup_key
+            jobs.append(
+                {
+                    "task": frame.function_for(queue, level),
+                    "data": frame.encode(message.body, dict(message.headers), level),
+                    "unique": frame.unique_for(key) if key is not None else None,
+                    "priority": frame.band_for(level),
+                }
+            )
+        with self._send_lock:
+            self._check_open()
+            self._submit(self._client, jobs)
+
+    def _submit(self, client: _Client, jobs: list[dict[str, Any]]) -> None:
+        try:
+            requests = client.submit_multiple_jobs(
+                jobs,
+                background=True,
+                wait_until_complete=False,
+                max_retries=len(self._hosts),
+                poll_timeout=self._io_timeout,
+            )
+        except _ServerError as exc:
+            client.shutdown()
+            raise TransportError(f"gearmand refused a job: {exc}") from None
+        except GearmanError as exc:
+            client.shutdown()
+            raise ConnectionLost(f"gearman {self._where()}: {exc}") from None
+        if any(r.state != JOB_CREATED for r in requests):
+            client.shutdown()
+            raise ConnectionLost(f"gearman {self._where()}: no JOB_CREATED within timeout")
+
+    # -- consuming --------------------------------------------------------------------
+
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        with self._consume_lock:
+            self._check_open()
+            consumer = self._consumer(queue)
+            deadline = time.monotonic() + max(0.0, timeout)
+            try:
+                while True:
+                    if consumer.buffer:
+                        return self._deliver(queue, consumer, consumer.buffer.popleft())
+                    if self._grab(consumer, max(1, self.prefetch - consumer.unsettled)):
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._idle(consumer, remaining):
+                        return None
+            except Woken:
+                return None
+
+    def _consumer(self, queue: str) -> _Consumer:
+        consumer = self._consumers.get(queue)
+        if consumer is None:
+            functions = frame.functions(queue)
+            links = [
+                WorkerLink(h, p, functions, self._wake_r, io_timeout=self._io_timeout)
+                for h, p in self._hosts
+            ]
+            consumer = self._consumers[queue] = _Consumer(links)
+        return consumer
+
+    def _grab(self, consumer: _Consumer, want: int) -> bool:
+        """Grab up to ``want`` jobs from the first host that has some; False if none has."""
+        links = consumer.links
+        reachable = 0
+        for i in range(len(links)):
+            link = links[(consumer.turn + i) % len(links)]
+            try:
+                if not link.connected:
+                    link.connect()
+                jobs = link.grab(want)
+            except LinkDown as exc:
+                log.debug("gearman link %s:%s down: %s", link.host, link.port, exc)
+                continue
+            reachable += 1
+            if jobs:
+                consumer.buffer.extend(jobs)
+                consumer.turn = (consumer.turn + i + 1) % len(links)
+                return True
+        if not reachable:
+            raise ConnectionLost(f"gearman {self._where()}: no gearmand answers")
+        return False
+
+    def _idle(self, consumer: _Consumer, remaining: float) -> bool:
+        """Sleep on every link until one is woken (True) or ``remaining`` passes (False)."""
+        live = []
+        for link in consumer.links:
+            try:
+                if link.connected:
+                    link.sleep()
+                    live.append(link)
+            except LinkDown:
+                continue
+        if not live:
+            raise ConnectionLost(f"gearman {self._where()}: no gearmand answers")
+        ready, _, _ = select.select(
+            [self._wake_r.fileno(), *(k.fileno() for k in live)], [], [], remaining
+        )
+        if self._wake_r.fileno() in ready:
+            raise Woken
+        woke = False
+        for link in live:
+            if link.fileno() in ready:
+                try:
+                    woke = link.take_noop() or woke
+                except LinkDown:
+                    woke = True  # retry now: the grab reconnects or reports the loss
+        return woke
+
+    def _deliver(self, queue: str, consumer: _Consumer, job: Assignment) -> Delivery:
+        decoded = frame.decode(job.data)
+        consumer.unsettled += 1
+        ticket = _Ticket(job, queue, decoded.level, decoded.foreground)
+        return Delivery(queue=queue, body=decoded.body, headers=decoded.headers, handle=ticket)
+
+    # -- settling ---------------------------------------------------------------------
+
+    def ack(self, delivery: Delivery) -> None:
+        self._settle(delivery, "complete")
+
+    def complete(self, delivery: Delivery, result: bytes) -> None:
+        """Ack with a result: a foreground ``call`` waiting on this job returns ``result``."""
+        self._settle(delivery, "complete", result)
+
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
+        ticket = self._ticket(delivery)
+        if ticket.settled:
+            return
+        if requeue and not ticket.foreground:
+            # gearmand drops a failed background job, so a requeue is a new submission of
+            # the same data (a fresh unique: the original still holds its own), then done.
+            job = ticket.assignment
+            with self._send_lock:
+                self._check_open()
+                self._submit(
+                    self._client,
+                    [
+                        {
+                            "task": job.function,
+                            "data": job.data,
+                            "unique": None,
+                            "priority": frame.band_for(ticket.level),
+                        }
+                    ],
+                )
+            self._settle(delivery, "complete")
+        else:
+            # A foreground job cannot be resubmitted for its caller: it fails, and the
+            # caller sees CallFailed (and may call again).
+            self._settle(delivery, "fail")
+
+    def _ticket(self, delivery: Delivery) -> _Ticket:
+        ticket = delivery.handle
+        if not isinstance(ticket, _Ticket):
+            raise ValueError("not a delivery of a gearman transport")
+        return ticket
+
+    def _settle(self, delivery: Delivery, how: str, result: bytes = b"") -> None:
+        ticket = self._ticket(delivery)
+        with self._consume_lock:
+            if ticket.settled:
+                return
+            self._check_open()
+            ticket.settled = True
+            consumer = self._consumers.get(ticket.queue)
+            if consumer is not None:
+                consumer.unsettled -= 1
+            job = ticket.assignment
+            link = job.link
+            if link.generation != job.generation or not link.connected:
+                log.warning(
+                    "gearman: the connection that received job %r was lost; gearmand "
+                    "gives it to a worker again",
+                    job.handle,
+                )
+                return
+            try:
+                if how == "complete":
+                    link.complete(job.handle, result)
+                else:
+                    link.fail(job.handle)
+            except LinkDown as exc:
+                log.warning("gearman: settling job %r failed (%s); it runs again", job.handle, exc)
+
+    # -- foreground RPC ----------------------------------------------------------------
+
+    def call(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        headers: Headers | None = None,
+        priority: int | None = None,
+        timeout: float = 30.0,
+    ) -> bytes:
+        """Submit a foreground job and wait for its result (what the worker passed to
+        :meth:`complete`; empty after a plain ``ack``). Raises :class:`CallFailed` when the
+        worker fails it (``nack``) or nothing comes back within ``timeout`` seconds."""
+        self._check_open()
+        level = frame.level_for(priority)
+        data = frame.encode(body, dict(headers or {}), level, foreground=True)
+        client = self._caller()
+        try:
+            request = client.submit_job(
+                frame.function_for(queue, level),
+                data,
+                priority=frame.band_for(level),
+                background=False,
+                wait_until_complete=True,
+                max_retries=len(self._hosts),
+                poll_timeout=timeout,
+            )
+        except GearmanError as exc:
+            client.shutdown()
+            raise ConnectionLost(f"gearman {self._where()}: {exc}") from None
+        if request.state == JOB_COMPLETE:
+            self._release_caller(client)
+            return bytes(request.result or b"")
+        client.shutdown()  # a job may still answer on this connection: never reuse it
+        raise CallFailed(queue, "failed" if request.state == JOB_FAILED else "timeout")
+
+    def _caller(self) -> _Client:
+        with self._callers_lock:
+            if self._callers:
+                return self._callers.pop()
+        return _Client(self._host_list)
+
+    def _release_caller(self, client: _Client) -> None:
+        with self._callers_lock:
+            if self._closed:
+                client.shutdown()
+            else:
+                self._callers.append(client)
+
+    # -- inspection --------------------------------------------------------------------
+
+    def depth(self, queue: str) -> int:
+        """Waiting jobs (gearmand's queued minus running) plus this transport's prefetched
+        ones, over every reachable host."""
+        self._check_open()
+        names = {f.decode() for f in frame.functions(queue)}
+        total, reachable = 0, 0
+        for host in self._host_list:
+            try:
+                admin = GearmanAdminClient([host], poll_timeout=self._io_timeout)
+                try:
+                    rows = admin.get_status()
+                finally:
+                    admin.shutdown()
+            except GearmanError:
+                continue
+            reachable += 1
+            total += sum(int(r["queued"]) - int(r["running"]) for r in rows if r["task"] in names)
+        if not reachable:
+            raise ConnectionLost(f"gearman {self._where()}: no gearmand answers")
+        with self._consume_lock:
+            consumer = self._consumers.get(queue)
+            return total + (len(consumer.buffer) if consumer else 0)
+
+    def purge(self, queue: str) -> int:
+        """Complete every waiting job of ``queue`` unprocessed (jobs other workers are
+        running stay theirs); returns how many were dropped."""
+        with self._consume_lock:
+            self._check_open()
+            dropped = 0
+            consumer = self._consumers.get(queue)
+            if consumer is not None:
+                while consumer.buffer:
+                    job = consumer.buffer.popleft()
+                    if job.link.connected and job.link.generation == job.generation:
+                        with contextlib.suppress(LinkDown):
+                            job.link.complete(job.handle)
+                            dropped += 1
+            functions = frame.functions(queue)
+            reachable = 0
+            for host, port in self._hosts:
+                link = WorkerLink(host, port, functions, self._wake_r, io_timeout=self._io_timeout)
+                try:
+                    link.connect()
+                    while jobs := link.grab(_PURGE_BATCH):
+                        for job in jobs:
+                            link.complete(job.handle)
+                        dropped += len(jobs)
+                    reachable += 1
+                except LinkDown:
+                    continue
+                except Woken:
+                    raise TransportClosed("gearman transport closed during purge") from None
+                finally:
+                    link.drop()
+            if not reachable:
+                raise ConnectionLost(f"gearman {self._where()}: no gearmand answers")
+            return dropped
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Idempotent. Held jobs go back to gearmand as the worker connections close."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        locked = self._consume_lock.acquire(timeout=self._io_timeout)
+        try:
+            for consumer in self._consumers.values():
+                for link in consumer.links:
+                    link.drop()
+                consumer.buffer.clear()
+        finally:
+            if locked:
+                self._consume_lock.release()
+        with self._send_lock:
+            self._client.shutdown()
+        with self._callers_lock:
+            for client in self._callers:
+                client.shutdown()
+            self._callers.clear()
+        if locked:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed(f"gearman transport {self.url.redacted()} is closed")
+
+    def _where(self) -> str:
+        return ",".join(self._host_list)
+
+
+def _capabilities(durable: bool) -> Capabilities:
+    reasons = {
+        "fanout": "Gearman has no fan-out: each job goes to one worker",
+        "topics": "Gearman has no fan-out: each job goes to one worker",
+        "delay": (
+            "gearmand 1.1.20 accepts SUBMIT_JOB_EPOCH but never runs the job when due "
+            "(gearmand issue 101): the core's delayed store serves delays"
+        ),
+    }
+    if not durable:
+        reasons["durable"] = (
+            "gearmand keeps jobs in memory unless started with a persistent --queue-type; "
+            "say ?durable=1 in the URL when it is"
+        )
+    return Capabilities(
+        durable=durable,
+        redelivery=True,
+        nack_requeue=True,
+        fifo=True,
+        competing_consumers=True,
+        priority=True,
+        dedup=True,
+        inspect=True,
+        reasons=reasons,
+    )
