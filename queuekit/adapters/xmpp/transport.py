@@ -1,0 +1,221 @@
+"""``xmpp://``: queues and fan-out over XMPP publish-subscribe (XEP-0060) with slixmpp.
+
+- A queue is a node that persists its items (``queuekit/queue/NAME``). ``send`` publishes
+  an item and returns on the server's IQ result; a consumer subscribes to the node and lists
+  what is already there; ``ack`` retracts the item. Un-acked items stay on the node and are
+  found again by the next consumer, so work survives consumer crashes and server restarts.
+- A topic is a node (``queuekit/topic/NAME``) whose notifications feed ``subscribe``.
+
+Not declared, and why (docs/xmpp.md has the long form): ``competing_consumers``, because
+every subscriber of a node is notified of every item and a retract can only settle an item
+after the work is done, so two consumers of one queue may both run it; ``topics``, because
+XEP-0060 on Prosody has no wildcard subscriptions; ``delay``, ``priority``, ``dedup``.
+
+Threads: one asyncio loop per transport in a background thread (slixmpp is asyncio-only);
+the blocking methods hand coroutines to it. Thread safety follows the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import threading
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from ...core.capabilities import Capabilities
+from ...core.errors import (
+    MessageTooLarge,
+    QueuekitError,
+    TransportClosed,
+    TransportError,
+    Unsupported,
+)
+from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...core.urls import TransportURL
+from ._loop import LoopThread
+from ._session import Item, QueueConsumer, Session
+from ._settings import XMPPSettings
+
+T = TypeVar("T")
+
+CAPABILITIES = Capabilities(
+    durable=True,
+    redelivery=True,
+    nack_requeue=True,
+    fifo=True,
+    fanout=True,
+    inspect=True,
+    reasons={
+        "competing_consumers": "pub/sub notifies every subscriber of a node and a retract "
+        "(the ack) can only follow the work, so two consumers of one queue may both run an "
+        "item; run one consumer per queue",
+        "topics": "XEP-0060 on Prosody has no wildcard subscriptions (no collection nodes)",
+        "delay": "XMPP pub/sub has no delayed publish; the core's delayed store serves",
+        "priority": "items are kept in publish order only",
+        "dedup": "no server-side dedup; the core's job store serves",
+    },
+)
+
+
+class XMPPTransport(Transport):
+    name = "xmpp"
+    capabilities = CAPABILITIES
+
+    def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
+        super().__init__(url, prefetch=prefetch)
+        self.settings = XMPPSettings.from_url(url)
+        self.capabilities = dataclasses.replace(
+            CAPABILITIES, max_message_size=self.settings.max_message_size
+        )
+        self._loop = LoopThread(f"queuekit-xmpp-{self.settings.resource}")
+        self._session = Session(self.settings, prefetch)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._subscriptions: set[str] = set()
+        try:
+            self._call(self._session.ensure())
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise TransportClosed(f"{self!r} is closed")
+        try:
+            return self._loop.call(coro)
+        except QueuekitError:
+            raise
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
+            if self._closed:
+                raise TransportClosed(f"{self!r} was closed") from None
+            raise TransportError("xmpp: operation cancelled") from None
+        except Exception as exc:  # a slixmpp or stream failure: map it at the boundary
+            raise TransportError(f"xmpp: {type(exc).__name__}: {exc}") from exc
+
+    def _check_size(self, body: bytes) -> None:
+        if len(body) > self.settings.max_message_size:
+            raise MessageTooLarge(len(body), self.settings.max_message_size, self.name)
+
+    # -- point to point ----------------------------------------------------------------------
+
+    def send(
+        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
+    ) -> None:
+        self.require(options)
+        self._check_size(body)
+        node = self.settings.queue_node(queue)
+        self._call(self._session.publish(node, [(body, headers)], queue=True))
+
+    def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
+        for message in messages:
+            self.require(message.options)
+            self._check_size(message.body)
+        if not messages:
+            return
+        batch = [(m.body, m.headers) for m in messages]
+        self._call(self._session.publish(self.settings.queue_node(queue), batch, queue=True))
+
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        timeout = max(0.0, timeout)
+        try:
+            if queue in self._subscriptions:
+                item = self._call(self._session.next_notification(queue, timeout))
+                if item is None:
+                    return None
+                return Delivery(queue=queue, body=item.body, headers=item.headers)
+            node = self.settings.queue_node(queue)
+            got = self._call(self._session.next_item(queue, node, timeout))
+        except TransportClosed:
+            return None  # closed from another thread while waiting
+        if got is None:
+            return None
+        consumer, found = got
+        return Delivery(
+            queue=queue,
+            body=found.body,
+            headers=dict(found.headers),
+            redelivered=found.deliveries > 1,
+            handle=(consumer, found),
+        )
+
+    def _handle(self, delivery: Delivery) -> tuple[QueueConsumer, Item] | None:
+        handle = delivery.handle
+        if isinstance(handle, tuple) and len(handle) == 2 and isinstance(handle[1], Item):
+            return handle[0], handle[1]
+        return None  # a fan-out delivery: nothing to settle
+
+    def ack(self, delivery: Delivery) -> None:
+        handle = self._handle(delivery)
+        if handle is not None:
+            self._call(self._session.retract(*handle))
+
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
+        handle = self._handle(delivery)
+        if handle is None:
+            return
+        if requeue:
+            self._call(_run_sync(self._session.requeue, *handle))
+        else:
+            self._call(self._session.retract(*handle))
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            with contextlib.suppress(Exception):  # closing must not fail; stop() cleans up
+                self._loop.submit(self._session.close()).result(self.settings.timeout + 5)
+        finally:
+            self._loop.stop()
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def depth(self, queue: str) -> int:
+        return self._call(self._session.depth(queue, self.settings.queue_node(queue)))
+
+    def purge(self, queue: str) -> int:
+        return self._call(self._session.purge(queue, self.settings.queue_node(queue)))
+
+    def delete(self, queue: str) -> None:
+        node = self.settings.queue_node(queue)
+        self._session.forget_queue(queue) if self._loop.in_loop() else self._call(
+            _run_sync(self._session.forget_queue, queue)
+        )
+        self._call(self._session.delete_node(node))
+
+    # -- publish/subscribe ----------------------------------------------------------------------
+
+    def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
+        self._check_size(body)
+        node = self.settings.topic_node(topic)
+        self._call(self._session.publish(node, [(body, headers)], queue=False))
+
+    def subscribe(self, pattern: str) -> str:
+        if any(word in ("*", "#") for word in pattern.split(".")):
+            raise Unsupported(
+                "topics (wildcard subscriptions)",
+                self.name,
+                "subscribe to each exact topic name",
+            )
+        name = f"xmpp-sub:{pattern}:{uuid.uuid4().hex[:12]}"
+        self._call(self._session.subscribe(name, self.settings.topic_node(pattern)))
+        self._subscriptions.add(name)
+        return name
+
+    def unsubscribe(self, subscription: str) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            self._call(self._session.unsubscribe(subscription))
+
+
+async def _run_sync(function: Any, *args: Any) -> None:
+    """Run a plain function on the loop thread (the session's state lives there)."""
+    function(*args)

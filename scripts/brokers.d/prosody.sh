@@ -1,0 +1,100 @@
+# Prosody (XMPP) with a XEP-0060 pub/sub component, on loopback, for the xmpp:// adapter.
+#
+# Everything lives under $QUEUEKIT_VAR/prosody (config, data, pidfile, log): the system
+# config in /etc/prosody is never read. No s2s, no HTTP, no DNS: nothing leaves the machine.
+# c2s listens on 127.0.0.1 only and does not require TLS there (STARTTLS is offered with a
+# self-signed certificate), so the tests' URL opts in to SCRAM on the plain stream explicitly.
+#
+# Storage is SQLite through mod_storage_sql (lua-dbi-sqlite3): measured faster than the
+# internal file store for persisted pub/sub items (see docs/xmpp.md).
+#
+# Env: QUEUEKIT_PROSODY_PORT (c2s, default 5222).
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd); source "$here/lib.sh"
+
+port=${QUEUEKIT_PROSODY_PORT:-5222}
+dir="$QUEUEKIT_VAR/prosody"
+cfg="$dir/prosody.cfg.lua"
+pidfile="$dir/prosody.pid"
+user=queuekit
+password=queuekit
+max_items=100000
+
+our_pid() {
+  [ -f "$pidfile" ] || return 1
+  local pid; pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+write_config() {
+  mkdir -p "$dir/data" "$dir/certs"
+  chmod 700 "$dir/data"
+  if [ ! -f "$dir/certs/localhost.crt" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=localhost" \
+      -addext "subjectAltName=DNS:localhost,DNS:pubsub.localhost" \
+      -keyout "$dir/certs/localhost.key" -out "$dir/certs/localhost.crt" 2>/dev/null
+  fi
+  cat >"$cfg" <<EOF
+-- Written by scripts/brokers.d/prosody.sh; regenerated on every start.
+pidfile = "$pidfile"
+run_as_root = true  -- containers and CI run as root; everything stays on loopback
+data_path = "$dir/data"
+plugin_paths = {}
+admins = { "$user@localhost" }  -- Prosody 0.12 lets only admins create pub/sub nodes
+interfaces = { "127.0.0.1" }
+c2s_ports = { $port }
+c2s_interfaces = { "127.0.0.1" }
+s2s_ports = {}
+c2s_direct_tls_ports = {}
+modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "posix", "uptime" }
+modules_disabled = { "s2s", "offline", "http", "bosh", "websocket", "admin_shell", "dialback" }
+c2s_require_encryption = false       -- loopback only; clients opt in (see docs/xmpp.md)
+allow_unencrypted_plain_auth = false -- SCRAM on the plain stream, never PLAIN
+s2s_require_encryption = false
+authentication = "internal_hashed"
+storage = "sql"
+sql = { driver = "SQLite3", database = "prosody.sqlite" }
+certificates = "$dir/certs"
+ssl = { certificate = "$dir/certs/localhost.crt", key = "$dir/certs/localhost.key" }
+use_dane = false
+log = { info = "$dir/prosody.log"; error = "$dir/prosody.err" }
+
+VirtualHost "localhost"
+
+Component "pubsub.localhost" "pubsub"
+  pubsub_max_items = $max_items
+  expose_publisher = false
+EOF
+}
+
+start() {
+  write_config
+  rm -f "$pidfile"
+  setsid nohup prosody --config "$cfg" -F >>"$dir/prosody.out" 2>&1 </dev/null &
+  wait_port 127.0.0.1 "$port" 30 prosody || { tail -n 20 "$dir/prosody.out" "$dir/prosody.err" >&2 || true; return 1; }
+  for _ in $(seq 50); do our_pid >/dev/null && break; sleep 0.1; done
+  # prosodyctl register is idempotent: it overwrites the password of an existing account.
+  prosodyctl --config "$cfg" register "$user" localhost "$password" >/dev/null
+  prosodyctl --config "$cfg" register queuekit2 localhost "$password" >/dev/null
+}
+
+stop() {
+  local pid
+  pid=$(our_pid) || return 0
+  kill "$pid"
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  log "prosody ($pid) did not stop on TERM; killing it"; kill -9 "$pid" 2>/dev/null || true
+}
+
+case "${1:-up}" in
+  up)
+    apt_install prosody lua-dbi-sqlite3 lua-unbound openssl
+    if port_open 127.0.0.1 "$port"; then
+      our_pid >/dev/null || { log "port $port answers but it is not our prosody (set QUEUEKIT_PROSODY_PORT)"; exit 1; }
+      log "prosody already answers on 127.0.0.1:$port"
+    else
+      start
+    fi ;;
+  restart) stop; start ;;
+  urls) echo "xmpp://$user:$password@127.0.0.1:$port/?domain=localhost&pubsub=pubsub.localhost&tls=off&allow_plaintext=1" ;;
+  *) echo "usage: prosody.sh up|restart|urls" >&2; exit 2 ;;
+esac
