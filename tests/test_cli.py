@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from queuekit import EventManager, bridge, connect
-from tests.workers.harness import child_env, lines, run_worker, sqlite_url
+from tests.workers.harness import (
+    child_env,
+    lines,
+    run_worker,
+    sqlite_url,
+    start_worker,
+    stop,
+    wait_for_line,
+)
 
 EXAMPLE = "examples.welcome_mail.queues:EmailQueue"
 
@@ -133,6 +142,21 @@ def test_run_stops_by_itself_on_time_and_memory_limits(tmp_path: Path, url: str)
                             cwd=tmp_path)  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "processed 0 message(s)" in result.stderr
+
+
+def test_an_idle_worker_stops_cleanly_on_sigterm(tmp_path: Path, url: str) -> None:
+    worker = start_worker("-v", "run", "tests.workers.queues:RecordingQueue", "--url", url,
+                          cwd=tmp_path)  # fmt: skip
+    try:
+        assert worker.stderr is not None
+        wait_for_line(worker.stderr, "consuming")
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=20)
+    finally:
+        stop(worker)
+    assert worker.returncode == 0, stderr
+    assert "received SIGTERM" in stderr
+    assert "processed 0 message(s)" in stderr
 
 
 @pytest.mark.parametrize(
