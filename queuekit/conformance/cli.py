@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--short", action="store_true", help="smaller counts for a quick check")
     p.add_argument("--redelivery-timeout", type=float, metavar="S",
                    help="how long a dead consumer's message may take to return (60)")  # fmt: skip
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="how long a message that must arrive may take (default 10)")  # fmt: skip
     p.add_argument("--factory", help=argparse.SUPPRESS)  # module:attr, for stress copies
     return p
 
@@ -63,6 +65,8 @@ def command(argv: list[str], out: TextIO | None = None) -> int:
         settings = settings.shortened()
     if args.redelivery_timeout:
         settings = replace(settings, redelivery_timeout=args.redelivery_timeout)
+    if args.timeout:
+        settings = replace(settings, receive_timeout=args.timeout)
     try:
         url = TransportURL.parse(raw_url)
         cases = select(all_cases(), args.only)
@@ -99,8 +103,9 @@ def _stress(
             cmd += ["--only", *[c.name for c in cases if c.name != "restart"]]
             cmd += ["--short"] if args.short else []
             cmd += ["--factory", factory] if factory else []
-            if args.redelivery_timeout:
-                cmd += ["--redelivery-timeout", str(args.redelivery_timeout)]
+            for option in ("redelivery_timeout", "timeout"):
+                if getattr(args, option):
+                    cmd += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
             process = subprocess.Popen(
                 cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )

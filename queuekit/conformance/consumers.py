@@ -141,11 +141,12 @@ class ProcessConsumer(Consumer):
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                self.record(json.loads(line))
-            except ValueError:
-                self._stderr.append(line)
+        with self.process.stdout:
+            for line in self.process.stdout:
+                try:
+                    self.record(json.loads(line))
+                except ValueError:
+                    self._stderr.append(line)
         code = self.process.wait()
         if code not in (0, -signal.SIGKILL):
             time.sleep(0.05)  # let the stderr reader catch the traceback's last lines
@@ -154,8 +155,9 @@ class ProcessConsumer(Consumer):
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self._stderr.append(line)
+        with self.process.stderr:
+            for line in self.process.stderr:
+                self._stderr.append(line)
 
     def stop(self) -> None:
         """Ask the child to finish (stdin closes), then wait for it."""
