@@ -126,7 +126,16 @@ def test_binary_bodies_and_escaped_headers_round_trip(server: str, connect) -> N
     transport = connect()
     queue = fresh("bytes")
     body = bytes(range(256)) * 4
-    headers = {"colon:name": "a:b", "newline": "x\ny\r\nz", "backslash": "c:\\d", "ü": "ünï"}
+    headers = {
+        "colon:name": "a:b",
+        "newline": "x\ny\r\nz",
+        "backslash": "c:\\d",
+        "ü": "ünï",
+        "astral": "\U0001f600 \U00031360",  # ActiveMQ alone would turn these into U+FFFD
+        "\U0001f600": "astral name",
+        "nul": "a\x00b",  # would end a STOMP frame
+        "": "",
+    }
     transport.send(queue, body, headers)
     transport.send(queue, b"", {})
     # When it is received

@@ -18,6 +18,7 @@ inbox; deliveries of a dead connection are dropped when read (the server redeliv
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import ssl
@@ -48,6 +49,9 @@ log = logging.getLogger("queuekit.stomp")
 #: Prefix that keeps queuekit's headers apart from the server's own (destination,
 #: message-id, priority, RabbitMQ's copied receipt, ActiveMQ's JMS properties, ...).
 USER_PREFIX = "qk-"
+#: A queuekit header whose name or value STOMP servers cannot carry as text (NUL, characters
+#: outside the Basic Multilingual Plane, which ActiveMQ turns into U+FFFD): both base64.
+ENCODED_PREFIX = "qkb-"
 #: How often an ActiveMQ message was put back by ``nack(requeue=True)`` (a re-send there).
 REQUEUES = "queuekit-requeues"
 #: MESSAGE headers the server sets, dropped when ActiveMQ's requeue re-sends a message.
@@ -72,6 +76,44 @@ _MAX_RESENDS = 5  # connections a batch may lose before the publish gives up
 def _escape_name(name: str) -> str:
     # stomp.py escapes header values (STOMP 1.2) but not names; its parser unescapes both.
     return name.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c").replace("\r", "\\r")
+
+
+def _plain(text: str) -> bool:
+    """Whether every STOMP server here carries ``text`` unchanged in a header."""
+    return all(0 < ord(c) < 0xD800 or 0xE000 <= ord(c) <= 0xFFFF for c in text)
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).decode("ascii")
+
+
+def _unb64(text: str) -> str:
+    return base64.urlsafe_b64decode(text.encode("ascii")).decode("utf-8", "surrogatepass")
+
+
+def wire_headers(headers: Headers) -> dict[str, str]:
+    """queuekit headers as STOMP headers, kept apart from the server's own by a prefix."""
+    out = {}
+    for name, value in headers.items():
+        if _plain(name) and _plain(value):
+            out[USER_PREFIX + _escape_name(name)] = value
+        else:
+            out[ENCODED_PREFIX + _b64(name)] = _b64(value)
+    return out
+
+
+def user_headers(frame: dict[str, str]) -> dict[str, str]:
+    """The queuekit headers of a MESSAGE frame (the inverse of :func:`wire_headers`)."""
+    out = {}
+    for name, value in frame.items():
+        if name.startswith(USER_PREFIX):
+            out[name[len(USER_PREFIX) :]] = value
+        elif name.startswith(ENCODED_PREFIX):
+            try:
+                out[_unb64(name[len(ENCODED_PREFIX) :])] = _unb64(value)
+            except (ValueError, UnicodeDecodeError):
+                log.warning("dropping an undecodable header %r", name)
+    return out
 
 
 @dataclass(eq=False)
@@ -257,7 +299,7 @@ class StompTransport(Transport):
     # -- publishing ---------------------------------------------------------------------
 
     def _frame_headers(self, headers: Headers, options: SendOptions) -> dict[str, str]:
-        out = {USER_PREFIX + _escape_name(k): v for k, v in headers.items()}
+        out = wire_headers(headers)
         out["persistent"] = "true"
         out.update(self._profile.queue_arguments)
         if options.priority is not None:
@@ -296,7 +338,7 @@ class StompTransport(Transport):
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
         self._check_open()
         self._check_size(body)
-        frame = {USER_PREFIX + _escape_name(k): v for k, v in headers.items()}
+        frame = wire_headers(headers)
         self._publish("/topic/" + topic, [(body, frame)])
 
     def _publish(self, destination: str, frames: Sequence[tuple[bytes, dict[str, str]]]) -> None:
@@ -415,9 +457,7 @@ class StompTransport(Transport):
         delivery = Delivery(
             queue=sub.name,
             body=body,
-            headers={
-                k[len(USER_PREFIX) :]: v for k, v in headers.items() if k.startswith(USER_PREFIX)
-            },
+            headers=user_headers(headers),
             redelivered=headers.get("redelivered") == "true" or requeues is not None,
             handle=_Handle(session.generation, ack_id, sub, headers),
         )
