@@ -85,12 +85,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise UsageError(f"payload is not JSON: {exc}") from None
     delay: float | str | datetime | None = args.delay
-    if args.at:
-        delay = datetime.fromisoformat(args.at)
     with connect(resolve_url(args.url, queue=args.queue)) as conn:
-        message_id = conn.queue(args.queue).publish(
-            payload, name=args.name, delay=delay, priority=args.priority, key=args.key
-        )
+        try:
+            if args.at:
+                delay = datetime.fromisoformat(args.at)
+            message_id = conn.queue(args.queue).publish(
+                payload, name=args.name, delay=delay, priority=args.priority, key=args.key
+            )
+        except (TypeError, ValueError) as exc:  # a bad --delay/--at/--priority or payload
+            raise UsageError(str(exc)) from None
     print(message_id)
     return 0
 

@@ -32,18 +32,19 @@ class _Entry:
     headers: dict[str, str]
     priority: int
     key: str | None
+    available_at: float  # when it became receivable: due messages are received in due order
     deliveries: int = 0
     seq: int = field(default_factory=lambda: next(_sequence))
 
 
 @dataclass
 class _Queue:
-    ready: list[tuple[int, int, _Entry]] = field(default_factory=list)  # (-priority, seq, entry)
+    ready: list[tuple[int, float, int, _Entry]] = field(default_factory=list)
     delayed: list[tuple[float, int, _Entry]] = field(default_factory=list)  # (due, seq, entry)
     keys: set[str] = field(default_factory=set)  # dedup keys waiting or in flight
 
     def push(self, entry: _Entry) -> None:
-        heapq.heappush(self.ready, (-entry.priority, entry.seq, entry))
+        heapq.heappush(self.ready, (-entry.priority, entry.available_at, entry.seq, entry))
 
     def promote_due(self, now: float) -> float | None:
         """Move due delayed entries to ready; return when the next one falls due."""
@@ -127,9 +128,11 @@ class MemoryTransport(Transport):
             if opts.dedup_key in target.keys:
                 return
             target.keys.add(opts.dedup_key)
-        entry = _Entry(bytes(body), headers, opts.priority or 0, opts.dedup_key)
-        if opts.not_before is not None and opts.not_before > time.time():
-            heapq.heappush(target.delayed, (opts.not_before, entry.seq, entry))
+        now = time.time()
+        due = opts.not_before if opts.not_before is not None else now
+        entry = _Entry(bytes(body), headers, opts.priority or 0, opts.dedup_key, due)
+        if due > now:
+            heapq.heappush(target.delayed, (due, entry.seq, entry))
         else:
             target.push(entry)
 
@@ -143,7 +146,7 @@ class MemoryTransport(Transport):
                     return None
                 next_due = target.promote_due(time.time())
                 if target.ready:
-                    entry = heapq.heappop(target.ready)[2]
+                    entry = heapq.heappop(target.ready)[3]
                     entry.deliveries += 1
                     self._unacked[id(entry)] = (queue, entry)
                     return Delivery(

@@ -3,9 +3,11 @@
 Design
 ------
 One table holds every message with a ``state``: 0 delayed (``not_before`` in the future),
-1 ready, 2 in flight under a lease. Claiming is a single ``UPDATE ... RETURNING`` over the
-index ``(queue, state, priority DESC, id)``, so its cost does not grow with the backlog and
-two processes can never claim the same row (SQLite serialises writers).
+1 ready, 2 in flight under a lease. ``not_before`` is the time a message became due (its
+publish time when not delayed), so ready messages are received by priority, then in due
+order. Claiming is a single ``UPDATE ... RETURNING`` over the index
+``(queue, state, priority DESC, not_before, id)``, so its cost does not grow with the
+backlog and two processes can never claim the same row (SQLite serialises writers).
 
 A claimed message stays in the table until ``ack`` deletes it: a worker killed with SIGKILL
 loses nothing, because its lease expires and any transport's housekeeping puts the row back
@@ -54,8 +56,8 @@ CREATE TABLE IF NOT EXISTS queuekit_messages (
     headers TEXT,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queuekit_messages_claim
-    ON queuekit_messages (queue, state, priority DESC, id);
+CREATE INDEX IF NOT EXISTS queuekit_messages_ready
+    ON queuekit_messages (queue, state, priority DESC, not_before, id);
 CREATE INDEX IF NOT EXISTS queuekit_messages_due ON queuekit_messages (state, not_before);
 CREATE INDEX IF NOT EXISTS queuekit_messages_lease ON queuekit_messages (state, lease_until);
 CREATE UNIQUE INDEX IF NOT EXISTS queuekit_messages_dedup
@@ -74,7 +76,7 @@ _CLAIM = """
 UPDATE queuekit_messages SET state = 2, lease_until = ?, deliveries = deliveries + 1
 WHERE id = (
     SELECT id FROM queuekit_messages WHERE queue = ? AND state = 1
-    ORDER BY priority DESC, id LIMIT 1
+    ORDER BY priority DESC, not_before, id LIMIT 1
 )
 RETURNING id, body, headers, deliveries
 """
@@ -109,8 +111,8 @@ class SQLiteTransport(Transport):
     def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
         super().__init__(url, prefetch=prefetch)
         self.path = database_path(url)
-        self.lease = float(url.option("lease", "30") or 30)
-        self.max_poll = float(url.option("poll", "0.05") or 0.05)
+        self.lease = _seconds(url, "lease", 30.0)
+        self.max_poll = _seconds(url, "poll", 0.05)
         self._lock = threading.RLock()
         self._closed = threading.Event()
         self._held: set[int] = set()  # ids this transport has claimed and not settled
@@ -326,7 +328,7 @@ class SQLiteTransport(Transport):
 def _row(
     queue: str, body: bytes, headers: Headers, options: SendOptions, now: float
 ) -> tuple[object, ...]:
-    due = options.not_before or 0.0
+    due = options.not_before if options.not_before is not None else now
     return (
         queue,
         DELAYED if due > now else READY,
@@ -336,3 +338,14 @@ def _row(
         json.dumps(dict(headers), separators=(",", ":")) if headers else None,
         body,
     )
+
+
+def _seconds(url: TransportURL, option: str, default: float) -> float:
+    text = url.option(option)
+    try:
+        value = default if text is None else float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigurationError(f"{url}: {option} must be a positive number of seconds")
+    return value

@@ -116,6 +116,8 @@ def decode(body: bytes) -> Message:
         ) from None
     except ValueError as exc:
         raise MalformedMessage(f"body is not JSON ({exc})", body) from None
+    except RecursionError:
+        raise MalformedMessage("body nests too deeply to decode", body) from None
     if not isinstance(data, dict) or "payload" not in data or "metadata" not in data:
         raise MalformedMessage("JSON is not a queuekit envelope (payload, metadata)", body)
     raw_meta = data["metadata"]

@@ -90,7 +90,8 @@ class EventManager:
 class Publisher(Protocol):
     """Anything with ``publish(payload, **options)``: a Queue, a Topic, an AbstractQueue."""
 
-    def publish(self, payload: Any, /, **options: Any) -> str: ...
+    @property
+    def publish(self) -> Callable[..., str]: ...
 
 
 def event_payload(event: Event) -> dict[str, Any]:
