@@ -71,10 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.queue:
         cls = type(cls.__name__, (cls,), {"queue": args.queue, "__module__": cls.__module__})
     url = resolve_url(args.url or cls.url, queue=cls.queue_name())
-    instance = cls(connect(url, prefetch=args.prefetch))
-    processed = instance.dispatch(
-        max_messages=args.max_messages, max_seconds=args.max_seconds, max_memory=args.max_memory
-    )
+    with connect(url, prefetch=args.prefetch) as conn:  # closed on an abort too: un-acked
+        processed = cls(conn).dispatch(  # work goes back to the broker at once
+            max_messages=args.max_messages,
+            max_seconds=args.max_seconds,
+            max_memory=args.max_memory,
+        )
     print(f"worker: processed {processed} message(s) from {cls.queue_name()!r}", file=sys.stderr)
     return 0
 
