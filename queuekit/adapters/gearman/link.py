@@ -49,6 +49,8 @@ class _Connection(GearmanConnection):  # type: ignore[misc]
     """pygearman's connection with a connect timeout (its own connect never times out)."""
 
     connect_timeout = 5.0
+    #: pygearman refuses to reconnect within 1 s; callers here bound their own retries.
+    connect_cooldown_seconds = 0.0
 
     def _create_client_socket(self) -> None:
         try:
@@ -168,6 +170,17 @@ class WorkerLink:
             else:
                 self._check(cmd, args)
                 self._pending.append((cmd, args))
+
+    def alive(self) -> bool:
+        """Whether the connection still stands, noticing a close by gearmand (one
+        non-blocking poll): jobs held on a lost connection are gearmand's again."""
+        if not self.connected:
+            return False
+        try:
+            self._fill(block=False)
+        except LinkDown:
+            return False
+        return True
 
     def complete(self, handle: bytes, data: bytes = b"") -> None:
         self._send(protocol.GEARMAN_COMMAND_WORK_COMPLETE, {"job_handle": handle, "data": data})

@@ -90,6 +90,12 @@ class _Client(GearmanClient):  # type: ignore[misc]
         raise _ServerError(f"{error_code!r}: {error_text!r}")
 
 
+class _Admin(GearmanAdminClient):  # type: ignore[misc]
+    """pygearman's admin client on the connection with a connect timeout."""
+
+    connection_class = _Connection
+
+
 @dataclass(slots=True)
 class _Ticket:
     """``Delivery.handle``: the assignment plus what settling it needs."""
@@ -134,6 +140,8 @@ class GearmanTransport(Transport):
         self._callers_lock = threading.Lock()
         self._consume_lock = threading.Lock()
         self._consumers: dict[str, _Consumer] = {}
+        #: ``unique`` of every job received here and not yet settled (see ``send_many``).
+        self._held: dict[bytes, int] = {}
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- publishing -------------------------------------------------------------------
@@ -153,11 +161,17 @@ class GearmanTransport(Transport):
             self.require(message.options)
             level = frame.level_for(message.options.priority)
             key = message.options.dedup_key
+            unique = frame.unique_for(key) if key is not None else None
+            if unique is not None and unique in self._held:
+                # This transport holds a job with that key: this send is its retry (the
+                # core resends, then acks). Sharing the unique would fold the copy into
+                # the job the ack is about to complete, and lose it.
+                unique = None
             jobs.append(
                 {
                     "task": frame.function_for(queue, level),
                     "data": frame.encode(message.body, dict(message.headers), level),
-                    "unique": frame.unique_for(key) if key is not None else None,
+                    "unique": unique,
                     "priority": frame.band_for(level),
                 }
             )
@@ -166,21 +180,28 @@ class GearmanTransport(Transport):
             self._submit(self._client, jobs)
 
     def _submit(self, client: _Client, jobs: list[dict[str, Any]]) -> None:
-        try:
-            requests = client.submit_multiple_jobs(
-                jobs,
-                background=True,
-                wait_until_complete=False,
-                max_retries=len(self._hosts),
-                poll_timeout=self._io_timeout,
-            )
-        except _ServerError as exc:
-            client.shutdown()
-            raise TransportError(f"gearmand refused a job: {exc}") from None
-        except GearmanError as exc:
-            client.shutdown()
-            raise ConnectionLost(f"gearman {self._where()}: {exc}") from None
-        if any(r.state != JOB_CREATED for r in requests):
+        """Submit and wait for every ``JOB_CREATED``. A connection found dead (gearmand
+        restarted since it was opened) is retried once on a fresh one: a job whose reply
+        was lost may then be created twice (at-least-once)."""
+        for attempt in (1, 2):
+            try:
+                requests = client.submit_multiple_jobs(
+                    jobs,
+                    background=True,
+                    wait_until_complete=False,
+                    max_retries=len(self._hosts),
+                    poll_timeout=self._io_timeout,
+                )
+            except _ServerError as exc:
+                client.shutdown()
+                raise TransportError(f"gearmand refused a job: {exc}") from None
+            except GearmanError as exc:
+                client.shutdown()
+                if attempt == 1:
+                    continue
+                raise ConnectionLost(f"gearman {self._where()}: {exc}") from None
+            if all(r.state == JOB_CREATED for r in requests):
+                return
             client.shutdown()
             raise ConnectionLost(f"gearman {self._where()}: no JOB_CREATED within timeout")
 
@@ -194,7 +215,10 @@ class GearmanTransport(Transport):
             try:
                 while True:
                     if consumer.buffer:
-                        return self._deliver(queue, consumer, consumer.buffer.popleft())
+                        job = consumer.buffer.popleft()
+                        if job.link.generation == job.generation and job.link.alive():
+                            return self._deliver(queue, consumer, job)
+                        continue  # its connection is gone: gearmand hands it out again
                     if self._grab(consumer, max(1, self.prefetch - consumer.unsettled)):
                         continue
                     remaining = deadline - time.monotonic()
@@ -265,6 +289,7 @@ class GearmanTransport(Transport):
     def _deliver(self, queue: str, consumer: _Consumer, job: Assignment) -> Delivery:
         decoded = frame.decode(job.data)
         consumer.unsettled += 1
+        self._held[job.unique] = self._held.get(job.unique, 0) + 1
         ticket = _Ticket(job, queue, decoded.level, decoded.foreground)
         return Delivery(queue=queue, body=decoded.body, headers=decoded.headers, handle=ticket)
 
@@ -321,6 +346,9 @@ class GearmanTransport(Transport):
             if consumer is not None:
                 consumer.unsettled -= 1
             job = ticket.assignment
+            left = self._held.pop(job.unique, 1) - 1
+            if left:
+                self._held[job.unique] = left
             link = job.link
             if link.generation != job.generation or not link.connected:
                 log.warning(
@@ -397,7 +425,7 @@ class GearmanTransport(Transport):
         total, reachable = 0, 0
         for host in self._host_list:
             try:
-                admin = GearmanAdminClient([host], poll_timeout=self._io_timeout)
+                admin = _Admin([host], poll_timeout=self._io_timeout)
                 try:
                     rows = admin.get_status()
                 finally:

@@ -1,0 +1,497 @@
+"""gearman:// against real gearmand (``scripts/brokers up gearman``).
+
+Two daemons: 4730 with a persistent (libsqlite3) queue, 4731 in memory. Each test uses
+fresh queue names, so they share the daemons with whatever else runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from queuekit import connect
+from queuekit.adapters.gearman import CallFailed, GearmanTransport, frame
+from queuekit.core.errors import ConfigurationError, ConnectionLost, TransportClosed
+from queuekit.core.registry import open_transport
+from queuekit.core.transport import Delivery, Outgoing, SendOptions
+from tests.support import require_broker, wait_until
+
+HOST = "127.0.0.1"
+PERSISTENT, MEMORY = 4730, 4731
+ROOT = Path(__file__).resolve().parent.parent
+
+Open = Callable[..., GearmanTransport]
+
+
+@pytest.fixture
+def gearman() -> Iterator[Open]:
+    """Opens transports (``port=`` picks the daemon) and closes them after the test."""
+    require_broker("gearman", HOST, MEMORY)
+    opened: list[GearmanTransport] = []
+
+    def open_(port: int = MEMORY, query: str = "", prefetch: int = 16) -> GearmanTransport:
+        url = f"gearman://{HOST}:{port}" + (f"?{query}" if query else "")
+        transport = open_transport(url, prefetch=prefetch)
+        assert isinstance(transport, GearmanTransport)
+        opened.append(transport)
+        return transport
+
+    yield open_
+    for transport in opened:
+        transport.close()
+
+
+def new_queue(label: str = "q") -> str:
+    return f"test-{label}-{uuid.uuid4().hex[:12]}"
+
+
+def drain(transport: GearmanTransport, queue: str, count: int, timeout: float = 5.0) -> list[bytes]:
+    bodies: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(bodies) < count and time.monotonic() < deadline:
+        delivery = transport.receive(queue, 0.2)
+        if delivery is not None:
+            bodies.append(delivery.body)
+            transport.ack(delivery)
+    return bodies
+
+
+# -- the wire format, without a server ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "level"),
+    [
+        (b"plain", {}, 0),
+        (b"", {}, 0),
+        (frame.MAGIC + b"looks framed", {}, 0),
+        (b"\x00\xff binary \x00", {"trace": "t-1", "ünï": "cödé"}, 0),
+        (b"prio", {}, 11),
+    ],
+)
+def test_job_data_round_trips_every_body_exactly(
+    body: bytes, headers: dict[str, str], level: int
+) -> None:
+    data = frame.encode(body, headers, level)
+    decoded = frame.decode(data)
+    assert (decoded.body, decoded.headers, decoded.level) == (body, headers, level)
+
+
+def test_a_plain_message_is_sent_as_its_bare_body_for_other_gearman_clients() -> None:
+    assert frame.encode(b"hello", {}, 0) == b"hello"
+    assert frame.decode(b"from a php client").body == b"from a php client"
+
+
+def test_priorities_map_onto_twelve_ordered_levels() -> None:
+    assert frame.level_for(None) == frame.level_for(0) == 0
+    assert frame.level_for(255) == frame.LEVELS - 1
+    levels = [frame.level_for(p) for p in range(256)]
+    assert levels == sorted(levels)
+    assert len(set(levels)) == frame.LEVELS
+    assert frame.function_for("q", 2) == b"q" and frame.function_for("q", 3) == b"q#1"
+    assert frame.band_for(0) == "LOW" and frame.band_for(1) is None and frame.band_for(2) == "HIGH"
+
+
+def test_long_or_binary_dedup_keys_become_a_short_unique() -> None:
+    assert frame.unique_for("k-1") == b"k-1"
+    long_key = "x" * 200
+    assert len(frame.unique_for(long_key)) <= frame.MAX_UNIQUE
+    assert frame.unique_for(long_key) == frame.unique_for(long_key)
+    assert frame.unique_for(long_key) != frame.unique_for(long_key + "y")
+    assert b"\x00" not in frame.unique_for("a\x00b")
+
+
+def test_url_without_host_or_with_bad_timeout_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        open_transport("gearman://")
+    with pytest.raises(ConfigurationError):
+        open_transport(f"gearman://{HOST}:{MEMORY}?timeout=soon")
+
+
+def test_durable_is_declared_only_when_the_url_says_the_queue_persists() -> None:
+    memory = open_transport(f"gearman://{HOST}:{MEMORY}")
+    persistent = open_transport(f"gearman://{HOST}:{PERSISTENT}?durable=1")
+    try:
+        assert not memory.capabilities.durable
+        assert "durable" in memory.capabilities.reasons
+        assert persistent.capabilities.durable
+        for caps in (memory.capabilities, persistent.capabilities):
+            assert not (caps.delay or caps.fanout or caps.topics)
+            assert caps.redelivery and caps.priority and caps.dedup and caps.inspect
+    finally:
+        memory.close()
+        persistent.close()
+
+
+# -- against gearmand -------------------------------------------------------------------
+
+
+def test_send_many_arrives_whole_in_order_with_headers(gearman: Open) -> None:
+    queue = new_queue()
+    producer, consumer = gearman(), gearman()
+    bodies = [f"m{i:03d}".encode() for i in range(50)]
+    producer.send_many(queue, [Outgoing(b, {"n": b.decode()}) for b in bodies])
+    assert producer.depth(queue) == 50
+    got: list[Delivery] = []
+    while len(got) < 50:
+        delivery = consumer.receive(queue, 5)
+        assert delivery is not None
+        got.append(delivery)
+        consumer.ack(delivery)
+    assert [d.body for d in got] == bodies
+    assert all(d.headers == {"n": d.body.decode()} for d in got)
+    assert consumer.receive(queue, 0.1) is None
+    assert producer.depth(queue) == 0
+
+
+def test_higher_priority_waiting_is_received_first(gearman: Open) -> None:
+    queue = new_queue("prio")
+    producer = gearman()
+    levels = [10, 200, 0, 255, 100, 50, 30, 180, 128, 70, None]
+    for level in levels:
+        producer.send(queue, str(level).encode(), {}, options=SendOptions(priority=level))
+    got = drain(gearman(prefetch=1), queue, len(levels))
+    expected = sorted(levels, key=lambda p: -(p or 0))
+    assert got == [str(p).encode() for p in expected]
+
+
+def test_same_dedup_key_while_pending_or_running_is_delivered_once(gearman: Open) -> None:
+    queue, key = new_queue("dedup"), "order-" + "7" * 80  # long: hashed into the unique
+    producer, consumer = gearman(), gearman()
+    producer.send(queue, b"first", {}, options=SendOptions(dedup_key=key))
+    producer.send(queue, b"second", {}, options=SendOptions(dedup_key=key))
+    assert producer.depth(queue) == 1
+    delivery = consumer.receive(queue, 5)
+    assert delivery is not None and delivery.body == b"first"
+    # While it runs, the key still coalesces ...
+    producer.send(queue, b"third", {}, options=SendOptions(dedup_key=key))
+    consumer.ack(delivery)
+    assert consumer.receive(queue, 0.3) is None
+    # ... and once it is done the key is free again.
+    producer.send(queue, b"fourth", {}, options=SendOptions(dedup_key=key))
+    assert drain(consumer, queue, 1) == [b"fourth"]
+
+
+def test_a_retry_sent_while_holding_the_key_is_not_folded_into_the_original(
+    gearman: Open,
+) -> None:
+    """The core retries by resending (same key) before acking the original."""
+    queue, key = new_queue("retry"), "k-" + uuid.uuid4().hex
+    worker = gearman()
+    worker.send(queue, b"attempt 1", {}, options=SendOptions(dedup_key=key))
+    delivery = worker.receive(queue, 5)
+    assert delivery is not None
+    worker.send(queue, b"attempt 2", {}, options=SendOptions(dedup_key=key))
+    worker.ack(delivery)
+    assert drain(worker, queue, 1) == [b"attempt 2"]
+
+
+def test_nack_requeue_comes_back_and_nack_drop_is_gone(gearman: Open) -> None:
+    queue = new_queue("nack")
+    transport = gearman()
+    transport.send(queue, b"again", {"h": "1"}, options=SendOptions(priority=200))
+    first = transport.receive(queue, 5)
+    assert first is not None
+    transport.nack(first, requeue=True)
+    transport.nack(first, requeue=True)  # settling twice is a no-op
+    second = transport.receive(queue, 5)
+    assert second is not None and (second.body, second.headers) == (b"again", {"h": "1"})
+    transport.nack(second, requeue=False)
+    assert transport.receive(queue, 0.3) is None
+    assert transport.depth(queue) == 0
+
+
+def test_close_returns_held_and_prefetched_jobs(gearman: Open) -> None:
+    queue = new_queue("close")
+    producer = gearman()
+    producer.send_many(queue, [Outgoing(f"{i}".encode()) for i in range(5)])
+    holder = gearman(prefetch=16)
+    held = holder.receive(queue, 5)
+    assert held is not None
+    assert producer.depth(queue) == 0  # the other four are prefetched by the holder
+    holder.close()
+    assert sorted(drain(gearman(), queue, 5)) == [b"0", b"1", b"2", b"3", b"4"]
+
+
+CHILD = """
+import sys, time
+from queuekit.core.registry import open_transport
+t = open_transport(sys.argv[1], prefetch=1)
+d = t.receive(sys.argv[2], 10)
+print(d.body.decode() if d else "", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_workers_job_goes_to_another_worker(gearman: Open) -> None:
+    queue = new_queue("kill")
+    gearman().send(queue, b"survives", {})
+    url = f"gearman://{HOST}:{MEMORY}"
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, queue], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "survives"
+        child.send_signal(signal.SIGKILL)
+    again = gearman().receive(queue, 10)
+    assert again is not None and again.body == b"survives"
+    # gearmand marks nothing: the adapter cannot tell a redelivery from a first delivery.
+    assert (again.redelivered, again.delivery_count) == (False, None)
+
+
+def test_close_from_another_thread_ends_a_blocked_receive(gearman: Open) -> None:
+    transport = gearman()
+    returned = threading.Event()
+    result: list[object] = []
+
+    def consume() -> None:
+        result.append(transport.receive(new_queue("idle"), 60))
+        returned.set()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    wait_until(lambda: transport._consumers, what="the consumer to start")
+    transport.close()
+    assert returned.wait(5)
+    thread.join()
+    assert result == [None]
+    with pytest.raises(TransportClosed):
+        transport.send("q", b"x", {})
+    transport.close()  # idempotent
+
+
+def test_an_idle_receive_wakes_when_a_job_arrives(gearman: Open) -> None:
+    queue = new_queue("wake")
+    consumer, producer = gearman(), gearman()
+    got: list[Delivery | None] = []
+    thread = threading.Thread(target=lambda: got.append(consumer.receive(queue, 30)))
+    thread.start()
+    wait_until(lambda: any(link.sleeping for c in consumer._consumers.values() for link in c.links))
+    producer.send(queue, b"ding", {})
+    thread.join(10)
+    assert got and got[0] is not None and got[0].body == b"ding"
+
+
+def test_depth_and_purge_count_waiting_and_prefetched_jobs(gearman: Open) -> None:
+    queue = new_queue("purge")
+    producer, consumer = gearman(), gearman(prefetch=4)
+    producer.send_many(
+        queue, [Outgoing(f"{i}".encode(), {}, SendOptions(priority=i * 20)) for i in range(10)]
+    )
+    wait_until(lambda: producer.depth(queue) == 10)
+    held = consumer.receive(queue, 5)  # grabs four: one in hand, three prefetched
+    assert held is not None
+    assert consumer.depth(queue) == 9
+    assert consumer.purge(queue) == 9
+    assert consumer.depth(queue) == 0
+    consumer.ack(held)
+    assert consumer.receive(queue, 0.2) is None
+
+
+def test_foreground_call_returns_the_workers_result(gearman: Open) -> None:
+    queue = new_queue("rpc")
+    caller, worker = gearman(), gearman()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            delivery = worker.receive(queue, 0.2)
+            if delivery is None:
+                continue
+            if delivery.body == b"fail":
+                worker.nack(delivery, requeue=False)
+            else:
+                worker.complete(delivery, delivery.body.upper() + delivery.headers["x"].encode())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        assert caller.call(queue, b"shout", headers={"x": "!"}, timeout=10) == b"SHOUT!"
+        results = []
+        callers = [threading.Thread(target=lambda i=i: results.append(
+            caller.call(queue, f"c{i}".encode(), headers={"x": ""}, timeout=10)))
+            for i in range(4)]  # fmt: skip
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        assert sorted(results) == [b"C0", b"C1", b"C2", b"C3"]
+        with pytest.raises(CallFailed) as failed:
+            caller.call(queue, b"fail", timeout=10)
+        assert failed.value.reason == "failed"
+    finally:
+        stop.set()
+        thread.join()
+    with pytest.raises(CallFailed) as late:
+        caller.call(new_queue("nobody"), b"x", timeout=0.3)
+    assert late.value.reason == "timeout"
+
+
+def test_foreground_call_through_a_dispatching_worker(gearman: Open) -> None:
+    """With the core's worker loop a call returns when work() is done (empty result)."""
+    queue = new_queue("rpc-dispatch")
+    url = f"gearman://{HOST}:{MEMORY}"
+    done: list[object] = []
+    with connect(url, jobstore="sqlite:///:memory:") as conn:
+        thread = threading.Thread(
+            target=lambda: conn.queue(queue).dispatch(
+                lambda m: done.append(m.payload), max_messages=1, handle_signals=False
+            )
+        )
+        thread.start()
+        from queuekit.core.envelope import Message, encode
+
+        assert gearman().call(queue, encode(Message({"n": 1})), timeout=10) == b""
+        thread.join(10)
+    assert done == [{"n": 1}]
+
+
+def test_failover_skips_a_host_that_refuses(gearman: Open) -> None:
+    dead = _free_port()
+    queue = new_queue("failover")
+    transport = open_transport(f"gearman://{HOST}:{dead},{HOST}:{MEMORY}")
+    try:
+        transport.send(queue, b"via the second host", {})
+        delivery = transport.receive(queue, 5)
+        assert delivery is not None and delivery.body == b"via the second host"
+        transport.ack(delivery)
+        assert transport.depth(queue) == 0
+    finally:
+        transport.close()
+
+
+def test_a_consumer_of_several_hosts_takes_jobs_from_each(gearman: Open) -> None:
+    queue = new_queue("both")
+    gearman(PERSISTENT).send(queue, b"from 4730", {})
+    gearman(MEMORY).send(queue, b"from 4731", {})
+    both = open_transport(f"gearman://{HOST}:{PERSISTENT},{HOST}:{MEMORY}")
+    try:
+        assert sorted(drain(both, queue, 2)) == [b"from 4730", b"from 4731"]  # type: ignore[arg-type]
+    finally:
+        both.close()
+
+
+def test_no_server_raises_connection_lost() -> None:
+    transport = open_transport(f"gearman://{HOST}:{_free_port()}?timeout=2")
+    try:
+        with pytest.raises(ConnectionLost):
+            transport.send("q", b"x", {})
+        with pytest.raises(ConnectionLost):
+            transport.receive("q", 0.1)
+        with pytest.raises(ConnectionLost):
+            transport.depth("q")
+    finally:
+        transport.close()
+
+
+def test_sends_from_many_threads_all_arrive(gearman: Open) -> None:
+    queue = new_queue("threads")
+    producer = gearman()
+
+    def publish(thread: int) -> None:
+        for i in range(50):
+            producer.send(queue, f"{thread}-{i}".encode(), {})
+
+    threads = [threading.Thread(target=publish, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = drain(gearman(), queue, 200, timeout=20)
+    assert sorted(got) == sorted(f"{t}-{i}".encode() for t in range(4) for i in range(50))
+
+
+def test_a_large_message_round_trips(gearman: Open) -> None:
+    queue = new_queue("large")
+    body = os.urandom(4 << 20)
+    gearman().send(queue, body, {"k": "v"})
+    delivery = gearman().receive(queue, 10)
+    assert delivery is not None and delivery.body == body
+
+
+# -- restarts and gearmand's own limits ---------------------------------------------------
+
+
+def test_persistent_queue_keeps_jobs_across_a_gearmand_restart(gearman: Open) -> None:
+    require_broker("gearman", HOST, PERSISTENT)
+    queue = new_queue("restart")
+    producer = gearman(PERSISTENT, "durable=1")
+    consumer = gearman(PERSISTENT, "durable=1")
+    producer.send_many(queue, [Outgoing(f"{i}".encode(), {"i": str(i)}) for i in range(20)])
+    assert drain(consumer, queue, 1) == [b"0"]  # the consumer's links are open
+    subprocess.run([str(ROOT / "scripts" / "brokers"), "restart", "gearman"], check=True)
+    # The same transports carry on: the client resubmits on a fresh connection, the
+    # consumer reconnects its worker links and drops what it had prefetched on the old
+    # ones (gearmand has those jobs again).
+    producer.send(queue, b"after", {})
+    expected = {f"{i}".encode() for i in range(1, 20)} | {b"after"}
+    got = drain(consumer, queue, 20, timeout=20)
+    assert set(got) == expected
+    assert len(got) == len(expected)
+
+
+@pytest.fixture
+def retrying_gearmand(tmp_path: Path) -> Iterator[int]:
+    """A private in-memory gearmand with ``--job-retries=1`` (in the foreground)."""
+    binary = shutil.which("gearmand") or "/usr/sbin/gearmand"
+    if not os.path.exists(binary):
+        require_broker("gearman", HOST, 1)  # skips (fails in CI) with the usual message
+    port = _free_port()
+    log_file = tmp_path / "gearmand.log"
+    with subprocess.Popen(
+        [binary, f"--listen={HOST}", f"--port={port}", "--job-retries=1",
+         f"--log-file={log_file}", f"--pid-file={tmp_path / 'gearmand.pid'}"],
+    ) as server:  # fmt: skip
+        try:
+            wait_until(lambda: _port_open(port), what="the private gearmand")
+            yield port
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def test_with_job_retries_gearmand_drops_a_job_whose_worker_died(retrying_gearmand: int) -> None:
+    """The hazard docs/gearman.md warns about: queuekit never sees such a job again."""
+    url = f"gearman://{HOST}:{retrying_gearmand}"
+    queue = new_queue("retries")
+    producer = open_transport(url)
+    try:
+        producer.send(queue, b"doomed", {})
+        with subprocess.Popen(
+            [sys.executable, "-c", CHILD, url, queue], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        ) as child:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "doomed"
+            child.send_signal(signal.SIGKILL)
+        wait_until(lambda: producer.depth(queue) == 0)
+        consumer = open_transport(url)
+        try:
+            assert consumer.receive(queue, 0.5) is None
+        finally:
+            consumer.close()
+    finally:
+        producer.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
+        return True
+    return False
