@@ -69,12 +69,14 @@ EOF
 start() {
   write_config
   rm -f "$pidfile"
-  setsid nohup prosody --config "$cfg" -F >>"$dir/prosody.out" 2>&1 </dev/null &
-  wait_port 127.0.0.1 "$port" 30 prosody || { tail -n 20 "$dir/prosody.out" "$dir/prosody.err" >&2 || true; return 1; }
-  for _ in $(seq 50); do our_pid >/dev/null && break; sleep 0.1; done
-  # prosodyctl register is idempotent: it overwrites the password of an existing account.
+  # Accounts first, while the server is down: prosodyctl and a running prosody would share
+  # the SQLite file. register is idempotent (it sets the password of an existing account).
   prosodyctl --config "$cfg" register "$user" localhost "$password" >/dev/null
   prosodyctl --config "$cfg" register queuekit2 localhost "$password" >/dev/null
+  setsid nohup prosody --config "$cfg" -F >>"$dir/prosody.out" 2>&1 </dev/null &
+  wait_port 127.0.0.1 "$port" 30 prosody || { tail -n 20 "$dir/prosody.out" "$dir/prosody.err" >&2 || true; return 1; }
+  for _ in $(seq 50); do our_pid >/dev/null && return 0; sleep 0.1; done
+  log "prosody answers but wrote no pidfile"; return 1
 }
 
 stop() {

@@ -56,10 +56,16 @@ class QueueFull(TransportError):
 
 @dataclass(slots=True)
 class Item:
+    """One pub/sub item. ``taken`` is the server-side count of consumers that took it
+    (stored in the item, see ``Session._mark``); ``marked`` says this consumer counted
+    itself in; ``requeued`` counts local ``nack(requeue=True)``."""
+
     id: str
     body: bytes
     headers: dict[str, str]
-    deliveries: int = 0
+    taken: int = 0
+    marked: bool = False
+    requeued: int = 0
 
 
 @dataclass(slots=True)
@@ -80,8 +86,8 @@ class QueueConsumer:
 
     def offer(self, item: Item) -> None:
         """A notification: buffer it if it keeps order and fits, else re-list later."""
-        if item.id in self.known:
-            return
+        if item.id in self.known or item.taken:
+            return  # a take mark (ours, or a consumer's before us) is not a new item
         if self.listing:
             self.pending.append(item)
             return
@@ -329,12 +335,7 @@ class Session:
         state = await self.ensure_node(node, persist=queue or self.settings.persist_topics)
         if queue and state.cap is not None:
             await self._check_room(node, state, len(messages))
-        options = None
-        if queue:
-            options = _form(
-                _PUBLISH_OPTIONS,
-                {"pubsub#persist_items": True, "pubsub#max_items": self.settings.max_items},
-            )
+        options = self._queue_options() if queue else None
         pubsub, service = self.pubsub, self.settings.pubsub
         window: set[asyncio.Future[Any]] = set()
         try:
@@ -397,8 +398,10 @@ class Session:
                 await self._subscribe_node(node)
                 consumer.ready = consumer.stale = True
             if consumer.buffer:
+                await self._mark(consumer)
+                if not consumer.buffer:
+                    continue
                 item = consumer.buffer.popleft()
-                item.deliveries += 1
                 consumer.delivered.add(item.id)
                 return consumer, item
             if consumer.backlog:
@@ -415,6 +418,45 @@ class Session:
                 await asyncio.wait_for(consumer.wakeup.wait(), remaining)
             except TimeoutError:
                 return None
+
+    async def _mark(self, consumer: QueueConsumer) -> None:
+        """Count this consumer in on every buffered item before handing any out.
+
+        The item is published again under its id with ``d`` one higher (the server keeps
+        it; a later consumer reads it as "delivered before": ``redelivered`` and
+        ``delivery_count``). Taken items are not counted by ``depth``. Re-publishing moves
+        the item to the end of the node, so after a consumer crash its items come back
+        after the ones nobody took. All marks of a buffer go out together.
+        """
+        todo = [item for item in consumer.buffer if not item.marked]
+        if not todo:
+            return
+        pubsub, service, timeout = self.pubsub, self.settings.pubsub, self.settings.timeout
+        options = self._queue_options()
+        futures = [
+            pubsub.publish(
+                service,
+                consumer.node,
+                id=item.id,
+                payload=encode_payload(item.body, item.headers, item.taken + 1),
+                options=options,
+                timeout=timeout,
+            )
+            for item in todo
+        ]
+        results = await asyncio.gather(*(self._iq(f) for f in futures), return_exceptions=True)
+        for item, result in zip(todo, results, strict=True):
+            if isinstance(result, IqError):
+                raise _iq_error(result, f"mark an item of {consumer.node} as taken")
+            if isinstance(result, BaseException):
+                raise result
+            item.taken, item.marked = item.taken + 1, True
+
+    def _queue_options(self) -> Any:
+        return _form(
+            _PUBLISH_OPTIONS,
+            {"pubsub#persist_items": True, "pubsub#max_items": self.settings.max_items},
+        )
 
     async def _relist(self, consumer: QueueConsumer) -> None:
         """Fetch the node's items (oldest first); keep ``limit`` bodies, the rest as ids."""
@@ -478,15 +520,19 @@ class Session:
         """Put a delivered item back in front of this consumer's buffer (it never left)."""
         if item.id in consumer.delivered:
             consumer.delivered.discard(item.id)
+            item.requeued += 1
             consumer.buffer.appendleft(item)
             consumer.wakeup.set()
 
     async def depth(self, queue: str, node: str) -> int:
+        """Items on the node that no consumer has taken (see ``_mark``)."""
         await self.ensure_node(node, persist=True)
-        ids = await self.item_ids(node)
-        consumer = self.consumers.get(queue)
-        delivered = consumer.delivered if consumer else set()
-        return sum(1 for i in ids if i not in delivered)
+        try:
+            reply = await self._iq(self.pubsub.get_items(self.settings.pubsub, node))
+        except IqError as exc:
+            raise _iq_error(exc, f"list node {node}") from None
+        items = _items(reply.xml.iter(f"{{{_PUBSUB}}}item"))
+        return sum(1 for item in items if not item.taken)
 
     async def purge(self, queue: str, node: str) -> int:
         await self.ensure_node(node, persist=True)
@@ -584,7 +630,7 @@ class Session:
             if consumer is not None:
                 consumer.offer(item)
             for sub in subs or ():
-                sub.offer(Item(item.id, item.body, dict(item.headers)))
+                sub.offer(Item(item.id, item.body, dict(item.headers), item.taken))
 
     def _consumer_of(self, node: str) -> QueueConsumer | None:
         queue = self.queue_of_node.get(node)
@@ -596,12 +642,12 @@ def _items(elements: Iterable[ET.Element]) -> Iterable[Item]:
     for element in elements:
         item_id = element.get("id", "")
         try:
-            body, headers = decode_payload(element[0] if len(element) else None)
+            body, headers, taken = decode_payload(element[0] if len(element) else None)
         except MalformedMessage as exc:
             # Not ours to interpret: hand the raw XML up so the core's failed store keeps it.
             raw = ET.tostring(element[0]) if len(element) else b""
-            body, headers = raw or exc.body, {"x-queuekit-malformed": exc.reason}
-        yield Item(item_id, body, headers)
+            body, headers, taken = raw or exc.body, {"x-queuekit-malformed": exc.reason}, 0
+        yield Item(item_id, body, headers, taken)
 
 
 def _form(form_type: str, values: dict[str, Any]) -> Any:

@@ -141,7 +141,8 @@ class XMPPTransport(Transport):
             queue=queue,
             body=found.body,
             headers=dict(found.headers),
-            redelivered=found.deliveries > 1,
+            redelivered=found.taken > 1 or found.requeued > 0,
+            delivery_count=found.taken + found.requeued,
             handle=(consumer, found),
         )
 
