@@ -81,11 +81,17 @@ def redelivery(ctx: Context) -> None:
     )
     again.ack(delivery)
     check(delivery.body == body, f"redelivered body changed: {delivery.body[:40]!r}")
-    check(
-        delivery.redelivered or (delivery.delivery_count or 0) >= 2,
-        "the redelivered message is not marked (redelivered=False, "
-        f"delivery_count={delivery.delivery_count})",
+    if delivery.redelivered or (delivery.delivery_count or 0) >= 2:
+        return
+    unmarked = (
+        "the redelivered message is not marked "
+        f"(redelivered=False, delivery_count={delivery.delivery_count})"
     )
+    # An adapter that counts deliveries must count this one; one whose broker keeps no
+    # flag or count at all (Gearman) passes with a warning: work comes back, but a worker
+    # cannot tell a message that keeps killing its consumer.
+    check(got[0]["count"] is None, unmarked)
+    ctx.warnings.append(f"{unmarked}: the broker reports no redeliveries")
 
 
 class _Traffic:
