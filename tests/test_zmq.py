@@ -442,3 +442,101 @@ def test_the_shared_device_from_the_broker_script_answers() -> None:
     finally:
         producer.close()
         worker.close()
+
+
+# -- the core on top, the device's own behaviour --------------------------------------------
+
+
+def test_dispatch_failures_reach_the_failed_store(device: DeviceProcess, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from queuekit import PermanentError, connect
+
+    queue = qname()
+    conn = connect(device.url, jobstore=f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        q = conn.queue(queue)
+        q.publish_many([{"n": 1}, {"n": 2}, {"n": 3}])
+        done: list[int] = []
+
+        def work(message):  # type: ignore[no-untyped-def]
+            if message.payload["n"] == 2:
+                raise PermanentError("two is bad")
+            done.append(message.payload["n"])
+
+        assert q.dispatch(work, max_messages=3, handle_signals=False) == 3
+        assert sorted(done) == [1, 3]
+        failed = conn.failed.list(queue=queue)
+        assert [f.reason for f in failed] == ["permanent error: two is bad"]
+    finally:
+        conn.close()
+
+
+def test_a_full_device_pushes_back_instead_of_dropping() -> None:
+    own = DeviceProcess(f"zmq://127.0.0.1:{free_port_triple()}")
+    own.process = subprocess.Popen(
+        [sys.executable, "-m", "queuekit.adapters.zmq_proxy", own.url, "--max-buffered", "50"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: port_open("127.0.0.1", own.port + 2, 0.1), what="device")
+    url = TransportURL.parse(f"{own.url}?hwm=20&send_timeout=0.5")
+    producer, worker, queue = ZeroMQTransport(url), ZeroMQTransport(url), qname()
+    sent = 0
+    try:
+        # Given a device that holds at most 50 messages and no worker
+        with pytest.raises(ConnectionLost):
+            for i in range(100_000):
+                producer.send(queue, str(i).encode(), {})
+                sent += 1
+        # Then every message that send accepted is still delivered, in order
+        bodies = [int(d.body) for d in receive_all(worker, queue, sent)]
+        assert bodies == list(range(sent))
+    finally:
+        producer.close()
+        worker.close()
+        own.stop()
+
+
+def test_serve_runs_in_a_thread_until_stopped() -> None:
+    from queuekit.adapters.zmq_proxy import serve
+
+    url = f"zmq://127.0.0.1:{free_port_triple()}"
+    ready, stop, result = threading.Event(), threading.Event(), []
+    thread = threading.Thread(target=lambda: result.append(serve(url, ready=ready.set, stop=stop)))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        assert serve(url) == 1  # the ports are taken: reported, not raised
+        parsed, queue = TransportURL.parse(url), qname()
+        producer, worker = ZeroMQTransport(parsed), ZeroMQTransport(parsed)
+        producer.send(queue, b"via serve()", {})
+        assert next_body(worker, queue, 10.0) == b"via serve()"
+        producer.close()
+        worker.close()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result == [0]
+
+
+def test_the_device_survives_malformed_input(device: DeviceProcess, open_zmq) -> None:  # type: ignore[no-untyped-def]
+    import zmq
+
+    from queuekit.adapters.zmq_proxy import SEND, make_head
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    dealer = ctx.socket(zmq.DEALER)
+    try:
+        push.connect(f"tcp://127.0.0.1:{device.port}")
+        dealer.connect(f"tcp://127.0.0.1:{device.port + 1}")
+        push.send(b"junk")
+        push.send_multipart([make_head(SEND, 3, b"q"), b"only one frame"])
+        push.send_multipart([b"\xff" * 9, b"", b""])
+        dealer.send_multipart([b"W", b"not", b"numbers"])
+        producer, worker, queue = open_zmq(), open_zmq(), qname()
+        producer.send(queue, b"still routing", {})
+        assert next_body(worker, queue, 10.0) == b"still routing"
+    finally:
+        push.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()

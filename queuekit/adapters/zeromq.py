@@ -186,17 +186,23 @@ class ZeroMQTransport(Transport):
         self._hwm = int(_float_option(url, "hwm", 10_000))
         self._step = max(1, self.prefetch // 2)
 
-        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._send_lock = threading.Lock()
         self._consumer_lock = threading.Lock()
-        self._closed = False
-        self._push = self._socket(zmq.PUSH)
-        self._push.setsockopt(zmq.SNDTIMEO, int(self._send_timeout * 1000))
-        self._push.connect(self.endpoints.frontend)
+        self._closed = True  # until the sockets exist (``__del__`` reads it)
         self._worker: zmq.Socket[bytes] | None = None
         self._inboxes: dict[str, _Inbox] = {}
         self._unacked: dict[_Handle, Delivery] = {}
         self._subscriptions: dict[str, _Subscription] = {}
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._push = self._socket(zmq.PUSH)
+        try:
+            self._push.setsockopt(zmq.SNDTIMEO, int(self._send_timeout * 1000))
+            self._push.connect(self.endpoints.frontend)
+        except zmq.ZMQError as exc:
+            self._push.close(linger=0)
+            self._context.term()
+            raise ConfigurationError(f"{url.redacted()}: cannot use this address: {exc}") from None
+        self._closed = False
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock = self._context.socket(kind)
