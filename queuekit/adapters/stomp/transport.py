@@ -71,6 +71,7 @@ _SERVER_SET = frozenset(
 )
 _BATCH = 1000  # frames per receipt in send_many: bounds what a reconnect re-sends
 _MAX_RESENDS = 5  # connections a batch may lose before the publish gives up
+_BINARY = "application/octet-stream"  # with content-length: any byte round-trips
 
 
 def _escape_name(name: str) -> str:
@@ -332,35 +333,40 @@ class StompTransport(Transport):
             self.require(message.options)
             self._check_size(message.body)
             frames.append((message.body, self._frame_headers(message.headers, message.options)))
-        for start in range(0, len(frames), _BATCH):
-            self._publish("/queue/" + queue, frames[start : start + _BATCH])
+        self._publish("/queue/" + queue, frames)
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
         self._check_open()
         self._check_size(body)
-        frame = wire_headers(headers)
-        self._publish("/topic/" + topic, [(body, frame)])
+        self._publish("/topic/" + topic, [(body, wire_headers(headers))])
 
     def _publish(self, destination: str, frames: Sequence[tuple[bytes, dict[str, str]]]) -> None:
-        """Send ``frames`` with a receipt on the last one; re-send all if the link drops.
+        """Send ``frames`` with a receipt on the last frame of every chunk, then wait.
 
         A RECEIPT answers a frame after the server has handled every earlier frame of the
-        same connection, so one receipt confirms the whole batch. A batch cut off by a lost
-        connection is sent again in full on the next one: duplicates, never losses.
+        same connection, so one receipt confirms its whole chunk (``_BATCH`` frames). Chunks
+        are pipelined: all are sent before the first receipt is awaited. After a lost
+        connection the chunks not yet confirmed are sent again in full on the next one:
+        duplicates, never losses.
         """
+        chunks = [frames[i : i + _BATCH] for i in range(0, len(frames), _BATCH)]
         failures = 0
-        while True:
+        while chunks:
             session = self._live()
-            receipt = session.new_receipt()
+            receipts: list[str] = []
             try:
-                last = len(frames) - 1
-                for index, (body, headers) in enumerate(frames):
-                    frame = dict(headers)
-                    if index == last:
-                        frame["receipt"] = receipt
-                    session.call("send", destination, body, "application/octet-stream", frame)
-                session.wait_receipt(receipt, self._receipt_timeout)
-                return
+                for chunk in chunks:
+                    receipts.append(session.new_receipt())
+                    last = len(chunk) - 1
+                    for index, (body, headers) in enumerate(chunk):
+                        frame = dict(headers)
+                        if index == last:
+                            frame["receipt"] = receipts[-1]
+                        session.call("send", destination, body, _BINARY, frame)
+                while receipts:
+                    session.wait_receipt(receipts[0], self._receipt_timeout)
+                    receipts.pop(0)
+                    chunks.pop(0)
             except ConnectionLost as exc:
                 failures += 1
                 if failures >= _MAX_RESENDS:
@@ -550,9 +556,7 @@ class StompTransport(Transport):
         receipt = session.new_receipt()
         session.call("begin", transaction)
         frame = dict(headers, transaction=transaction)
-        session.call(
-            "send", handle.subscription.destination, body, "application/octet-stream", frame
-        )
+        session.call("send", handle.subscription.destination, body, _BINARY, frame)
         session.call("ack", handle.ack_id, transaction)
         session.call("commit", transaction, {"receipt": receipt})
         session.wait_receipt(receipt, self._receipt_timeout)
