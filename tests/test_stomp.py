@@ -398,3 +398,37 @@ def test_survives_a_server_restart_with_durable_messages(server: str, connect) -
     transport.ack(delivery)
     transport.send(queue, b"after restart", {})
     assert take(transport, queue).body == b"after restart"
+
+
+def test_a_silent_server_is_noticed_by_heart_beats() -> None:
+    # Given a connection with 500 ms heart-beats to the ActiveMQ this project runs
+    name, port = SERVERS["activemq"]
+    require_broker(name, "127.0.0.1", port)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pidfile = os.path.join(
+        os.environ.get("QUEUEKIT_VAR", os.path.join(root, "var")), name, "activemq.pid"
+    )
+    if not os.path.exists(pidfile):
+        pytest.skip("ActiveMQ was not started by scripts/brokers (no pid file to pause)")
+    with open(pidfile) as f:
+        pid = int(f.read())
+    transport = open_transport(url_for("activemq", heartbeat="500"))
+    queue = fresh("heartbeat")
+    try:
+        transport.send(queue, b"before", {})
+        # When the server process stops answering (paused, its socket stays open)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: not transport._session.alive,  # type: ignore[attr-defined]
+                timeout=15,
+                what="the heart-beat timeout",
+            )
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Then the next operation reconnects and the message is still there
+        delivery = take(transport, queue, timeout=30)
+        assert delivery.body == b"before"
+        transport.ack(delivery)
+    finally:
+        transport.close()
