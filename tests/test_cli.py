@@ -195,11 +195,6 @@ def test_command_line_mistakes_are_one_line_and_exit_2(
     assert says in one_error_line(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.py cmd_publish lets ValueError/TypeError from --delay, --at, --priority "
-    "and a NaN payload escape _guarded: a traceback instead of one line and exit 2",
-)
 @pytest.mark.parametrize(
     ("args", "says"),
     [

@@ -151,12 +151,6 @@ def test_bridge_default_payload_and_publish_options() -> None:
         assert message.headers == {"source": "svc"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: events.py Publisher protocol (publish(payload, /, **options: Any)) is not "
-    "satisfied by Queue.publish's keyword-only signature: the documented "
-    "bridge(events, name, conn.queue(...)) fails mypy --strict in user code",
-)
 def test_bridging_to_a_queue_type_checks(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
     snippet = tmp_path / "user_code.py"

@@ -79,11 +79,6 @@ def test_not_before_is_honoured(transport: Transport) -> None:
     assert time.time() >= due
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: adapters/memory.py promote_due pushes due entries keyed by (-priority, seq): "
-    "messages that fell due while nobody received come in publication order, not due order",
-)
 def test_overdue_messages_come_in_due_order(transport: Transport) -> None:
     now = time.time()
     transport.send("q", b"second", {}, options=SendOptions(not_before=now + 0.2))

@@ -130,11 +130,6 @@ def test_delayed_messages_come_in_due_order(conn: Connection, name: str) -> None
     assert [m.payload for m in received] == ["first", "second", "third"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: adapters/sqlite.py _CLAIM orders ready rows by (priority DESC, id): messages "
-    "that fell due while no consumer was polling come in publication order, not due order",
-)
 def test_overdue_messages_come_in_due_order(conn: Connection, name: str) -> None:
     queue = conn.queue(name)
     queue.publish("second", delay=0.2)
@@ -198,11 +193,6 @@ def test_url_options(db: Path) -> None:
         transport.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: adapters/sqlite.py SQLiteTransport.__init__ float(url.option('lease'/'poll')) "
-    "raises a bare ValueError, not ConfigurationError: `worker` prints a traceback",
-)
 @pytest.mark.parametrize("option", ["lease", "poll"])
 def test_a_bad_numeric_option_is_a_configuration_error(db: Path, option: str) -> None:
     from queuekit import ConfigurationError
@@ -294,12 +284,6 @@ def test_a_stop_signal_during_work_finishes_that_message_and_exits_0(
     assert conn.failed.list() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.py cmd_run passes connect(url) to the class, so AbstractQueue.dispatch does "
-    "not own it and nobody closes it: on the abort the claimed row stays in flight until its "
-    "lease expires (30 s) instead of going back at once as worker.py's docstring says",
-)
 def test_a_second_sigint_aborts_and_gives_the_message_back_at_once(
     tmp_path: Path, db: Path, conn: Connection, name: str
 ) -> None:
