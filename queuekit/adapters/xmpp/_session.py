@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from xml.etree import ElementTree as ET
 
 import slixmpp
@@ -29,10 +29,12 @@ from ...core.errors import (
     ConfigurationError,
     ConnectionLost,
     MalformedMessage,
+    TransportClosed,
     TransportError,
 )
 from ._settings import XMPPSettings, decode_payload, encode_payload
 
+T = TypeVar("T")
 log = logging.getLogger("queuekit.adapters.xmpp")
 _FORM: Any = xep_0004.Form  # slixmpp's data forms are untyped
 
@@ -146,6 +148,20 @@ class Session:
         self.by_node: dict[str, list[Subscription]] = {}
         self._connecting: asyncio.Future[None] | None = None
         self._iqs: set[asyncio.Future[Any]] = set()
+        self._operations: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    async def run(self, operation: Awaitable[T]) -> T:
+        """Run one operation of the blocking API, so ``close`` can cancel it."""
+        task = asyncio.current_task()
+        assert task is not None
+        if self.closing:
+            raise TransportClosed("xmpp transport is closed")
+        self._operations.add(task)
+        try:
+            return await operation
+        finally:
+            self._operations.discard(task)
 
     # -- connection ----------------------------------------------------------------------
 
@@ -231,6 +247,11 @@ class Session:
                 task.cancel()
 
     async def close(self) -> None:
+        self.closing = True
+        running = [task for task in self._operations if not task.done()]
+        for task in running:
+            task.cancel()  # a receive blocked in another thread returns None
+        await asyncio.gather(*running, return_exceptions=True)
         if self.connected:
             waits = [self._unsubscribe_node(c.node) for c in self.consumers.values() if c.ready]
             waits += [self._unsubscribe_node(node) for node in self.by_node]
@@ -258,6 +279,8 @@ class Session:
 
     @property
     def pubsub(self) -> Any:
+        if self.client is None:
+            raise ConnectionLost("xmpp: not connected")
         return self.client.plugin["xep_0060"]
 
     # -- nodes -------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ class XMPPTransport(Transport):
             coro.close()
             raise TransportClosed(f"{self!r} is closed")
         try:
-            return self._loop.call(coro)
+            return self._loop.call(self._session.run(coro))
         except QueuekitError:
             raise
         except (concurrent.futures.CancelledError, asyncio.CancelledError):

@@ -1,0 +1,332 @@
+"""The xmpp:// adapter against a real Prosody (scripts/brokers up prosody).
+
+The conformance suite proves the declared capabilities; these tests pin what is specific to
+XMPP pub/sub: the URL's TLS opt-in, the payload codec, the full-node refusal, take marks,
+fan-out, the event bridge seen by a plain XMPP client, clean shutdown and reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from queuekit.core.errors import (
+    ConfigurationError,
+    ConnectionLost,
+    TransportError,
+    Unsupported,
+)
+from queuekit.core.transport import Outgoing
+from queuekit.core.urls import TransportURL
+from tests.support import require_broker, wait_until
+
+pytest.importorskip("slixmpp")
+from queuekit.adapters.xmpp import QueueFull, XMPPSettings, XMPPTransport
+from queuekit.adapters.xmpp._settings import decode_payload, encode_payload
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT = int(os.environ.get("QUEUEKIT_PROSODY_PORT", "5222"))
+BASE = f"xmpp://queuekit:queuekit@127.0.0.1:{PORT}/?domain=localhost&pubsub=pubsub.localhost"
+URL = BASE + "&tls=off&allow_plaintext=1"
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def opened() -> Iterator[list[XMPPTransport]]:
+    transports: list[XMPPTransport] = []
+    yield transports
+    for transport in transports:
+        transport.close()
+
+
+def open_transport(opened: list[XMPPTransport], url: str = URL, **kw: Any) -> XMPPTransport:
+    require_broker("prosody", "127.0.0.1", PORT)
+    transport = XMPPTransport(TransportURL.parse(url), **kw)
+    opened.append(transport)
+    return transport
+
+
+# -- no broker needed -----------------------------------------------------------------------
+
+
+def test_tls_is_required_unless_plaintext_is_opted_in() -> None:
+    settings = XMPPSettings.from_url(TransportURL.parse(BASE))
+    assert settings.tls and not settings.allow_plaintext
+    with pytest.raises(ConfigurationError, match="allow_plaintext=1"):
+        XMPPSettings.from_url(TransportURL.parse(BASE + "&tls=off"))
+    plain = XMPPSettings.from_url(TransportURL.parse(URL))
+    assert not plain.tls and plain.allow_plaintext
+
+
+def test_url_names_the_jid_service_and_defaults() -> None:
+    s = XMPPSettings.from_url(TransportURL.parse("xmpp://bot:pw@xmpp.example.org"))
+    assert (s.jid, s.host, s.port, s.pubsub) == (
+        "bot@xmpp.example.org",
+        "xmpp.example.org",
+        5222,
+        "pubsub.xmpp.example.org",
+    )
+    s = XMPPSettings.from_url(TransportURL.parse("xmpp://bot%40example.org:pw@10.0.0.5:5223"))
+    assert (s.jid, s.host, s.port, s.pubsub) == (
+        "bot@example.org",
+        "10.0.0.5",
+        5223,
+        "pubsub.example.org",
+    )
+    assert s.queue_node("email") == "queuekit/queue/email"
+    assert s.topic_node("user.saved") == "queuekit/topic/user.saved"
+    with pytest.raises(ConfigurationError):
+        XMPPSettings.from_url(TransportURL.parse("xmpp://127.0.0.1"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b'{"payload":"x"}',
+        "h\u00e9llo \U0001f600".encode(),
+        b"a\r\nb",
+        b"\x00\xff\x01",
+        b"\x0b",
+    ],
+)
+def test_payload_codec_round_trips_bytes_exactly(body: bytes) -> None:
+    headers = {"trace": "a<b&c>", "empty": ""}
+    from xml.etree import ElementTree as ET
+
+    wire = ET.fromstring(ET.tostring(encode_payload(body, headers, 2)))
+    assert decode_payload(wire) == (body, headers, 2)
+
+
+# -- against Prosody --------------------------------------------------------------------------
+
+
+def test_send_many_arrives_in_order_and_ack_removes(opened: list[XMPPTransport]) -> None:
+    producer, consumer = open_transport(opened), open_transport(opened)
+    queue = name("order")
+    bodies = [f"m{i:04d}".encode() for i in range(300)]
+    producer.send_many(queue, [Outgoing(b, {"i": str(i)}) for i, b in enumerate(bodies)])
+    assert producer.depth(queue) == 300
+    got = []
+    while (delivery := consumer.receive(queue, 2.0)) is not None:
+        got.append(delivery)
+        consumer.ack(delivery)
+    assert [d.body for d in got] == bodies
+    assert [d.headers["i"] for d in got[:3]] == ["0", "1", "2"]
+    assert not any(d.redelivered for d in got)
+    assert producer.depth(queue) == 0
+    producer.delete(queue)
+
+
+def test_unacked_items_come_back_marked_to_the_next_consumer(
+    opened: list[XMPPTransport],
+) -> None:
+    producer = open_transport(opened)
+    queue = name("redeliver")
+    producer.send(queue, b"work", {})
+    first = open_transport(opened)
+    taken = first.receive(queue, 5.0)
+    assert taken is not None and taken.delivery_count == 1 and not taken.redelivered
+    # Given the item is taken: depth no longer counts it
+    assert producer.depth(queue) == 0
+    first.close()  # the consumer goes away without acking
+    second = open_transport(opened)
+    again = second.receive(queue, 5.0)
+    assert again is not None and again.body == b"work"
+    assert again.redelivered and again.delivery_count == 2
+    second.ack(again)
+    assert second.receive(queue, 0.5) is None
+
+
+def test_a_full_node_is_refused_never_truncated(opened: list[XMPPTransport]) -> None:
+    transport = open_transport(opened, URL + "&max_items=5")
+    queue = name("full")
+    transport.send_many(queue, [Outgoing(f"{i}".encode()) for i in range(4)])
+    transport.send(queue, b"4", {})
+    with pytest.raises(QueueFull, match="at most 5"):
+        transport.send(queue, b"5", {})
+    with pytest.raises(QueueFull):
+        transport.send_many(queue, [Outgoing(b"x"), Outgoing(b"y")])
+    # Then nothing was dropped: the first item is still there
+    consumer = open_transport(opened, URL + "&max_items=5", prefetch=1)
+    first = consumer.receive(queue, 5.0)
+    assert first is not None and first.body == b"0"
+    consumer.ack(first)
+    transport.send(queue, b"5", {})  # room again
+    assert transport.depth(queue) == 5
+    transport.delete(queue)
+
+
+def test_fanout_reaches_every_subscriber_only_after_subscribe_returns(
+    opened: list[XMPPTransport],
+) -> None:
+    topic = f"orders.{uuid.uuid4().hex[:8]}"
+    a, b, publisher = open_transport(opened), open_transport(opened), open_transport(opened)
+    publisher.broadcast(topic, b"before", {})  # nobody subscribed yet: owed to nobody
+    sa, sb = a.subscribe(topic), b.subscribe(topic)
+    for i in range(20):
+        publisher.broadcast(topic, f"e{i}".encode(), {"n": str(i)})
+    for transport, sub in ((a, sa), (b, sb)):
+        got = [transport.receive(sub, 5.0) for _ in range(20)]
+        assert [d.body if d else None for d in got] == [f"e{i}".encode() for i in range(20)]
+        assert transport.receive(sub, 0.3) is None
+    a.unsubscribe(sa)
+    publisher.broadcast(topic, b"after", {})
+    last = b.receive(sb, 5.0)
+    assert last is not None and last.body == b"after"
+
+
+def test_wildcard_subscriptions_are_unsupported(opened: list[XMPPTransport]) -> None:
+    transport = open_transport(opened)
+    for pattern in ("orders.*", "#", "a.#.b"):
+        with pytest.raises(Unsupported):
+            transport.subscribe(pattern)
+
+
+def test_close_wakes_a_blocked_receive_and_leaves_nothing_behind(
+    opened: list[XMPPTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    transport = open_transport(opened)
+    queue = name("close")
+    result: list[object] = []
+    waiter = threading.Thread(target=lambda: result.append(transport.receive(queue, 60.0)))
+    waiter.start()
+    wait_until(lambda: queue in transport._session.consumers, what="the consumer to start")
+    threads_before = {t.name for t in threading.enumerate()}
+    transport.close()
+    waiter.join(10)
+    assert not waiter.is_alive() and result == [None]
+    transport.close()  # idempotent
+    with pytest.raises(TransportError):
+        transport.send(queue, b"x", {})
+    gc.collect()
+    assert not [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("queuekit-xmpp-") and t.name in threads_before and t.is_alive()
+    ]
+    assert not [r for r in caplog.records if "destroyed" in r.getMessage()]
+
+
+def test_bad_password_and_dead_port_fail_clearly() -> None:
+    require_broker("prosody", "127.0.0.1", PORT)
+    bad = URL.replace("queuekit:queuekit@", "queuekit:wrong@")
+    with pytest.raises(ConfigurationError, match="authentication"):
+        XMPPTransport(TransportURL.parse(bad))
+    dead = URL.replace(f":{PORT}/", ":1/") + "&timeout=3"
+    with pytest.raises(ConnectionLost):
+        XMPPTransport(TransportURL.parse(dead))
+
+
+def test_tls_with_the_servers_certificate(opened: list[XMPPTransport]) -> None:
+    cert = Path(os.environ.get("QUEUEKIT_VAR", ROOT / "var")) / "prosody/certs/localhost.crt"
+    if not cert.exists():
+        pytest.skip("no prosody certificate (scripts/brokers up prosody writes one)")
+    url = f"xmpp://queuekit:queuekit@localhost:{PORT}/?pubsub=pubsub.localhost&cafile={cert}"
+    transport = open_transport(opened, url)
+    queue = name("tls")
+    transport.send(queue, b"secret", {})
+    got = transport.receive(queue, 5.0)
+    assert got is not None and got.body == b"secret"
+    transport.ack(got)
+    transport.delete(queue)
+
+
+def test_event_bridge_is_seen_live_by_a_plain_xmpp_client(opened: list[XMPPTransport]) -> None:
+    from queuekit import EventManager, bridge, connect
+
+    require_broker("prosody", "127.0.0.1", PORT)
+    topic = f"service.events.{uuid.uuid4().hex[:8]}"
+    seen: list[str] = []
+    ready, done = threading.Event(), threading.Event()
+    client = threading.Thread(target=_plain_client, args=(topic, ready, done, seen))
+    conn = connect(URL)
+    try:
+        conn.topic(topic).publish("warm-up")  # creates the node (only admins may, on Prosody)
+        client.start()
+        try:
+            assert ready.wait(15), "the plain client did not subscribe"
+            events = EventManager()
+            bridge(events, "user.*", conn.topic(topic))
+            events.trigger("user.saved", None, email="a@example.com")
+            assert done.wait(15), "the plain client saw no notification"
+        finally:
+            done.set()
+            client.join(15)
+    finally:
+        conn.close()
+    assert '"event":"user.saved"' in seen[0] and "a@example.com" in seen[0]
+
+
+def _plain_client(
+    topic: str, ready: threading.Event, done: threading.Event, seen: list[str]
+) -> None:
+    """An ordinary slixmpp client (a chat bot, a dashboard) watching the bridge's node."""
+    from xml.etree import ElementTree as ET
+
+    import slixmpp
+
+    async def main() -> None:
+        client = slixmpp.ClientXMPP("queuekit2@localhost/watcher", "queuekit")
+        client.enable_starttls, client.enable_direct_tls, client.enable_plaintext = (
+            False,
+            False,
+            True,
+        )
+        for plugin in ("xep_0030", "xep_0004", "xep_0060"):
+            client.register_plugin(plugin)
+        client.plugin["feature_mechanisms"].unencrypted_scram = True
+        started = asyncio.Event()
+        client.add_event_handler("session_start", lambda _: started.set())
+
+        def on_item(msg: Any) -> None:
+            item = msg["pubsub_event"]["items"]["item"]
+            seen.append(ET.tostring(item.xml).decode())
+            done.set()
+
+        client.add_event_handler("pubsub_publish", on_item)
+        client.connect("127.0.0.1", PORT)
+        await asyncio.wait_for(started.wait(), 10)
+        node = f"queuekit/topic/{topic}"
+        pubsub = client.plugin["xep_0060"]
+        await pubsub.subscribe("pubsub.localhost", node, bare=False)
+        ready.set()
+        await asyncio.get_running_loop().run_in_executor(None, done.wait, 15)
+        await pubsub.unsubscribe("pubsub.localhost", node, bare=False)
+        client.disconnect()
+        await client.disconnected
+
+    asyncio.run(main())
+
+
+def test_next_operation_reconnects_after_a_server_restart(opened: list[XMPPTransport]) -> None:
+    if os.environ.get("QUEUEKIT_SKIP_RESTART"):
+        pytest.skip("QUEUEKIT_SKIP_RESTART is set")
+    transport = open_transport(opened)
+    queue = name("restart")
+    transport.send(queue, b"survives", {})
+    subprocess.run([str(ROOT / "scripts/brokers"), "restart", "prosody"], check=True)
+    got = None
+    for _ in range(3):  # the first call may report the lost connection
+        try:
+            got = transport.receive(queue, 5.0)
+            break
+        except ConnectionLost:
+            continue
+    assert got is not None and got.body == b"survives"
+    transport.ack(got)
+    transport.delete(queue)
