@@ -271,10 +271,31 @@ class ZeroMQTransport(Transport):
         if self._closed:
             raise TransportClosed(f"{self!r} is closed")
         with self._consumer_lock:
+            inbox = self._inboxes.get(queue)
+            if inbox is not None and inbox.items:  # the common case under load
+                delivery = self._hand_out(queue, inbox)
+                if delivery is not None:
+                    return delivery
             subscription = self._subscriptions.get(queue)
             if subscription is not None:
                 return self._receive_broadcast(subscription, timeout)
             return self._receive_work(queue, timeout)
+
+    def _hand_out(self, queue: str, inbox: _Inbox) -> Delivery | None:
+        """The next prefetched message of ``queue``; ``None`` if that item was not ours."""
+        item = inbox.items.popleft()
+        inbox.consumed += 1
+        if inbox.consumed - inbox.announced >= self._step:
+            self._announce(queue, inbox)
+        try:
+            count, raw_headers, body = unpack_item(item)
+        except ValueError:
+            return None  # not from a queuekit peer; nothing to deliver
+        handle = _Handle(count, raw_headers, None)
+        headers = _decode_headers(raw_headers) if raw_headers else {}
+        delivery = Delivery(queue, body, headers, count > 0, count + 1, handle)
+        self._unacked[handle] = delivery
+        return delivery
 
     def _receive_work(self, queue: str, timeout: float) -> Delivery | None:
         inbox = self._inboxes.get(queue)
@@ -288,25 +309,10 @@ class ZeroMQTransport(Transport):
         drained = False
         while True:
             if inbox.items:
-                item = inbox.items.popleft()
-                inbox.consumed += 1
-                if inbox.consumed - inbox.announced >= self._step:
-                    self._announce(queue, inbox)
-                try:
-                    count, raw_headers, body = unpack_item(item)
-                except ValueError:
-                    continue  # not from a queuekit peer; nothing to deliver
-                handle = _Handle(count, raw_headers, None)
-                delivery = Delivery(
-                    queue,
-                    body,
-                    _decode_headers(raw_headers),
-                    count > 0,
-                    count + 1,
-                    handle,
-                )
-                self._unacked[handle] = delivery
-                return delivery
+                delivery = self._hand_out(queue, inbox)
+                if delivery is not None:
+                    return delivery
+                continue
             if self._closed:
                 return None
             if not drained:  # under load the next batch is usually there: skip the poll

@@ -225,7 +225,8 @@ class Device:
             for sock in (self._frontend, self._backend, self._fanout):
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.MAXMSGSIZE, limit)
-            self._frontend.setsockopt(zmq.RCVHWM, 10_000)
+            # What the device holds beyond ``max_buffered`` before producers block.
+            self._frontend.setsockopt(zmq.RCVHWM, 1000)
             self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._backend.setsockopt(zmq.SNDHWM, 10_000)
             self._fanout.setsockopt(zmq.SNDHWM, 100_000)
