@@ -57,6 +57,7 @@ from .zmq_proxy import (
     pack_item,
     recv_message,
     send_message,
+    set_heartbeat,
     unpack_item,
 )
 
@@ -210,6 +211,7 @@ class ZeroMQTransport(Transport):
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.RCVHWM, self._hwm)
         sock.setsockopt(zmq.MAXMSGSIZE, frame_limit(self.max_message_size))
+        set_heartbeat(sock)
         return sock
 
     # -- publishing ------------------------------------------------------------------------

@@ -65,6 +65,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 FRAME_ALLOWANCE = 64 * 1024
 DEFAULT_MAX_BUFFERED = 1_000_000
 DEFAULT_PORT = 5560
+HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 2000, 6000
 #: Largest number of messages the device packs into one delivery frame set.
 MAX_BATCH = 256
 
@@ -164,6 +165,14 @@ class Endpoints:
         return self._address(self.port + 2)
 
 
+def set_heartbeat(sock: zmq.Socket[bytes]) -> None:
+    """ZMTP heartbeats: a peer that vanished without closing its TCP connection (power
+    loss, partition) is dropped within ``HEARTBEAT_TIMEOUT``, so the device stops handing
+    it work and clients reconnect."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+
+
 def frame_limit(max_message_size: int) -> int:
     """ZeroMQ ``MAXMSGSIZE`` for receivers: a body frame at the limit plus header frames."""
     return max_message_size + FRAME_ALLOWANCE
@@ -225,6 +234,7 @@ class Device:
             for sock in (self._frontend, self._backend, self._fanout):
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.MAXMSGSIZE, limit)
+                set_heartbeat(sock)
             # What the device holds beyond ``max_buffered`` before producers block.
             self._frontend.setsockopt(zmq.RCVHWM, 1000)
             self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
