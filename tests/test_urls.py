@@ -119,12 +119,6 @@ def test_a_bad_flag_value_is_an_error_without_the_password() -> None:
     assert SECRET not in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: urls.py TransportURL.parse errors run redact(), whose regex only sees a "
-    "password in scheme://user:pw@ with no '/' in it: 'guest:PW@host' (scheme forgotten) and "
-    "an unquoted '/' in the password ('bad port' error) print the password",
-)
 @pytest.mark.parametrize(
     "text",
     [f"guest:{SECRET}@localhost:5672", f"amqp://guest:pa/{SECRET}@host:5672/"],

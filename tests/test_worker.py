@@ -360,11 +360,6 @@ def test_options_the_transport_lacks_are_refused_not_ignored(jobs_url: str, name
 # -- poison messages that must not take the worker down -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: worker.py _retry_or_fail only guards strategy_from_json; a carried strategy "
-    "with a wrongly typed field (times='x') raises TypeError in delay_for and kills the loop",
-)
 def test_a_message_with_a_broken_retry_strategy_does_not_kill_the_worker(
     conn: Connection, name: str
 ) -> None:

@@ -123,7 +123,8 @@ def _parse_host(item: str, url: str) -> Host:
     return Host(unquote(name), int(port_text))
 
 
-_USERINFO = re.compile(r"(?P<head>://[^:/@,?#]*:)(?P<secret>[^@/]*)@")
+# user:secret@ with or without a scheme in front; the secret may hold "/" (a mistyped URL).
+_USERINFO = re.compile(r"(?P<head>(?:[a-zA-Z][\w+.\-]*://)?[^\s:/@'\"]*:)(?P<secret>[^\s@'\"]*)@")
 _QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|secret|token|pass)=)[^&#]*", re.IGNORECASE)
 
 

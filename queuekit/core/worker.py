@@ -125,6 +125,8 @@ class Worker:
         next_check = 0.0
         log.info("worker %d consuming %r on %s", os.getpid(), self.queue.name,
                  self.queue.connection.url.redacted())  # fmt: skip
+        if self.limits.max_messages is not None and self.limits.max_messages <= 0:
+            self.stop("max_messages is 0")
         try:
             while self._stop_reason is None:
                 now = time.monotonic()
@@ -171,30 +173,26 @@ class Worker:
             return
         try:
             self.handler.work(message)
-        except RetryLater as exc:
+        except RetryLater as exc:  # not an attempt: the count stays as it was
             self.queue.resend(message, delay=exc.delay)
             self._transport.ack(delivery)
-        except PermanentError as exc:
-            self._fail(delivery, f"permanent error: {exc}", message, traceback.format_exc())
-        except StopWorker as exc:
-            self._fail(delivery, f"worker stopped: {exc}", message, traceback.format_exc())
-            self.stop(f"StopWorker: {exc}")
         except Exception as exc:
-            self._retry_or_fail(delivery, message, exc)
+            message.metadata.attempts += 1
+            self._after_failure(delivery, message, exc)
         else:
             self._transport.ack(delivery)
 
-    def _retry_or_fail(self, delivery: Delivery, message: Message, exc: Exception) -> None:
+    def _after_failure(self, delivery: Delivery, message: Message, exc: Exception) -> None:
         meta = message.metadata
-        meta.attempts += 1
         trace = traceback.format_exc()
-        strategy = self.handler.retry
-        if meta.retry is not None:
-            try:
-                strategy = strategy_from_json(meta.retry)
-            except (TypeError, ValueError) as bad:
-                log.warning("message %s: ignoring its retry strategy: %s", meta.id, bad)
-        wait = strategy.delay_for(meta.attempts)
+        if isinstance(exc, PermanentError):
+            self._fail(delivery, f"permanent error: {exc}", message, trace)
+            return
+        if isinstance(exc, StopWorker):
+            self._fail(delivery, f"worker stopped: {exc}", message, trace)
+            self.stop(f"StopWorker: {exc}")
+            return
+        wait = self._next_wait(message)
         if wait is None:
             self._fail(delivery, f"{type(exc).__name__}: {exc}", message, trace)
             return
@@ -202,6 +200,20 @@ class Worker:
                     meta.id, meta.attempts, wait, exc)  # fmt: skip
         self.queue.resend(message, delay=wait)
         self._transport.ack(delivery)
+
+    def _next_wait(self, message: Message) -> float | None:
+        """Seconds until the next attempt by the message's own strategy, else the handler's.
+
+        A strategy in the envelope comes from outside: when it is broken the handler's
+        applies, so one bad message can never stop the worker.
+        """
+        meta = message.metadata
+        if meta.retry is not None:
+            try:
+                return strategy_from_json(meta.retry).delay_for(meta.attempts)
+            except (TypeError, ValueError, IndexError) as bad:
+                log.warning("message %s: ignoring its retry strategy: %r", meta.id, bad)
+        return self.handler.retry.delay_for(meta.attempts)
 
     def _fail(
         self, delivery: Delivery, reason: str, message: Message | None, trace: str | None = None
