@@ -432,3 +432,28 @@ def test_a_silent_server_is_noticed_by_heart_beats() -> None:
         transport.ack(delivery)
     finally:
         transport.close()
+
+
+def _activemq_certificate() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    var = os.environ.get("QUEUEKIT_VAR", os.path.join(root, "var"))
+    return os.path.join(var, "activemq", "conf", "broker-cert.pem")
+
+
+def test_stomp_over_tls_verifies_the_server() -> None:
+    # Given ActiveMQ's TLS connector with the self-signed certificate scripts/brokers made
+    require_broker("activemq", "127.0.0.1", 61624)
+    certificate = _activemq_certificate()
+    url = f"stomp+ssl://guest:guest@127.0.0.1:61624?ca_certs={certificate}"
+    transport = open_transport(url)
+    try:
+        queue = fresh("tls")
+        transport.send(queue, b"\x00secret", {"h": "v"})
+        delivery = take(transport, queue)
+        assert (delivery.body, delivery.headers) == (b"\x00secret", {"h": "v"})
+        transport.ack(delivery)
+    finally:
+        transport.close()
+    # Then a client that does not trust that certificate is refused
+    with pytest.raises(ConnectionLost, match=r"no STOMP server answered"):
+        open_transport("stomp+ssl://guest:guest@127.0.0.1:61624?connect_timeout=2")

@@ -1,14 +1,23 @@
-# ActiveMQ 5 (Debian package `activemq`) as the second STOMP server, on 127.0.0.1:61623.
+# ActiveMQ 5 (Debian package `activemq`) as the second STOMP server, on 127.0.0.1:61623
+# (and STOMP over TLS on 61624, with a self-signed certificate in conf/broker-cert.pem).
 # The package's own instance speaks only OpenWire and wants an init system, so this script
 # writes its own broker (STOMP connector, scheduler for delays, priority queues) under
 # $QUEUEKIT_VAR/activemq and runs activemq.jar in the background with a modest heap.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd); source "$here/lib.sh"
 port=61623
+tls_port=61624
 base="$QUEUEKIT_VAR/activemq"
 pidfile="$base/activemq.pid"
 
 write_config() {
   mkdir -p "$base/conf" "$base/data" "$base/log" "$base/tmp"
+  if [ ! -f "$base/conf/broker.p12" ]; then  # self-signed, for stomp+ssl:// tests only
+    keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 \
+      -dname "CN=localhost" -ext "SAN=dns:localhost,ip:127.0.0.1" -storetype PKCS12 \
+      -keystore "$base/conf/broker.p12" -storepass queuekit -keypass queuekit >/dev/null 2>&1
+    keytool -exportcert -rfc -alias broker -keystore "$base/conf/broker.p12" \
+      -storepass queuekit -file "$base/conf/broker-cert.pem" >/dev/null 2>&1
+  fi
   cat >"$base/conf/activemq.xml" <<XML
 <beans xmlns="http://www.springframework.org/schema/beans"
        xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
@@ -37,8 +46,13 @@ write_config() {
         <tempUsage><tempUsage limit="1 gb"/></tempUsage>
       </systemUsage>
     </systemUsage>
+    <sslContext>
+      <sslContext keyStore="file:$base/conf/broker.p12" keyStorePassword="queuekit"
+                  keyStoreType="PKCS12"/>
+    </sslContext>
     <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:$port?transport.hbGracePeriodMultiplier=1.5"/>
+      <transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:$tls_port"/>
     </transportConnectors>
   </broker>
 </beans>
@@ -76,7 +90,16 @@ start() {
     -jar /usr/share/activemq/bin/activemq.jar start "xbean:file:$base/conf/activemq.xml" \
     >"$base/log/stdout.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
-  wait_port 127.0.0.1 "$port" 120 activemq || { tail -n 30 "$base/log/activemq.log" "$base/log/stdout.log" >&2 || true; return 1; }
+  local pid waited=0; pid=$(cat "$pidfile")
+  until port_open 127.0.0.1 "$port" && port_open 127.0.0.1 "$tls_port"; do
+    if ! kill -0 "$pid" 2>/dev/null || [ "$waited" -ge 1200 ]; then
+      log "ActiveMQ did not start (pid $pid); last log lines:"
+      tail -n 30 "$base/log/activemq.log" "$base/log/stdout.log" >&2 || true
+      return 1
+    fi
+    sleep 0.1; waited=$((waited + 1))
+  done
+  log "activemq answers on 127.0.0.1:$port (stomp) and :$tls_port (stomp+ssl)"
 }
 
 stop() {
@@ -89,7 +112,7 @@ stop() {
 }
 
 case "${1:-up}" in
-  up) port_open 127.0.0.1 "$port" && { log "activemq answers on 127.0.0.1:$port"; exit 0; }
+  up) port_open 127.0.0.1 "$port" && port_open 127.0.0.1 "$tls_port" && { log "activemq answers on 127.0.0.1:$port"; exit 0; }
       stop; start ;;
   restart) stop; start ;;
   urls) echo "stomp://guest:guest@127.0.0.1:$port" ;;  # worker conformance passes on it

@@ -168,9 +168,12 @@ class StompTransport(Transport):
         self._session: Session | None = None
         self._down_since: float | None = None
         self._closed = False
+        self._last_failure: Exception | None = None
         session = self._connect_round()
         if session is None:
-            raise ConnectionLost(f"no STOMP server answered at {url.redacted()}")
+            raise ConnectionLost(
+                f"no STOMP server answered at {url.redacted()} (last: {self._last_failure})"
+            )
         self._profile: ServerProfile = profile_for(session.server, url)
         self.capabilities = self._profile.capabilities
 
@@ -206,7 +209,6 @@ class StompTransport(Transport):
 
     def _connect_round(self) -> Session | None:
         """Try each listed host once, in order; the first that answers becomes current."""
-        last: Exception | None = None
         for host in self._hosts:
             try:
                 session = Session(
@@ -221,12 +223,11 @@ class StompTransport(Transport):
                     on_lost=self._on_lost,
                 )
             except ConnectionLost as exc:
-                last = exc
+                self._last_failure = exc
                 continue
             self._session = session
             return session
-        if last is not None:
-            log.info("STOMP connect round failed: %s", last)
+        log.info("STOMP connect round failed: %s", self._last_failure)
         return None
 
     def _live(self, deadline: float | None = None) -> Session:
