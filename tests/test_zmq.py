@@ -470,6 +470,16 @@ def test_dispatch_failures_reach_the_failed_store(device: DeviceProcess, tmp_pat
         conn.close()
 
 
+def test_delete_drops_what_waits_in_the_device(open_zmq) -> None:  # type: ignore[no-untyped-def]
+    producer, queue = open_zmq(), qname()
+    producer.send_many(queue, [Outgoing(b"old")] * 10)
+    producer.delete(queue)
+    producer.send(queue, b"new", {})
+    worker = open_zmq()
+    assert next_body(worker, queue, 10.0) == b"new"
+    assert worker.receive(queue, 0.3) is None
+
+
 def test_a_full_device_pushes_back_instead_of_dropping() -> None:
     own = DeviceProcess(f"zmq://127.0.0.1:{free_port_triple()}")
     own.process = subprocess.Popen(

@@ -42,6 +42,7 @@ from queuekit.core.urls import TransportURL
 
 from .zmq_proxy import (
     BROADCAST,
+    DELETE,
     DELIVER,
     FRAME_ALLOWANCE,
     LEAVE,
@@ -266,6 +267,11 @@ class ZeroMQTransport(Transport):
         self._check_size(body, raw_headers)
         item = pack_item(0, raw_headers, body)
         self._push_message(make_head(BROADCAST, 1, topic.encode()), (item,))
+
+    def delete(self, queue: str) -> None:
+        """Tell the device to drop what waits in ``queue`` (after this producer's earlier
+        sends, which travel the same pipe). Workers' prefetched messages are not touched."""
+        self._push_message(make_head(DELETE, 0, queue.encode()), ())
 
     # -- consuming work --------------------------------------------------------------------
 

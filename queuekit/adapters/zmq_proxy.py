@@ -23,6 +23,7 @@ Frames are sent and read one call each with the count known up front: pyzmq's
     producer -> P      head(S, n, queue), item * n                 work for one queue
                        head(B, 1, topic), item                      fan-out to subscribers
                        head(P, 0, probe)                            readiness probe
+                       head(Z, 0, queue)                            drop what waits in queue
     worker   -> P + 1  head(W, 2, queue), consumed, window          credit (ASCII numbers):
                                                                      may hold window more
                                                                      than it has consumed
@@ -69,7 +70,7 @@ HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 2000, 6000
 #: Largest number of messages the device packs into one delivery frame set.
 MAX_BATCH = 256
 
-SEND, BROADCAST, PROBE = ord("S"), ord("B"), ord("P")
+SEND, BROADCAST, PROBE, DELETE = ord("S"), ord("B"), ord("P"), ord("Z")
 WINDOW, LEAVE, LEFT, DELIVER = ord("W"), ord("X"), ord("x"), ord("D")
 TOPIC_END = b"\0"
 _HEAD = struct.Struct("!BI")
@@ -304,6 +305,8 @@ class Device:
             elif kind == PROBE and not items:
                 fanout.send(name, _SNDMORE)
                 fanout.send(b"")
+            elif kind == DELETE and not items:
+                self._buffered -= len(self._queues.pop(name, ()))
             else:
                 log.warning("dropped a malformed message from a producer")
 
