@@ -36,7 +36,7 @@ from contextlib import contextmanager
 
 from ..core.capabilities import Capabilities
 from ..core.errors import ConfigurationError, ConnectionLost, TransportClosed, TransportError
-from ..core.sqlitedb import connect_database
+from ..core.sqlitedb import connect_database, immediate
 from ..core.topics import topic_matches
 from ..core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ..core.urls import TransportURL
@@ -111,8 +111,8 @@ class SQLiteTransport(Transport):
     def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
         super().__init__(url, prefetch=prefetch)
         self.path = database_path(url)
-        self.lease = _seconds(url, "lease", 30.0)
-        self.max_poll = _seconds(url, "poll", 0.05)
+        self.lease = url.number("lease", 30.0)
+        self.max_poll = url.number("poll", 0.05)
         self._lock = threading.RLock()
         self._closed = threading.Event()
         self._held: set[int] = set()  # ids this transport has claimed and not settled
@@ -143,14 +143,8 @@ class SQLiteTransport(Transport):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._session() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._session() as db, immediate(db):
+            yield db
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -338,14 +332,3 @@ def _row(
         json.dumps(dict(headers), separators=(",", ":")) if headers else None,
         body,
     )
-
-
-def _seconds(url: TransportURL, option: str, default: float) -> float:
-    text = url.option(option)
-    try:
-        value = default if text is None else float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ConfigurationError(f"{url}: {option} must be a positive number of seconds")
-    return value

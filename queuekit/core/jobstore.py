@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
-from .sqlitedb import connect_database
+from .sqlitedb import connect_database, immediate
 from .transport import Outgoing, SendOptions
 from .urls import TransportURL
 
@@ -96,14 +96,8 @@ class JobStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._connection() as db, immediate(db):
+            yield db
 
     def close(self) -> None:
         with self._lock:

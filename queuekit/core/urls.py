@@ -73,6 +73,21 @@ class TransportURL:
     def option(self, name: str, default: str | None = None) -> str | None:
         return self.query.get(name, default)
 
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        """A numeric query option; ``ConfigurationError`` unless a number above ``minimum``."""
+        text = self.query.get(name)
+        if text is None:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > minimum:  # also rejects NaN
+            raise ConfigurationError(
+                f"{self.redacted()}: option {name}={text!r} must be a number above {minimum:g}"
+            )
+        return value
+
     def flag(self, name: str, default: bool = False) -> bool:
         """A boolean query option: ``1/true/yes/on`` or ``0/false/no/off``."""
         value = self.query.get(name)
