@@ -204,6 +204,22 @@ def test_competing_consumers_each_get_a_message_exactly_once(open_zmq) -> None: 
     assert all(bodies for bodies in seen)
 
 
+def test_a_worker_never_holds_more_than_its_prefetch(open_zmq) -> None:  # type: ignore[no-untyped-def]
+    # Given 100 messages and a first worker with prefetch 5 holding one in hand
+    producer, queue = open_zmq(), qname()
+    producer.send_many(queue, [Outgoing(str(i).encode()) for i in range(100)])
+    slow = open_zmq(prefetch=5)
+    assert slow.receive(queue, 10.0) is not None
+    # When a second worker drains the queue
+    fast = open_zmq(prefetch=5)
+    got: list[bytes] = []
+    while (delivery := fast.receive(queue, 1.0)) is not None:
+        got.append(delivery.body)
+        fast.ack(delivery)
+    # Then the first one was sent at most its window (one in hand plus five more)
+    assert 94 <= len(got) <= 99
+
+
 def test_concurrent_senders_share_one_transport(open_zmq) -> None:  # type: ignore[no-untyped-def]
     producer, worker, queue = open_zmq(), open_zmq(prefetch=100), qname()
 
