@@ -35,6 +35,7 @@ _ASSIGN = protocol.GEARMAN_COMMAND_JOB_ASSIGN_UNIQ
 _NO_JOB = protocol.GEARMAN_COMMAND_NO_JOB
 _NOOP = protocol.GEARMAN_COMMAND_NOOP
 _ERROR = protocol.GEARMAN_COMMAND_ERROR
+RECONNECT_BACKOFF = 1.0
 
 
 class LinkDown(Exception):
@@ -96,6 +97,8 @@ class WorkerLink:
         self.generation = 0
         self.sleeping = False
         self._conn: Any = None
+        #: After a failed connect, no new attempt before this (monotonic) time.
+        self._retry_at = 0.0
         self._pending: deque[tuple[int, dict[str, bytes]]] = deque()
 
     @property
@@ -108,12 +111,19 @@ class WorkerLink:
     # -- connection ------------------------------------------------------------------
 
     def connect(self) -> None:
-        """(Re)connect and register the functions; raises :class:`LinkDown`."""
+        """(Re)connect and register the functions; raises :class:`LinkDown`.
+
+        A host that refused is not tried again for :data:`RECONNECT_BACKOFF` seconds, so a
+        dead host among several costs one attempt per second, not one per ``receive``."""
         self.drop()
+        if time.monotonic() < self._retry_at:
+            raise LinkDown(f"gearmand {self.host}:{self.port} refused a moment ago")
         conn = _Connection(host=self.host, port=self.port)
+        conn.connect_timeout = min(self.io_timeout, _Connection.connect_timeout)
         try:
             conn.connect()
         except GearmanError as exc:
+            self._retry_at = time.monotonic() + RECONNECT_BACKOFF
             raise LinkDown(str(exc)) from None
         self._conn = conn
         self.generation += 1

@@ -277,14 +277,13 @@ class GearmanTransport(Transport):
         )
         if self._wake_r.fileno() in ready:
             raise Woken
-        woke = False
         for link in live:
             if link.fileno() in ready:
-                try:
-                    woke = link.take_noop() or woke
-                except LinkDown:
-                    woke = True  # retry now: the grab reconnects or reports the loss
-        return woke
+                # A NOOP (a job arrived) or a closed socket: either way, grab again now;
+                # the grab reconnects a lost link or reports the loss.
+                with contextlib.suppress(LinkDown):
+                    link.take_noop()
+        return bool(ready)
 
     def _deliver(self, queue: str, consumer: _Consumer, job: Assignment) -> Delivery:
         decoded = frame.decode(job.data)
@@ -436,9 +435,8 @@ class GearmanTransport(Transport):
             total += sum(int(r["queued"]) - int(r["running"]) for r in rows if r["task"] in names)
         if not reachable:
             raise ConnectionLost(f"gearman {self._where()}: no gearmand answers")
-        with self._consume_lock:
-            consumer = self._consumers.get(queue)
-            return total + (len(consumer.buffer) if consumer else 0)
+        consumer = self._consumers.get(queue)  # no lock: a receive may block holding it
+        return total + (len(consumer.buffer) if consumer else 0)
 
     def purge(self, queue: str) -> int:
         """Complete every waiting job of ``queue`` unprocessed (jobs other workers are

@@ -1,0 +1,214 @@
+"""Raw pygearman against queuekit's gearman:// on both gearmand modes, in one run.
+
+    .venv/bin/python bench/bench_gearman.py [--runs 5] [--messages 5000] [--persistent 1000]
+
+Rows (messages per second, median of ``--runs``; the same encoded envelope bytes in every
+row; background jobs; one connection each):
+
+- publish one by one: raw ``GearmanClient.submit_job(background=True)`` waiting for
+  JOB_CREATED, against queuekit ``Queue.publish`` (envelope encode + send, which waits for
+  JOB_CREATED too) and the bare ``transport.send``.
+- bulk publish (batches of 500): raw ``submit_multiple_jobs`` against ``Queue.publish_many``.
+- consume: raw ``GearmanWorker.work()`` (callback returns, pygearman sends WORK_COMPLETE)
+  against queuekit ``Queue.dispatch`` (decode, no-op work(), ack = WORK_COMPLETE) and the
+  bare transport (``receive`` + ``ack``).
+
+"memory" is gearmand on 4731 (jobs in memory); "sqlite" is gearmand on 4730 with
+``--queue-type=libsqlite3`` (every background job written), which is slow, so it gets
+``--persistent`` messages per run. Needs ``scripts/brokers up gearman``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from gearman.client import GearmanClient
+from gearman.worker import GearmanWorker
+
+import queuekit
+from queuekit.core.envelope import Message, Metadata, encode
+
+MODES = {"memory": 4731, "sqlite": 4730}
+BATCH = 500
+BODY = encode(Message({"to": "user@example.org", "n": 1}, Metadata(name="bench")))
+
+
+def _queue() -> str:
+    return f"bench-{uuid.uuid4().hex[:10]}"
+
+
+def _fill(port: int, queue: str, count: int) -> None:
+    client = GearmanClient([f"127.0.0.1:{port}"])
+    for start in range(0, count, BATCH):
+        jobs = [{"task": queue.encode(), "data": BODY, "priority": "LOW"}] * min(
+            BATCH, count - start
+        )
+        client.submit_multiple_jobs(jobs, background=True, wait_until_complete=False)
+    client.shutdown()
+
+
+def _rate(count: int, run: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - started)
+
+
+# -- raw pygearman -----------------------------------------------------------------------
+
+
+def raw_publish(port: int, count: int) -> float:
+    client, queue = GearmanClient([f"127.0.0.1:{port}"]), _queue().encode()
+
+    def run() -> None:
+        for _ in range(count):
+            client.submit_job(queue, BODY, background=True, wait_until_complete=False)
+
+    rate = _rate(count, run)
+    client.shutdown()
+    return rate
+
+
+def raw_publish_bulk(port: int, count: int) -> float:
+    client, queue = GearmanClient([f"127.0.0.1:{port}"]), _queue().encode()
+
+    def run() -> None:
+        for start in range(0, count, BATCH):
+            jobs = [{"task": queue, "data": BODY}] * min(BATCH, count - start)
+            client.submit_multiple_jobs(jobs, background=True, wait_until_complete=False)
+
+    rate = _rate(count, run)
+    client.shutdown()
+    return rate
+
+
+class _CountingWorker(GearmanWorker):  # type: ignore[misc]
+    def __init__(self, hosts: list[str], limit: int) -> None:
+        super().__init__(hosts)
+        self.limit, self.done = limit, 0
+
+    def after_job(self) -> bool:
+        self.done += 1
+        return self.done < self.limit
+
+
+def raw_consume(port: int, count: int) -> float:
+    queue = _queue()
+    _fill(port, queue, count)
+    worker = _CountingWorker([f"127.0.0.1:{port}"], count)
+    worker.register_task(queue.encode(), lambda _worker, _job: b"")
+    rate = _rate(count, lambda: worker.work(poll_timeout=1.0))
+    worker.shutdown()
+    return rate
+
+
+# -- queuekit ----------------------------------------------------------------------------
+
+
+def _connect(port: int, tmp: Path) -> queuekit.Connection:
+    return queuekit.connect(
+        f"gearman://127.0.0.1:{port}", jobstore=f"sqlite:///{tmp / uuid.uuid4().hex}.db"
+    )
+
+
+def qk_publish(port: int, count: int, tmp: Path) -> float:
+    with _connect(port, tmp) as conn:
+        queue = conn.queue(_queue())
+        payload = {"to": "user@example.org", "n": 1}
+        return _rate(count, lambda: [queue.publish(payload, name="bench") for _ in range(count)])
+
+
+def qk_send(port: int, count: int, tmp: Path) -> float:
+    with _connect(port, tmp) as conn:
+        transport, queue = conn.transport, _queue()
+        return _rate(count, lambda: [transport.send(queue, BODY, {}) for _ in range(count)])
+
+
+def qk_publish_bulk(port: int, count: int, tmp: Path) -> float:
+    with _connect(port, tmp) as conn:
+        queue = conn.queue(_queue())
+        payloads = [{"to": "user@example.org", "n": 1}] * BATCH
+
+        def run() -> None:
+            for start in range(0, count, BATCH):
+                queue.publish_many(payloads[: min(BATCH, count - start)])
+
+        return _rate(count, run)
+
+
+def qk_dispatch(port: int, count: int, tmp: Path) -> float:
+    with _connect(port, tmp) as conn:
+        name = _queue()
+        _fill(port, name, count)
+        queue = conn.queue(name)
+        return _rate(
+            count,
+            lambda: queue.dispatch(lambda m: None, max_messages=count, handle_signals=False),
+        )
+
+
+def qk_receive(port: int, count: int, tmp: Path) -> float:
+    with _connect(port, tmp) as conn:
+        transport, queue = conn.transport, _queue()
+        _fill(port, queue, count)
+
+        def run() -> None:
+            for _ in range(count):
+                delivery = transport.receive(queue, 5.0)
+                assert delivery is not None
+                transport.ack(delivery)
+
+        return _rate(count, run)
+
+
+ROWS: list[tuple[str, str, Callable[..., float]]] = [
+    ("publish one by one", "raw submit_job", lambda p, n, _t: raw_publish(p, n)),
+    ("publish one by one", "queuekit Queue.publish", qk_publish),
+    ("publish one by one", "queuekit transport.send", qk_send),
+    ("bulk publish (500)", "raw submit_multiple_jobs", lambda p, n, _t: raw_publish_bulk(p, n)),
+    ("bulk publish (500)", "queuekit Queue.publish_many", qk_publish_bulk),
+    ("consume + complete", "raw GearmanWorker.work", lambda p, n, _t: raw_consume(p, n)),
+    ("consume + complete", "queuekit Queue.dispatch", qk_dispatch),
+    ("consume + complete", "queuekit receive + ack", qk_receive),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=5000, help="per run, in-memory gearmand")
+    parser.add_argument("--persistent", type=int, default=1000, help="per run, libsqlite3")
+    args = parser.parse_args()
+    counts = {"memory": args.messages, "sqlite": args.persistent}
+    rates: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # Rows interleave within each run, so a noisy neighbour hurts raw and queuekit alike.
+        for _ in range(args.runs):
+            for mode, port in MODES.items():
+                for _, label, bench in ROWS:
+                    rate = bench(port, counts[mode], Path(tmp))
+                    rates.setdefault((mode, label), []).append(rate)
+    results = {key: statistics.median(values) for key, values in rates.items()}
+    print(f"messages/s, median of {args.runs} runs ({counts['memory']} msgs in memory, "
+          f"{counts['sqlite']} with libsqlite3); ratio: queuekit / raw of its group")  # fmt: skip
+    print(f"{'row':<20} {'client':<30} {'memory':>9} {'ratio':>6} {'sqlite':>9} {'ratio':>6}")
+    baseline: dict[tuple[str, str], float] = {}
+    for group, label, _ in ROWS:
+        cells = []
+        for mode in MODES:
+            rate = results[(mode, label)]
+            if label.startswith("raw"):
+                baseline[(group, mode)] = rate
+                cells.append(f"{rate:>9.0f} {'':>6}")
+            else:
+                cells.append(f"{rate:>9.0f} {rate / baseline[(group, mode)]:>5.2f}x")
+        print(f"{group:<20} {label:<30} {' '.join(cells)}")
+
+
+if __name__ == "__main__":
+    main()
