@@ -405,7 +405,6 @@ def serve(
     try:
         device = Device(parsed, max_buffered=max_buffered)
     except ConfigurationError as exc:
-        log.error("%s", exc)
         print(f"zmq-proxy: {exc}", file=sys.stderr)
         return 1
     previous: dict[signal.Signals, Any] = {}
@@ -451,8 +450,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="worker zmq-proxy", description="Run the queuekit ZeroMQ routing device."
     )
-    parser.add_argument("url", nargs="?", default=f"zmq://127.0.0.1:{DEFAULT_PORT}")
-    parser.add_argument("--max-buffered", type=int, default=DEFAULT_MAX_BUFFERED)
+    parser.add_argument(
+        "url",
+        nargs="?",
+        default=f"zmq://127.0.0.1:{DEFAULT_PORT}",
+        help="zmq://HOST:PORT; binds PORT (producers), PORT+1 (workers), PORT+2 (subscribers)",
+    )
+    parser.add_argument(
+        "--max-buffered",
+        type=int,
+        default=DEFAULT_MAX_BUFFERED,
+        metavar="N",
+        help="stop reading producers while N messages wait in total (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     return serve(args.url, max_buffered=args.max_buffered)
 
