@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping
@@ -99,17 +98,16 @@ class Session:
         #: The text of an ERROR frame the server sent (it closes the connection after one).
         self.server_error: str | None = None
         address = (host.name, host.port or 61613)
-        # stomp.py applies its socket timeout to every later read as well (a quiet
-        # connection would then drop), so the connect timeout is enforced by a probe.
-        try:
-            socket.create_connection(address, timeout=connect_timeout).close()
-        except OSError as exc:
-            raise ConnectionLost(f"cannot reach STOMP server {host}: {exc}") from None
+        # stomp.py's timeout bounds the TCP connect and the TLS handshake only: it then
+        # puts the socket in blocking (plain) or non-blocking (TLS) mode, so a quiet
+        # connection is never dropped by it. One attempt per host: failover is ours.
         self.conn = stomp.Connection12(
             [address],
             prefer_localhost=False,
             try_loopback_connect=False,
             reconnect_attempts_max=1,
+            reconnect_sleep_initial=0,
+            timeout=connect_timeout,
             heartbeats=(heartbeat_ms, heartbeat_ms),
             vhost=vhost,
             auto_decode=False,
@@ -143,6 +141,24 @@ class Session:
             getattr(self.conn, method)(*args, **kwargs)
         except (stomp.exception.StompException, OSError) as exc:
             self._lost(f"{method} failed: {exc!r}")
+            raise self.failure() from None
+
+    def write(self, data: bytes) -> None:
+        """Write already encoded frames (``send_many``'s batch) through stomp.py's transport.
+
+        One write for many frames instead of one per frame; the transport's own lock keeps
+        it whole against heart-beats and acks from other threads.
+        """
+        if not self.alive:
+            raise self.failure()
+        transport = self.conn.transport
+        try:
+            if transport.blocking:
+                transport.send(data)
+            else:  # TLS: stomp.py's I/O thread owns the non-blocking socket
+                transport.send_queue.put(data)
+        except (stomp.exception.StompException, OSError) as exc:
+            self._lost(f"write failed: {exc!r}")
             raise self.failure() from None
 
     def failure(self) -> TransportError:
