@@ -23,6 +23,7 @@ import pytest
 
 from queuekit import connect
 from queuekit.adapters.gearman import CallFailed, GearmanTransport, frame
+from queuekit.adapters.gearman.link import SUBMIT_BG, Link, Refused
 from queuekit.core.errors import ConfigurationError, ConnectionLost, TransportClosed
 from queuekit.core.registry import open_transport
 from queuekit.core.transport import Delivery, Outgoing, SendOptions
@@ -381,6 +382,22 @@ def test_a_consumer_of_several_hosts_takes_jobs_from_each(gearman: Open) -> None
         assert sorted(drain(both, queue, 2)) == [b"from 4730", b"from 4731"]  # type: ignore[arg-type]
     finally:
         both.close()
+
+
+def test_gearmand_error_answer_is_refused_and_the_link_dropped(gearman: Open) -> None:
+    """gearmand answers ERROR to a unique over 64 bytes (the transport hashes dedup keys
+    so it never sends one): the link reports it instead of waiting for JOB_CREATED."""
+    wake_r, wake_w = socket.socketpair()
+    link = Link(HOST, MEMORY, [], wake_r, io_timeout=5)
+    try:
+        link.connect()
+        with pytest.raises(Refused):
+            link.submit([(SUBMIT_BG[None], new_queue().encode(), b"u" * 65, b"data")])
+        assert not link.connected
+    finally:
+        link.drop()
+        wake_r.close()
+        wake_w.close()
 
 
 def test_no_server_raises_connection_lost() -> None:

@@ -59,7 +59,7 @@ def functions(queue: str) -> list[bytes]:
 def unique_for(dedup_key: str) -> bytes:
     """A dedup key as a Gearman ``unique``: itself when short and NUL-free, else a digest."""
     raw = dedup_key.encode()
-    if len(raw) <= MAX_UNIQUE and b"\x00" not in raw and not raw.startswith(b"qk:"):
+    if 0 < len(raw) <= MAX_UNIQUE and b"\x00" not in raw and not raw.startswith(b"qk:"):
         return raw
     return b"qk:" + hashlib.blake2b(raw, digest_size=24).hexdigest().encode()
 

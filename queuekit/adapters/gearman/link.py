@@ -1,10 +1,14 @@
-"""One worker connection to one gearmand, driven one request at a time.
+"""One connection to one gearmand, driven one request at a time.
 
 pygearman's ``GearmanWorker.work()`` is a blocking loop that runs a callback per job and
 completes it itself; queuekit needs the opposite shape: grab a job, hand it out, complete it
-later (or never, if the process dies). So this module drives the worker side of the protocol
-directly on pygearman's :class:`~gearman.connection.GearmanConnection`, which does the
-socket and the binary framing; what is left here is the small request/reply sequence:
+later (or never, if the process dies). So this module drives the protocol directly on
+pygearman's :class:`~gearman.connection.GearmanConnection`, which does the socket and the
+binary framing; what is left here is the small request/reply sequence:
+
+- ``SUBMIT_JOB_BG`` (and its band variants) answered by ``JOB_CREATED``, pipelined for a
+  batch (pygearman's client does the same with an epoll object per call and two polls per
+  job, which costs more than the round trip on loopback);
 
 - ``CAN_DO`` once per function; ``GRAB_JOB_UNIQ`` answered by ``JOB_ASSIGN_UNIQ`` or
   ``NO_JOB`` (several grabs may be pipelined: gearmand lets a worker hold many jobs);
@@ -29,17 +33,28 @@ from gearman.connection import GearmanConnection
 from gearman.errors import ConnectionError as GearmanConnectionError
 from gearman.errors import GearmanError
 
-__all__ = ["Assignment", "LinkDown", "Woken", "WorkerLink"]
+__all__ = ["Assignment", "Link", "LinkDown", "Refused", "Woken"]
 
 _ASSIGN = protocol.GEARMAN_COMMAND_JOB_ASSIGN_UNIQ
 _NO_JOB = protocol.GEARMAN_COMMAND_NO_JOB
 _NOOP = protocol.GEARMAN_COMMAND_NOOP
 _ERROR = protocol.GEARMAN_COMMAND_ERROR
+_CREATED = protocol.GEARMAN_COMMAND_JOB_CREATED
+#: Background submit command per band, as pygearman names the bands.
+SUBMIT_BG = {
+    "LOW": protocol.GEARMAN_COMMAND_SUBMIT_JOB_LOW_BG,
+    None: protocol.GEARMAN_COMMAND_SUBMIT_JOB_BG,
+    "HIGH": protocol.GEARMAN_COMMAND_SUBMIT_JOB_HIGH_BG,
+}
 RECONNECT_BACKOFF = 1.0
 
 
 class LinkDown(Exception):
     """The connection failed; jobs held on it are back on the server."""
+
+
+class Refused(Exception):
+    """gearmand answered ERROR (e.g. an argument too large); the link is dropped."""
 
 
 class Woken(Exception):
@@ -68,7 +83,7 @@ class Assignment:
 
     __slots__ = ("data", "function", "generation", "handle", "link", "unique")
 
-    def __init__(self, link: WorkerLink, args: dict[str, bytes]) -> None:
+    def __init__(self, link: Link, args: dict[str, bytes]) -> None:
         self.link = link
         self.generation = link.generation
         self.handle: bytes = args["job_handle"]
@@ -77,8 +92,8 @@ class Assignment:
         self.data: bytes = args["data"]
 
 
-class WorkerLink:
-    """A worker connection to ``host:port`` able to do ``functions``."""
+class Link:
+    """A connection to ``host:port``; a worker able to do ``functions`` when given any."""
 
     def __init__(
         self,
@@ -140,6 +155,19 @@ class WorkerLink:
         self.sleeping = False
 
     # -- requests ----------------------------------------------------------------------
+
+    def submit(self, jobs: list[tuple[int, bytes, bytes, bytes]]) -> None:
+        """Submit ``(command, function, unique, data)`` jobs in one round trip; return once
+        gearmand answered ``JOB_CREATED`` for each (raises :class:`LinkDown`/:class:`Refused`)."""
+        for cmd, function, unique, data in jobs:
+            self._conn.send_command(cmd, {"task": function, "unique": unique, "data": data})
+        self._flush()
+        deadline = time.monotonic() + self.io_timeout
+        created = 0
+        while created < len(jobs):
+            cmd, _ = self._read(deadline)
+            if cmd == _CREATED:
+                created += 1
 
     def grab(self, count: int) -> list[Assignment]:
         """Ask for up to ``count`` jobs in one round trip; fewer (or none) when idle."""
@@ -259,7 +287,7 @@ class WorkerLink:
     def _check(self, cmd: int, args: dict[str, bytes]) -> None:
         if cmd == _ERROR:
             self.drop()
-            raise LinkDown(
+            raise Refused(
                 f"gearmand {self.host}:{self.port} error {args.get('error_code', b'')!r}: "
                 f"{args.get('error_text', b'')!r}"
             )

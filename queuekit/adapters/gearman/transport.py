@@ -26,6 +26,7 @@ import select
 import socket
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any
 
 from gearman.admin_client import GearmanAdminClient
 from gearman.client import GearmanClient
-from gearman.constants import JOB_COMPLETE, JOB_CREATED, JOB_FAILED
+from gearman.constants import JOB_COMPLETE, JOB_FAILED
 from gearman.errors import ConnectionError as GearmanConnectionError
 from gearman.errors import GearmanError, ServerUnavailable
 
@@ -48,7 +49,7 @@ from ...core.errors import (
 from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...core.urls import TransportURL
 from . import frame
-from .link import Assignment, LinkDown, Woken, WorkerLink, _Connection
+from .link import SUBMIT_BG, Assignment, Link, LinkDown, Refused, Woken, _Connection
 
 __all__ = ["CallFailed", "GearmanTransport"]
 
@@ -68,13 +69,9 @@ class CallFailed(QueuekitError):
         super().__init__(f"gearman call to {queue!r} {reason}")
 
 
-class _ServerError(GearmanError):  # type: ignore[misc]
-    """gearmand answered ERROR (e.g. an argument too large)."""
-
-
 class _Client(GearmanClient):  # type: ignore[misc]
-    """pygearman's client, with hosts tried in the listed order (failover, not load
-    balancing: ordering holds on the primary) and server errors raised, not just logged."""
+    """pygearman's client (for foreground calls), with hosts tried in the listed order
+    (failover, not load balancing) and server errors raised, not just logged."""
 
     connection_class = _Connection
 
@@ -87,7 +84,7 @@ class _Client(GearmanClient):  # type: ignore[misc]
         raise ServerUnavailable("no gearmand answers")
 
     def on_gearman_error(self, error_code: bytes, error_text: bytes) -> bool:
-        raise _ServerError(f"{error_code!r}: {error_text!r}")
+        raise GearmanError(f"gearmand error {error_code!r}: {error_text!r}")
 
 
 class _Admin(GearmanAdminClient):  # type: ignore[misc]
@@ -111,7 +108,7 @@ class _Ticket:
 class _Consumer:
     """The worker links (one per host) and prefetched jobs of one queue."""
 
-    links: list[WorkerLink]
+    links: list[Link]
     buffer: deque[Assignment] = field(default_factory=deque)
     unsettled: int = 0
     turn: int = 0
@@ -134,15 +131,17 @@ class GearmanTransport(Transport):
             raise ConfigurationError(f"{url.redacted()}: timeout must be seconds") from None
         self.capabilities = _capabilities(url.flag("durable"))
         self._closed = False
+        self._wake_r, self._wake_w = socket.socketpair()
         self._send_lock = threading.Lock()
-        self._client = _Client(self._host_list)
+        self._publishers = [
+            Link(h, p, [], self._wake_r, io_timeout=self._io_timeout) for h, p in self._hosts
+        ]
         self._callers: list[_Client] = []
         self._callers_lock = threading.Lock()
         self._consume_lock = threading.Lock()
         self._consumers: dict[str, _Consumer] = {}
         #: ``unique`` of every job received here and not yet settled (see ``send_many``).
         self._held: dict[bytes, int] = {}
-        self._wake_r, self._wake_w = socket.socketpair()
 
     # -- publishing -------------------------------------------------------------------
 
@@ -162,48 +161,54 @@ class GearmanTransport(Transport):
             level = frame.level_for(message.options.priority)
             key = message.options.dedup_key
             unique = frame.unique_for(key) if key is not None else None
-            if unique is not None and unique in self._held:
-                # This transport holds a job with that key: this send is its retry (the
-                # core resends, then acks). Sharing the unique would fold the copy into
-                # the job the ack is about to complete, and lose it.
-                unique = None
+            if unique is None or unique in self._held:
+                # Without a key the unique must still be unique: gearmand's libsqlite3
+                # queue stores jobs under (unique, function), and keeps one per empty key.
+                # With a key this transport holds a job of, this send is that job's retry
+                # (the core resends, then acks): sharing the unique would fold the copy
+                # into the job the ack is about to complete, and lose it.
+                unique = _fresh_unique()
+            data = frame.encode(message.body, dict(message.headers), level)
             jobs.append(
-                {
-                    "task": frame.function_for(queue, level),
-                    "data": frame.encode(message.body, dict(message.headers), level),
-                    "unique": unique,
-                    "priority": frame.band_for(level),
-                }
+                (SUBMIT_BG[frame.band_for(level)], frame.function_for(queue, level), unique, data)
             )
+        self._submit(jobs)
+
+    def _submit(self, jobs: list[tuple[int, bytes, bytes, bytes]]) -> None:
+        """Submit on the first host that answers and wait for every ``JOB_CREATED``.
+
+        A connection found dead (gearmand restarted, or a host failed) is retried on a fresh
+        connection, the first host first: jobs whose ``JOB_CREATED`` was lost may then be
+        created twice (at-least-once, never zero times)."""
         with self._send_lock:
             self._check_open()
-            self._submit(self._client, jobs)
+            last = "no gearmand answers"
+            for _ in range(len(self._publishers) + 1):
+                link = self._publisher()
+                if link is None:
+                    break
+                try:
+                    link.submit(jobs)
+                    return
+                except LinkDown as exc:
+                    last = str(exc)
+                except Refused as exc:
+                    raise TransportError(f"gearmand refused a job: {exc}") from None
+                except Woken:
+                    raise TransportClosed("gearman transport closed during send") from None
+            raise ConnectionLost(f"gearman {self._where()}: {last}")
 
-    def _submit(self, client: _Client, jobs: list[dict[str, Any]]) -> None:
-        """Submit and wait for every ``JOB_CREATED``. A connection found dead (gearmand
-        restarted since it was opened) is retried once on a fresh one: a job whose reply
-        was lost may then be created twice (at-least-once)."""
-        for attempt in (1, 2):
+    def _publisher(self) -> Link | None:
+        """The connected link of the first host that answers (hosts in listed order)."""
+        for link in self._publishers:
+            if link.connected:
+                return link
             try:
-                requests = client.submit_multiple_jobs(
-                    jobs,
-                    background=True,
-                    wait_until_complete=False,
-                    max_retries=len(self._hosts),
-                    poll_timeout=self._io_timeout,
-                )
-            except _ServerError as exc:
-                client.shutdown()
-                raise TransportError(f"gearmand refused a job: {exc}") from None
-            except GearmanError as exc:
-                client.shutdown()
-                if attempt == 1:
-                    continue
-                raise ConnectionLost(f"gearman {self._where()}: {exc}") from None
-            if all(r.state == JOB_CREATED for r in requests):
-                return
-            client.shutdown()
-            raise ConnectionLost(f"gearman {self._where()}: no JOB_CREATED within timeout")
+                link.connect()
+                return link
+            except LinkDown:
+                continue
+        return None
 
     # -- consuming --------------------------------------------------------------------
 
@@ -232,7 +237,7 @@ class GearmanTransport(Transport):
         if consumer is None:
             functions = frame.functions(queue)
             links = [
-                WorkerLink(h, p, functions, self._wake_r, io_timeout=self._io_timeout)
+                Link(h, p, functions, self._wake_r, io_timeout=self._io_timeout)
                 for h, p in self._hosts
             ]
             consumer = self._consumers[queue] = _Consumer(links)
@@ -309,19 +314,8 @@ class GearmanTransport(Transport):
             # gearmand drops a failed background job, so a requeue is a new submission of
             # the same data (a fresh unique: the original still holds its own), then done.
             job = ticket.assignment
-            with self._send_lock:
-                self._check_open()
-                self._submit(
-                    self._client,
-                    [
-                        {
-                            "task": job.function,
-                            "data": job.data,
-                            "unique": None,
-                            "priority": frame.band_for(ticket.level),
-                        }
-                    ],
-                )
+            band = SUBMIT_BG[frame.band_for(ticket.level)]
+            self._submit([(band, job.function, _fresh_unique(), job.data)])
             self._settle(delivery, "complete")
         else:
             # A foreground job cannot be resubmitted for its caller: it fails, and the
@@ -455,7 +449,7 @@ class GearmanTransport(Transport):
             functions = frame.functions(queue)
             reachable = 0
             for host, port in self._hosts:
-                link = WorkerLink(host, port, functions, self._wake_r, io_timeout=self._io_timeout)
+                link = Link(host, port, functions, self._wake_r, io_timeout=self._io_timeout)
                 try:
                     link.connect()
                     while jobs := link.grab(_PURGE_BATCH):
@@ -492,7 +486,8 @@ class GearmanTransport(Transport):
             if locked:
                 self._consume_lock.release()
         with self._send_lock:
-            self._client.shutdown()
+            for link in self._publishers:
+                link.drop()
         with self._callers_lock:
             for client in self._callers:
                 client.shutdown()
@@ -507,6 +502,10 @@ class GearmanTransport(Transport):
 
     def _where(self) -> str:
         return ",".join(self._host_list)
+
+
+def _fresh_unique() -> bytes:
+    return uuid.uuid4().hex.encode()
 
 
 def _capabilities(durable: bool) -> Capabilities:
