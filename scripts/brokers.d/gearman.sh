@@ -55,12 +55,9 @@ case "${1:-up}" in
     start_persistent
     ;;
   urls)
-    # Printed only once `worker conformance` passes on them. Every case passes on both but
-    # `redelivery`, which demands a redelivered mark gearmand does not give (docs/gearman.md);
-    # the two URLs, for when the suite accepts unmarked redelivery:
-    #   gearman://$host:$persistent_port?durable=1   (with --restart-command "scripts/brokers restart gearman")
-    #   gearman://$host:$memory_port
-    log "gearman: no conformance URL yet (case redelivery needs a mark gearmand lacks; docs/gearman.md)"
+    # `worker conformance` passes on both (the restart case runs on the persistent one).
+    echo "gearman://$host:$persistent_port?durable=1"
+    echo "gearman://$host:$memory_port"
     ;;
   *) echo "usage: gearman.sh up|restart|urls" >&2; exit 2 ;;
 esac
