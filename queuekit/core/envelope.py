@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +25,13 @@ _decode_json = json.JSONDecoder().decode
 class Metadata:
     """What queuekit knows about a message besides its payload.
 
+    ``id`` is 128 random bits in hex (as unique as a uuid4, at a fifth of the cost);
     ``attempts`` counts finished attempts (0 before the first run); ``not_before`` is a Unix
     time; ``priority`` 0-255, higher first; ``key`` is the dedup key; ``group`` a serial
     group; ``headers`` are the user's own (e.g. trace context).
     """
 
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: os.urandom(16).hex())
     name: str = ""
     created_at: float = field(default_factory=time.time)
     attempts: int = 0
@@ -50,16 +51,27 @@ class Metadata:
             "created_at": self.created_at,
             "attempts": self.attempts,
         }
-        for name in _OPTIONAL:
-            value = getattr(self, name)
-            if value is not None:
-                data[name] = value
+        # Spelled out, not looped over: this runs for every message published.
+        if self.not_before is not None:
+            data["not_before"] = self.not_before
+        if self.priority is not None:
+            data["priority"] = self.priority
+        if self.key is not None:
+            data["key"] = self.key
+        if self.group is not None:
+            data["group"] = self.group
+        if self.correlation_id is not None:
+            data["correlation_id"] = self.correlation_id
+        if self.reply_to is not None:
+            data["reply_to"] = self.reply_to
+        if self.retry is not None:
+            data["retry"] = self.retry
         if self.headers:
             data["headers"] = self.headers
         return data
 
 
-_OPTIONAL = ("not_before", "priority", "key", "group", "correlation_id", "reply_to", "retry")
+# Exact JSON types per metadata field (``type(v) in ...`` also keeps bools out of numbers).
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),
     "name": (str,),
@@ -138,7 +150,7 @@ def decode(body: bytes) -> Message:
         expected = _FIELD_TYPES.get(name)
         if expected is None:
             raise MalformedMessage(f"unknown metadata field {name!r}", body)
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if type(value) not in expected:
             raise MalformedMessage(f"metadata field {name!r} has the wrong type", body)
     if "id" not in raw_meta:
         raise MalformedMessage("metadata has no id", body)
