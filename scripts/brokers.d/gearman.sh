@@ -25,6 +25,26 @@ start_daemon() {
 start_persistent() {
   start_daemon "$persistent_port" persistent \
     --queue-type=libsqlite3 --libsqlite3-db="$dir/queue.db"
+  check_persistent
+}
+
+# The conformance URL for 4730 declares durable, so whatever answers there must really keep
+# its queue on disk: ask it for its pid (admin `getpid`) and read its command line. (On a
+# fresh machine Debian's own gearman-job-server service may hold 4730, in memory.)
+check_persistent() {
+  local line pid
+  exec 3<>"/dev/tcp/$host/$persistent_port"
+  printf 'getpid\n' >&3
+  read -r -t 5 line <&3 || line=""
+  exec 3>&-
+  pid=${line#OK }
+  if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] &&
+     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--queue-type=libsqlite3"; then
+    return 0
+  fi
+  log "the gearmand on $host:$persistent_port (pid ${pid:-?}) has no persistent queue: stop it" \
+      "(e.g. service gearman-job-server stop) or set QUEUEKIT_GEARMAN_PORT"
+  return 1
 }
 
 start_memory() { start_daemon "$memory_port" memory; }
@@ -44,7 +64,14 @@ stop_persistent() {
 
 case "${1:-up}" in
   up)
-    apt_install gearman-job-server
+    if ! dpkg-query -W -f='${Status}' gearman-job-server 2>/dev/null | grep -q "ok installed"; then
+      apt_install gearman-job-server
+      # The package may start its own in-memory service on localhost:4730: stop that one
+      # (only that one, through its init script) so ours can take the port.
+      if [ -x /etc/init.d/gearman-job-server ]; then
+        /etc/init.d/gearman-job-server stop >/dev/null 2>&1 || true
+      fi
+    fi
     mkdir -p "$dir"
     start_persistent
     start_memory
