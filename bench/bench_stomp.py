@@ -9,7 +9,8 @@ row, persistent, one connection each):
   issue measured) against queuekit ``Queue.publish`` (which waits for a receipt too).
 - publish, fire and forget: raw ``send`` with no receipt until the last frame (no per-message
   guarantee: the ceiling, not a fair peer of anything confirmed).
-- bulk publish: queuekit ``Queue.publish_many`` (one receipt per batch of up to 1000).
+- bulk publish: queuekit ``Queue.publish_many`` (one receipt per batch of up to 1000), and
+  the bare transport's ``send_many`` with the same pre-encoded bodies as the raw rows.
 - consume with ack: raw stomp.py listener acking each MESSAGE in the callback (client-
   individual, same prefetch) against queuekit ``Queue.dispatch`` (decode the envelope, run
   a no-op work(), ack) and against the bare transport (``receive`` + ``ack``).
@@ -134,6 +135,16 @@ def qk_publish_many(url: str, queue: str, n: int) -> float:
     return n / elapsed
 
 
+def qk_transport_send_many(url: str, queue: str, n: int) -> float:
+    conn = queuekit.connect(url, prefetch=PREFETCH)
+    batch = [queuekit.Outgoing(BODY)] * n
+    start = time.perf_counter()
+    conn.transport.send_many(queue, batch)
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return n / elapsed
+
+
 def qk_dispatch(url: str, queue: str, n: int) -> float:
     conn = queuekit.connect(url, prefetch=PREFETCH)
     q = conn.queue(queue)
@@ -178,8 +189,9 @@ def bench_server(name: str, port: int, runs: int, n: int, confirmed: int) -> dic
         record("qk publish (receipt each)", qk_publish(url, queue, confirmed))
         record("raw publish, fire and forget", raw_publish_fire(port, queue, n))
         record("qk publish_many (receipt/batch)", qk_publish_many(url, queue, n))
+        record("qk transport send_many", qk_transport_send_many(url, queue, n))
         # drain what the publish rows left, then time each consumer on a full queue
-        total = 2 * confirmed + 2 * n
+        total = 2 * confirmed + 3 * n
         raw_consume(port, queue, total, header)
         fill(url, queue, n)
         record("raw consume + ack", raw_consume(port, queue, n, header))
@@ -218,6 +230,7 @@ def main() -> None:
             "qk publish_many (receipt/batch)",
             "raw publish, receipt each",
         ),
+        ("send_many / raw receipt each", "qk transport send_many", "raw publish, receipt each"),
         ("publish / raw receipt each", "qk publish (receipt each)", "raw publish, receipt each"),
     ):
         print(

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -400,18 +402,21 @@ def test_survives_a_server_restart_with_durable_messages(server: str, connect) -
     assert take(transport, queue).body == b"after restart"
 
 
+def _listener_pid(port: int) -> int | None:
+    import psutil
+
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.laddr and connection.laddr.port == port and connection.status == "LISTEN":
+            return connection.pid
+    return None
+
+
 def test_a_silent_server_is_noticed_by_heart_beats() -> None:
     # Given a connection with 500 ms heart-beats to the ActiveMQ this project runs
     name, port = SERVERS["activemq"]
     require_broker(name, "127.0.0.1", port)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    pidfile = os.path.join(
-        os.environ.get("QUEUEKIT_VAR", os.path.join(root, "var")), name, "activemq.pid"
-    )
-    if not os.path.exists(pidfile):
-        pytest.skip("ActiveMQ was not started by scripts/brokers (no pid file to pause)")
-    with open(pidfile) as f:
-        pid = int(f.read())
+    pid = _listener_pid(port)
+    assert pid is not None, "no process owns the ActiveMQ port"
     transport = open_transport(url_for("activemq", heartbeat="500"))
     queue = fresh("heartbeat")
     try:
@@ -434,16 +439,12 @@ def test_a_silent_server_is_noticed_by_heart_beats() -> None:
         transport.close()
 
 
-def _activemq_certificate() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    var = os.environ.get("QUEUEKIT_VAR", os.path.join(root, "var"))
-    return os.path.join(var, "activemq", "conf", "broker-cert.pem")
-
-
-def test_stomp_over_tls_verifies_the_server() -> None:
-    # Given ActiveMQ's TLS connector with the self-signed certificate scripts/brokers made
+def test_stomp_over_tls_verifies_the_server(tmp_path: Path) -> None:
+    # Given ActiveMQ's TLS connector with the self-signed certificate scripts/brokers made,
+    # trusted as the CA
     require_broker("activemq", "127.0.0.1", 61624)
-    certificate = _activemq_certificate()
+    certificate = tmp_path / "broker.pem"  # self-signed: the certificate is its own CA
+    certificate.write_text(ssl.get_server_certificate(("127.0.0.1", 61624)))
     url = f"stomp+ssl://guest:guest@127.0.0.1:61624?ca_certs={certificate}"
     transport = open_transport(url)
     try:

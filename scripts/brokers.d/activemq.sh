@@ -71,10 +71,19 @@ log4j.appender.logfile.layout.ConversionPattern=%d | %-5p | %m | %c | %t%n
 PROPS
 }
 
-running_pid() {  # the pid of the broker this script started, if it is alive
-  [ -f "$pidfile" ] || return 1
-  local pid; pid=$(cat "$pidfile")
-  kill -0 "$pid" 2>/dev/null && grep -q activemq.jar "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+running_pids() {  # brokers this script started: from this checkout's pid file, or from
+  # another checkout's $QUEUEKIT_VAR (e.g. CI's fresh clone), found by their command line
+  local pid
+  {
+  if [ -f "$pidfile" ]; then
+    pid=$(cat "$pidfile")
+    kill -0 "$pid" 2>/dev/null && grep -q activemq.jar "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+  fi
+  for cmdline in /proc/[0-9]*/cmdline; do
+    tr '\0' ' ' <"$cmdline" 2>/dev/null | grep -q "activemq.jar start xbean:file:.*/activemq/conf/activemq.xml" \
+      && basename "$(dirname "$cmdline")"
+  done
+  } | sort -u
 }
 
 start() {
@@ -103,11 +112,13 @@ start() {
 }
 
 stop() {
-  local pid; pid=$(running_pid) || return 0
-  log "stopping ActiveMQ (pid $pid)"
-  kill "$pid"
-  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && { log "ActiveMQ did not stop in 30s; killing it"; kill -9 "$pid"; }
+  local pid
+  for pid in $(running_pids); do
+    log "stopping ActiveMQ (pid $pid)"
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && { log "ActiveMQ did not stop in 30s; killing it"; kill -9 "$pid"; }
+  done
   rm -f "$pidfile"
 }
 
