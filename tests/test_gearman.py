@@ -301,6 +301,26 @@ def test_depth_and_purge_count_waiting_and_prefetched_jobs(gearman: Open) -> Non
     assert consumer.receive(queue, 0.2) is None
 
 
+def _functions_listed(queue: str) -> set[str]:
+    from gearman.admin_client import GearmanAdminClient
+
+    admin = GearmanAdminClient([f"{HOST}:{MEMORY}"])
+    try:
+        return {row["task"] for row in admin.get_status() if row["task"].startswith(queue)}
+    finally:
+        admin.shutdown()
+
+
+def test_delete_drops_the_jobs_and_the_functions(gearman: Open) -> None:
+    queue = new_queue("delete")
+    transport = gearman()
+    transport.send_many(queue, [Outgoing(b"a"), Outgoing(b"b", {}, SendOptions(priority=255))])
+    assert transport.receive(queue, 5) is not None  # registers this transport as a worker
+    transport.delete(queue)
+    assert _functions_listed(queue) == set()
+    assert gearman().receive(queue, 0.2) is None
+
+
 def test_foreground_call_returns_the_workers_result(gearman: Open) -> None:
     queue = new_queue("rpc")
     caller, worker = gearman(), gearman()
@@ -449,7 +469,7 @@ def test_persistent_queue_keeps_jobs_across_a_gearmand_restart(gearman: Open) ->
     producer.send_many(queue, [Outgoing(f"{i}".encode(), {"i": str(i)}) for i in range(20)])
     assert drain(consumer, queue, 1) == [b"0"]  # the consumer's links are open
     subprocess.run([str(ROOT / "scripts" / "brokers"), "restart", "gearman"], check=True)
-    # The same transports carry on: the client resubmits on a fresh connection, the
+    # The same transports carry on: the publisher resubmits on a fresh connection, the
     # consumer reconnects its worker links and drops what it had prefetched on the old
     # ones (gearmand has those jobs again).
     producer.send(queue, b"after", {})
@@ -457,6 +477,30 @@ def test_persistent_queue_keeps_jobs_across_a_gearmand_restart(gearman: Open) ->
     got = drain(consumer, queue, 20, timeout=20)
     assert set(got) == expected
     assert len(got) == len(expected)
+
+
+def test_pooled_rpc_connections_survive_a_gearmand_restart(gearman: Open) -> None:
+    require_broker("gearman", HOST, PERSISTENT)
+    queue = new_queue("rpc-restart")
+    caller, worker = gearman(PERSISTENT), gearman(PERSISTENT)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(ConnectionLost):
+                delivery = worker.receive(queue, 0.2)
+                if delivery is not None:
+                    worker.complete(delivery, b"pong")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        assert caller.call(queue, b"ping", timeout=10) == b"pong"
+        subprocess.run([str(ROOT / "scripts" / "brokers"), "restart", "gearman"], check=True)
+        assert caller.call(queue, b"ping", timeout=10) == b"pong"
+    finally:
+        stop.set()
+        thread.join()
 
 
 @pytest.fixture

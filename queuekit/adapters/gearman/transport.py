@@ -396,10 +396,17 @@ class GearmanTransport(Transport):
         raise CallFailed(queue, "failed" if request.state == JOB_FAILED else "timeout")
 
     def _caller(self) -> _Client:
-        with self._callers_lock:
-            if self._callers:
-                return self._callers.pop()
-        return _Client(self._host_list)
+        """A pooled client whose connection is still quiet, else a new one. An idle
+        connection with something to read was closed by gearmand (e.g. a restart)."""
+        while True:
+            with self._callers_lock:
+                if not self._callers:
+                    return _Client(self._host_list)
+                client = self._callers.pop()
+            sockets = [c.gearman_socket for c in client.connection_list if c.connected]
+            if sockets and not select.select(sockets, [], [], 0)[0]:
+                return client
+            client.shutdown()
 
     def _release_caller(self, client: _Client) -> None:
         with self._callers_lock:
@@ -467,6 +474,21 @@ class GearmanTransport(Transport):
                 raise ConnectionLost(f"gearman {self._where()}: no gearmand answers")
             return dropped
 
+    def delete(self, queue: str) -> None:
+        """Purge ``queue``, close this transport's worker links for it, and drop its
+        functions from gearmand (``drop function``). gearmand refuses to drop a function
+        other workers are connected for; it then stays listed, empty."""
+        self.purge(queue)
+        with self._consume_lock:
+            consumer = self._consumers.pop(queue, None)
+            if consumer is not None:
+                for link in consumer.links:
+                    link.drop()
+        for host, port in self._hosts:
+            for function in frame.functions(queue):
+                with contextlib.suppress(OSError):
+                    _admin_command(host, port, b"drop function " + function, self._io_timeout)
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -502,6 +524,20 @@ class GearmanTransport(Transport):
 
     def _where(self) -> str:
         return ",".join(self._host_list)
+
+
+def _admin_command(host: str, port: int, command: bytes, timeout: float) -> bytes:
+    """One line of gearmand's text admin protocol (pygearman's admin client knows only
+    the read-only commands) and its one-line answer (``OK`` or ``ERR ...``)."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(command + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.strip()
 
 
 def _fresh_unique() -> bytes:
