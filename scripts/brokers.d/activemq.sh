@@ -75,14 +75,15 @@ running_pids() {  # brokers this script started: from this checkout's pid file, 
   # another checkout's $QUEUEKIT_VAR (e.g. CI's fresh clone), found by their command line
   local pid
   {
-  if [ -f "$pidfile" ]; then
-    pid=$(cat "$pidfile")
-    kill -0 "$pid" 2>/dev/null && grep -q activemq.jar "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
-  fi
-  for cmdline in /proc/[0-9]*/cmdline; do
-    tr '\0' ' ' <"$cmdline" 2>/dev/null | grep -q "activemq.jar start xbean:file:.*/activemq/conf/activemq.xml" \
-      && basename "$(dirname "$cmdline")"
-  done
+    if [ -f "$pidfile" ]; then
+      pid=$(cat "$pidfile")
+      kill -0 "$pid" 2>/dev/null && grep -q activemq.jar "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+    fi
+    for cmdline in /proc/[0-9]*/cmdline; do
+      { tr '\0' ' ' <"$cmdline"; } 2>/dev/null \
+        | grep -q "activemq.jar start xbean:file:.*/activemq/conf/activemq.xml" \
+        && basename "$(dirname "$cmdline")"
+    done
   } | sort -u
 }
 
