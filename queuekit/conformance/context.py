@@ -8,7 +8,6 @@ point at a shared broker. Names carry a uuid, so parallel runs never meet.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -215,7 +214,3 @@ def ids_report(expected: list[str], seen: list[str]) -> str:
 def _show(body: bytes, limit: int = 60) -> str:
     text = repr(body[:limit])
     return text + (f"... ({len(body)} bytes)" if len(body) > limit else "")
-
-
-def monotonic_deadline(seconds: float) -> float:
-    return time.monotonic() + seconds

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from ..core.capabilities import Capabilities
-from ..core.errors import QueuekitError
 from ..core.registry import open_transport
 from ..core.urls import TransportURL, redact
 from .cases import Case
@@ -91,8 +90,6 @@ def describe(exc: BaseException) -> str:
     found = _first_failure(exc)
     if isinstance(found, CaseFailure):
         return str(found)
-    if isinstance(found, QueuekitError):
-        return f"{type(found).__name__}: {redact(str(found))}"
     return f"{type(found).__name__}: {redact(str(found))}"
 
 
