@@ -458,3 +458,24 @@ def test_stomp_over_tls_verifies_the_server(tmp_path: Path) -> None:
     # Then a client that does not trust that certificate is refused
     with pytest.raises(ConnectionLost, match=r"no STOMP server answered"):
         open_transport("stomp+ssl://guest:guest@127.0.0.1:61624?connect_timeout=2")
+
+
+def test_activemq_delays_survive_a_broker_restart() -> None:
+    # Given a message ActiveMQ's scheduler holds for later
+    name, port = SERVERS["activemq"]
+    require_broker(name, "127.0.0.1", port)
+    transport = open_transport(url_for("activemq"))
+    queue = fresh("delay-restart")
+    try:
+        due = time.time() + 4
+        transport.send(queue, b"scheduled", {}, options=SendOptions(not_before=due))
+        # When the broker restarts before it is due (the script this project runs it with)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        subprocess.run([os.path.join(root, "scripts", "brokers"), "restart", name], check=True)
+        # Then it is still delivered, and not early
+        delivery = take(transport, queue, timeout=60)
+        assert delivery.body == b"scheduled"
+        assert time.time() >= due - 0.05
+        transport.ack(delivery)
+    finally:
+        transport.close()
