@@ -90,6 +90,31 @@ class HeaderDroppingTransport(MemoryTransport):
         super().send_many(queue, [dataclasses.replace(m, headers={}) for m in messages])
 
 
+class LifoTransport(MemoryTransport):
+    """Declares fifo but hands out the newest message first."""
+
+    name = "lifo"
+    _counter = itertools.count()
+
+    def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
+        newest_first = [
+            dataclasses.replace(
+                m, options=dataclasses.replace(m.options, priority=next(self._counter))
+            )
+            for m in messages
+        ]
+        super().send_many(queue, newest_first)
+
+
+class OneWordHashTransport(MemoryTransport):
+    """Treats ``#`` like ``*`` (one word), a classic topic-matching slip."""
+
+    name = "one-word-hash"
+
+    def subscribe(self, pattern: str) -> str:
+        return super().subscribe(pattern.replace("#", "*"))
+
+
 BROKEN = {
     "lossy": LossyTransport,
     "at-most-once": AtMostOnceMemory,
@@ -97,6 +122,8 @@ BROKEN = {
     "no-priority": NoPriorityTransport,
     "silent-delay": SilentDelayTransport,
     "header-dropping": HeaderDroppingTransport,
+    "lifo": LifoTransport,
+    "one-word-hash": OneWordHashTransport,
 }
 for _scheme, _factory in BROKEN.items():
     register_transport(_scheme, _factory)

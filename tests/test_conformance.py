@@ -85,6 +85,8 @@ BROKEN = [
     ("no-priority://x", ["priority"], "received priorities in order"),
     ("silent-delay://x", ["unsupported"], "did not raise Unsupported"),
     ("header-dropping://x", ["round_trip"], "headers changed"),
+    ("lifo://x", ["fifo"], "order broken at position 0"),
+    ("one-word-hash://x", ["topics"], "pattern ROOT.# received"),
 ]
 
 
