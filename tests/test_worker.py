@@ -21,6 +21,8 @@ import pytest
 from queuekit import (
     AbstractQueue,
     Connection,
+    ConnectionLost,
+    Delivery,
     Message,
     PermanentError,
     Repeat,
@@ -28,7 +30,9 @@ from queuekit import (
     StopWorker,
     Unsupported,
     connect,
+    register_transport,
 )
+from queuekit.adapters.memory import MemoryTransport
 from queuekit.core.worker import FunctionHandler, Worker
 from tests.support import wait_until
 from tests.workers.transports import NODELAY
@@ -371,3 +375,32 @@ def test_a_message_with_a_broken_retry_strategy_does_not_kill_the_worker(
     work = Calls(ValueError("boom"))
     conn.queue(name).dispatch(work, max_messages=2, max_seconds=SAFETY)
     assert work.payloads == ["x", "next"]
+
+
+class _DropsOnce(MemoryTransport):
+    """Loses its connection on the first receive of the first instance, as a broker restart
+    would; every instance opened afterwards (the worker's reconnect) works."""
+
+    dropped = False
+
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        if not _DropsOnce.dropped:
+            _DropsOnce.dropped = True
+            raise ConnectionLost("broker went away")
+        return super().receive(queue, timeout)
+
+
+def test_a_lost_connection_is_reopened_and_the_loop_goes_on(name: str) -> None:
+    # Given a transport that drops its connection once, with messages waiting
+    register_transport("qktest-dropsonce", _DropsOnce)
+    _DropsOnce.dropped = False
+    conn = connect(f"qktest-dropsonce://{name}")
+    first = conn.transport
+    conn.queue(name).publish_many([1, 2, 3])
+    seen: list[object] = []
+    # When a worker runs through the drop
+    processed = conn.queue(name).dispatch(lambda m: seen.append(m.payload), max_messages=3)
+    # Then it reconnected on its own and processed everything
+    assert _DropsOnce.dropped and conn.transport is not first
+    assert processed == 3 and sorted(seen) == [1, 2, 3]
+    conn.close()

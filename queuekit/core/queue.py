@@ -9,6 +9,7 @@ adapter cannot honour raise :class:`Unsupported`, never silently do nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .config import resolve_jobstore, resolve_url
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
-from .errors import MessageTooLarge, Unsupported
+from .errors import MessageTooLarge, QueuekitError, Unsupported
 from .jobstore import FailedMessage, JobStore
 from .registry import open_transport
 from .retry import RetryStrategy
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .worker import Handler
 
 MAX_PRIORITY = 255
+log = logging.getLogger("queuekit")
 
 
 def connect(
@@ -51,9 +53,22 @@ class Connection:
 
     def __init__(self, url: str, *, jobstore: str | None = None, prefetch: int = 16) -> None:
         self.url = TransportURL.parse(url)
+        self._prefetch = prefetch
         self.transport: Transport = open_transport(self.url, prefetch=prefetch)
         self.jobs = JobStore(resolve_jobstore(jobstore) or default_jobstore(self.url))
         self.failed = FailedStore(self)
+
+    def reconnect(self) -> None:
+        """Replace the transport with a freshly opened one (after ``ConnectionLost``).
+
+        The new transport is opened first, so a failed attempt leaves the connection as it
+        was; deliveries not yet settled on the old one are the broker's to redeliver.
+        """
+        old, self.transport = self.transport, open_transport(self.url, prefetch=self._prefetch)
+        try:
+            old.close()
+        except QueuekitError as exc:
+            log.debug("closing the lost transport failed: %s", exc)
 
     def queue(self, name: str) -> Queue:
         return Queue(self, name)

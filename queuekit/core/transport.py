@@ -14,6 +14,8 @@ Contract, for every adapter:
   can tell (publisher confirms, receipts, a committed row). ``send_many`` gives the same
   guarantee for the whole batch when it returns, and should pay one round trip per batch,
   not per message.
+- **Size.** ``send`` and ``send_many`` raise :class:`MessageTooLarge` for a body above
+  ``capabilities.max_message_size``, before anything is sent; never truncate.
 - **Options.** ``SendOptions`` fields are set by the core only for capabilities the adapter
   declares (``delay``, ``priority``, ``dedup``); the core emulates or refuses the rest. An
   adapter handed an option it does not declare raises :class:`Unsupported`.

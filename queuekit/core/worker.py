@@ -14,7 +14,8 @@ recorded, never lost:
 Signals (SIGTERM, SIGINT, SIGHUP) only set a flag; the loop finishes the message in hand,
 settles it, and returns. A second SIGINT aborts at once: the un-acked message then goes
 back to the broker (redelivery). ``receive`` returns ``None`` when idle, which is the
-loop's heartbeat for noticing the flag and the limits.
+loop's heartbeat for noticing the flag and the limits. A ``ConnectionLost`` that the
+adapter could not hide makes the loop reopen the transport, with capped backoff, and go on.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from .envelope import Message, decode
-from .errors import MalformedMessage, PermanentError, RetryLater, StopWorker
+from .errors import ConnectionLost, MalformedMessage, PermanentError, RetryLater, StopWorker
 from .retry import DEFAULT_RETRY, RetryStrategy, strategy_from_json
-from .transport import Delivery
+from .transport import Delivery, Transport
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -43,6 +44,7 @@ log = logging.getLogger("queuekit.worker")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEARTBEAT = 0.5  # seconds a receive may block before the loop checks flags and limits
 _SCHEDULER_EVERY = 0.5  # seconds between forwards of due messages from the delayed store
+_RECONNECT_CAP = 5.0  # longest wait between reconnect attempts
 
 
 class Handler(Protocol):
@@ -111,8 +113,11 @@ class Worker:
         self._stop_reason: str | None = None
         self._signals_seen = 0
         self._jobs = queue.connection.jobs
-        self._transport = queue.transport
-        self._emulates_delay = not self._transport.capabilities.delay
+        self._emulates_delay = not queue.transport.capabilities.delay
+
+    @property
+    def _transport(self) -> Transport:
+        return self.queue.transport  # replaced by a fresh one after a reconnect
 
     def stop(self, reason: str = "stop() called") -> None:
         self._stop_reason = self._stop_reason or reason
@@ -135,10 +140,15 @@ class Worker:
                     self._periodic(started)
                     if self._stop_reason is not None:
                         break
-                delivery = self._transport.receive(self.queue.name, _HEARTBEAT)
-                if delivery is None:
+                try:
+                    delivery = self._transport.receive(self.queue.name, _HEARTBEAT)
+                    if delivery is None:
+                        continue
+                    self._process(delivery)
+                except ConnectionLost as exc:
+                    # Un-acked work on the lost connection is the broker's to redeliver.
+                    self._reconnect(exc)
                     continue
-                self._process(delivery)
                 self.processed += 1
                 if self.limits.max_messages and self.processed >= self.limits.max_messages:
                     self.stop(f"processed {self.processed} messages")
@@ -154,6 +164,23 @@ class Worker:
             self.stop(f"ran {self.limits.max_seconds:g}s")
         if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
             self.stop(f"resident memory reached {self.limits.max_memory} bytes")
+
+    def _reconnect(self, cause: ConnectionLost) -> None:
+        """Reopen the transport with capped backoff until it works or the worker is stopped."""
+        log.warning("connection lost (%s); reconnecting", cause)
+        pause = 0.1
+        while self._stop_reason is None:
+            deadline = time.monotonic() + pause
+            while self._stop_reason is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # short naps: a stop signal is noticed promptly
+            try:
+                self.queue.connection.reconnect()
+            except ConnectionLost as exc:
+                pause = min(pause * 2, _RECONNECT_CAP)
+                log.warning("reconnect failed (%s); next try in %gs", exc, pause)
+            else:
+                log.info("reconnected to %s", self.queue.connection.url.redacted())
+                return
 
     # -- one message ---------------------------------------------------------------------
 
