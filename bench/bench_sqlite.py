@@ -22,7 +22,7 @@ measured level). Measurements run round-robin, one round per repetition, so a no
 on a shared machine hits every subject alike.
 
 Run: ``.venv/bin/pip install -r bench/requirements.txt`` once, then
-``.venv/bin/python bench/bench_sqlite.py`` (about 3 minutes; ``--quick`` for a smoke run,
+``.venv/bin/python bench/bench_sqlite.py`` (4-5 minutes; ``--quick`` for a smoke run,
 ``--profile`` to print where queuekit's worker spends its time). Files go to a fresh
 directory under ``--dir`` (default ``$QUEUEKIT_VAR`` or ``/tmp``), removed afterwards.
 """
