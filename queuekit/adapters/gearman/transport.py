@@ -3,9 +3,10 @@
 How the contract maps onto Gearman (docs/gearman.md says more):
 
 - a queue is a Gearman function (four, for priority levels: see :mod:`.frame`);
-- ``send`` is ``SUBMIT_JOB_BG`` (or its high/low variants) through pygearman's client and
-  returns on ``JOB_CREATED``: gearmand holds the job (with a persistent queue, it has
-  written it); a dedup key becomes the job's ``unique``, which gearmand coalesces natively;
+- ``send`` is ``SUBMIT_JOB_BG`` (or its high/low variants, pipelined for a batch on a
+  :class:`~.link.Link`) and returns on ``JOB_CREATED``: gearmand holds the job (with a
+  persistent queue, it has written it); a dedup key becomes the job's ``unique``, which
+  gearmand coalesces natively;
 - ``receive`` grabs jobs as a worker (:mod:`.link`); there is no ack in Gearman, the job is
   done when the worker says so: ``ack`` is ``WORK_COMPLETE``, ``nack(requeue=False)`` is
   ``WORK_FAIL`` (gearmand drops a failed background job), ``nack(requeue=True)`` submits the
@@ -310,10 +311,12 @@ class GearmanTransport(Transport):
         ticket = self._ticket(delivery)
         if ticket.settled:
             return
-        if requeue and not ticket.foreground:
+        job = ticket.assignment
+        if requeue and not (job.link.generation == job.generation and job.link.alive()):
+            self._settle(delivery, "complete")  # its connection is gone: gearmand has it back
+        elif requeue and not ticket.foreground:
             # gearmand drops a failed background job, so a requeue is a new submission of
             # the same data (a fresh unique: the original still holds its own), then done.
-            job = ticket.assignment
             band = SUBMIT_BG[frame.band_for(ticket.level)]
             self._submit([(band, job.function, _fresh_unique(), job.data)])
             self._settle(delivery, "complete")
@@ -357,6 +360,8 @@ class GearmanTransport(Transport):
                     link.fail(job.handle)
             except LinkDown as exc:
                 log.warning("gearman: settling job %r failed (%s); it runs again", job.handle, exc)
+            except Woken:
+                raise TransportClosed("gearman transport closed while settling") from None
 
     # -- foreground RPC ----------------------------------------------------------------
 
