@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from queuekit import connect
+from queuekit import Message, Repeat, connect
 from queuekit.adapters.gearman import CallFailed, GearmanTransport, frame
 from queuekit.adapters.gearman.link import SUBMIT_BG, Link, Refused
 from queuekit.core.errors import ConfigurationError, ConnectionLost, TransportClosed
@@ -197,6 +197,31 @@ def test_a_retry_sent_while_holding_the_key_is_not_folded_into_the_original(
     worker.send(queue, b"attempt 2", {}, options=SendOptions(dedup_key=key))
     worker.ack(delivery)
     assert drain(worker, queue, 1) == [b"attempt 2"]
+
+
+def test_the_core_retries_a_keyed_message_at_once_without_losing_it(
+    gearman: Open, tmp_path: Path
+) -> None:
+    """The same, through the worker loop: a zero-delay retry is sent before the ack."""
+    seen: list[int] = []
+
+    def work(message: Message) -> None:
+        seen.append(message.metadata.attempts)
+        if len(seen) == 1:
+            raise RuntimeError("the first attempt fails")
+
+    with connect(f"gearman://{HOST}:{MEMORY}", jobstore=f"sqlite:///{tmp_path}/j.db") as conn:
+        queue = conn.queue(new_queue("core-retry"))
+        queue.publish({"n": 1}, key=f"k-{uuid.uuid4().hex}")
+        queue.dispatch(
+            work,
+            retry=Repeat(times=2, every=0),
+            max_messages=2,
+            max_seconds=20,
+            handle_signals=False,
+        )
+        assert seen == [0, 1]
+        assert conn.failed.list() == []
 
 
 def test_nack_requeue_comes_back_and_nack_drop_is_gone(gearman: Open) -> None:
