@@ -52,7 +52,7 @@ class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
         self.session._connected(dict(frame.headers))
 
     def on_message(self, frame: Any) -> None:
-        self.session.on_message(self.session, dict(frame.headers), frame.body)
+        self.session.on_message(self.session, frame.headers, frame.body)
 
     def on_receipt(self, frame: Any) -> None:
         self.session._receipt(frame.headers.get("receipt-id", ""), _CONFIRMED)
@@ -144,10 +144,11 @@ class Session:
             raise self.failure() from None
 
     def write(self, data: bytes) -> None:
-        """Write already encoded frames (``send_many``'s batch) through stomp.py's transport.
+        """Write already encoded frames through stomp.py's transport.
 
-        One write for many frames instead of one per frame; the transport's own lock keeps
-        it whole against heart-beats and acks from other threads.
+        For the frames of the hot paths (SEND batches, ACK, NACK): one write for many frames
+        and none of stomp.py's per-frame listener round; the transport's own lock keeps a
+        write whole against heart-beats and other threads.
         """
         if not self.alive:
             raise self.failure()

@@ -110,6 +110,14 @@ def encode_send(destination: str, body: bytes, headers: dict[str, str]) -> bytes
     return "\n".join(lines).encode("utf-8") + body + b"\x00"
 
 
+def encode_settle(command: str, ack_id: str, **headers: str) -> bytes:
+    """An ACK or NACK frame for ``ack_id``, as STOMP 1.2 bytes."""
+    lines = [command, "id:" + _escape_value(ack_id)]
+    lines.extend(f"{name}:{value}" for name, value in headers.items())
+    lines.append("\n")
+    return "\n".join(lines).encode("utf-8") + b"\x00"
+
+
 def wire_headers(headers: Headers) -> dict[str, str]:
     """queuekit headers as STOMP headers, kept apart from the server's own by a prefix."""
     out = {}
@@ -146,7 +154,7 @@ class _Subscription:
     inbox: SimpleQueue[Delivery | None] = field(default_factory=SimpleQueue)  # None: wake up
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Handle:
     generation: int
     ack_id: str
@@ -487,7 +495,7 @@ class StompTransport(Transport):
             topic = headers.get("destination", "").removeprefix("/topic/")
             if not topic_matches(sub.topic_filter, topic):
                 with contextlib.suppress(ConnectionLost):
-                    session.call("ack", ack_id)
+                    session.write(encode_settle("ACK", ack_id))
                 return
         requeues = headers.get(REQUEUES)
         delivery = Delivery(
@@ -518,14 +526,16 @@ class StompTransport(Transport):
                     if time.monotonic() >= deadline and self._within_window():
                         return None
                     raise
-            remaining = deadline - time.monotonic()
             try:
-                if remaining > 0:
-                    delivery = sub.inbox.get(timeout=remaining)
-                else:
-                    delivery = sub.inbox.get_nowait()
+                delivery = sub.inbox.get_nowait()
             except Empty:
-                return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    delivery = sub.inbox.get(timeout=remaining)
+                except Empty:
+                    return None
             if delivery is None:  # woken: closed, lost, or unsubscribed
                 if self._closed or self._subs.get(sub.name) is not sub:
                     return None
@@ -557,7 +567,7 @@ class StompTransport(Transport):
         found = self._settle_session(delivery)
         if found is not None:
             handle, session = found
-            session.call("ack", handle.ack_id)
+            session.write(encode_settle("ACK", handle.ack_id))
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         found = self._settle_session(delivery)
@@ -565,11 +575,11 @@ class StompTransport(Transport):
             return
         handle, session = found
         if self._profile.native_requeue:
-            session.call("nack", handle.ack_id, requeue="true" if requeue else "false")
+            session.write(encode_settle("NACK", handle.ack_id, requeue=str(requeue).lower()))
         elif not requeue:
-            session.call("ack", handle.ack_id)  # ActiveMQ's NACK would park it in its DLQ
+            session.write(encode_settle("ACK", handle.ack_id))  # ActiveMQ's NACK: to its DLQ
         elif handle.subscription.destination.startswith("/topic/"):
-            session.call("nack", handle.ack_id)  # a re-send would reach every subscriber
+            session.write(encode_settle("NACK", handle.ack_id))  # a re-send: to every subscriber
         else:
             self._requeue_by_resend(session, handle, delivery.body)
 
