@@ -168,13 +168,14 @@ def test_depth_and_purge(conn: Connection, name: str) -> None:
     queue.publish_many(range(5))
     queue.publish("delayed", delay=3600)
     other.publish("kept")
-    in_flight = conn.transport.receive(name, 1)
-    assert in_flight is not None
-    assert queue.depth() == 5  # 4 ready + 1 delayed; the one in flight is not waiting
-    assert queue.purge() == 5
-    assert queue.depth() == 0
-    assert other.depth() == 1
-    conn.transport.ack(in_flight)  # purge left the in-flight one to its consumer
+    with connect(conn.url.render(reveal=True), prefetch=1) as consumer:  # claims one at a time
+        in_flight = consumer.transport.receive(name, 1)
+        assert in_flight is not None
+        assert queue.depth() == 5  # 4 ready + 1 delayed; the one in flight is not waiting
+        assert queue.purge() == 5
+        assert queue.depth() == 0
+        assert other.depth() == 1
+        consumer.transport.ack(in_flight)  # purge left the in-flight one to its consumer
 
 
 def test_bulk_publish_is_one_transaction(conn: Connection, name: str) -> None:
@@ -314,7 +315,7 @@ def test_a_worker_killed_mid_work_has_its_message_redelivered(
     with connect(url) as conn:
         conn.queue(name).publish_many({"n": n} for n in range(2))
     events = tmp_path / "events.txt"
-    worker = _gated_worker(tmp_path, url, name)
+    worker = _gated_worker(tmp_path, url, name, "--prefetch", "1")
     try:
         wait_until(lambda: "started 0" in lines(events), timeout=30, what="work() to start")
         worker.send_signal(signal.SIGKILL)

@@ -9,10 +9,18 @@ order. Claiming is a single ``UPDATE ... RETURNING`` over the index
 ``(queue, state, priority DESC, not_before, id)``, so its cost does not grow with the
 backlog and two processes can never claim the same row (SQLite serialises writers).
 
+Partial indexes (one per state) keep every write to the few index pages it concerns.
+
 A claimed message stays in the table until ``ack`` deletes it: a worker killed with SIGKILL
 loses nothing, because its lease expires and any transport's housekeeping puts the row back
 to ready (huey's SQLite storage deletes on fetch and loses it). While the owning process is
 alive a keeper thread renews its leases, so a long ``work()`` is never handed out twice.
+
+One commit serves many messages: ``receive`` claims up to ``prefetch`` rows at once (held
+in a local buffer, leased like the rest), and ``ack`` only notes the id; the deletes are
+committed with the next claim, on ``close``, or by the keeper within a second. An ack is
+therefore durable up to a second after ``ack`` returns (as a broker's ack is asynchronous):
+a SIGKILL in that window runs those finished messages again, never loses one.
 
 Durability default: WAL with ``synchronous=NORMAL``. In WAL mode NORMAL never corrupts the
 file and keeps every committed message through any crash of the application (SIGKILL, OOM);
@@ -31,6 +39,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -56,10 +65,12 @@ CREATE TABLE IF NOT EXISTS queuekit_messages (
     headers TEXT,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queuekit_messages_ready
-    ON queuekit_messages (queue, state, priority DESC, not_before, id);
-CREATE INDEX IF NOT EXISTS queuekit_messages_due ON queuekit_messages (state, not_before);
-CREATE INDEX IF NOT EXISTS queuekit_messages_lease ON queuekit_messages (state, lease_until);
+CREATE INDEX IF NOT EXISTS queuekit_messages_ready_ix
+    ON queuekit_messages (queue, priority DESC, not_before, id) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS queuekit_messages_delayed_ix
+    ON queuekit_messages (not_before) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS queuekit_messages_leased_ix
+    ON queuekit_messages (lease_until) WHERE state = 2;
 CREATE UNIQUE INDEX IF NOT EXISTS queuekit_messages_dedup
     ON queuekit_messages (queue, dedup_key) WHERE dedup_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS queuekit_subscriptions (
@@ -74,11 +85,11 @@ _INSERT = (
 )
 _CLAIM = """
 UPDATE queuekit_messages SET state = 2, lease_until = ?, deliveries = deliveries + 1
-WHERE id = (
+WHERE id IN (
     SELECT id FROM queuekit_messages WHERE queue = ? AND state = 1
-    ORDER BY priority DESC, not_before, id LIMIT 1
+    ORDER BY priority DESC, not_before, id LIMIT ?
 )
-RETURNING id, body, headers, deliveries
+RETURNING id, priority, not_before, body, headers, deliveries, dedup_key IS NOT NULL
 """
 _HOUSEKEEPING_EVERY = 0.05  # seconds between checks for due delays and expired leases
 
@@ -115,7 +126,10 @@ class SQLiteTransport(Transport):
         self.max_poll = url.number("poll", 0.05)
         self._lock = threading.RLock()
         self._closed = threading.Event()
-        self._held: set[int] = set()  # ids this transport has claimed and not settled
+        self._held: set[int] = set()  # ids claimed and not settled (buffered or delivered)
+        self._buffers: dict[str, deque[Delivery]] = {}  # claimed, not yet handed out
+        self._acked: list[int] = []  # settled ids whose delete is not committed yet
+        self._keyed: set[int] = set()  # held ids with a dedup key: acked at once, freeing it
         self._next_housekeeping = 0.0
         self._keeper: threading.Thread | None = None
         try:
@@ -157,6 +171,7 @@ class SQLiteTransport(Transport):
         now = time.time()
         rows = [_row(queue, m.body, m.headers, m.options, now) for m in messages]
         with self._transaction() as db:
+            self._commit_acks(db)
             db.executemany(_INSERT, rows)
 
     # -- consuming -----------------------------------------------------------------------
@@ -165,32 +180,65 @@ class SQLiteTransport(Transport):
         deadline = time.monotonic() + max(timeout, 0.0)
         pause = 0.001
         while True:
+            with self._lock:
+                buffered = self._buffers.get(queue)
+                if buffered:
+                    return buffered.popleft()
             self._housekeeping()
-            with self._session() as db:
-                row = db.execute(_CLAIM, (time.time() + self.lease, queue)).fetchone()
-                if row is not None:
-                    self._held.add(row[0])
-            if row is not None:
+            claimed = self._claim(queue)
+            if claimed:
                 self._ensure_keeper()
-                ident, body, headers, deliveries = row
-                return Delivery(
-                    queue=queue,
-                    body=bytes(body),
-                    headers=json.loads(headers) if headers else {},
-                    redelivered=deliveries > 1,
-                    delivery_count=deliveries,
-                    handle=ident,
-                )
+                return claimed
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed.wait(min(pause, remaining)):
                 return None
             pause = min(pause * 2, self.max_poll)
 
+    def _claim(self, queue: str) -> Delivery | None:
+        """Commit pending acks and claim up to ``prefetch`` rows in one transaction."""
+        with self._transaction() as db:
+            self._commit_acks(db)
+            rows = db.execute(_CLAIM, (time.time() + self.lease, queue, self.prefetch)).fetchall()
+            if not rows:
+                return None
+            rows.sort(key=lambda row: (-row[1], row[2], row[0]))  # RETURNING has no order
+            deliveries = deque(
+                Delivery(
+                    queue=queue,
+                    body=bytes(body),
+                    headers=json.loads(headers) if headers else {},
+                    redelivered=count > 1,
+                    delivery_count=count,
+                    handle=ident,
+                )
+                for ident, _, _, body, headers, count, _ in rows
+            )
+            self._held.update(row[0] for row in rows)
+            self._keyed.update(row[0] for row in rows if row[6])
+            first = deliveries.popleft()
+            if deliveries:
+                self._buffers.setdefault(queue, deque()).extend(deliveries)
+            return first
+
+    def _commit_acks(self, db: sqlite3.Connection) -> None:
+        if self._acked:
+            db.executemany(
+                "DELETE FROM queuekit_messages WHERE id = ?", [(i,) for i in self._acked]
+            )
+            self._acked.clear()
+
     def ack(self, delivery: Delivery) -> None:
-        with self._session() as db:
-            if delivery.handle in self._held:
-                db.execute("DELETE FROM queuekit_messages WHERE id = ?", (delivery.handle,))
-                self._held.discard(delivery.handle)
+        with self._lock:
+            if self._closed.is_set():
+                raise TransportClosed(f"{self!r} is closed")
+            if delivery.handle not in self._held:
+                return
+            self._held.discard(delivery.handle)
+            self._acked.append(delivery.handle)
+            if delivery.handle in self._keyed:  # its dedup key must be free when ack returns
+                self._keyed.discard(delivery.handle)
+                with self._transaction() as db:
+                    self._commit_acks(db)
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         if not requeue:
@@ -203,6 +251,7 @@ class SQLiteTransport(Transport):
                     (delivery.handle,),
                 )
                 self._held.discard(delivery.handle)
+                self._keyed.discard(delivery.handle)
 
     def _housekeeping(self) -> None:
         """Make due delayed messages ready and take back expired leases (cheap reads first)."""
@@ -237,10 +286,12 @@ class SQLiteTransport(Transport):
             self._keeper.start()
 
     def _keep_leases(self) -> None:
-        """Renew the leases this process holds, so only a dead process's messages expire."""
-        while not self._closed.wait(self.lease / 3):
+        """Commit pending acks and renew this process's leases, so only a dead process's
+        messages ever expire."""
+        while not self._closed.wait(min(self.lease / 3, 1.0)):
             try:
-                with self._session() as db:
+                with self._transaction() as db:
+                    self._commit_acks(db)
                     if self._held:
                         marks = ",".join("?" * len(self._held))
                         db.execute(
@@ -260,17 +311,40 @@ class SQLiteTransport(Transport):
             if self._closed.is_set():
                 return
             try:
-                if self._held:
-                    marks = ",".join("?" * len(self._held))
-                    self._db.execute(
-                        "UPDATE queuekit_messages SET state = 1, lease_until = NULL"
-                        f" WHERE state = 2 AND id IN ({marks})",
-                        tuple(self._held),
-                    )
-                    self._held.clear()
+                with immediate(self._db) as db:
+                    self._commit_acks(db)
+                    unsent = {d.handle for buffer in self._buffers.values() for d in buffer}
+                    self._give_back(db, list(unsent), undo_delivery=True)
+                    self._give_back(db, list(self._held - unsent))
+                self._held.clear()
+                self._buffers.clear()
             finally:
                 self._closed.set()
                 self._db.close()
+
+    def release(self, queue: str) -> None:
+        with self._lock:
+            buffered = self._buffers.pop(queue, None)
+            if not buffered:
+                return
+            ids = [delivery.handle for delivery in buffered]
+            with self._transaction() as db:
+                self._give_back(db, ids, undo_delivery=True)
+            self._held.difference_update(ids)
+            self._keyed.difference_update(ids)
+
+    @staticmethod
+    def _give_back(db: sqlite3.Connection, ids: list[int], *, undo_delivery: bool = False) -> None:
+        """Make claimed rows ready again; buffered ones were never delivered, so uncount them."""
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        undo = ", deliveries = deliveries - 1" if undo_delivery else ""
+        db.execute(
+            f"UPDATE queuekit_messages SET state = 1, lease_until = NULL{undo}"
+            f" WHERE state = 2 AND id IN ({marks})",
+            ids,
+        )
 
     def depth(self, queue: str) -> int:
         with self._session() as db:
@@ -289,6 +363,8 @@ class SQLiteTransport(Transport):
 
     def delete(self, queue: str) -> None:
         with self._transaction() as db:
+            for delivery in self._buffers.pop(queue, ()):
+                self._held.discard(delivery.handle)
             db.execute("DELETE FROM queuekit_messages WHERE queue = ?", (queue,))
             db.execute("DELETE FROM queuekit_subscriptions WHERE subscription = ?", (queue,))
 

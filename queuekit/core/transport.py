@@ -132,6 +132,13 @@ class Transport(ABC):
     def close(self) -> None:
         """Release the connection; idempotent. Un-acked deliveries return to the broker."""
 
+    def release(self, queue: str) -> None:  # noqa: B027 - only buffering adapters override
+        """Give back what was prefetched from ``queue`` but not yet returned by ``receive``.
+
+        Called when a consumer stops taking work (a worker's loop ends), so those messages
+        go to other consumers now instead of when the transport closes or a lease expires.
+        """
+
     # -- inspection (capability ``inspect``) ---------------------------------------------
 
     def depth(self, queue: str) -> int:

@@ -32,7 +32,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from .envelope import Message, decode
-from .errors import ConnectionLost, MalformedMessage, PermanentError, RetryLater, StopWorker
+from .errors import (
+    ConnectionLost,
+    MalformedMessage,
+    PermanentError,
+    QueuekitError,
+    RetryLater,
+    StopWorker,
+)
 from .retry import DEFAULT_RETRY, RetryStrategy, strategy_from_json
 from .transport import Delivery, Transport
 
@@ -154,6 +161,7 @@ class Worker:
                     self.stop(f"processed {self.processed} messages")
         finally:
             self._restore_signals(previous)
+            self._release()
         log.info("worker %d stopped: %s", os.getpid(), self._stop_reason)
         return self.processed
 
@@ -164,6 +172,13 @@ class Worker:
             self.stop(f"ran {self.limits.max_seconds:g}s")
         if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
             self.stop(f"resident memory reached {self.limits.max_memory} bytes")
+
+    def _release(self) -> None:
+        """Hand prefetched, unstarted messages back for other workers (best effort)."""
+        try:
+            self._transport.release(self.queue.name)
+        except QueuekitError as exc:
+            log.warning("could not give back prefetched messages: %s", exc)
 
     def _reconnect(self, cause: ConnectionLost) -> None:
         """Reopen the transport with capped backoff until it works or the worker is stopped."""
