@@ -183,6 +183,11 @@ def bench_server(name: str, port: int, runs: int, n: int, confirmed: int) -> dic
     def record(row: str, rate: float) -> None:
         rows.setdefault(row, []).append(rate)
 
+    # warm-up, not timed: a freshly (re)started ActiveMQ runs interpreted until its JIT
+    # has compiled the hot paths, which would penalise whichever row comes first
+    warm = f"bench-stomp-warm-{uuid.uuid4().hex[:8]}"
+    qk_transport_send_many(url, warm, n)
+    raw_consume(port, warm, n, header)
     for _ in range(runs):
         queue = f"bench-stomp-{uuid.uuid4().hex[:8]}"
         record("raw publish, receipt each", raw_publish_receipt_each(port, queue, confirmed))
