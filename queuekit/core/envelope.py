@@ -12,6 +12,7 @@ import binascii
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,20 @@ from .errors import MalformedMessage
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _decode_json = json.JSONDecoder().decode
+
+
+def _make_encode() -> Callable[[object], str]:
+    """JSON text for an envelope. ``JSONEncoder.encode`` builds a fresh C encoder on every
+    call; building it once saves about a third of the cost of every publish."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return _ENCODER.encode
+    c_encode = make(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",",
+                    False, False, False)  # fmt: skip
+    return lambda obj: "".join(c_encode(obj, 0))
+
+
+_encode_json = _make_encode()
 
 
 @dataclass(slots=True)
@@ -112,9 +127,11 @@ def encode(message: Message) -> bytes:
         payload = base64.b64encode(bytes(payload)).decode("ascii")
         meta["encoding"] = "base64"
     try:
-        text = _ENCODER.encode({"payload": payload, "metadata": meta})
+        text = _encode_json({"payload": payload, "metadata": meta})
     except (TypeError, ValueError) as exc:
         raise TypeError(f"payload cannot be sent as JSON: {exc}") from None
+    except RecursionError:
+        raise TypeError("payload cannot be sent as JSON: it refers to itself") from None
     return text.encode("utf-8")
 
 

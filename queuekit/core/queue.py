@@ -144,23 +144,25 @@ class Queue:
     ) -> list[str]:
         """Send many messages with the same options in as few round trips as the broker allows."""
         due = None if delay is None else due_time(delay)
-        prepared = [
-            self._prepare(
-                payload,
-                Metadata(
-                    name=name,
-                    headers=dict(headers or {}),
-                    retry=retry.to_json() if retry else None,
-                ),
-                None,
-                priority,
-                due=due,
-            )
-            for payload in payloads
-        ]
-        if prepared:
-            self._send([p.outgoing for p in prepared], due)
-        return [p.message.id for p in prepared]
+        if due is not None and due <= time.time():
+            due = None
+        self._check_priority(priority)
+        caps = self.transport.capabilities
+        options = SendOptions(not_before=due if caps.delay else None, priority=priority)
+        retry_json = retry.to_json() if retry else None
+        ids: list[str] = []
+        outgoing: list[Outgoing] = []
+        for payload in payloads:  # the loop is lean on purpose: bulk publishing is hot
+            meta = Metadata(name=name, not_before=due, priority=priority,
+                            headers=dict(headers) if headers else {}, retry=retry_json)  # fmt: skip
+            body = encode(Message(payload, meta))
+            if caps.max_message_size is not None and len(body) > caps.max_message_size:
+                raise MessageTooLarge(len(body), caps.max_message_size, self.transport.name)
+            ids.append(meta.id)
+            outgoing.append(Outgoing(body, {}, options))
+        if outgoing:
+            self._send(outgoing, due)
+        return ids
 
     def resend(self, message: Message, *, delay: float | None = None) -> None:
         """Publish ``message`` again as it is (same id), e.g. for a retry."""
@@ -207,21 +209,13 @@ class Queue:
         delay: Delay | None,
         priority: int | None,
         *,
-        due: float | None = None,
         dedup: bool = True,
     ) -> _Prepared:
         caps = self.transport.capabilities
-        if due is None and delay is not None:
-            due = due_time(delay)
+        due = None if delay is None else due_time(delay)
         if due is not None and due <= time.time():
             due = None
-        if priority is not None:
-            if not 0 <= priority <= MAX_PRIORITY:
-                raise ValueError(f"priority must be 0-{MAX_PRIORITY}, not {priority}")
-            if not caps.priority:
-                raise Unsupported(
-                    "priority", self.transport.name, "use sqlite://, amqp:// or stomp://"
-                )
+        self._check_priority(priority)
         if dedup and metadata.key is not None and not caps.dedup:
             raise Unsupported("dedup keys", self.transport.name, "use sqlite:// or gearman://")
         metadata.not_before, metadata.priority = due, priority
@@ -236,6 +230,15 @@ class Queue:
             dedup_key=metadata.key if dedup else None,
         )
         return _Prepared(message, Outgoing(body, {}, options), due)
+
+    def _check_priority(self, priority: int | None) -> None:
+        if priority is None:
+            return
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be 0-{MAX_PRIORITY}, not {priority}")
+        if not self.transport.capabilities.priority:
+            alternative = "use sqlite://, amqp://, stomp:// or gearman://"
+            raise Unsupported("priority", self.transport.name, alternative)
 
     def _send(self, outgoing: Sequence[Outgoing], due: float | None) -> None:
         if due is not None and not self.transport.capabilities.delay:
