@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/bench_stomp.py [--runs 5] [--messages 5000] [--confirmed 1000]
 
-Rows (messages per second, median of ``--runs``; the same encoded envelope bytes in every
-row, persistent, one connection each):
+Rows (messages per second and this process's CPU time per message, medians of ``--runs``;
+the same encoded envelope bytes in every row, persistent, one connection each; an untimed
+warm-up first, so a freshly started ActiveMQ's JIT does not penalise the first row):
 
 - publish, receipt each: raw ``send(receipt=...)`` and wait, one by one (the baseline the
   issue measured) against queuekit ``Queue.publish`` (which waits for a receipt too).
@@ -21,11 +22,13 @@ Needs ``scripts/brokers up rabbitmq-stomp activemq``. Queues are uuid-named and 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 import stomp
 
@@ -175,13 +178,23 @@ def fill(url: str, queue: str, n: int) -> None:
     conn.close()
 
 
-def bench_server(name: str, port: int, runs: int, n: int, confirmed: int) -> dict[str, float]:
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+Result = dict[str, tuple[float, float]]  # row -> (median msgs/s, median client CPU us/msg)
+
+
+def bench_server(name: str, port: int, runs: int, n: int, confirmed: int) -> Result:
     url = f"stomp://guest:guest@127.0.0.1:{port}"
     header = "prefetch-count" if name == "RabbitMQ" else "activemq.prefetchSize"
-    rows: dict[str, list[float]] = {}
+    rows: dict[str, list[tuple[float, float]]] = {}
 
-    def record(row: str, rate: float) -> None:
-        rows.setdefault(row, []).append(rate)
+    def record(row: str, run: Callable[[], float], count: int) -> None:
+        before = _cpu()
+        rate = run()
+        rows.setdefault(row, []).append((rate, (_cpu() - before) * 1e6 / count))
 
     # warm-up, not timed: a freshly (re)started ActiveMQ runs interpreted until its JIT
     # has compiled the hot paths, which would penalise whichever row comes first
@@ -189,22 +202,28 @@ def bench_server(name: str, port: int, runs: int, n: int, confirmed: int) -> dic
     qk_transport_send_many(url, warm, n)
     raw_consume(port, warm, n, header)
     for _ in range(runs):
-        queue = f"bench-stomp-{uuid.uuid4().hex[:8]}"
-        record("raw publish, receipt each", raw_publish_receipt_each(port, queue, confirmed))
-        record("qk publish (receipt each)", qk_publish(url, queue, confirmed))
-        record("raw publish, fire and forget", raw_publish_fire(port, queue, n))
-        record("qk publish_many (receipt/batch)", qk_publish_many(url, queue, n))
-        record("qk transport send_many", qk_transport_send_many(url, queue, n))
+        q = f"bench-stomp-{uuid.uuid4().hex[:8]}"
+        c = confirmed
+        record("raw publish, receipt each", partial(raw_publish_receipt_each, port, q, c), c)
+        record("qk publish (receipt each)", partial(qk_publish, url, q, c), c)
+        record("raw publish, fire and forget", partial(raw_publish_fire, port, q, n), n)
+        record("qk publish_many (receipt/batch)", partial(qk_publish_many, url, q, n), n)
+        record("qk transport send_many", partial(qk_transport_send_many, url, q, n), n)
         # drain what the publish rows left, then time each consumer on a full queue
-        total = 2 * confirmed + 3 * n
-        raw_consume(port, queue, total, header)
-        fill(url, queue, n)
-        record("raw consume + ack", raw_consume(port, queue, n, header))
-        fill(url, queue, n)
-        record("qk dispatch (worker)", qk_dispatch(url, queue, n))
-        fill(url, queue, n)
-        record("qk transport receive + ack", qk_transport_consume(url, queue, n))
-    return {row: statistics.median(rates) for row, rates in rows.items()}
+        raw_consume(port, q, 2 * c + 3 * n, header)
+        fill(url, q, n)
+        record("raw consume + ack", partial(raw_consume, port, q, n, header), n)
+        fill(url, q, n)
+        record("qk dispatch (worker)", partial(qk_dispatch, url, q, n), n)
+        fill(url, q, n)
+        record("qk transport receive + ack", partial(qk_transport_consume, url, q, n), n)
+    return {
+        row: (
+            statistics.median(rate for rate, _ in values),
+            statistics.median(cpu for _, cpu in values),
+        )
+        for row, values in rows.items()
+    }
 
 
 def main() -> None:
@@ -218,15 +237,18 @@ def main() -> None:
         for name, port in SERVERS.items()
     }
     print(
-        f"\nmedian msgs/s of {args.runs} runs, {args.messages} messages "
+        f"\nmedians of {args.runs} runs, {args.messages} messages "
         f"({args.confirmed} for receipt-each rows), {len(BODY)}-byte envelope, "
-        f"prefetch {PREFETCH}"
+        f"prefetch {PREFETCH}; msgs/s and this process's CPU (user+sys) us per message"
     )
     rows = list(next(iter(results.values())))
-    print(f"{'':34}" + "".join(f"{name:>12}" for name in results))
+    print(f"{'':34}" + "".join(f"{name + ' msg/s':>16}{'us/msg':>8}" for name in results))
     for row in rows:
-        print(f"{row:34}" + "".join(f"{results[name][row]:12.0f}" for name in results))
-    print("ratios")
+        cells = "".join(
+            f"{results[name][row][0]:16.0f}{results[name][row][1]:8.0f}" for name in results
+        )
+        print(f"{row:34}{cells}")
+    print("ratios (msgs/s)")
     for label, top, bottom in (
         ("worker / raw consume", "qk dispatch (worker)", "raw consume + ack"),
         ("transport / raw consume", "qk transport receive + ack", "raw consume + ack"),
@@ -236,12 +258,17 @@ def main() -> None:
             "raw publish, receipt each",
         ),
         ("send_many / raw receipt each", "qk transport send_many", "raw publish, receipt each"),
+        (
+            "send_many / raw fire and forget",
+            "qk transport send_many",
+            "raw publish, fire and forget",
+        ),
         ("publish / raw receipt each", "qk publish (receipt each)", "raw publish, receipt each"),
     ):
-        print(
-            f"{label:34}"
-            + "".join(f"{results[name][top] / results[name][bottom]:11.2f}x" for name in results)
+        ratios = "".join(
+            f"{results[name][top][0] / results[name][bottom][0]:15.2f}x{'':8}" for name in results
         )
+        print(f"{label:34}{ratios}")
 
 
 if __name__ == "__main__":
