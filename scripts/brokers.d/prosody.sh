@@ -5,10 +5,13 @@
 # c2s listens on 127.0.0.1 only and does not require TLS there (STARTTLS is offered with a
 # self-signed certificate), so the tests' URL opts in to SCRAM on the plain stream explicitly.
 #
-# Storage is SQLite through mod_storage_sql (lua-dbi-sqlite3): measured faster than the
-# internal file store for persisted pub/sub items (see docs/xmpp.md).
+# Storage is SQLite through mod_storage_sql (lua-dbi-sqlite3) in WAL mode: measured faster
+# than the internal file store for persisted pub/sub items (docs/xmpp.md). Its archive item
+# limit sits below pubsub_max_items, so a full node refuses a publish instead of dropping
+# its oldest item.
 #
-# Env: QUEUEKIT_PROSODY_PORT (c2s, default 5222).
+# Env: QUEUEKIT_PROSODY_PORT (c2s, default 5222), QUEUEKIT_PROSODY_STORAGE (sql | internal,
+# for measuring; the data of one is invisible to the other).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd); source "$here/lib.sh"
 
 port=${QUEUEKIT_PROSODY_PORT:-5222}
@@ -17,7 +20,9 @@ cfg="$dir/prosody.cfg.lua"
 pidfile="$dir/prosody.pid"
 user=queuekit
 password=queuekit
-max_items=100000
+storage=${QUEUEKIT_PROSODY_STORAGE:-sql}
+item_limit=100000            # per node, enforced by the SQL store: a full node refuses
+max_items=$((item_limit + 1)) # pub/sub never truncates below the store's refusal
 
 our_pid() {
   [ -f "$pidfile" ] || return 1
@@ -51,8 +56,9 @@ c2s_require_encryption = false       -- loopback only; clients opt in (see docs/
 allow_unencrypted_plain_auth = false -- SCRAM on the plain stream, never PLAIN
 s2s_require_encryption = false
 authentication = "internal_hashed"
-storage = "sql"
+storage = "$storage"
 sql = { driver = "SQLite3", database = "prosody.sqlite" }
+storage_archive_item_limit = $item_limit
 certificates = "$dir/certs"
 ssl = { certificate = "$dir/certs/localhost.crt", key = "$dir/certs/localhost.key" }
 use_dane = false
@@ -73,6 +79,8 @@ start() {
   # the SQLite file. register is idempotent (it sets the password of an existing account).
   prosodyctl --config "$cfg" register "$user" localhost "$password" >/dev/null
   prosodyctl --config "$cfg" register queuekit2 localhost "$password" >/dev/null
+  # WAL: one fsync per commit instead of several (still durable); the mode sticks to the file.
+  [ "$storage" != sql ] || python3 -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute("pragma journal_mode=wal").close()' "$dir/data/prosody.sqlite"
   setsid nohup prosody --config "$cfg" -F >>"$dir/prosody.out" 2>&1 </dev/null &
   wait_port 127.0.0.1 "$port" 30 prosody || { tail -n 20 "$dir/prosody.out" "$dir/prosody.err" >&2 || true; return 1; }
   for _ in $(seq 50); do our_pid >/dev/null && return 0; sleep 0.1; done

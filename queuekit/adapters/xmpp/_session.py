@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections import deque
@@ -32,7 +33,7 @@ from ...core.errors import (
     TransportClosed,
     TransportError,
 )
-from ._settings import XMPPSettings, decode_payload, encode_payload
+from ._settings import NS, XMPPSettings, decode_payload, encode_payload
 
 T = TypeVar("T")
 log = logging.getLogger("queuekit.adapters.xmpp")
@@ -44,6 +45,9 @@ _NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
 _PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
 _XDATA = "{jabber:x:data}"
 _VALIDATE = "{http://jabber.org/protocol/xdata-validate}"
+_TAKEN = f"{{{NS}}}taken"
+#: How many listed items a consumer keeps in memory beyond its prefetch (the rest as ids).
+KEEP_LISTED = 4096
 #: Re-count a queue node at least this often while publishing to it (other publishers).
 RECOUNT_SECONDS = 5.0
 
@@ -58,9 +62,9 @@ class QueueFull(TransportError):
 
 @dataclass(slots=True)
 class Item:
-    """One pub/sub item. ``taken`` is the server-side count of consumers that took it
-    (stored in the item, see ``Session._mark``); ``marked`` says this consumer counted
-    itself in; ``requeued`` counts local ``nack(requeue=True)``."""
+    """One pub/sub item. ``taken`` counts the consumers that took it (from the queue's
+    taken-journal, see ``Session._mark``), ``marked`` says this consumer is among them,
+    ``requeued`` counts local ``nack(requeue=True)``."""
 
     id: str
     body: bytes
@@ -75,9 +79,12 @@ class QueueConsumer:
     """Local view of one queue node being consumed by this transport."""
 
     node: str
+    journal: str  # the node recording which items consumers took
     limit: int
     buffer: deque[Item] = field(default_factory=deque)
-    backlog: deque[str] = field(default_factory=deque)  # ids on the node, not fetched yet
+    # Listed but not buffered, oldest first: the items themselves (up to KEEP_LISTED),
+    # then only ids (fetched again when their turn comes).
+    backlog: deque[Item | str] = field(default_factory=deque)
     known: set[str] = field(default_factory=set)  # buffered, backlog or delivered ids
     delivered: set[str] = field(default_factory=set)  # handed out, not settled
     ready: bool = False
@@ -85,11 +92,14 @@ class QueueConsumer:
     listing: bool = False
     pending: list[Item] = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    taken_before: dict[str, int] = field(default_factory=dict)  # from the last listing
+    batches: dict[str, set[str]] = field(default_factory=dict)  # our journal entries
+    batch_of: dict[str, str] = field(default_factory=dict)  # item id -> journal entry
 
     def offer(self, item: Item) -> None:
         """A notification: buffer it if it keeps order and fits, else re-list later."""
-        if item.id in self.known or item.taken:
-            return  # a take mark (ours, or a consumer's before us) is not a new item
+        if item.id in self.known:
+            return
         if self.listing:
             self.pending.append(item)
             return
@@ -103,12 +113,27 @@ class QueueConsumer:
 
 @dataclass(slots=True)
 class Subscription:
+    """A fan-out subscription's buffer: filled on the loop thread, read directly by the
+    consumer thread (no loop round trip per message), hence a thread condition."""
+
     name: str
     node: str
     limit: int
     buffer: deque[Item] = field(default_factory=deque)
     dropped: int = 0
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    ready: threading.Condition = field(default_factory=threading.Condition)
+
+    def take(self, timeout: float) -> Item | None:
+        with self.ready:
+            if not self.buffer and not self.closed:
+                self.ready.wait_for(lambda: self.buffer or self.closed, timeout)
+            return self.buffer.popleft() if self.buffer else None
+
+    def end(self) -> None:
+        with self.ready:
+            self.closed = True
+            self.ready.notify_all()
 
     def offer(self, item: Item) -> None:
         if len(self.buffer) >= self.limit:
@@ -121,8 +146,9 @@ class Subscription:
                     self.dropped,
                 )
             return
-        self.buffer.append(item)
-        self.wakeup.set()
+        with self.ready:
+            self.buffer.append(item)
+            self.ready.notify()
 
 
 @dataclass(slots=True)
@@ -149,6 +175,7 @@ class Session:
         self._connecting: asyncio.Future[None] | None = None
         self._iqs: set[asyncio.Future[Any]] = set()
         self._operations: set[asyncio.Task[Any]] = set()
+        self._acks: set[asyncio.Future[None]] = set()
         self.closing = False
 
     async def run(self, operation: Awaitable[T]) -> T:
@@ -253,6 +280,8 @@ class Session:
             task.cancel()  # a receive blocked in another thread returns None
         await asyncio.gather(*running, return_exceptions=True)
         if self.connected:
+            await self.flush()
+        if self.connected:
             waits = [self._unsubscribe_node(c.node) for c in self.consumers.values() if c.ready]
             waits += [self._unsubscribe_node(node) for node in self.by_node]
             if waits:
@@ -260,6 +289,8 @@ class Session:
                     asyncio.gather(*waits, return_exceptions=True), self.settings.timeout
                 )
         self.consumers.clear()
+        for sub in self.subscriptions.values():
+            sub.end()
         self.subscriptions.clear()
         self.by_node.clear()
         await self._drop_client()
@@ -412,12 +443,15 @@ class Session:
         deadline = time.monotonic() + timeout
         consumer = self.consumers.get(queue)
         if consumer is None:
-            consumer = self.consumers[queue] = QueueConsumer(node=node, limit=self.prefetch)
+            journal = self.settings.journal_node(queue)
+            consumer = QueueConsumer(node=node, journal=journal, limit=self.prefetch)
+            self.consumers[queue] = consumer
             self.queue_of_node[node] = queue
         while True:
             await self.ensure()
             if not consumer.ready:
                 await self.ensure_node(node, persist=True)
+                await self.ensure_node(consumer.journal, persist=True)
                 await self._subscribe_node(node)
                 consumer.ready = consumer.stale = True
             if consumer.buffer:
@@ -443,37 +477,78 @@ class Session:
                 return None
 
     async def _mark(self, consumer: QueueConsumer) -> None:
-        """Count this consumer in on every buffered item before handing any out.
+        """Record on the server that this consumer took every buffered item, before any is
+        handed out: one journal item listing their ids, on the queue's journal node.
 
-        The item is published again under its id with ``d`` one higher (the server keeps
-        it; a later consumer reads it as "delivered before": ``redelivered`` and
-        ``delivery_count``). Taken items are not counted by ``depth``. Re-publishing moves
-        the item to the end of the node, so after a consumer crash its items come back
-        after the ones nobody took. All marks of a buffer go out together.
+        A later consumer that finds an id in the journal knows the item was delivered
+        before (``redelivered``, ``delivery_count``), and ``depth`` does not count taken
+        items. The entry is retracted once all its items are settled. One write per batch,
+        not per message.
         """
         todo = [item for item in consumer.buffer if not item.marked]
         if not todo:
             return
-        pubsub, service, timeout = self.pubsub, self.settings.pubsub, self.settings.timeout
-        options = self._queue_options()
-        futures = [
-            pubsub.publish(
-                service,
-                consumer.node,
-                id=item.id,
-                payload=encode_payload(item.body, item.headers, item.taken + 1),
-                options=options,
-                timeout=timeout,
-            )
-            for item in todo
-        ]
-        results = await asyncio.gather(*(self._iq(f) for f in futures), return_exceptions=True)
-        for item, result in zip(todo, results, strict=True):
-            if isinstance(result, IqError):
-                raise _iq_error(result, f"mark an item of {consumer.node} as taken")
-            if isinstance(result, BaseException):
-                raise result
+        entry = _new_id()
+        payload = ET.Element(_TAKEN)
+        payload.text = " ".join(item.id for item in todo)
+        future = self.pubsub.publish(
+            self.settings.pubsub,
+            consumer.journal,
+            id=entry,
+            payload=payload,
+            options=self._queue_options(),
+            timeout=self.settings.timeout,
+        )
+        try:
+            await self._iq(future)
+        except IqError as exc:
+            raise _iq_error(exc, f"record taken items of {consumer.node}") from None
+        consumer.batches[entry] = {item.id for item in todo}
+        for item in todo:
             item.taken, item.marked = item.taken + 1, True
+            consumer.batch_of[item.id] = entry
+
+    async def _settled(self, consumer: QueueConsumer, item_id: str) -> None:
+        """An item is gone from the node: retract its journal entry once all are."""
+        entry = consumer.batch_of.pop(item_id, None)
+        waiting = consumer.batches.get(entry) if entry is not None else None
+        if entry is None or waiting is None:
+            return
+        waiting.discard(item_id)
+        if not waiting:
+            del consumer.batches[entry]
+            await self._retract_quietly(consumer.journal, entry)
+
+    async def _retract_quietly(self, node: str, item_id: str) -> None:
+        with contextlib.suppress(IqError):
+            await self._iq(self.pubsub.retract(self.settings.pubsub, node, item_id))
+
+    async def _journal(self, journal: str) -> dict[str, list[str]]:
+        """The journal's entries: entry id -> ids of the items it took."""
+        try:
+            reply = await self._iq(self.pubsub.get_items(self.settings.pubsub, journal))
+        except IqError as exc:
+            if exc.condition == "item-not-found":
+                return {}
+            raise _iq_error(exc, f"list node {journal}") from None
+        entries = {}
+        for element in reply.xml.iter(f"{{{_PUBSUB}}}item"):
+            taken = element.find(_TAKEN)
+            if taken is not None:
+                entries[element.get("id", "")] = (taken.text or "").split()
+        return entries
+
+    async def _taken_counts(self, journal: str, present: set[str]) -> dict[str, int]:
+        """How often each present item was taken (this consumer's own entries included);
+        entries whose items are all gone are retracted on the way."""
+        counts: dict[str, int] = {}
+        for entry, ids in (await self._journal(journal)).items():
+            alive = [i for i in ids if i in present]
+            if not alive:
+                await self._retract_quietly(journal, entry)
+            for item_id in alive:
+                counts[item_id] = counts.get(item_id, 0) + 1
+        return counts
 
     def _queue_options(self) -> Any:
         return _form(
@@ -486,7 +561,11 @@ class Session:
         consumer.listing, consumer.stale = True, False
         try:
             reply = await self._iq(self.pubsub.get_items(self.settings.pubsub, consumer.node))
-            for item in _items(reply.xml.iter(f"{{{_PUBSUB}}}item")):
+            items = list(_items(reply.xml.iter(f"{{{_PUBSUB}}}item")))
+            counts = await self._taken_counts(consumer.journal, {item.id for item in items})
+            consumer.taken_before = counts
+            for item in items:
+                item.taken = counts.get(item.id, 0)
                 self._take(consumer, item)
         except IqError as exc:
             consumer.stale = True
@@ -506,12 +585,21 @@ class Session:
         consumer.known.add(item.id)
         if len(consumer.buffer) < consumer.limit and not consumer.backlog:
             consumer.buffer.append(item)
+        elif len(consumer.backlog) < KEEP_LISTED:
+            consumer.backlog.append(item)
         else:
             consumer.backlog.append(item.id)
 
     async def _refill(self, consumer: QueueConsumer) -> None:
+        backlog = consumer.backlog
+        while backlog and isinstance(backlog[0], Item) and len(consumer.buffer) < consumer.limit:
+            item = backlog.popleft()
+            assert isinstance(item, Item)
+            consumer.buffer.append(item)
+        if consumer.buffer or not backlog:
+            return
         room = max(1, consumer.limit - len(consumer.buffer))
-        ids = [consumer.backlog.popleft() for _ in range(min(room, len(consumer.backlog)))]
+        ids = [str(backlog.popleft()) for _ in range(min(room, len(backlog)))]
         try:
             reply = await self._iq(
                 self.pubsub.get_items(self.settings.pubsub, consumer.node, item_ids=ids)
@@ -522,22 +610,50 @@ class Session:
         found = {item.id: item for item in _items(reply.xml.iter(f"{{{_PUBSUB}}}item"))}
         for item_id in ids:
             if item_id in found:
+                found[item_id].taken = consumer.taken_before.get(item_id, 0)
                 consumer.buffer.append(found[item_id])
             else:  # settled elsewhere meanwhile
                 consumer.known.discard(item_id)
 
     async def retract(self, consumer: QueueConsumer, item: Item) -> None:
-        """Remove a delivered item from its node: the ack. Gone already is fine."""
+        """The ack: retract a delivered item from its node, pipelined.
+
+        The retract goes out at once and its answer is awaited in the background (like an
+        AMQP basic.ack, which the broker never answers), keeping at most ``inflight``
+        outstanding; ``close``, ``depth`` and ``purge`` wait for them. Until the server
+        confirms, the item stays known here, so a re-listing cannot deliver it again. If
+        the retract is lost with the connection, the item is delivered again (at least
+        once). Settling twice is a no-op.
+        """
         if item.id not in consumer.delivered:
-            return  # settled before: a no-op
+            return
         await self.ensure()
+        consumer.delivered.discard(item.id)
+        future = self.pubsub.retract(
+            self.settings.pubsub, consumer.node, item.id, timeout=self.settings.timeout
+        )
+        task = asyncio.ensure_future(self._confirm_retract(consumer, item.id, future))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+        if len(self._acks) >= self.settings.inflight:
+            await asyncio.wait(set(self._acks), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _confirm_retract(self, consumer: QueueConsumer, item_id: str, future: Any) -> None:
         try:
-            await self._iq(self.pubsub.retract(self.settings.pubsub, consumer.node, item.id))
+            await self._iq(future)
         except IqError as exc:
             if exc.condition != "item-not-found":
-                raise _iq_error(exc, f"retract an item of {consumer.node}") from None
-        consumer.delivered.discard(item.id)
-        consumer.known.discard(item.id)
+                log.warning("xmpp: retract of %s failed: %s", consumer.node, exc.condition)
+        except (TransportError, asyncio.CancelledError) as exc:
+            log.info("xmpp: retract of %s lost (%s); it will be redelivered", consumer.node, exc)
+        finally:
+            consumer.known.discard(item_id)
+        await self._settled(consumer, item_id)
+
+    async def flush(self) -> None:
+        """Wait until every pipelined ack is answered."""
+        if self._acks:
+            await asyncio.wait(set(self._acks), timeout=self.settings.timeout)
 
     def requeue(self, consumer: QueueConsumer, item: Item) -> None:
         """Put a delivered item back in front of this consumer's buffer (it never left)."""
@@ -550,12 +666,13 @@ class Session:
     async def depth(self, queue: str, node: str) -> int:
         """Items on the node that no consumer has taken (see ``_mark``)."""
         await self.ensure_node(node, persist=True)
+        await self.flush()
         try:
-            reply = await self._iq(self.pubsub.get_items(self.settings.pubsub, node))
+            ids = set(await self.item_ids(node))
         except IqError as exc:
-            raise _iq_error(exc, f"list node {node}") from None
-        items = _items(reply.xml.iter(f"{{{_PUBSUB}}}item"))
-        return sum(1 for item in items if not item.taken)
+            raise _iq_error(exc, f"count node {node}") from None
+        taken = await self._taken_counts(self.settings.journal_node(queue), ids)
+        return len(ids) - len(taken)
 
     async def purge(self, queue: str, node: str) -> int:
         await self.ensure_node(node, persist=True)
@@ -564,11 +681,16 @@ class Session:
             await self._iq(self.pubsub.purge(self.settings.pubsub, node))
         except IqError as exc:
             raise _iq_error(exc, f"purge node {node}") from None
+        journal = self.settings.journal_node(queue)
+        with contextlib.suppress(IqError):
+            await self._iq(self.pubsub.purge(self.settings.pubsub, journal))
         consumer = self.consumers.get(queue)
         if consumer is not None:
             consumer.buffer.clear()
             consumer.backlog.clear()
             consumer.known = set(consumer.delivered)
+            consumer.batches.clear()
+            consumer.batch_of.clear()
         state = self.nodes.get(node)
         if state is not None:
             state.depth = state.sent_since = 0
@@ -595,6 +717,7 @@ class Session:
         sub = self.subscriptions.pop(name, None)
         if sub is None:
             return
+        sub.end()
         subs = self.by_node.get(sub.node, [])
         if sub in subs:
             subs.remove(sub)
@@ -602,21 +725,6 @@ class Session:
             self.by_node.pop(sub.node, None)
             if self.connected:
                 await self._unsubscribe_node(sub.node)
-
-    async def next_notification(self, name: str, timeout: float) -> Item | None:
-        sub = self.subscriptions[name]
-        deadline = time.monotonic() + timeout
-        while not sub.buffer:
-            await self.ensure()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            sub.wakeup.clear()
-            try:
-                await asyncio.wait_for(sub.wakeup.wait(), remaining)
-            except TimeoutError:
-                return None
-        return sub.buffer.popleft()
 
     async def _subscribe_node(self, node: str) -> None:
         """Subscribe this full JID; the IQ result means the subscription is active."""
@@ -653,7 +761,7 @@ class Session:
             if consumer is not None:
                 consumer.offer(item)
             for sub in subs or ():
-                sub.offer(Item(item.id, item.body, dict(item.headers), item.taken))
+                sub.offer(Item(item.id, item.body, dict(item.headers)))
 
     def _consumer_of(self, node: str) -> QueueConsumer | None:
         queue = self.queue_of_node.get(node)
@@ -665,12 +773,12 @@ def _items(elements: Iterable[ET.Element]) -> Iterable[Item]:
     for element in elements:
         item_id = element.get("id", "")
         try:
-            body, headers, taken = decode_payload(element[0] if len(element) else None)
+            body, headers = decode_payload(element[0] if len(element) else None)
         except MalformedMessage as exc:
             # Not ours to interpret: hand the raw XML up so the core's failed store keeps it.
             raw = ET.tostring(element[0]) if len(element) else b""
-            body, headers, taken = raw or exc.body, {"x-queuekit-malformed": exc.reason}, 0
-        yield Item(item_id, body, headers, taken)
+            body, headers = raw or exc.body, {"x-queuekit-malformed": exc.reason}
+        yield Item(item_id, body, headers)
 
 
 def _form(form_type: str, values: dict[str, Any]) -> Any:

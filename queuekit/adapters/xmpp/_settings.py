@@ -90,6 +90,10 @@ class XMPPSettings:
     def queue_node(self, queue: str) -> str:
         return f"{self.prefix}/queue/{queue}" if self.prefix else f"queue/{queue}"
 
+    def journal_node(self, queue: str) -> str:
+        """Where consumers record which items of ``queue`` they took (see docs/xmpp.md)."""
+        return f"{self.prefix}/taken/{queue}" if self.prefix else f"taken/{queue}"
+
     def topic_node(self, topic: str) -> str:
         return f"{self.prefix}/topic/{topic}" if self.prefix else topic
 
@@ -107,16 +111,13 @@ def _number(url: TransportURL, name: str, default: float) -> float:
     return value
 
 
-def encode_payload(body: bytes, headers: Any, taken: int = 0) -> ET.Element:
-    """``<m xmlns=NS [d="N"]><h n="k">v</h>...<b [enc="base64"]>body</b></m>``.
+def encode_payload(body: bytes, headers: Any) -> ET.Element:
+    """``<m xmlns=NS><h n="k">v</h>...<b [enc="base64"]>body</b></m>``.
 
-    ``d`` counts how often a consumer took the item (see ``Session._mark``). Text bodies
-    (queuekit's JSON envelopes) travel as they are; anything an XML text node would alter
-    goes as base64, flagged, so bytes round-trip exactly.
+    Text bodies (queuekit's JSON envelopes) travel as they are; anything an XML text node
+    would alter goes as base64, flagged, so bytes round-trip exactly.
     """
     root = ET.Element(_M)
-    if taken:
-        root.set("d", str(taken))
     for key, value in headers.items():
         header = ET.SubElement(root, _H, n=str(key))
         header.text = str(value)
@@ -133,21 +134,17 @@ def encode_payload(body: bytes, headers: Any, taken: int = 0) -> ET.Element:
     return root
 
 
-def decode_payload(payload: ET.Element | None) -> tuple[bytes, dict[str, str], int]:
-    """The inverse of :func:`encode_payload`: body, headers, times taken.
-
-    Raises :class:`MalformedMessage`."""
+def decode_payload(payload: ET.Element | None) -> tuple[bytes, dict[str, str]]:
+    """The inverse of :func:`encode_payload`; raises :class:`MalformedMessage`."""
     if payload is None or payload.tag != _M:
         tag = None if payload is None else payload.tag
         raise MalformedMessage(f"pub/sub item without a queuekit payload (got {tag})")
     headers = {h.get("n", ""): h.text or "" for h in payload.iterfind(_H)}
-    taken_text = payload.get("d", "0")
-    taken = int(taken_text) if taken_text.isdigit() else 0
     node = payload.find(_B)
     text = "" if node is None else node.text or ""
     if node is not None and node.get("enc") == "base64":
         try:
-            return base64.b64decode(text, validate=True), headers, taken
+            return base64.b64decode(text, validate=True), headers
         except (binascii.Error, ValueError) as exc:
             raise MalformedMessage(f"bad base64 body: {exc}", text.encode()) from None
-    return text.encode("utf-8"), headers, taken
+    return text.encode("utf-8"), headers

@@ -126,10 +126,7 @@ class XMPPTransport(Transport):
         timeout = max(0.0, timeout)
         try:
             if queue in self._subscriptions:
-                item = self._call(self._session.next_notification(queue, timeout))
-                if item is None:
-                    return None
-                return Delivery(queue=queue, body=item.body, headers=item.headers)
+                return self._notification(queue, timeout)
             node = self.settings.queue_node(queue)
             got = self._call(self._session.next_item(queue, node, timeout))
         except TransportClosed:
@@ -145,6 +142,17 @@ class XMPPTransport(Transport):
             delivery_count=found.taken + found.requeued,
             handle=(consumer, found),
         )
+
+    def _notification(self, name: str, timeout: float) -> Delivery | None:
+        if self._closed:
+            raise TransportClosed(f"{self!r} is closed")
+        if not self._session.connected:  # reconnect (and re-subscribe) before waiting
+            self._call(self._session.ensure())
+        subscription = self._session.subscriptions.get(name)
+        item = subscription.take(timeout) if subscription is not None else None
+        if item is None:
+            return None
+        return Delivery(queue=name, body=item.body, headers=item.headers)
 
     def _handle(self, delivery: Delivery) -> tuple[QueueConsumer, Item] | None:
         handle = delivery.handle
@@ -191,6 +199,7 @@ class XMPPTransport(Transport):
             _run_sync(self._session.forget_queue, queue)
         )
         self._call(self._session.delete_node(node))
+        self._call(self._session.delete_node(self.settings.journal_node(queue)))
 
     # -- publish/subscribe ----------------------------------------------------------------------
 
