@@ -33,6 +33,7 @@ from gearman.worker import GearmanWorker
 
 import queuekit
 from queuekit.core.envelope import Message, Metadata, encode
+from queuekit.core.registry import open_transport
 
 MODES = {"memory": 4731, "sqlite": 4730}
 BATCH = 500
@@ -53,6 +54,15 @@ def _fill(port: int, queue: str, count: int) -> None:
     client.shutdown()
 
 
+def _purge(port: int, queue: str) -> None:
+    """Drop what a publish row left behind (untimed), so runs do not pile up jobs."""
+    transport = open_transport(f"gearman://127.0.0.1:{port}")
+    try:
+        transport.delete(queue)
+    finally:
+        transport.close()
+
+
 def _rate(count: int, run: Callable[[], None]) -> float:
     started = time.perf_counter()
     run()
@@ -63,7 +73,8 @@ def _rate(count: int, run: Callable[[], None]) -> float:
 
 
 def raw_publish(port: int, count: int) -> float:
-    client, queue = GearmanClient([f"127.0.0.1:{port}"]), _queue().encode()
+    client, name = GearmanClient([f"127.0.0.1:{port}"]), _queue()
+    queue = name.encode()
 
     def run() -> None:
         for _ in range(count):
@@ -71,11 +82,13 @@ def raw_publish(port: int, count: int) -> float:
 
     rate = _rate(count, run)
     client.shutdown()
+    _purge(port, name)
     return rate
 
 
 def raw_publish_bulk(port: int, count: int) -> float:
-    client, queue = GearmanClient([f"127.0.0.1:{port}"]), _queue().encode()
+    client, name = GearmanClient([f"127.0.0.1:{port}"]), _queue()
+    queue = name.encode()
 
     def run() -> None:
         for start in range(0, count, BATCH):
@@ -84,16 +97,23 @@ def raw_publish_bulk(port: int, count: int) -> float:
 
     rate = _rate(count, run)
     client.shutdown()
+    _purge(port, name)
     return rate
 
 
 class _CountingWorker(GearmanWorker):  # type: ignore[misc]
+    """Stops once ``limit`` jobs ran. Counted in the task callback: pygearman calls
+    ``after_job`` more than once per job (counting there stops after half the jobs)."""
+
     def __init__(self, hosts: list[str], limit: int) -> None:
         super().__init__(hosts)
         self.limit, self.done = limit, 0
 
-    def after_job(self) -> bool:
+    def run(self, _worker: object, _job: object) -> bytes:
         self.done += 1
+        return b""
+
+    def after_job(self) -> bool:
         return self.done < self.limit
 
 
@@ -101,9 +121,10 @@ def raw_consume(port: int, count: int) -> float:
     queue = _queue()
     _fill(port, queue, count)
     worker = _CountingWorker([f"127.0.0.1:{port}"], count)
-    worker.register_task(queue.encode(), lambda _worker, _job: b"")
+    worker.register_task(queue.encode(), worker.run)
     rate = _rate(count, lambda: worker.work(poll_timeout=1.0))
     worker.shutdown()
+    assert worker.done == count, f"raw worker ran {worker.done} of {count} jobs"
     return rate
 
 
@@ -120,13 +141,17 @@ def qk_publish(port: int, count: int, tmp: Path) -> float:
     with _connect(port, tmp) as conn:
         queue = conn.queue(_queue())
         payload = {"to": "user@example.org", "n": 1}
-        return _rate(count, lambda: [queue.publish(payload, name="bench") for _ in range(count)])
+        rate = _rate(count, lambda: [queue.publish(payload, name="bench") for _ in range(count)])
+    _purge(port, queue.name)
+    return rate
 
 
 def qk_send(port: int, count: int, tmp: Path) -> float:
     with _connect(port, tmp) as conn:
         transport, queue = conn.transport, _queue()
-        return _rate(count, lambda: [transport.send(queue, BODY, {}) for _ in range(count)])
+        rate = _rate(count, lambda: [transport.send(queue, BODY, {}) for _ in range(count)])
+    _purge(port, queue)
+    return rate
 
 
 def qk_publish_bulk(port: int, count: int, tmp: Path) -> float:
@@ -138,7 +163,9 @@ def qk_publish_bulk(port: int, count: int, tmp: Path) -> float:
             for start in range(0, count, BATCH):
                 queue.publish_many(payloads[: min(BATCH, count - start)])
 
-        return _rate(count, run)
+        rate = _rate(count, run)
+    _purge(port, queue.name)
+    return rate
 
 
 def qk_dispatch(port: int, count: int, tmp: Path) -> float:
