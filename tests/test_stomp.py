@@ -200,11 +200,12 @@ def test_competing_consumers_share_without_duplicates(server: str, connect) -> N
 def test_nack_requeue_redelivers_and_nack_drop_forgets(server: str, connect) -> None:  # type: ignore[no-untyped-def]
     transport = connect()
     queue = fresh("nack")
-    transport.send(queue, b"again", {"k": "v"}, options=SendOptions(priority=200))
+    headers = {"k": "v", "colon:name": "a:b\nc", "\U0001f600": "astral"}
+    transport.send(queue, b"again", headers, options=SendOptions(priority=200))
     first = take(transport, queue)
     transport.nack(first, requeue=True)
     second = take(transport, queue)
-    assert (second.body, second.headers, second.redelivered) == (b"again", {"k": "v"}, True)
+    assert (second.body, second.headers, second.redelivered) == (b"again", headers, True)
     transport.nack(second, requeue=False)
     transport.nack(second, requeue=False)  # settling twice is a no-op
     assert transport.receive(queue, 0.5) is None

@@ -7,8 +7,9 @@ stomp.py's listener feeds and :meth:`StompTransport.receive` reads.
 
 What the server does natively (prefetch, delay, priority, NACK, wildcards) comes from the
 CONNECTED frame's ``server`` header through :mod:`.servers`; ``capabilities`` is set per
-instance once connected. Publishing waits for a RECEIPT: one per ``send``, one per batch of
-``send_many`` (on its last frame; a server handles one connection's frames in order).
+instance once connected. Publishing waits for a RECEIPT: one per ``send``, one per chunk of
+up to 1000 frames of ``send_many`` (on its last frame; a server handles one connection's
+frames in order).
 
 Threads: stomp.py's I/O thread calls ``_on_message``/``_on_lost``; it only puts into the
 inboxes (lock-free :class:`queue.SimpleQueue`) and never takes ``_connect_lock``, under which
@@ -75,9 +76,9 @@ _BINARY = "application/octet-stream"  # with content-length: any byte round-trip
 _WRITE_SIZE = 256 * 1024  # encoded frames are written to the socket in pieces of this size
 
 
-def _escape_name(name: str) -> str:
-    # stomp.py escapes header values (STOMP 1.2) but not names; its parser unescapes both.
-    return name.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c").replace("\r", "\\r")
+def _escape(text: str) -> str:
+    """STOMP 1.2 header escaping; stomp.py's parser undoes it in names and values."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c").replace("\r", "\\r")
 
 
 def _plain(text: str) -> bool:
@@ -93,26 +94,22 @@ def _unb64(text: str) -> str:
     return base64.urlsafe_b64decode(text.encode("ascii")).decode("utf-8", "surrogatepass")
 
 
-def _escape_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c").replace("\r", "\\r")
-
-
 def encode_send(destination: str, body: bytes, headers: dict[str, str]) -> bytes:
     """One SEND frame as STOMP 1.2 bytes (header names in ``headers`` already escaped)."""
     lines = [
         "SEND",
-        "destination:" + _escape_value(destination),
+        "destination:" + _escape(destination),
         "content-type:" + _BINARY,
         f"content-length:{len(body)}",
     ]
-    lines.extend(f"{name}:{_escape_value(value)}" for name, value in headers.items())
+    lines.extend(f"{name}:{_escape(value)}" for name, value in headers.items())
     lines.append("\n")
     return "\n".join(lines).encode("utf-8") + body + b"\x00"
 
 
 def encode_settle(command: str, ack_id: str, **headers: str) -> bytes:
     """An ACK or NACK frame for ``ack_id``, as STOMP 1.2 bytes."""
-    lines = [command, "id:" + _escape_value(ack_id)]
+    lines = [command, "id:" + _escape(ack_id)]
     lines.extend(f"{name}:{value}" for name, value in headers.items())
     lines.append("\n")
     return "\n".join(lines).encode("utf-8") + b"\x00"
@@ -123,7 +120,7 @@ def wire_headers(headers: Headers) -> dict[str, str]:
     out = {}
     for name, value in headers.items():
         if _plain(name) and _plain(value):
-            out[USER_PREFIX + _escape_name(name)] = value
+            out[USER_PREFIX + _escape(name)] = value
         else:
             out[ENCODED_PREFIX + _b64(name)] = _b64(value)
     return out
@@ -585,8 +582,9 @@ class StompTransport(Transport):
 
     def _requeue_by_resend(self, session: Session, handle: _Handle, body: bytes) -> None:
         """Put a message back on ActiveMQ: re-send a copy and ACK the original, atomically."""
+        # names as received (unescaped); stomp.py escapes only the values it sends
         headers = {
-            k: v
+            _escape(k): v
             for k, v in handle.headers.items()
             if k not in _SERVER_SET and not k.startswith("AMQ_SCHEDULED")
         }
