@@ -330,3 +330,21 @@ def test_next_operation_reconnects_after_a_server_restart(opened: list[XMPPTrans
     assert got is not None and got.body == b"survives"
     transport.ack(got)
     transport.delete(queue)
+
+
+def test_a_purge_by_another_connection_drops_what_a_consumer_listed(
+    opened: list[XMPPTransport],
+) -> None:
+    producer = open_transport(opened)
+    consumer = open_transport(opened, prefetch=1)
+    queue = name("purged")
+    producer.send_many(queue, [Outgoing(f"{i}".encode()) for i in range(5)])
+    held = consumer.receive(queue, 5.0)  # the consumer has listed all five
+    assert held is not None
+    consumer.ack(held)
+    assert producer.purge(queue) == 4
+    assert consumer.receive(queue, 0.5) is None
+    producer.send(queue, b"fresh", {})
+    fresh = consumer.receive(queue, 5.0)
+    assert fresh is not None and fresh.body == b"fresh"
+    consumer.ack(fresh)

@@ -95,6 +95,19 @@ class QueueConsumer:
     taken_before: dict[str, int] = field(default_factory=dict)  # from the last listing
     batches: dict[str, set[str]] = field(default_factory=dict)  # our journal entries
     batch_of: dict[str, str] = field(default_factory=dict)  # item id -> journal entry
+    generation: int = 0  # bumped when the node is purged or deleted under us
+
+    def reset(self) -> None:
+        """The node was purged or deleted: forget every copy held here (not the delivered
+        ones, whose settling then finds nothing, a no-op)."""
+        dropped = {x if isinstance(x, str) else x.id for x in self.backlog}
+        dropped.update(item.id for item in self.buffer)
+        self.buffer.clear()
+        self.backlog.clear()
+        self.known -= dropped
+        self.stale = True
+        self.generation += 1
+        self.wakeup.set()
 
     def offer(self, item: Item) -> None:
         """A notification: buffer it if it keeps order and fits, else re-list later."""
@@ -227,6 +240,8 @@ class Session:
         client.add_event_handler("connection_failed", lambda e: settle(f"connect: {e}"))
         client.add_event_handler("disconnected", lambda _: self._on_disconnected(client))
         client.add_event_handler("pubsub_publish", self._on_publish)
+        client.add_event_handler("pubsub_purge", lambda m: self._on_reset(m, "purge"))
+        client.add_event_handler("pubsub_delete", lambda m: self._on_reset(m, "delete"))
         self.client = client
         client.connect(s.host, s.port)
         try:
@@ -488,6 +503,7 @@ class Session:
         todo = [item for item in consumer.buffer if not item.marked]
         if not todo:
             return
+        generation = consumer.generation
         entry = _new_id()
         payload = ET.Element(_TAKEN)
         payload.text = " ".join(item.id for item in todo)
@@ -503,6 +519,9 @@ class Session:
             await self._iq(future)
         except IqError as exc:
             raise _iq_error(exc, f"record taken items of {consumer.node}") from None
+        if consumer.generation != generation:  # purged meanwhile: those items are gone
+            await self._retract_quietly(consumer.journal, entry)
+            return
         consumer.batches[entry] = {item.id for item in todo}
         for item in todo:
             item.taken, item.marked = item.taken + 1, True
@@ -686,9 +705,7 @@ class Session:
             await self._iq(self.pubsub.purge(self.settings.pubsub, journal))
         consumer = self.consumers.get(queue)
         if consumer is not None:
-            consumer.buffer.clear()
-            consumer.backlog.clear()
-            consumer.known = set(consumer.delivered)
+            consumer.reset()
             consumer.batches.clear()
             consumer.batch_of.clear()
         state = self.nodes.get(node)
@@ -745,6 +762,24 @@ class Session:
             )
 
     # -- notifications ----------------------------------------------------------------------------
+
+    def _on_reset(self, msg: Any, kind: str) -> None:
+        """Another connection purged or deleted a queue node we consume.
+
+        Prosody sends this before it answers any later request of ours, so ``_mark``
+        (a round trip before items are handed out) always sees it in time.
+        """
+        if msg["from"].bare != self.settings.pubsub:
+            return
+        event = msg.xml.find(f"{_EVENT}event/{_EVENT}{kind}")
+        node = "" if event is None else event.get("node", "")
+        consumer = self._consumer_of(node)
+        if consumer is None:
+            return
+        consumer.reset()
+        if kind == "delete":
+            self.nodes.pop(node, None)
+            consumer.ready = False  # create and subscribe again on the next receive
 
     def _on_publish(self, msg: Any) -> None:
         if msg["from"].bare != self.settings.pubsub:
