@@ -480,3 +480,17 @@ def test_activemq_delays_survive_a_broker_restart() -> None:
         transport.ack(delivery)
     finally:
         transport.close()
+
+
+def test_a_refused_send_fails_at_once_with_a_hint(server: str, connect) -> None:  # type: ignore[no-untyped-def]
+    if server != "rabbitmq":
+        pytest.skip("needs RabbitMQ's queue arguments to disagree")
+    # Given a queue declared without x-max-priority
+    queue = fresh("args")
+    connect(priority="0").send(queue, b"plain", {})
+    # When a transport that declares priority queues sends to it
+    with pytest.raises(TransportError) as caught:
+        connect().send(queue, b"x", {})
+    # Then the server's refusal surfaces, is not retried as a lost connection, and says why
+    assert not isinstance(caught.value, ConnectionLost)
+    assert "x-max-priority" in str(caught.value) and "priority=0" in str(caught.value)

@@ -95,8 +95,9 @@ class Session:
         self.server_headers: dict[str, str] = {}
         self.alive = False
         self.error: str | None = None
-        #: The text of an ERROR frame the server sent (it closes the connection after one).
+        #: The text of the last ERROR frame the server sent, and how many it sent.
         self.server_error: str | None = None
+        self.errors = 0
         address = (host.name, host.port or 61613)
         # stomp.py's timeout bounds the TCP connect and the TLS handshake only: it then
         # puts the socket in blocking (plain) or non-blocking (TLS) mode, so a quiet
@@ -252,6 +253,7 @@ class Session:
             text += ": " + body.decode("utf-8", "replace").strip()
         log.warning("STOMP server %s sent ERROR: %s", self.host, text)
         self.error = self.server_error = text
+        self.errors += 1
         receipt = headers.get("receipt-id")
         if receipt:
             self._receipt(receipt, text)

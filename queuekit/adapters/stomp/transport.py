@@ -382,6 +382,7 @@ class StompTransport(Transport):
         failures = 0
         while chunks:
             session = self._live()
+            errors = session.errors
             receipts: list[str] = []
             try:
                 pending: list[bytes] = []
@@ -402,6 +403,8 @@ class StompTransport(Transport):
                     session.wait_receipt(receipts[0], self._receipt_timeout)
                     receipts.pop(0)
                     chunks.pop(0)
+                if session.errors != errors:  # a frame without receipt was refused
+                    raise TransportError(f"STOMP server refused a SEND: {session.server_error}")
             except ConnectionLost as exc:
                 failures += 1
                 if failures >= _MAX_RESENDS:
