@@ -19,7 +19,6 @@ inbox; deliveries of a dead connection are dropped when read (the server redeliv
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import ssl
@@ -42,17 +41,12 @@ from ...core.errors import (
 from ...core.topics import topic_matches
 from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...core.urls import Host, TransportURL
+from .frames import BINARY, encode_send, encode_settle, escape, user_headers, wire_headers
 from .servers import ServerProfile, map_priority, profile_for, topic_destinations
 from .session import Session
 
 log = logging.getLogger("queuekit.stomp")
 
-#: Prefix that keeps queuekit's headers apart from the server's own (destination,
-#: message-id, priority, RabbitMQ's copied receipt, ActiveMQ's JMS properties, ...).
-USER_PREFIX = "qk-"
-#: A queuekit header whose name or value STOMP servers cannot carry as text (NUL, characters
-#: outside the Basic Multilingual Plane, which ActiveMQ turns into U+FFFD): both base64.
-ENCODED_PREFIX = "qkb-"
 #: How often an ActiveMQ message was put back by ``nack(requeue=True)`` (a re-send there).
 REQUEUES = "queuekit-requeues"
 #: MESSAGE headers the server sets, dropped when ActiveMQ's requeue re-sends a message.
@@ -72,72 +66,7 @@ _SERVER_SET = frozenset(
 )
 _BATCH = 1000  # frames per receipt in send_many: bounds what a reconnect re-sends
 _MAX_RESENDS = 5  # connections a batch may lose before the publish gives up
-_BINARY = "application/octet-stream"  # with content-length: any byte round-trips
 _WRITE_SIZE = 256 * 1024  # encoded frames are written to the socket in pieces of this size
-
-
-def _escape(text: str) -> str:
-    """STOMP 1.2 header escaping; stomp.py's parser undoes it in names and values."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c").replace("\r", "\\r")
-
-
-def _plain(text: str) -> bool:
-    """Whether every STOMP server here carries ``text`` unchanged in a header."""
-    return all(0 < ord(c) < 0xD800 or 0xE000 <= ord(c) <= 0xFFFF for c in text)
-
-
-def _b64(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).decode("ascii")
-
-
-def _unb64(text: str) -> str:
-    return base64.urlsafe_b64decode(text.encode("ascii")).decode("utf-8", "surrogatepass")
-
-
-def encode_send(destination: str, body: bytes, headers: dict[str, str]) -> bytes:
-    """One SEND frame as STOMP 1.2 bytes (header names in ``headers`` already escaped)."""
-    lines = [
-        "SEND",
-        "destination:" + _escape(destination),
-        "content-type:" + _BINARY,
-        f"content-length:{len(body)}",
-    ]
-    lines.extend(f"{name}:{_escape(value)}" for name, value in headers.items())
-    lines.append("\n")
-    return "\n".join(lines).encode("utf-8") + body + b"\x00"
-
-
-def encode_settle(command: str, ack_id: str, **headers: str) -> bytes:
-    """An ACK or NACK frame for ``ack_id``, as STOMP 1.2 bytes."""
-    lines = [command, "id:" + _escape(ack_id)]
-    lines.extend(f"{name}:{value}" for name, value in headers.items())
-    lines.append("\n")
-    return "\n".join(lines).encode("utf-8") + b"\x00"
-
-
-def wire_headers(headers: Headers) -> dict[str, str]:
-    """queuekit headers as STOMP headers, kept apart from the server's own by a prefix."""
-    out = {}
-    for name, value in headers.items():
-        if _plain(name) and _plain(value):
-            out[USER_PREFIX + _escape(name)] = value
-        else:
-            out[ENCODED_PREFIX + _b64(name)] = _b64(value)
-    return out
-
-
-def user_headers(frame: dict[str, str]) -> dict[str, str]:
-    """The queuekit headers of a MESSAGE frame (the inverse of :func:`wire_headers`)."""
-    out = {}
-    for name, value in frame.items():
-        if name.startswith(USER_PREFIX):
-            out[name[len(USER_PREFIX) :]] = value
-        elif name.startswith(ENCODED_PREFIX):
-            try:
-                out[_unb64(name[len(ENCODED_PREFIX) :])] = _unb64(value)
-            except (ValueError, UnicodeDecodeError):
-                log.warning("dropping an undecodable header %r", name)
-    return out
 
 
 @dataclass(eq=False)
@@ -587,7 +516,7 @@ class StompTransport(Transport):
         """Put a message back on ActiveMQ: re-send a copy and ACK the original, atomically."""
         # names as received (unescaped); stomp.py escapes only the values it sends
         headers = {
-            _escape(k): v
+            escape(k): v
             for k, v in handle.headers.items()
             if k not in _SERVER_SET and not k.startswith("AMQ_SCHEDULED")
         }
@@ -597,7 +526,7 @@ class StompTransport(Transport):
         receipt = session.new_receipt()
         session.call("begin", transaction)
         frame = dict(headers, transaction=transaction)
-        session.call("send", handle.subscription.destination, body, _BINARY, frame)
+        session.call("send", handle.subscription.destination, body, BINARY, frame)
         session.call("ack", handle.ack_id, transaction)
         session.call("commit", transaction, {"receipt": receipt})
         session.wait_receipt(receipt, self._receipt_timeout)
