@@ -31,19 +31,14 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from gearman.admin_client import GearmanAdminClient
-from gearman.client import GearmanClient
-from gearman.constants import JOB_COMPLETE, JOB_FAILED
-from gearman.errors import ConnectionError as GearmanConnectionError
-from gearman.errors import GearmanError, ServerUnavailable
+from gearman.errors import GearmanError
 
 from ...core.capabilities import Capabilities
 from ...core.errors import (
     ConfigurationError,
     ConnectionLost,
-    QueuekitError,
     TransportClosed,
     TransportError,
 )
@@ -51,41 +46,13 @@ from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptio
 from ...core.urls import TransportURL
 from . import frame
 from .link import SUBMIT_BG, Assignment, Link, LinkDown, Refused, Woken, _Connection
+from .rpc import Callers, CallFailed
 
 __all__ = ["CallFailed", "GearmanTransport"]
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 4730
 _PURGE_BATCH = 64
-
-
-class CallFailed(QueuekitError):
-    """A foreground ``call`` did not return a result: the worker failed it, or it timed out.
-
-    ``reason`` is ``"failed"`` or ``"timeout"``. After a timeout the job may still run.
-    """
-
-    def __init__(self, queue: str, reason: str) -> None:
-        self.queue, self.reason = queue, reason
-        super().__init__(f"gearman call to {queue!r} {reason}")
-
-
-class _Client(GearmanClient):  # type: ignore[misc]
-    """pygearman's client (for foreground calls), with hosts tried in the listed order
-    (failover, not load balancing) and server errors raised, not just logged."""
-
-    connection_class = _Connection
-
-    def establish_request_connection(self, current_request: Any) -> Any:
-        for connection in self.connection_list:
-            try:
-                return self.establish_connection(connection)
-            except GearmanConnectionError:
-                continue
-        raise ServerUnavailable("no gearmand answers")
-
-    def on_gearman_error(self, error_code: bytes, error_text: bytes) -> bool:
-        raise GearmanError(f"gearmand error {error_code!r}: {error_text!r}")
 
 
 class _Admin(GearmanAdminClient):  # type: ignore[misc]
@@ -137,8 +104,7 @@ class GearmanTransport(Transport):
         self._publishers = [
             Link(h, p, [], self._wake_r, io_timeout=self._io_timeout) for h, p in self._hosts
         ]
-        self._callers: list[_Client] = []
-        self._callers_lock = threading.Lock()
+        self._callers = Callers(self._host_list)
         self._consume_lock = threading.Lock()
         self._consumers: dict[str, _Consumer] = {}
         #: ``unique`` of every job received here and not yet settled (see ``send_many``).
@@ -380,45 +346,9 @@ class GearmanTransport(Transport):
         self._check_open()
         level = frame.level_for(priority)
         data = frame.encode(body, dict(headers or {}), level, foreground=True)
-        client = self._caller()
-        try:
-            request = client.submit_job(
-                frame.function_for(queue, level),
-                data,
-                priority=frame.band_for(level),
-                background=False,
-                wait_until_complete=True,
-                max_retries=len(self._hosts),
-                poll_timeout=timeout,
-            )
-        except GearmanError as exc:
-            client.shutdown()
-            raise ConnectionLost(f"gearman {self._where()}: {exc}") from None
-        if request.state == JOB_COMPLETE:
-            self._release_caller(client)
-            return bytes(request.result or b"")
-        client.shutdown()  # a job may still answer on this connection: never reuse it
-        raise CallFailed(queue, "failed" if request.state == JOB_FAILED else "timeout")
-
-    def _caller(self) -> _Client:
-        """A pooled client whose connection is still quiet, else a new one. An idle
-        connection with something to read was closed by gearmand (e.g. a restart)."""
-        while True:
-            with self._callers_lock:
-                if not self._callers:
-                    return _Client(self._host_list)
-                client = self._callers.pop()
-            sockets = [c.gearman_socket for c in client.connection_list if c.connected]
-            if sockets and not select.select(sockets, [], [], 0)[0]:
-                return client
-            client.shutdown()
-
-    def _release_caller(self, client: _Client) -> None:
-        with self._callers_lock:
-            if self._closed:
-                client.shutdown()
-            else:
-                self._callers.append(client)
+        return self._callers.call(
+            queue, frame.function_for(queue, level), data, frame.band_for(level), timeout
+        )
 
     # -- inspection --------------------------------------------------------------------
 
@@ -515,10 +445,7 @@ class GearmanTransport(Transport):
         with self._send_lock:
             for link in self._publishers:
                 link.drop()
-        with self._callers_lock:
-            for client in self._callers:
-                client.shutdown()
-            self._callers.clear()
+        self._callers.close()
         if locked:
             self._wake_r.close()
             self._wake_w.close()
