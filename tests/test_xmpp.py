@@ -165,6 +165,7 @@ def test_a_full_node_is_refused_never_truncated(opened: list[XMPPTransport]) -> 
     first = consumer.receive(queue, 5.0)
     assert first is not None and first.body == b"0"
     consumer.ack(first)
+    consumer.close()  # acks are confirmed in the background; close waits for them
     transport.send(queue, b"5", {})  # room again
     assert transport.depth(queue) == 5
     transport.delete(queue)

@@ -10,7 +10,8 @@
 # limit sits below pubsub_max_items, so a full node refuses a publish instead of dropping
 # its oldest item.
 #
-# Env: QUEUEKIT_PROSODY_PORT (c2s, default 5222), QUEUEKIT_PROSODY_STORAGE (sql | internal,
+# Env: QUEUEKIT_PROSODY_PORT (c2s, default 5222), QUEUEKIT_PROSODY_ITEM_LIMIT (items per
+# node, default 100000), QUEUEKIT_PROSODY_STORAGE (sql | internal,
 # for measuring; the data of one is invisible to the other).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd); source "$here/lib.sh"
 
@@ -21,7 +22,7 @@ pidfile="$dir/prosody.pid"
 user=queuekit
 password=queuekit
 storage=${QUEUEKIT_PROSODY_STORAGE:-sql}
-item_limit=100000            # per node, enforced by the SQL store: a full node refuses
+item_limit=${QUEUEKIT_PROSODY_ITEM_LIMIT:-100000} # per node, enforced by the SQL store: a full node refuses
 max_items=$((item_limit + 1)) # pub/sub never truncates below the store's refusal
 
 our_pid() {

@@ -188,7 +188,7 @@ class Session:
         self._connecting: asyncio.Future[None] | None = None
         self._iqs: set[asyncio.Future[Any]] = set()
         self._operations: set[asyncio.Task[Any]] = set()
-        self._acks: set[asyncio.Future[None]] = set()
+        self._acks: set[asyncio.Future[Any]] = set()
         self.closing = False
 
     async def run(self, operation: Awaitable[T]) -> T:
@@ -411,6 +411,7 @@ class Session:
             for body, headers in messages:
                 if len(window) >= self.settings.inflight:
                     done, window = await asyncio.wait(window, return_when=asyncio.FIRST_COMPLETED)
+                    self._iqs.difference_update(done)
                     _raise_first(done, node)
                 future = pubsub.publish(
                     service,
@@ -425,12 +426,28 @@ class Session:
             if window:
                 done, _ = await asyncio.wait(window)
                 _raise_first(done, node)
+        except ConnectionLost as exc:
+            if queue and state.cap is not None and "internal-server-error" in str(exc):
+                await self._refused_when_full(node, state)
+            raise
         finally:
             for future in window:
                 self._iqs.discard(future)
                 if not future.done():
                     future.cancel()
         state.sent_since += len(messages)
+
+    async def _refused_when_full(self, node: str, state: NodeState) -> None:
+        """Prosody's SQL store refuses an append past ``storage_archive_item_limit`` with
+        internal-server-error: tell that apart from a real server failure."""
+        assert state.cap is not None
+        state.depth, state.sent_since = len(await self.item_ids(node)), 0
+        state.counted_at = time.monotonic()
+        if state.depth >= state.cap - 1:
+            raise QueueFull(
+                f"xmpp: node {node} is full ({state.depth} items): the server refused the "
+                "publish; nothing was dropped"
+            )
 
     async def _check_room(self, node: str, state: NodeState, count: int) -> None:
         """Refuse to publish past the node's cap: the server would drop the oldest items.
@@ -527,7 +544,7 @@ class Session:
             item.taken, item.marked = item.taken + 1, True
             consumer.batch_of[item.id] = entry
 
-    async def _settled(self, consumer: QueueConsumer, item_id: str) -> None:
+    def _settled(self, consumer: QueueConsumer, item_id: str) -> None:
         """An item is gone from the node: retract its journal entry once all are."""
         entry = consumer.batch_of.pop(item_id, None)
         waiting = consumer.batches.get(entry) if entry is not None else None
@@ -536,7 +553,7 @@ class Session:
         waiting.discard(item_id)
         if not waiting:
             del consumer.batches[entry]
-            await self._retract_quietly(consumer.journal, entry)
+            self._send_retract(consumer.journal, entry, None)
 
     async def _retract_quietly(self, node: str, item_id: str) -> None:
         with contextlib.suppress(IqError):
@@ -648,26 +665,73 @@ class Session:
             return
         await self.ensure()
         consumer.delivered.discard(item.id)
-        future = self.pubsub.retract(
-            self.settings.pubsub, consumer.node, item.id, timeout=self.settings.timeout
-        )
-        task = asyncio.ensure_future(self._confirm_retract(consumer, item.id, future))
-        self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
+        self.start_retract(consumer, item.id)
         if len(self._acks) >= self.settings.inflight:
             await asyncio.wait(set(self._acks), return_when=asyncio.FIRST_COMPLETED)
 
-    async def _confirm_retract(self, consumer: QueueConsumer, item_id: str, future: Any) -> None:
+    # The consumer thread's fast paths (no loop round trip). They touch only what that
+    # thread owns while the loop cannot be inside ``next_item`` (the same thread would be
+    # waiting on it): the left end of ``buffer`` and ``delivered``.
+
+    def take_ready(self, queue: str) -> tuple[QueueConsumer, Item] | None:
+        """Pop a buffered item that is already recorded as taken, from the consumer thread."""
+        consumer = self.consumers.get(queue)
+        if consumer is None or not consumer.ready or not self.connected or self.closing:
+            return None
         try:
-            await self._iq(future)
-        except IqError as exc:
-            if exc.condition != "item-not-found":
-                log.warning("xmpp: retract of %s failed: %s", consumer.node, exc.condition)
-        except (TransportError, asyncio.CancelledError) as exc:
-            log.info("xmpp: retract of %s lost (%s); it will be redelivered", consumer.node, exc)
-        finally:
-            consumer.known.discard(item_id)
-        await self._settled(consumer, item_id)
+            item = consumer.buffer[0]
+            if not item.marked:
+                return None
+            consumer.buffer.popleft()  # only this thread takes from the left
+        except IndexError:  # emptied by a purge notification meanwhile
+            return None
+        consumer.delivered.add(item.id)
+        return consumer, item
+
+    def ack_nowait(
+        self, consumer: QueueConsumer, item: Item, loop: asyncio.AbstractEventLoop
+    ) -> bool:
+        """Schedule the retract from the consumer thread; False: take the slow path."""
+        if (
+            item.id not in consumer.delivered
+            or not self.connected
+            or self.closing
+            or len(self._acks) >= self.settings.inflight // 2
+        ):
+            return False
+        consumer.delivered.discard(item.id)
+        loop.call_soon_threadsafe(self.start_retract, consumer, item.id)
+        return True
+
+    def start_retract(self, consumer: QueueConsumer, item_id: str) -> None:
+        """Send the retract now (on the loop) and confirm it in the background."""
+        if self.client is None or not self.connected:
+            consumer.known.discard(item_id)  # still on the node: the re-listing finds it
+            return
+        self._send_retract(consumer.node, item_id, consumer)
+
+    def _send_retract(self, node: str, item_id: str, consumer: QueueConsumer | None) -> None:
+        """Send a retract and confirm it from a done-callback (no task per ack)."""
+        future = self.pubsub.retract(
+            self.settings.pubsub, node, item_id, timeout=self.settings.timeout
+        )
+        self._acks.add(future)
+        self._iqs.add(future)
+
+        def confirmed(done: asyncio.Future[Any]) -> None:
+            self._acks.discard(done)
+            self._iqs.discard(done)
+            exc = None if done.cancelled() else done.exception()
+            if isinstance(exc, IqError):
+                if exc.condition != "item-not-found":
+                    log.warning("xmpp: retract on %s failed: %s", node, exc.condition)
+            elif exc is not None or done.cancelled():
+                log.info("xmpp: retract on %s lost (%s); it will be redelivered", node, exc)
+            if consumer is not None:
+                consumer.known.discard(item_id)
+                self._settled(consumer, item_id)
+
+        future.add_done_callback(confirmed)
 
     async def flush(self) -> None:
         """Wait until every pipelined ack is answered."""

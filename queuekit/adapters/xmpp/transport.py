@@ -127,8 +127,12 @@ class XMPPTransport(Transport):
         try:
             if queue in self._subscriptions:
                 return self._notification(queue, timeout)
-            node = self.settings.queue_node(queue)
-            got = self._call(self._session.next_item(queue, node, timeout))
+            if self._closed:
+                return None
+            got = self._session.take_ready(queue)
+            if got is None:
+                node = self.settings.queue_node(queue)
+                got = self._call(self._session.next_item(queue, node, timeout))
         except TransportClosed:
             return None  # closed from another thread while waiting
         if got is None:
@@ -162,7 +166,11 @@ class XMPPTransport(Transport):
 
     def ack(self, delivery: Delivery) -> None:
         handle = self._handle(delivery)
-        if handle is not None:
+        if handle is None:
+            return
+        if self._closed:
+            raise TransportClosed(f"{self!r} is closed")
+        if not self._session.ack_nowait(*handle, self._loop.loop):
             self._call(self._session.retract(*handle))
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
