@@ -4,6 +4,7 @@ Start with :func:`connect` and :class:`AbstractQueue`; adapters are chosen by UR
 """
 
 from .core.abstract import AbstractQueue
+from .core.bulk import Bulk
 from .core.capabilities import Capabilities
 from .core.envelope import Message, Metadata
 from .core.errors import (
@@ -22,14 +23,18 @@ from .core.errors import (
     Unsupported,
 )
 from .core.events import Event, EventManager, bridge
+from .core.fluent import PendingJob
+from .core.hooks import Hooks
 from .core.jobstore import FailedMessage
 from .core.queue import Connection, Queue, Topic, connect
+from .core.records import JobRecord
 from .core.registry import register_transport
 from .core.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
 from .core.transport import Delivery, Outgoing, SendOptions, Transport
 
 __all__ = [
     "AbstractQueue",
+    "Bulk",
     "Capabilities",
     "ConfigurationError",
     "Connection",
@@ -39,7 +44,9 @@ __all__ = [
     "EventManager",
     "Exponential",
     "FailedMessage",
+    "Hooks",
     "Intervals",
+    "JobRecord",
     "MalformedMessage",
     "Message",
     "MessageTooLarge",
@@ -47,6 +54,7 @@ __all__ = [
     "MissingDependency",
     "NoRetry",
     "Outgoing",
+    "PendingJob",
     "PermanentError",
     "Queue",
     "QueuekitError",

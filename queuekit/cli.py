@@ -18,6 +18,7 @@ from datetime import datetime
 
 from .core.abstract import AbstractQueue
 from .core.config import resolve_url
+from .core.delays import parse_duration
 from .core.errors import QueuekitError
 from .core.queue import Connection, connect
 from .core.urls import redact
@@ -154,6 +155,38 @@ _FAILED_ACTIONS: dict[str, Callable[[Connection, argparse.Namespace], int]] = {
 }
 
 
+def cmd_clear_finished(args: argparse.Namespace) -> int:
+    try:
+        older_than = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
+    with connect(resolve_url(args.url, queue=args.queue), jobstore=args.jobstore) as conn:
+        removed = conn.jobs.clear_finished(older_than, queue=args.queue)
+    print(f"{removed} finished job record(s) removed", file=sys.stderr)
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    with connect(resolve_url(args.url), jobstore=args.jobstore) as conn:
+        record = conn.job(args.id)
+    if record is None:
+        raise UsageError(f"no job record {args.id}")
+    when = {
+        k: datetime.fromtimestamp(v).isoformat(timespec="milliseconds") if v else "-"
+        for k, v in (("created", record.created_at), ("started", record.started_at),
+                     ("finished", record.finished_at))
+    }  # fmt: skip
+    print(f"id: {record.id}\nqueue: {record.queue}\nname: {record.name or '-'}\n"
+          f"state: {record.state}\nattempts: {record.attempts}\n"
+          f"created: {when['created']}\nstarted: {when['started']}\n"
+          f"finished: {when['finished']}\nworker pid: {record.worker_pid or '-'}\n"
+          f"peak memory: {record.peak_memory or '-'}\n"
+          f"result: {json.dumps(record.result)}\nerror: {record.error or '-'}")  # fmt: skip
+    if record.traceback:
+        print(record.traceback, end="")
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------
 
 
@@ -198,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     failed.add_argument("--queue", help="only this queue")
     failed.add_argument("--url")
     failed.set_defaults(func=cmd_failed)
+
+    clear = sub.add_parser("clear-finished", help="delete done and failed job records")
+    clear.add_argument("--older-than", default="14d", metavar="DURATION",
+                       help="only those finished longer ago (default 14d; 0: all)")  # fmt: skip
+    clear.add_argument("--queue", help="only this queue")
+    clear.add_argument("--url")
+    clear.add_argument("--jobstore", help="job store URL (default: configured)")
+    clear.set_defaults(func=cmd_clear_finished)
+
+    job = sub.add_parser("job", help="show the job record of a message id")
+    job.add_argument("id", metavar="ID")
+    job.add_argument("--url")
+    job.add_argument("--jobstore", help="job store URL (default: configured)")
+    job.set_defaults(func=cmd_job)
 
     for name, (_, _, summary) in _DELEGATED.items():
         sub.add_parser(name, help=summary, add_help=False)

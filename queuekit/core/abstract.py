@@ -8,7 +8,12 @@
         def work(self, message): send_mail(**message.payload)
 
     EmailQueue().publish({"to": "a@example.com"})   # producer side
+    EmailQueue.job({"to": "a@example.com"}).delay("10 minutes").publish()   # fluent form
     EmailQueue().dispatch(max_messages=100)          # worker side (or: worker run app.EmailQueue)
+
+Hooks (``before_process``, ``after_process``, ``on_error``, ``on_failed_attempts``) are
+methods to override; see :mod:`queuekit.core.hooks`. ``keep_records = True`` keeps a job
+record of every message of the class (:mod:`queuekit.core.records`).
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from .bulk import DEFAULT_BULK_SIZE, Bulk
 from .config import resolve_url
 from .envelope import Message
+from .fluent import PendingJob
+from .hooks import DEFAULT_NOTIFY_AFTER, default_hook
 from .queue import Connection, Queue, connect
 from .retry import DEFAULT_RETRY, RetryStrategy
 from .worker import Limits, Worker
@@ -28,7 +36,9 @@ class AbstractQueue(ABC):
     """A queue and the handler of its messages in one class.
 
     Class attributes: ``queue`` (the name; default: the class name in snake case), ``url``
-    (default: the configured one for this queue), ``retry`` (the strategy for failures).
+    (default: the configured one for this queue), ``retry`` (the strategy for failures),
+    ``keep_records`` (a job record of every message), ``notify_after`` (the failed attempts
+    after which ``on_failed_attempts`` is called).
     Without a ``connection`` the instance opens its own and closes it when ``dispatch``
     returns or on ``close()``.
     """
@@ -36,6 +46,8 @@ class AbstractQueue(ABC):
     queue: ClassVar[str] = ""
     url: ClassVar[str | None] = None
     retry: RetryStrategy = DEFAULT_RETRY
+    keep_records: ClassVar[bool] = False
+    notify_after: ClassVar[int] = DEFAULT_NOTIFY_AFTER
 
     def __init__(self, connection: Connection | None = None, *, url: str | None = None) -> None:
         self._owns_connection = connection is None
@@ -58,10 +70,50 @@ class AbstractQueue(ABC):
     def work(self, message: Message) -> object:
         """Process one message. Return normally to ack it; raise to retry or fail it."""
 
+    # -- hooks: override what you need; the defaults do nothing and cost nothing ----------
+
+    @default_hook
+    def before_process(self, message: Message) -> None:
+        """Before ``work()`` (e.g. pick the tenant's database). Raising fails the attempt."""
+        return None
+
+    @default_hook
+    def after_process(self, message: Message, result: object) -> None:
+        """After ``work()`` returned ``result``, before the ack (e.g. close sessions)."""
+        return None
+
+    @default_hook
+    def on_error(self, message: Message, exc: BaseException) -> None:
+        """``work()`` (or ``before_process``) raised; the retry strategy decides next."""
+        return None
+
+    @default_hook
+    def on_failed_attempts(self, message: Message, exc: BaseException) -> None:
+        """The message has now failed ``notify_after`` attempts (called once, e.g. to alert)."""
+        return None
+
+    # -- publishing ----------------------------------------------------------------------
+
     def publish(self, payload: Any, **options: Any) -> str:
         """Publish to this queue, naming this class as the handler."""
         options.setdefault("name", type(self).__qualname__)
+        if self.keep_records:
+            options.setdefault("record", True)
         return self.messages.publish(payload, **options)
+
+    @classmethod
+    def job(cls, payload: Any) -> PendingJob:
+        """The fluent form: ``Cls.job(payload).delay("1 hour").priority(20).publish()``.
+
+        Without ``.using(connection)`` the publish opens (and closes) a connection to the
+        class's URL.
+        """
+        return PendingJob(payload, queue_class=cls)
+
+    def bulk(self, size: int = DEFAULT_BULK_SIZE) -> Bulk:
+        """``with EmailQueue(conn).bulk(500) as q: ...``: buffer this thread's publishes on
+        this instance's connection; see :mod:`queuekit.core.bulk`."""
+        return self.messages.bulk(size)
 
     def dispatch(
         self,

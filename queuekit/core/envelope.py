@@ -43,7 +43,8 @@ class Metadata:
     ``id`` is 128 random bits in hex (as unique as a uuid4, at a fifth of the cost);
     ``attempts`` counts finished attempts (0 before the first run); ``not_before`` is a Unix
     time; ``priority`` 0-255, higher first; ``key`` is the dedup key; ``group`` a serial
-    group; ``headers`` are the user's own (e.g. trace context).
+    group; ``headers`` are the user's own (e.g. trace context); ``record`` asks the worker to
+    keep a job record (state, result, timings) in the job store.
     """
 
     id: str = field(default_factory=lambda: os.urandom(16).hex())
@@ -58,6 +59,7 @@ class Metadata:
     reply_to: str | None = None
     retry: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    record: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -83,6 +85,8 @@ class Metadata:
             data["retry"] = self.retry
         if self.headers:
             data["headers"] = self.headers
+        if self.record:
+            data["record"] = True
         return data
 
 
@@ -100,6 +104,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "reply_to": (str,),
     "retry": (dict,),
     "headers": (dict,),
+    "record": (bool,),
 }
 
 

@@ -5,7 +5,9 @@
 - the **delayed store**: messages due later, for brokers without native delays. They wait
   here durably and a worker's scheduler forwards them when due, so no due-later message is
   ever held un-acked in worker memory (where it would run twice past a broker timeout);
-- **dedup keys** for brokers without native dedup.
+- **dedup keys** for brokers without native dedup;
+- **job records** (opt-in, see :mod:`queuekit.core.records`): state, attempts, result,
+  error, timings, worker pid and memory of each recorded message.
 
 It is an SQLite file by default (the same file as a ``sqlite://`` transport). All methods
 are thread-safe; the store opens its file on first use.
@@ -13,15 +15,18 @@ are thread-safe; the store opens its file on first use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigurationError
+from .records import FINISHED, JobRecord, JobUpdate, decode_result
 from .sqlitedb import connect_database, immediate
 from .transport import Outgoing, SendOptions
 from .urls import TransportURL
@@ -51,7 +56,45 @@ CREATE TABLE IF NOT EXISTS queuekit_delayed (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queuekit_delayed_due ON queuekit_delayed (due, id);
+CREATE TABLE IF NOT EXISTS queuekit_jobs (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    name TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    traceback TEXT,
+    created_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    worker_pid INTEGER,
+    peak_memory INTEGER
+);
+CREATE INDEX IF NOT EXISTS queuekit_jobs_finished
+    ON queuekit_jobs (finished_at) WHERE state IN ('done', 'failed');
 """
+_JOB_COLUMNS = (
+    "id, queue, name, state, attempts, result, error, traceback, created_at, started_at,"
+    " finished_at, worker_pid, peak_memory"
+)
+# A publish or an attempt's end: the whole row as the writer knows it.
+_WRITE_JOB = (
+    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
+    " result = excluded.result, error = excluded.error, traceback = excluded.traceback,"
+    " started_at = COALESCE(excluded.started_at, started_at),"
+    " finished_at = excluded.finished_at,"
+    " worker_pid = COALESCE(excluded.worker_pid, worker_pid),"
+    " peak_memory = COALESCE(excluded.peak_memory, peak_memory)"
+)
+# An attempt's start: the last attempt's error stays visible while the next one runs.
+_START_JOB = (
+    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
+    " started_at = excluded.started_at, finished_at = NULL, worker_pid = excluded.worker_pid"
+)
+_UNFINISHED_CHUNK = 500  # ids per query, well under SQLite's bound-parameter limit
 _FORWARD_LEASE = 60.0  # seconds a forwarder may take before another one retries the batch
 
 
@@ -118,8 +161,12 @@ class JobStore:
         traceback: str | None = None,
         attempts: int = 0,
         headers: dict[str, str] | None = None,
+        job: JobUpdate | None = None,
     ) -> int:
-        with self._connection() as db:
+        """Store a dead letter (and, with ``job``, its final record in the same transaction)."""
+        with self._transaction() as db:
+            if job is not None:
+                db.execute(_WRITE_JOB, _job_row(job))
             cursor = db.execute(
                 "INSERT INTO queuekit_failed (queue, message_id, name, reason, traceback,"
                 " attempts, failed_at, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -220,6 +267,109 @@ class JobStore:
         with self._transaction() as db:
             db.executemany("DELETE FROM queuekit_delayed WHERE id = ?", [(r[0],) for r in rows])
         return len(rows)
+
+    # -- job records ---------------------------------------------------------------------
+
+    def write_jobs(self, updates: Sequence[JobUpdate]) -> None:
+        """Publish-time records or an attempt's end, in one transaction."""
+        if not updates:
+            return
+        with self._connection() as db:
+            if len(updates) == 1:  # autocommit: one statement is one transaction
+                db.execute(_WRITE_JOB, _job_row(updates[0]))
+                return
+        with self._transaction() as db:
+            db.executemany(_WRITE_JOB, [_job_row(u) for u in updates])
+
+    def start_job(self, update: JobUpdate) -> None:
+        """Mark an attempt as running (one statement: one transaction)."""
+        with self._connection() as db:
+            db.execute(_START_JOB, _job_row(update))
+
+    def delete_jobs(self, ids: Sequence[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM queuekit_jobs WHERE id = ?", [(i,) for i in ids])
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._connection() as db:
+            row = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM queuekit_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return _record(row) if row else None
+
+    def jobs(
+        self, queue: str | None = None, *, state: str | None = None, limit: int = 1000
+    ) -> list[JobRecord]:
+        """Records, newest first, optionally of one queue and/or in one state."""
+        clauses, args = [], []
+        for column, value in (("queue", queue), ("state", state)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connection() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM queuekit_jobs{where} ORDER BY created_at DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def unfinished(self, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` have a record that is not done or failed yet.
+
+        An id without a record is not counted: it was never recorded (published without
+        ``record=True``) or its finished record was cleared.
+        """
+        wanted = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        with self._connection() as db:
+            for start in range(0, len(wanted), _UNFINISHED_CHUNK):
+                chunk = wanted[start : start + _UNFINISHED_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    row[0]
+                    for row in db.execute(
+                        f"SELECT id FROM queuekit_jobs WHERE id IN ({marks})"
+                        " AND state NOT IN (?, ?)",
+                        (*chunk, *FINISHED),
+                    )
+                )
+        return found
+
+    def clear_finished(self, older_than: float = 0.0, *, queue: str | None = None) -> int:
+        """Delete done and failed records that finished more than ``older_than`` s ago."""
+        cutoff = time.time() - older_than
+        query = "DELETE FROM queuekit_jobs WHERE state IN (?, ?) AND finished_at <= ?"
+        args: tuple[object, ...] = (*FINISHED, cutoff)
+        if queue is not None:
+            query, args = query + " AND queue = ?", (*args, queue)
+        with self._transaction() as db:
+            return db.execute(query, args).rowcount
+
+
+def _job_row(job: JobUpdate) -> tuple[object, ...]:
+    return (
+        job.id,
+        job.queue,
+        job.name,
+        job.state,
+        job.attempts,
+        job.result,
+        job.error,
+        job.traceback,
+        job.created_at,
+        job.started_at,
+        job.finished_at,
+        job.worker_pid,
+        job.peak_memory,
+    )
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    fields = dict(zip(JobRecord.__slots__, row, strict=True))
+    with contextlib.suppress(ValueError):  # written by something else: shown as it is
+        fields["result"] = decode_result(fields["result"])
+    return JobRecord(**fields)
 
 
 def _failed(row: tuple[object, ...]) -> FailedMessage:

@@ -5,21 +5,31 @@ wraps payloads in envelopes and applies the publishing policies: a delay becomes
 broker's own ``not_before`` where the adapter declares ``delay``, and otherwise waits in the
 job store's durable delayed store until a worker's scheduler forwards it. Other options the
 adapter cannot honour raise :class:`Unsupported`, never silently do nothing.
+
+``publish(..., record=True)`` also writes a ``queued`` (or, delayed, ``waiting``) job record
+in the job store before the message is sent; ``connection.job(id)`` reads it back.
+``bulk()`` buffers publishes (:mod:`queuekit.core.bulk`), ``job()`` starts the fluent form
+(:mod:`queuekit.core.fluent`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
 from .config import resolve_jobstore, resolve_url
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
 from .errors import MessageTooLarge, QueuekitError, Unsupported
+from .fluent import PendingJob
+from .hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
 from .jobstore import FailedMessage, JobStore
+from .records import QUEUED, WAITING, JobRecord, JobUpdate
 from .registry import open_transport
 from .retry import RetryStrategy
 from .transport import Outgoing, SendOptions, Transport
@@ -57,6 +67,7 @@ class Connection:
         self.transport: Transport = open_transport(self.url, prefetch=prefetch)
         self.jobs = JobStore(resolve_jobstore(jobstore) or default_jobstore(self.url))
         self.failed = FailedStore(self)
+        self._local = threading.local()  # per-thread state: the open bulk() buffers
 
     def reconnect(self) -> None:
         """Replace the transport with a freshly opened one (after ``ConnectionLost``).
@@ -75,6 +86,10 @@ class Connection:
 
     def topic(self, name: str) -> Topic:
         return Topic(self, name)
+
+    def job(self, job_id: str) -> JobRecord | None:
+        """A snapshot of the job record of message ``job_id``; ``None`` if it has none."""
+        return self.jobs.get_job(job_id)
 
     def close(self) -> None:
         try:
@@ -121,15 +136,26 @@ class Queue:
         retry: RetryStrategy | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        record: bool = False,
     ) -> str:
-        """Send one message; return its id once the broker (or the delayed store) holds it."""
+        """Send one message; return its id once the broker (or the delayed store) holds it.
+
+        Inside a ``bulk()`` block of this thread the message is buffered instead and sent
+        with the block's next batch. ``record=True`` keeps a job record of it.
+        """
         prepared = self._prepare(
             payload, Metadata(name=name, key=key, headers=dict(headers or {}),
                               correlation_id=correlation_id, reply_to=reply_to,
-                              retry=retry.to_json() if retry else None),
+                              retry=retry.to_json() if retry else None, record=record),
             delay, priority,
         )  # fmt: skip
-        self._send([prepared.outgoing], prepared.due)
+        buffer = active_bulk(self.connection._local, self.name)
+        if buffer is not None:
+            buffer.add(prepared)
+        elif record:
+            self._send_prepared([prepared])
+        else:
+            self._send([prepared.outgoing], prepared.due)
         return prepared.message.id
 
     def publish_many(
@@ -141,8 +167,15 @@ class Queue:
         priority: int | None = None,
         headers: dict[str, str] | None = None,
         retry: RetryStrategy | None = None,
+        record: bool = False,
     ) -> list[str]:
-        """Send many messages with the same options in as few round trips as the broker allows."""
+        """Send many messages with the same options in as few round trips as the broker allows.
+
+        Inside a ``bulk()`` block, what the block buffered is sent first (order is kept).
+        """
+        buffer = active_bulk(self.connection._local, self.name)
+        if buffer is not None:
+            buffer.flush()
         due = None if delay is None else due_time(delay)
         if due is not None and due <= time.time():
             due = None
@@ -153,16 +186,34 @@ class Queue:
         ids: list[str] = []
         outgoing: list[Outgoing] = []
         for payload in payloads:  # the loop is lean on purpose: bulk publishing is hot
-            meta = Metadata(name=name, not_before=due, priority=priority,
+            meta = Metadata(name=name, not_before=due, priority=priority, record=record,
                             headers=dict(headers) if headers else {}, retry=retry_json)  # fmt: skip
             body = encode(Message(payload, meta))
             if caps.max_message_size is not None and len(body) > caps.max_message_size:
                 raise MessageTooLarge(len(body), caps.max_message_size, self.transport.name)
             ids.append(meta.id)
             outgoing.append(Outgoing(body, {}, options))
-        if outgoing:
+        if outgoing and record:
+            state = QUEUED if due is None else WAITING
+            created = time.time()
+            updates = [
+                JobUpdate(i, self.name, name or None, state, created_at=created) for i in ids
+            ]
+            self._recorded_send(updates, lambda: self._send(outgoing, due))
+        elif outgoing:
             self._send(outgoing, due)
         return ids
+
+    def bulk(self, size: int = DEFAULT_BULK_SIZE) -> Bulk:
+        """``with queue.bulk(500): ...``: buffer this thread's publishes, send in batches.
+
+        See :mod:`queuekit.core.bulk` (what an exception in the block does, threads, nesting).
+        """
+        return Bulk(self, size)
+
+    def job(self, payload: Any) -> PendingJob:
+        """The fluent form: ``queue.job(payload).delay("1 hour").priority(20).publish()``."""
+        return PendingJob(payload, target=self)
 
     def resend(self, message: Message, *, delay: float | None = None) -> None:
         """Publish ``message`` again as it is (same id), e.g. for a retry."""
@@ -181,18 +232,41 @@ class Queue:
         max_seconds: float | None = None,
         max_memory: int | None = None,
         handle_signals: bool = True,
+        record: bool = False,
+        before_process: BeforeHook | None = None,
+        after_process: AfterHook | None = None,
+        on_error: ErrorHook | None = None,
+        on_failed_attempts: ErrorHook | None = None,
+        notify_after: int = DEFAULT_NOTIFY_AFTER,
     ) -> int:
         """Work this queue off until stopped; return how many messages were processed.
 
         ``work`` is a callable or an object with ``work``/``validate`` (an AbstractQueue).
         SIGTERM, SIGINT and SIGHUP finish the message in hand, settle it, and return; the
         limits end the loop the same way. See :class:`queuekit.core.worker.Worker`.
+        ``record=True`` keeps a job record of every message (not only those published with
+        ``record=True``). The hooks are described in :mod:`queuekit.core.hooks`; given here,
+        they replace the handler's own; ``on_failed_attempts`` fires when a message has
+        failed ``notify_after`` attempts.
         """
+        from .hooks import hooks_of
         from .worker import FunctionHandler, Limits, Worker
 
         handler = work if not callable(work) else FunctionHandler(work, validate, retry)
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
-        return Worker(self, handler, limits=limits, handle_signals=handle_signals).run()
+        given = (before_process, after_process, on_error, on_failed_attempts)
+        hooks = hooks_of(handler)
+        if any(h is not None for h in given) or notify_after != DEFAULT_NOTIFY_AFTER:
+            hooks = Hooks(
+                before=before_process or hooks.before,
+                after=after_process or hooks.after,
+                on_error=on_error or hooks.on_error,
+                on_failed_attempts=on_failed_attempts or hooks.on_failed_attempts,
+                notify_after=notify_after,
+            )
+        worker = Worker(self, handler, limits=limits, handle_signals=handle_signals,
+                        hooks=hooks, record=record)  # fmt: skip
+        return worker.run()
 
     def depth(self) -> int:
         return self.transport.depth(self.name)
@@ -239,6 +313,45 @@ class Queue:
         if not self.transport.capabilities.priority:
             alternative = "use sqlite://, amqp://, stomp:// or gearman://"
             raise Unsupported("priority", self.transport.name, alternative)
+
+    def _send_prepared(self, batch: Sequence[_Prepared]) -> None:
+        """Send prepared messages with their own options: one ``send_many`` for those the
+        broker takes now, one delayed-store write per due time for the rest."""
+        emulated = not self.transport.capabilities.delay
+        now: list[Outgoing] = []
+        later: dict[float, list[Outgoing]] = {}
+        for item in batch:
+            if emulated and item.due is not None:
+                later.setdefault(item.due, []).append(item.outgoing)
+            else:
+                now.append(item.outgoing)
+
+        def send() -> None:
+            if now:
+                self._send(now, None)
+            for due, outgoing in later.items():
+                self._send(outgoing, due)
+
+        updates = [
+            JobUpdate(p.message.id, self.name, p.message.metadata.name or None,
+                      QUEUED if p.due is None else WAITING,
+                      created_at=p.message.metadata.created_at)
+            for p in batch if p.message.metadata.record
+        ]  # fmt: skip
+        if updates:
+            self._recorded_send(updates, send)
+        else:
+            send()
+
+    def _recorded_send(self, updates: list[JobUpdate], send: Callable[[], None]) -> None:
+        """Write the records first (a fast worker's ``running`` must not be overwritten by
+        ``queued``), send, and take the records back if the send failed."""
+        self.connection.jobs.write_jobs(updates)
+        try:
+            send()
+        except BaseException:
+            self.connection.jobs.delete_jobs([u.id for u in updates])
+            raise
 
     def _send(self, outgoing: Sequence[Outgoing], due: float | None) -> None:
         if due is not None and not self.transport.capabilities.delay:
@@ -296,6 +409,10 @@ class FailedStore:
             self._connection.transport.send(entry.queue, entry.body, entry.headers)
         else:
             message.metadata.attempts = 0
+            if message.metadata.record:
+                update = JobUpdate(message.id, entry.queue, message.metadata.name or None,
+                                   QUEUED, created_at=message.metadata.created_at)  # fmt: skip
+                self._connection.jobs.write_jobs([update])
             self._connection.queue(entry.queue).resend(message)
         self._connection.jobs.remove_failed(failed_id)
         return True

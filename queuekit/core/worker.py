@@ -16,6 +16,10 @@ settles it, and returns. A second SIGINT aborts at once: the un-acked message th
 back to the broker (redelivery). ``receive`` returns ``None`` when idle, which is the
 loop's heartbeat for noticing the flag and the limits. A ``ConnectionLost`` that the
 adapter could not hide makes the loop reopen the transport, with capped backoff, and go on.
+
+Job records and hooks (:mod:`queuekit.core.records`, :mod:`queuekit.core.hooks`) are looked
+at only for a message that asks for a record or a handler that has hooks or keeps records;
+every other message takes the plain path, which costs what it cost without them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 import traceback
@@ -40,6 +45,8 @@ from .errors import (
     RetryLater,
     StopWorker,
 )
+from .hooks import Hooks, hooks_of
+from .records import DONE, FAILED, RUNNING, WAITING, JobUpdate, encode_result, peak_memory
 from .retry import DEFAULT_RETRY, RetryStrategy, strategy_from_json
 from .transport import Delivery, Transport
 
@@ -75,6 +82,7 @@ class FunctionHandler:
     ) -> None:
         self._work, self._validate = work, validate
         self.retry = retry or DEFAULT_RETRY
+        self.keep_records = False
 
     def validate(self, message: Message) -> bool:
         return True if self._validate is None else self._validate(message)
@@ -113,9 +121,16 @@ class Worker:
         *,
         limits: Limits = Limits(),
         handle_signals: bool = True,
+        hooks: Hooks | None = None,
+        record: bool = False,
     ) -> None:
         self.queue, self.handler, self.limits = queue, handler, limits
         self.handle_signals = handle_signals
+        self.hooks = hooks if hooks is not None else hooks_of(handler)
+        #: Keep a record of every message, not only those published with ``record=True``.
+        self.record_all = record or getattr(handler, "keep_records", False) is True
+        self._observe_all = self.record_all or self.hooks.active
+        self._pid = os.getpid()
         self.processed = 0
         self._stop_reason: str | None = None
         self._signals_seen = 0
@@ -205,6 +220,9 @@ class Worker:
         except MalformedMessage as exc:
             self._fail(delivery, exc.reason, None)
             return
+        if self._observe_all or message.metadata.record:
+            self._process_observed(delivery, message)
+            return
         try:
             valid = self.handler.validate(message)
         except Exception as exc:
@@ -224,23 +242,85 @@ class Worker:
         else:
             self._transport.ack(delivery)
 
-    def _after_failure(self, delivery: Delivery, message: Message, exc: Exception) -> None:
+    def _process_observed(self, delivery: Delivery, message: Message) -> None:
+        """``_process`` with hooks and/or a job record: two record writes per attempt."""
+        attempt = None
+        if self.record_all or message.metadata.record:
+            attempt = _Attempt(self, message)
+            attempt.start()
+        try:
+            valid = self.handler.validate(message)
+        except Exception as exc:
+            reason = f"validate() raised {exc!r}"
+            self._fail(delivery, reason, message, traceback.format_exc(), attempt)
+            return
+        if not valid:
+            self._fail(delivery, "rejected by validate()", message, None, attempt)
+            return
+        hooks = self.hooks
+        try:
+            if hooks.before is not None:
+                hooks.before(message)
+            result = self.handler.work(message)
+        except RetryLater as exc:
+            self.queue.resend(message, delay=exc.delay)
+            if attempt is not None:
+                attempt.end(WAITING, error=f"retry later: {exc}")
+            self._transport.ack(delivery)
+        except Exception as exc:
+            message.metadata.attempts += 1
+            if hooks.on_error is not None:
+                self._call_hook("on_error", attempt, hooks.on_error, message, exc)
+            if (
+                hooks.on_failed_attempts is not None
+                and message.metadata.attempts == hooks.notify_after
+            ):
+                self._call_hook("on_failed_attempts", attempt, hooks.on_failed_attempts,
+                                message, exc)  # fmt: skip
+            self._after_failure(delivery, message, exc, attempt)
+        else:
+            if hooks.after is not None:
+                self._call_hook("after_process", attempt, hooks.after, message, result)
+            if attempt is not None:
+                attempt.end(DONE, result=result)
+            self._transport.ack(delivery)
+
+    def _call_hook(
+        self, name: str, attempt: _Attempt | None, hook: Callable[..., object], *args: object
+    ) -> None:
+        """Run a hook; its exception is logged and noted in the record, never raised."""
+        try:
+            hook(*args)
+        except Exception as exc:
+            log.exception("%s hook raised for message %s", name, getattr(args[0], "id", "?"))
+            if attempt is not None:
+                attempt.notes.append(f"{name} hook raised {type(exc).__name__}: {exc}")
+
+    def _after_failure(
+        self,
+        delivery: Delivery,
+        message: Message,
+        exc: Exception,
+        attempt: _Attempt | None = None,
+    ) -> None:
         meta = message.metadata
         trace = traceback.format_exc()
         if isinstance(exc, PermanentError):
-            self._fail(delivery, f"permanent error: {exc}", message, trace)
+            self._fail(delivery, f"permanent error: {exc}", message, trace, attempt)
             return
         if isinstance(exc, StopWorker):
-            self._fail(delivery, f"worker stopped: {exc}", message, trace)
+            self._fail(delivery, f"worker stopped: {exc}", message, trace, attempt)
             self.stop(f"StopWorker: {exc}")
             return
         wait = self._next_wait(message)
         if wait is None:
-            self._fail(delivery, f"{type(exc).__name__}: {exc}", message, trace)
+            self._fail(delivery, f"{type(exc).__name__}: {exc}", message, trace, attempt)
             return
         log.warning("message %s failed (attempt %d), retrying in %gs: %r",
                     meta.id, meta.attempts, wait, exc)  # fmt: skip
         self.queue.resend(message, delay=wait)
+        if attempt is not None:
+            attempt.end(WAITING, error=f"{type(exc).__name__}: {exc}", trace=trace)
         self._transport.ack(delivery)
 
     def _next_wait(self, message: Message) -> float | None:
@@ -258,9 +338,15 @@ class Worker:
         return self.handler.retry.delay_for(meta.attempts)
 
     def _fail(
-        self, delivery: Delivery, reason: str, message: Message | None, trace: str | None = None
+        self,
+        delivery: Delivery,
+        reason: str,
+        message: Message | None,
+        trace: str | None = None,
+        attempt: _Attempt | None = None,
     ) -> None:
         """Record the message in the failed store, then drop it from the queue."""
+        job = attempt.update(FAILED, error=reason, trace=trace) if attempt else None
         self._jobs.add_failed(
             self.queue.name,
             delivery.body,
@@ -270,9 +356,17 @@ class Worker:
             traceback=trace,
             attempts=message.metadata.attempts if message else 0,
             headers=dict(delivery.headers),
+            job=job,
         )
         log.warning("message %s failed for good: %s", message.id if message else "?", reason)
         self._transport.nack(delivery, requeue=False)
+
+    def _write_record(self, write: Callable[[JobUpdate], None], update: JobUpdate) -> None:
+        """A record write that fails is logged: the message itself is processed regardless."""
+        try:
+            write(update)
+        except (sqlite3.Error, QueuekitError) as exc:
+            log.warning("could not write the record of message %s: %s", update.id, exc)
 
     # -- signals -------------------------------------------------------------------------
 
@@ -291,3 +385,58 @@ class Worker:
         if signum == signal.SIGINT and self._signals_seen > 1:
             raise KeyboardInterrupt
         self.stop(f"received {signal.Signals(signum).name}")
+
+
+class _Attempt:
+    """The record of one attempt at a recorded message: written when it starts and ends."""
+
+    __slots__ = ("message", "notes", "started", "worker")
+
+    def __init__(self, worker: Worker, message: Message) -> None:
+        self.worker, self.message = worker, message
+        self.notes: list[str] = []
+        self.started = time.time()
+
+    def start(self) -> None:
+        self.worker._write_record(self.worker._jobs.start_job, self.update(RUNNING))
+
+    def update(
+        self,
+        state: str,
+        *,
+        result: object = None,
+        error: str | None = None,
+        trace: str | None = None,
+    ) -> JobUpdate:
+        meta = self.message.metadata
+        text, result_error = encode_result(result) if state == DONE else (None, None)
+        errors = [e for e in (error, result_error, *self.notes) if e]
+        running = state == RUNNING
+        return JobUpdate(
+            id=meta.id,
+            queue=self.worker.queue.name,
+            name=meta.name or None,
+            state=state,
+            # the attempt in hand counts while it runs and once it succeeded; a failure has
+            # already been counted in the metadata, a RetryLater is not counted at all
+            attempts=meta.attempts + 1 if state in (RUNNING, DONE) else meta.attempts,
+            result=text,
+            error="; ".join(errors) or None,
+            traceback=trace,
+            created_at=meta.created_at,
+            started_at=self.started,
+            finished_at=None if running else time.time(),
+            worker_pid=self.worker._pid,
+            peak_memory=None if running else peak_memory(),
+        )
+
+    def end(
+        self,
+        state: str,
+        *,
+        result: object = None,
+        error: str | None = None,
+        trace: str | None = None,
+    ) -> None:
+        update = self.update(state, result=result, error=error, trace=trace)
+        self.worker._write_record(lambda u: self.worker._jobs.write_jobs([u]), update)
