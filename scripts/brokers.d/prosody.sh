@@ -6,13 +6,12 @@
 # self-signed certificate), so the tests' URL opts in to SCRAM on the plain stream explicitly.
 #
 # Storage is SQLite through mod_storage_sql (lua-dbi-sqlite3) in WAL mode: measured faster
-# than the internal file store for persisted pub/sub items (docs/xmpp.md). Its archive item
-# limit sits below pubsub_max_items, so a full node refuses a publish instead of dropping
-# its oldest item.
+# than the internal file store for persisted pub/sub items (docs/xmpp.md). Nodes may keep
+# up to pubsub_max_items; the adapter refuses to publish into a full node (QueueFull).
 #
-# Env: QUEUEKIT_PROSODY_PORT (c2s, default 5222), QUEUEKIT_PROSODY_ITEM_LIMIT (items per
-# node, default 100000), QUEUEKIT_PROSODY_STORAGE (sql | internal,
-# for measuring; the data of one is invisible to the other).
+# Env: QUEUEKIT_PROSODY_PORT (c2s, default 5222), QUEUEKIT_PROSODY_MAX_ITEMS (per node,
+# default 100000), QUEUEKIT_PROSODY_STORAGE (sql | internal, for measuring; the data of one
+# is invisible to the other).
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd); source "$here/lib.sh"
 
 port=${QUEUEKIT_PROSODY_PORT:-5222}
@@ -22,8 +21,7 @@ pidfile="$dir/prosody.pid"
 user=queuekit
 password=queuekit
 storage=${QUEUEKIT_PROSODY_STORAGE:-sql}
-item_limit=${QUEUEKIT_PROSODY_ITEM_LIMIT:-100000} # per node, enforced by the SQL store: a full node refuses
-max_items=$((item_limit + 1)) # pub/sub never truncates below the store's refusal
+max_items=${QUEUEKIT_PROSODY_MAX_ITEMS:-100000}
 
 our_pid() {
   [ -f "$pidfile" ] || return 1
@@ -59,7 +57,6 @@ s2s_require_encryption = false
 authentication = "internal_hashed"
 storage = "$storage"
 sql = { driver = "SQLite3", database = "prosody.sqlite" }
-storage_archive_item_limit = $item_limit
 certificates = "$dir/certs"
 ssl = { certificate = "$dir/certs/localhost.crt", key = "$dir/certs/localhost.key" }
 use_dane = false

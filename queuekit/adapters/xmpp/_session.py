@@ -426,28 +426,12 @@ class Session:
             if window:
                 done, _ = await asyncio.wait(window)
                 _raise_first(done, node)
-        except ConnectionLost as exc:
-            if queue and state.cap is not None and "internal-server-error" in str(exc):
-                await self._refused_when_full(node, state)
-            raise
         finally:
             for future in window:
                 self._iqs.discard(future)
                 if not future.done():
                     future.cancel()
         state.sent_since += len(messages)
-
-    async def _refused_when_full(self, node: str, state: NodeState) -> None:
-        """Prosody's SQL store refuses an append past ``storage_archive_item_limit`` with
-        internal-server-error: tell that apart from a real server failure."""
-        assert state.cap is not None
-        state.depth, state.sent_since = len(await self.item_ids(node)), 0
-        state.counted_at = time.monotonic()
-        if state.depth >= state.cap - 1:
-            raise QueueFull(
-                f"xmpp: node {node} is full ({state.depth} items): the server refused the "
-                "publish; nothing was dropped"
-            )
 
     async def _check_room(self, node: str, state: NodeState, count: int) -> None:
         """Refuse to publish past the node's cap: the server would drop the oldest items.
