@@ -50,6 +50,8 @@ class AtMostOnceSQLite(SQLiteTransport):
         delivery = super().receive(queue, timeout)
         if delivery is not None:
             super().ack(delivery)
+            with self._transaction() as db:  # acks are grouped: delete now, as huey does
+                self._commit_acks(db)
         return delivery
 
 
