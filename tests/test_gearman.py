@@ -7,6 +7,7 @@ fresh queue names, so they share the daemons with whatever else runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import pytest
 from queuekit import Message, Repeat, connect
 from queuekit.adapters.gearman import CallFailed, GearmanTransport, frame
 from queuekit.adapters.gearman.link import SUBMIT_BG, Link, Refused
+from queuekit.core.envelope import encode
 from queuekit.core.errors import ConfigurationError, ConnectionLost, TransportClosed
 from queuekit.core.registry import open_transport
 from queuekit.core.transport import Delivery, Outgoing, SendOptions
@@ -386,22 +388,24 @@ def test_foreground_call_returns_the_workers_result(gearman: Open) -> None:
 
 
 def test_foreground_call_through_a_dispatching_worker(gearman: Open) -> None:
-    """With the core's worker loop a call returns when work() is done (empty result)."""
+    """With the core's worker loop a call returns work()'s result, as JSON."""
     queue = new_queue("rpc-dispatch")
     url = f"gearman://{HOST}:{MEMORY}"
     done: list[object] = []
+
+    def work(message: Message) -> object:
+        done.append(message.payload)
+        return {"sum": sum(message.payload["n"])}
+
     with connect(url, jobstore="sqlite:///:memory:") as conn:
         thread = threading.Thread(
-            target=lambda: conn.queue(queue).dispatch(
-                lambda m: done.append(m.payload), max_messages=1, handle_signals=False
-            )
+            target=lambda: conn.queue(queue).dispatch(work, max_messages=1, handle_signals=False)
         )
         thread.start()
-        from queuekit.core.envelope import Message, encode
-
-        assert gearman().call(queue, encode(Message({"n": 1})), timeout=10) == b""
+        reply = gearman().call(queue, encode(Message({"n": [1, 2, 3]})), timeout=10)
         thread.join(10)
-    assert done == [{"n": 1}]
+    assert json.loads(reply) == {"sum": 6}
+    assert done == [{"n": [1, 2, 3]}]
 
 
 def test_failover_skips_a_host_that_refuses(gearman: Open) -> None:

@@ -404,3 +404,20 @@ def test_a_lost_connection_is_reopened_and_the_loop_goes_on(name: str) -> None:
     assert _DropsOnce.dropped and conn.transport is not first
     assert processed == 3 and sorted(seen) == [1, 2, 3]
     conn.close()
+
+
+def test_a_keyed_message_is_retried_not_dropped_by_its_own_key(conn: Connection, name: str) -> None:
+    # Given a message with a dedup key whose first attempt fails
+    conn.queue(name).publish("job", key="only-one", retry=Repeat(times=1, every=0))
+    attempts: list[int] = []
+
+    def work(message: Message) -> None:
+        attempts.append(message.metadata.attempts)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+
+    # When the worker runs it twice
+    processed = conn.queue(name).dispatch(work, max_messages=2, max_seconds=SAFETY)
+    # Then the retry was not taken for a duplicate of the message it replaces
+    assert processed == 2 and attempts == [0, 1]
+    assert conn.failed.list(name) == []

@@ -33,7 +33,8 @@ def _make_encode() -> Callable[[object], str]:
     return lambda obj: "".join(c_encode(obj, 0))
 
 
-_encode_json = _make_encode()
+#: Compact JSON text (no NaN, non-ASCII kept), the way envelopes and results are written.
+encode_json = _make_encode()
 
 
 @dataclass(slots=True)
@@ -132,7 +133,7 @@ def encode(message: Message) -> bytes:
         payload = base64.b64encode(bytes(payload)).decode("ascii")
         meta["encoding"] = "base64"
     try:
-        text = _encode_json({"payload": payload, "metadata": meta})
+        text = encode_json({"payload": payload, "metadata": meta})
     except (TypeError, ValueError) as exc:
         raise TypeError(f"payload cannot be sent as JSON: {exc}") from None
     except RecursionError:

@@ -124,6 +124,11 @@ class Transport(ABC):
     def ack(self, delivery: Delivery) -> None:
         """The message was processed: the broker forgets it."""
 
+    def complete(self, delivery: Delivery, result: bytes) -> None:
+        """Ack with the result of the work, for a caller waiting on it (request/response,
+        e.g. a Gearman foreground job). Adapters without replies just ack."""
+        self.ack(delivery)
+
     @abstractmethod
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         """The message was not processed: put it back (``requeue``) or drop it."""

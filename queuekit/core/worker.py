@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
-from .envelope import Message, decode
+from .envelope import Message, decode, encode_json
 from .errors import (
     ConnectionLost,
     MalformedMessage,
@@ -232,7 +232,7 @@ class Worker:
             self._fail(delivery, "rejected by validate()", message)
             return
         try:
-            self.handler.work(message)
+            result = self.handler.work(message)
         except RetryLater as exc:  # not an attempt: the count stays as it was
             self.queue.resend(message, delay=exc.delay)
             self._transport.ack(delivery)
@@ -240,7 +240,21 @@ class Worker:
             message.metadata.attempts += 1
             self._after_failure(delivery, message, exc)
         else:
+            self._succeeded(delivery, result)
+
+    def _succeeded(self, delivery: Delivery, result: object) -> None:
+        """Ack; a result goes along (as JSON, bytes as they are) for a caller waiting on it."""
+        if result is None:
             self._transport.ack(delivery)
+            return
+        try:
+            reply = result if isinstance(result, bytes) else encode_json(result).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            log.warning("the result of message %s is not JSON (%s): acked without it",
+                        delivery.handle, exc)  # fmt: skip
+            self._transport.ack(delivery)
+            return
+        self._transport.complete(delivery, reply)
 
     def _process_observed(self, delivery: Delivery, message: Message) -> None:
         """``_process`` with hooks and/or a job record: two record writes per attempt."""
@@ -283,7 +297,7 @@ class Worker:
                 self._call_hook("after_process", attempt, hooks.after, message, result)
             if attempt is not None:
                 attempt.end(DONE, result=result)
-            self._transport.ack(delivery)
+            self._succeeded(delivery, result)
 
     def _call_hook(
         self, name: str, attempt: _Attempt | None, hook: Callable[..., object], *args: object
