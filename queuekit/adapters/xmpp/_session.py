@@ -239,6 +239,8 @@ class Session:
         client.add_event_handler("failed_all_auth", lambda _: settle("auth"))
         client.add_event_handler("connection_failed", lambda e: settle(f"connect: {e}"))
         client.add_event_handler("disconnected", lambda _: self._on_disconnected(client))
+        # A server going down may accept the connection and then drop it: fail fast.
+        client.add_event_handler("disconnected", lambda _: settle("disconnected"))
         client.add_event_handler("pubsub_publish", self._on_publish)
         client.add_event_handler("pubsub_purge", lambda m: self._on_reset(m, "purge"))
         client.add_event_handler("pubsub_delete", lambda m: self._on_reset(m, "delete"))
@@ -325,18 +327,18 @@ class Session:
 
     @property
     def pubsub(self) -> Any:
-        if self.client is None:
-            raise ConnectionLost("xmpp: not connected")
+        if self.client is None or not self.connected:
+            raise ConnectionLost("xmpp: the connection was lost")
         return self.client.plugin["xep_0060"]
 
     # -- nodes -------------------------------------------------------------------------------
 
     async def ensure_node(self, node: str, *, persist: bool) -> NodeState:
         """Create ``node`` if needed with the config queuekit relies on; learn its cap."""
+        await self.ensure()  # every operation starts here: reconnect after a loss
         state = self.nodes.get(node)
         if state is not None:
             return state
-        await self.ensure()
         s = self.settings
         config = {"pubsub#persist_items": persist, "pubsub#access_model": "open"}
         if persist:
