@@ -216,10 +216,13 @@ class Queue:
         return PendingJob(payload, target=self)
 
     def resend(self, message: Message, *, delay: float | None = None) -> None:
-        """Publish ``message`` again as it is (same id), e.g. for a retry."""
-        prepared = self._prepare(
-            message.payload, message.metadata, delay, message.metadata.priority
-        )
+        """Publish ``message`` again as it is (same id), e.g. for a retry.
+
+        The copy carries no broker dedup key: the original still holds the key until it is
+        settled after this send, and a broker deduplicating on it would drop the copy.
+        """
+        meta = message.metadata
+        prepared = self._prepare(message.payload, meta, delay, meta.priority, dedup=False)
         self._send([prepared.outgoing], prepared.due)
 
     def dispatch(
