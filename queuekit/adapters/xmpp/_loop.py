@@ -29,7 +29,13 @@ class LoopThread:
         self.loop.run_forever()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop was closed meanwhile (a close() in another thread)
+            coro.close()  # never awaited: close it rather than leak a warning
+            future: concurrent.futures.Future[T] = concurrent.futures.Future()
+            future.set_exception(concurrent.futures.CancelledError())
+            return future
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and wait for its result (its exception is re-raised)."""
