@@ -12,6 +12,7 @@ core and applications never catch ``kombu`` or ``stomp`` errors::
     ├── MessageTooLarge             refused at publish, never truncated
     ├── TransportError              the broker or the connection failed
     │   ├── ConnectionLost          recoverable: reconnecting may succeed
+    │   ├── QueueFull               the broker would drop messages to take more: refused
     │   └── TransportClosed         the transport was closed; not recoverable
     └── JobControl                  raised *by work()* to steer the worker
         ├── PermanentError          fail now, skip retries
@@ -86,6 +87,12 @@ class ConnectionLost(TransportError):
     """The connection dropped or could not be made; a reconnect may succeed."""
 
     recoverable = True
+
+
+class QueueFull(TransportError):
+    """The queue holds as much as the broker keeps; publishing more would make it drop
+    messages silently (e.g. an XMPP node's ``max_items``), so the adapter refuses instead.
+    Consume or purge the queue, or raise the broker's limit."""
 
 
 class TransportClosed(TransportError):

@@ -23,6 +23,9 @@ Contract, for every adapter:
   nothing arrived within ``timeout`` seconds (the consumer's heartbeat). Push-style clients
   feed a bounded local buffer that ``receive`` reads; the bound is the prefetch.
 - **Settling.** ``ack`` and ``nack`` take a delivery from this transport instance, once each.
+  ``ack`` may return before the broker has confirmed it (AMQP's ``basic.ack`` is never
+  answered; the SQLite adapter groups deletes into its next commit): after a crash in that
+  window an acked message can come back, never go missing. ``close`` settles them first.
   ``nack(requeue=True)`` puts it back for any consumer; ``requeue=False`` drops it (the core
   has already written it to the failed store). Settling a delivery twice is a no-op.
 - **Close.** ``close`` is idempotent. Un-acked deliveries go back to the broker (where

@@ -30,6 +30,7 @@ from ...core.errors import (
     ConfigurationError,
     ConnectionLost,
     MalformedMessage,
+    QueueFull,
     TransportClosed,
     TransportError,
 )
@@ -50,14 +51,6 @@ _TAKEN = f"{{{NS}}}taken"
 KEEP_LISTED = 4096
 #: Re-count a queue node at least this often while publishing to it (other publishers).
 RECOUNT_SECONDS = 5.0
-
-
-class QueueFull(TransportError):
-    """The queue's node holds as many items as the server keeps (``max_items``).
-
-    Publishing more would make the server drop the oldest items silently, so the adapter
-    refuses instead. Consume (or purge) the queue, or raise the server's ``pubsub_max_items``.
-    """
 
 
 @dataclass(slots=True)
