@@ -7,14 +7,24 @@ Run by hand (scripts/brokers up rabbitmq first)::
 Prints messages per second, the median of ``--runs`` runs per row. Every row uses durable
 queues and persistent 100-byte messages; consumers ack each message. Publishing rows wait
 for the broker (confirms) where they say so; "raw kombu confirmed" is kombu's
-``confirm_publish`` transport option, one round trip per message. Celery and dramatiq rows
-appear only if those packages are installed (never a queuekit dependency).
+``confirm_publish`` transport option, one round trip per message.
+
+Worker rows (queuekit ``Queue.dispatch``, Celery, dramatiq) process ``--messages`` no-op jobs
+that were published before the worker started; the rate is jobs / (first job started -> last
+job done), timed inside the job, so worker start-up is not counted. Celery and dramatiq run as
+real worker processes started by this script (this file is also their app module, selected
+by the ``QK_BENCH_WORKER`` environment variable); their rows appear only if those packages are
+installed (``bench/requirements.txt``; never a queuekit dependency).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -180,13 +190,176 @@ def qk_dispatch(count: int, prefetch: int) -> float:
     q = conn.queue(fresh_queue())
     for start in range(0, count, 1000):
         q.publish_many([{"n": i} for i in range(start, min(count, start + 1000))])
-    started = time.perf_counter()
-    done = q.dispatch(lambda message: None, max_messages=count, handle_signals=False)
-    seconds = time.perf_counter() - started
+    clock = JobClock(count)
+    done = q.dispatch(clock.job, max_messages=count, handle_signals=False)
     assert done == count, done
     conn.transport.delete(q.name)
     conn.close()
+    return count / clock.seconds()
+
+
+# -- worker rows: first job started -> last job done, timed inside the job --------------
+
+
+class JobClock:
+    """Counts jobs; on the last one, knows (and optionally writes) first start -> last done."""
+
+    def __init__(self, count: int, out: str = "") -> None:
+        self.count, self.out = count, out
+        self.done = 0
+        self.first = self.last = 0.0
+
+    def job(self, *_: object) -> None:
+        if self.done == 0:
+            self.first = time.perf_counter()
+        # the no-op job itself: nothing
+        self.done += 1
+        if self.done == self.count:
+            self.last = time.perf_counter()
+            if self.out:
+                with open(self.out + ".tmp", "w") as f:
+                    f.write(repr(self.last - self.first))
+                os.replace(self.out + ".tmp", self.out)
+
+    def seconds(self) -> float:
+        assert self.done == self.count, (self.done, self.count)
+        return self.last - self.first
+
+
+def installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def drop_amqp(queues: list[str], exchanges: tuple[str, ...] = ()) -> None:
+    with kombu.Connection(URL) as conn:
+        channel = conn.default_channel
+        for name in queues:
+            channel.queue_delete(name)
+        for name in exchanges:
+            channel.exchange_delete(name)
+
+
+def run_worker(command: list[str], env: dict[str, str], out: str, timeout: float) -> float:
+    """Start a worker process, wait until its last job wrote ``out``, stop it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, **env, "QK_BENCH_OUT": out}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    with open(out + ".log", "w") as log:
+        proc = subprocess.Popen(command, cwd=here, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(out):  # the bench waits for the worker, not a sync point
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with open(out + ".log") as log:
+                    raise RuntimeError(f"{command[:4]} failed: {log.read()[-2000:]}")
+            time.sleep(0.05)
+        with open(out) as f:
+            return float(f.read())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for path in (out, out + ".log"):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def out_file() -> str:
+    return os.path.join("/tmp", f"qk-bench-{uuid.uuid4().hex}")
+
+
+def celery_worker(count: int, prefetch: int, acks_late: bool) -> float:
+    queue = fresh_queue()
+    app = celery_app(queue, acks_late)
+    task = app.tasks["bench.noop"]
+    with app.producer_or_acquire() as producer:
+        for i in range(count):
+            task.apply_async((i,), queue=queue, producer=producer)
+    app.close()
+    command = [sys.executable, "-m", "celery", "-A", "bench_amqp:app", "worker"]
+    command += ["--pool=solo", "--concurrency=1", f"--prefetch-multiplier={prefetch}"]
+    command += ["-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    command += ["--loglevel=WARNING"]
+    env = {"QK_BENCH_WORKER": "celery", "QK_BENCH_QUEUE": queue, "QK_BENCH_N": str(count)}
+    env["QK_BENCH_ACKS_LATE"] = "1" if acks_late else "0"
+    try:
+        seconds = run_worker(command, env, out_file(), timeout=60 + count / 100)
+    finally:
+        drop_amqp([queue], (queue,))
     return count / seconds
+
+
+def dramatiq_worker(count: int, prefetch: int) -> float:
+    import dramatiq
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    queue = fresh_queue()
+    broker = RabbitmqBroker(url=URL)
+    broker.declare_queue(queue)
+    for i in range(count):
+        message = dramatiq.Message(
+            queue_name=queue, actor_name="bench_noop", args=(i,), kwargs={}, options={}
+        )
+        broker.enqueue(message)
+    broker.close()
+    command = [sys.executable, "-m", "dramatiq", "bench_amqp", "--processes", "1"]
+    command += ["--threads", "1", "--queues", queue]
+    env = {"QK_BENCH_WORKER": "dramatiq", "QK_BENCH_QUEUE": queue, "QK_BENCH_N": str(count)}
+    env["dramatiq_queue_prefetch"] = str(prefetch)  # default would be 2 x threads
+    try:
+        seconds = run_worker(command, env, out_file(), timeout=60 + count / 100)
+    finally:
+        drop_amqp([queue, f"{queue}.DQ", f"{queue}.XQ"])
+    return count / seconds
+
+
+def celery_app(queue: str, acks_late: bool) -> Any:
+    """The Celery app, in the bench (to publish) and in the worker (``-A bench_amqp:app``)."""
+    import celery
+
+    app = celery.Celery("bench_amqp", broker=URL, set_as_current=False)
+    app.conf.update(
+        task_ignore_result=True,
+        task_default_queue=queue,
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+    )
+    clock = JobClock(int(os.environ.get("QK_BENCH_N", "0")), os.environ.get("QK_BENCH_OUT", ""))
+
+    @app.task(name="bench.noop", acks_late=acks_late, shared=False)
+    def noop(n: int) -> None:
+        clock.job(n)
+
+    return app
+
+
+def _worker_module() -> None:
+    """Run on import inside a Celery/dramatiq worker process started by this script."""
+    kind, queue = os.environ["QK_BENCH_WORKER"], os.environ["QK_BENCH_QUEUE"]
+    if kind == "celery":
+        globals()["app"] = celery_app(queue, os.environ["QK_BENCH_ACKS_LATE"] == "1")
+    elif kind == "dramatiq":
+        import dramatiq
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        dramatiq.set_broker(RabbitmqBroker(url=URL))
+        clock = JobClock(int(os.environ["QK_BENCH_N"]), os.environ["QK_BENCH_OUT"])
+
+        def bench_noop(n: int) -> None:
+            clock.job(n)
+
+        dramatiq.actor(actor_name="bench_noop", queue_name=queue, max_retries=0)(bench_noop)
+
+
+if __name__ != "__main__" and os.environ.get("QK_BENCH_WORKER"):
+    _worker_module()
 
 
 def main() -> None:
@@ -194,6 +367,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--prefetch", type=int, default=64)
+    parser.add_argument("--no-peers", action="store_true", help="skip the Celery/dramatiq rows")
     args = parser.parse_args()
     n, p = args.messages, args.prefetch
     slow = max(1000, n // 5)  # one-by-one confirmed publishing is ~10x slower
@@ -208,6 +382,16 @@ def main() -> None:
         (f"queuekit receive + ack (prefetch {p})", lambda: qk_receive(n, p)),
         (f"queuekit Queue.dispatch no-op (prefetch {p})", lambda: qk_dispatch(n, p)),
     ]
+    if installed("celery") and not args.no_peers:
+        rows += [
+            (f"Celery worker no-op, acks_late (prefetch {p})", lambda: celery_worker(n, p, True)),
+            (
+                f"Celery worker no-op, default early ack (prefetch {p})",
+                lambda: celery_worker(n, p, False),
+            ),
+        ]
+    if installed("dramatiq") and not args.no_peers:
+        rows += [(f"dramatiq worker no-op (prefetch {p})", lambda: dramatiq_worker(n, p))]
     print(f"RabbitMQ at {URL.replace('guest:guest', 'guest:***')}, {n} messages, {args.runs} runs")
     # rows interleave run by run, so a load change on the machine hits every row alike
     rates: dict[str, list[float]] = {label: [] for label, _ in rows}
@@ -227,6 +411,9 @@ def main() -> None:
     print(f"\nconfirmed bulk / raw kombu confirmed one by one: {bulk / one:.1f}x (target >= 3x)")
     print(f"receive+ack / raw kombu consume+ack: {receive / raw:.2f}x")
     print(f"dispatch worker / raw kombu consume+ack: {worker / raw:.2f}x (target >= 0.8x)")
+    for label, rate in results.items():
+        if label.startswith(("Celery", "dramatiq")):
+            print(f"dispatch worker / {label}: {worker / rate:.2f}x (target > 1x)")
 
 
 if __name__ == "__main__":
