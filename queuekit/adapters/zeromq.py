@@ -156,19 +156,6 @@ def subscription_prefix(pattern: str) -> bytes:
     return pattern.encode() + TOPIC_END
 
 
-def _float_option(url: TransportURL, name: str, default: float) -> float:
-    text = url.option(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise ConfigurationError(f"{url.redacted()}: option {name}={text!r} is not a number >= 0")
-    return value
-
-
 class ZeroMQTransport(Transport):
     """The ``zmq://`` adapter. Thread safety per the contract: ``send``, ``send_many`` and
     ``broadcast`` share one PUSH socket behind a lock; ``receive``/``ack``/``nack``/
@@ -182,10 +169,10 @@ class ZeroMQTransport(Transport):
         self.endpoints = Endpoints.from_url(url)
         self.max_message_size = max_message_size_option(url)
         self.capabilities = replace(CAPABILITIES, max_message_size=self.max_message_size)
-        self._linger_ms = int(_float_option(url, "linger", 1000))
-        self._send_timeout = _float_option(url, "send_timeout", 10.0)
-        self._subscribe_timeout = _float_option(url, "subscribe_timeout", 10.0)
-        self._hwm = int(_float_option(url, "hwm", 10_000))
+        self._linger_ms = int(url.number("linger", 1000, allow_zero=True))
+        self._send_timeout = url.number("send_timeout", 10.0, allow_zero=True)
+        self._subscribe_timeout = url.number("subscribe_timeout", 10.0, allow_zero=True)
+        self._hwm = int(url.number("hwm", 10_000, allow_zero=True))
         self._step = max(1, self.prefetch // 2)
 
         self._send_lock = threading.Lock()

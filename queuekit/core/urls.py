@@ -73,8 +73,9 @@ class TransportURL:
     def option(self, name: str, default: str | None = None) -> str | None:
         return self.query.get(name, default)
 
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        """A numeric query option; ``ConfigurationError`` unless a number above ``minimum``."""
+    def number(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+        """A positive numeric query option (or zero with ``allow_zero``), else
+        ``ConfigurationError`` naming the option."""
         text = self.query.get(name)
         if text is None:
             return default
@@ -82,10 +83,9 @@ class TransportURL:
             value = float(text)
         except ValueError:
             value = float("nan")
-        if not value > minimum:  # also rejects NaN
-            raise ConfigurationError(
-                f"{self.redacted()}: option {name}={text!r} must be a number above {minimum:g}"
-            )
+        if not (value >= 0 if allow_zero else value > 0):  # also rejects NaN
+            wanted = "a number >= 0" if allow_zero else "a positive number"
+            raise ConfigurationError(f"{self.redacted()}: option {name}={text!r} must be {wanted}")
         return value
 
     def flag(self, name: str, default: bool = False) -> bool:

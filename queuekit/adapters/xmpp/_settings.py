@@ -79,12 +79,12 @@ class XMPPSettings:
             cafile=url.option("cafile"),
             prefix=(url.option("prefix", "queuekit") or "").strip("/"),
             resource=url.option("resource") or f"queuekit-{uuid.uuid4().hex[:12]}",
-            timeout=_number(url, "timeout", 30.0),
-            inflight=int(_number(url, "inflight", 256)),
+            timeout=url.number("timeout", 30.0),
+            inflight=int(url.number("inflight", 256)),
             max_items=max_items,
             persist_topics=url.flag("persist_topics", False),
-            fanout_buffer=int(_number(url, "fanout_buffer", 10000)),
-            max_message_size=int(_number(url, "max_message_size", 150_000)),
+            fanout_buffer=int(url.number("fanout_buffer", 10000)),
+            max_message_size=int(url.number("max_message_size", 150_000)),
         )
 
     def queue_node(self, queue: str) -> str:
@@ -96,19 +96,6 @@ class XMPPSettings:
 
     def topic_node(self, topic: str) -> str:
         return f"{self.prefix}/topic/{topic}" if self.prefix else topic
-
-
-def _number(url: TransportURL, name: str, default: float) -> float:
-    text = url.option(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigurationError(f"{url.redacted()}: {name}={text!r} is not a number") from None
-    if value <= 0:
-        raise ConfigurationError(f"{url.redacted()}: {name} must be positive")
-    return value
 
 
 def encode_payload(body: bytes, headers: Any) -> ET.Element:
