@@ -30,6 +30,7 @@ from queuekit.core.errors import ConfigurationError, ConnectionLost, TransportCl
 from queuekit.core.registry import open_transport
 from queuekit.core.transport import Delivery, Outgoing, SendOptions
 from tests.support import require_broker, wait_until
+from tests.workers.harness import lines, start_worker, stop
 
 HOST = "127.0.0.1"
 PERSISTENT, MEMORY = 4730, 4731
@@ -585,3 +586,38 @@ def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
         return True
     return False
+
+
+def test_a_message_that_keeps_killing_its_worker_ends_in_the_failed_store(
+    gearman: Open, tmp_path: Path
+) -> None:
+    """gearmand hands a dead worker's job on without a mark; the core's start journal in the
+    job store counts those attempts, so the default strategy (one retry) runs out."""
+    queue, url = new_queue("killer"), f"gearman://{HOST}:{MEMORY}"
+    jobstore = f"sqlite:///{tmp_path}/jobs.db"
+    events, release = tmp_path / "events.txt", tmp_path / "release"
+    env = {"QUEUEKIT_JOBSTORE": jobstore, "QK_EVENTS": str(events),
+           "QK_OUT": str(tmp_path / "out.txt"), "QK_RELEASE": str(release)}  # fmt: skip
+    with connect(url, jobstore=jobstore) as conn:
+        conn.queue(queue).publish({"n": 1})
+        # Given two workers in turn killed while work() runs (it waits for a release never given)
+        for started in (1, 2):
+            worker = start_worker("run", "tests.workers.queues:GatedQueue", "--url", url,
+                                  "--queue", queue, cwd=tmp_path, env=env)  # fmt: skip
+            wait_until(lambda n=started: lines(events).count("started 1") == n, 30, "a start")
+            worker.send_signal(signal.SIGKILL)
+            stop(worker)
+        # When a third worker receives it
+        third = start_worker(
+            "run", "tests.workers.queues:GatedQueue", "--url", url, "--queue", queue,
+            "--max-messages", "1", cwd=tmp_path, env=env,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: conn.failed.list(queue), 30, "the failed store")
+        finally:
+            stop(third)
+        # Then it was not run a third time: two attempts died, the strategy allows two in all
+        assert lines(events).count("started 1") == 2
+        (failed,) = conn.failed.list(queue)
+        assert "worker died during 2 attempt(s)" in failed.reason
+        assert failed.attempts == 2

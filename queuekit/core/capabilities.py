@@ -53,6 +53,10 @@ class Capabilities:
     dedup: bool = False
     inspect: bool = False
     max_message_size: int | None = None
+    #: Whether a redelivery says so (``Delivery.redelivered`` or ``delivery_count``). When an
+    #: adapter declares ``redelivery`` but cannot mark it (gearmand), the worker counts starts
+    #: in the job store so an attempt that died with its worker still counts.
+    marks_redelivery: bool = True
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def declared(self) -> tuple[str, ...]:

@@ -73,6 +73,11 @@ CREATE TABLE IF NOT EXISTS queuekit_jobs (
 );
 CREATE INDEX IF NOT EXISTS queuekit_jobs_finished
     ON queuekit_jobs (finished_at) WHERE state IN ('done', 'failed');
+CREATE TABLE IF NOT EXISTS queuekit_starts (
+    message_id TEXT PRIMARY KEY,
+    starts INTEGER NOT NULL,
+    started_at REAL NOT NULL
+);
 """
 _JOB_COLUMNS = (
     "id, queue, name, state, attempts, result, error, traceback, created_at, started_at,"
@@ -280,6 +285,25 @@ class JobStore:
                 return
         with self._transaction() as db:
             db.executemany(_WRITE_JOB, [_job_row(u) for u in updates])
+
+    # -- start journal (brokers that redeliver without saying so) --------------------------
+
+    def begin_delivery(self, message_id: str) -> int:
+        """Note that work on ``message_id`` starts; return how many starts are noted, this
+        one included. More than one means earlier attempts died with their worker."""
+        with self._connection() as db:
+            row = db.execute(
+                "INSERT INTO queuekit_starts (message_id, starts, started_at) VALUES (?, 1, ?)"
+                " ON CONFLICT (message_id) DO UPDATE SET starts = starts + 1,"
+                " started_at = excluded.started_at RETURNING starts",
+                (message_id, time.time()),
+            ).fetchone()
+        return int(row[0])
+
+    def end_delivery(self, message_id: str) -> None:
+        """The attempt ended (settled, retried or failed): forget its starts."""
+        with self._connection() as db:
+            db.execute("DELETE FROM queuekit_starts WHERE message_id = ?", (message_id,))
 
     def start_job(self, update: JobUpdate) -> None:
         """Mark an attempt as running (one statement: one transaction)."""

@@ -135,7 +135,9 @@ class Worker:
         self._stop_reason: str | None = None
         self._signals_seen = 0
         self._jobs = queue.connection.jobs
-        self._emulates_delay = not queue.transport.capabilities.delay
+        caps = queue.transport.capabilities
+        self._emulates_delay = not caps.delay
+        self._counts_starts = caps.redelivery and not caps.marks_redelivery
 
     @property
     def _transport(self) -> Transport:
@@ -220,6 +222,29 @@ class Worker:
         except MalformedMessage as exc:
             self._fail(delivery, exc.reason, None)
             return
+        if self._counts_starts:
+            self._process_counted(delivery, message)
+        else:
+            self._handle(delivery, message)
+
+    def _process_counted(self, delivery: Delivery, message: Message) -> None:
+        """For brokers that redeliver without saying so (gearmand): note each start in the
+        job store, so an attempt that died with its worker counts, and a message that keeps
+        killing workers ends in the failed store instead of coming back for ever."""
+        died = self._jobs.begin_delivery(message.id) - 1
+        try:
+            if died:
+                message.metadata.attempts += died
+                delivery.redelivered, delivery.delivery_count = True, died + 1
+                if self._next_wait(message) is None:
+                    reason = f"its worker died during {died} attempt(s); no attempts left"
+                    self._fail(delivery, reason, message)
+                    return
+            self._handle(delivery, message)
+        finally:
+            self._jobs.end_delivery(message.id)
+
+    def _handle(self, delivery: Delivery, message: Message) -> None:
         if self._observe_all or message.metadata.record:
             self._process_observed(delivery, message)
             return

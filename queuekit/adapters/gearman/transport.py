@@ -493,6 +493,7 @@ def _capabilities(durable: bool) -> Capabilities:
     return Capabilities(
         durable=durable,
         redelivery=True,
+        marks_redelivery=False,  # gearmand hands a dead worker's job on unmarked
         nack_requeue=True,
         fifo=True,
         competing_consumers=True,
