@@ -26,9 +26,10 @@ from .config import resolve_jobstore, resolve_url
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
 from .errors import MessageTooLarge, QueuekitError, Unsupported
+from .failed import FailedStore
 from .fluent import PendingJob
 from .hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
-from .jobstore import FailedMessage, JobStore
+from .jobstore import JobStore
 from .records import QUEUED, WAITING, JobRecord, JobUpdate
 from .registry import open_transport
 from .retry import RetryStrategy
@@ -381,44 +382,3 @@ class Topic:
         message = Message(payload, Metadata(name=name, headers=dict(headers or {})))
         self.connection.transport.broadcast(self.name, encode(message), {})
         return message.id
-
-
-class FailedStore:
-    """The dead letters of a connection's job store, and putting them back to work."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    def list(self, queue: str | None = None, *, limit: int = 1000) -> list[FailedMessage]:
-        return self._connection.jobs.failed(queue, limit=limit)
-
-    def get(self, failed_id: int) -> FailedMessage | None:
-        return self._connection.jobs.get_failed(failed_id)
-
-    def retry(self, failed_id: int) -> bool:
-        """Put a dead letter back on its queue with attempts reset; ``False`` if unknown.
-
-        A body that never decoded goes back as it was, for a fixed worker to judge.
-        """
-        from .envelope import decode
-        from .errors import MalformedMessage
-
-        entry = self._connection.jobs.get_failed(failed_id)
-        if entry is None:
-            return False
-        try:
-            message = decode(entry.body)
-        except MalformedMessage:
-            self._connection.transport.send(entry.queue, entry.body, entry.headers)
-        else:
-            message.metadata.attempts = 0
-            if message.metadata.record:
-                update = JobUpdate(message.id, entry.queue, message.metadata.name or None,
-                                   QUEUED, created_at=message.metadata.created_at)  # fmt: skip
-                self._connection.jobs.write_jobs([update])
-            self._connection.queue(entry.queue).resend(message)
-        self._connection.jobs.remove_failed(failed_id)
-        return True
-
-    def purge(self, queue: str | None = None) -> int:
-        return self._connection.jobs.purge_failed(queue)
