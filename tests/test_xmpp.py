@@ -151,6 +151,33 @@ def test_unacked_items_come_back_marked_to_the_next_consumer(
     assert second.receive(queue, 0.5) is None
 
 
+def test_marking_ahead_keeps_at_most_prefetch_items_taken(opened: list[XMPPTransport]) -> None:
+    """The consumer records the next batch as taken while it still works on the current
+    one; a consumer that goes away still leaves at most ``prefetch`` unacked items marked,
+    each marked once, and acked items never come back."""
+    producer = open_transport(opened)
+    queue = name("ahead")
+    bodies = [f"a{i:03d}".encode() for i in range(100)]
+    producer.send_many(queue, [Outgoing(b) for b in bodies])
+    first = open_transport(opened, prefetch=8)
+    for expected in bodies[:40]:
+        delivery = first.receive(queue, 5.0)
+        assert delivery is not None and delivery.body == expected
+        assert not delivery.redelivered and delivery.delivery_count == 1
+        first.ack(delivery)
+    first.close()  # waits for its retracts
+    second = open_transport(opened, prefetch=8)
+    rest = []
+    while (delivery := second.receive(queue, 1.0)) is not None:
+        rest.append(delivery)
+        second.ack(delivery)
+    assert [d.body for d in rest] == bodies[40:]
+    marked = [d.redelivered for d in rest]
+    assert sum(marked) <= 8 and marked == sorted(marked, reverse=True)  # a prefix
+    assert all(d.delivery_count == (2 if d.redelivered else 1) for d in rest)
+    producer.delete(queue)
+
+
 def test_a_full_node_is_refused_never_truncated(opened: list[XMPPTransport]) -> None:
     transport = open_transport(opened, URL + "&max_items=5")
     queue = name("full")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -89,6 +90,8 @@ class QueueConsumer:
     batches: dict[str, set[str]] = field(default_factory=dict)  # our journal entries
     batch_of: dict[str, str] = field(default_factory=dict)  # item id -> journal entry
     generation: int = 0  # bumped when the node is purged or deleted under us
+    marking: asyncio.Lock = field(default_factory=asyncio.Lock)  # one journal write at a time
+    ahead: bool = False  # a mark-ahead is scheduled or running (see ``Session.take_ready``)
 
     def reset(self) -> None:
         """The node was purged or deleted: forget every copy held here (not the delivered
@@ -182,6 +185,7 @@ class Session:
         self._iqs: set[asyncio.Future[Any]] = set()
         self._operations: set[asyncio.Task[Any]] = set()
         self._acks: set[asyncio.Future[Any]] = set()
+        self._ahead: set[asyncio.Task[None]] = set()
         self.closing = False
 
     async def run(self, operation: Awaitable[T]) -> T:
@@ -222,6 +226,7 @@ class Session:
         for plugin in ("xep_0030", "xep_0004", "xep_0060"):
             client.register_plugin(plugin)
         client.plugin["feature_mechanisms"].unencrypted_scram = s.allow_plaintext
+        _ack_at_once(client)
         outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         def settle(result: str) -> None:
@@ -289,6 +294,10 @@ class Session:
         for task in running:
             task.cancel()  # a receive blocked in another thread returns None
         await asyncio.gather(*running, return_exceptions=True)
+        ahead = list(self._ahead)
+        for task in ahead:
+            task.cancel()
+        await asyncio.gather(*ahead, return_exceptions=True)
         if self.connected:
             await self.flush()
         if self.connected:
@@ -494,9 +503,16 @@ class Session:
         A later consumer that finds an id in the journal knows the item was delivered
         before (``redelivered``, ``delivery_count``), and ``depth`` does not count taken
         items. The entry is retracted once all its items are settled. One write per batch,
-        not per message.
+        not per message. One journal write runs at a time per consumer (a mark-ahead and a
+        ``next_item`` must not both record the same items).
         """
-        todo = [item for item in consumer.buffer if not item.marked]
+        async with consumer.marking:
+            await self._mark_buffered(consumer)
+
+    async def _mark_buffered(self, consumer: QueueConsumer) -> None:
+        # A snapshot: the consumer thread may pop from the left meanwhile (list() of a
+        # deque runs without releasing the GIL).
+        todo = [item for item in list(consumer.buffer) if not item.marked]
         if not todo:
             return
         generation = consumer.generation
@@ -605,12 +621,17 @@ class Session:
         else:
             consumer.backlog.append(item.id)
 
-    async def _refill(self, consumer: QueueConsumer) -> None:
+    def _top_up(self, consumer: QueueConsumer) -> None:
+        """Move listed items kept in memory from the backlog to the buffer (up to limit)."""
         backlog = consumer.backlog
         while backlog and isinstance(backlog[0], Item) and len(consumer.buffer) < consumer.limit:
             item = backlog.popleft()
             assert isinstance(item, Item)
             consumer.buffer.append(item)
+
+    async def _refill(self, consumer: QueueConsumer) -> None:
+        backlog = consumer.backlog
+        self._top_up(consumer)
         if consumer.buffer or not backlog:
             return
         room = max(1, consumer.limit - len(consumer.buffer))
@@ -652,7 +673,9 @@ class Session:
     # thread owns while the loop cannot be inside ``next_item`` (the same thread would be
     # waiting on it): the left end of ``buffer`` and ``delivered``.
 
-    def take_ready(self, queue: str) -> tuple[QueueConsumer, Item] | None:
+    def take_ready(
+        self, queue: str, loop: asyncio.AbstractEventLoop
+    ) -> tuple[QueueConsumer, Item] | None:
         """Pop a buffered item that is already recorded as taken, from the consumer thread."""
         consumer = self.consumers.get(queue)
         if consumer is None or not consumer.ready or not self.connected or self.closing:
@@ -665,7 +688,34 @@ class Session:
         except IndexError:  # emptied by a purge notification meanwhile
             return None
         consumer.delivered.add(item.id)
+        if (
+            not consumer.ahead
+            and len(consumer.buffer) * 2 <= consumer.limit
+            and consumer.backlog
+            and isinstance(consumer.backlog[0], Item)
+        ):
+            consumer.ahead = True  # cleared on the loop when the mark-ahead is done
+            loop.call_soon_threadsafe(self._start_mark_ahead, consumer)
         return consumer, item
+
+    def _start_mark_ahead(self, consumer: QueueConsumer) -> None:
+        task = asyncio.ensure_future(self._mark_ahead(consumer))
+        self._ahead.add(task)
+        task.add_done_callback(self._ahead.discard)
+
+    async def _mark_ahead(self, consumer: QueueConsumer) -> None:
+        """Half the buffer is gone: top it up from the listed backlog and record the new
+        items as taken now, in the background, so the consumer thread finds them marked
+        instead of waiting for the journal write behind its own queued retracts. At most
+        ``limit`` items are buffered (marked or not), as before."""
+        try:
+            if self.connected and not self.closing and consumer.ready:
+                self._top_up(consumer)
+                await self._mark(consumer)
+        except Exception as exc:  # next_item marks (and reports) them again
+            log.debug("xmpp: mark-ahead on %s failed: %s", consumer.node, exc)
+        finally:
+            consumer.ahead = False
 
     def ack_nowait(
         self, consumer: QueueConsumer, item: Item, loop: asyncio.AbstractEventLoop
@@ -845,6 +895,31 @@ class Session:
         queue = self.queue_of_node.get(node)
         consumer = self.consumers.get(queue) if queue is not None else None
         return consumer if consumer is not None and consumer.ready else None
+
+
+def _ack_at_once(client: Any) -> None:
+    """Acknowledge every read at once (Linux ``TCP_QUICKACK``; elsewhere nothing changes).
+
+    A server that leaves Nagle's algorithm on (Prosody's default) holds its next small
+    replies until the previous segment is acknowledged; when this client has nothing to
+    send meanwhile (a consumer waiting for a reply behind its own pipelined retracts), the
+    kernel delays that acknowledgement by up to 40 ms: a stall per batch. The option is
+    not sticky, so it is set again on every read.
+    """
+    option = getattr(socket, "TCP_QUICKACK", None)
+    if option is None:
+        return
+    receive = client.data_received
+
+    def data_received(data: bytes) -> None:
+        transport = client.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+        receive(data)
+
+    client.data_received = data_received
 
 
 def _items(elements: Iterable[ET.Element]) -> Iterable[Item]:

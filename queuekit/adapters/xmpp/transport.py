@@ -129,7 +129,7 @@ class XMPPTransport(Transport):
                 return self._notification(queue, timeout)
             if self._closed:
                 return None
-            got = self._session.take_ready(queue)
+            got = self._session.take_ready(queue, self._loop.loop)
             if got is None:
                 node = self.settings.queue_node(queue)
                 got = self._call(self._session.next_item(queue, node, timeout))
