@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,21 +14,6 @@ from queuekit import AbstractQueue, Connection, Message, Outgoing, connect
 from tests.workers.transports import NODELAY
 
 SAFETY = 20.0
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
-    if request.param == "memory":
-        url = f"memory://{uuid.uuid4().hex}"
-    else:
-        url = f"sqlite:///{tmp_path}/bulk.db"
-    with connect(url) as connection:
-        yield connection
-
-
-@pytest.fixture
-def name() -> str:
-    return f"q-{uuid.uuid4().hex[:8]}"
 
 
 def count_batches(conn: Connection) -> list[int]:

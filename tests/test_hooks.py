@@ -4,9 +4,6 @@ subclass or from callables given to ``dispatch``. A hook that raises never ends 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,21 +12,6 @@ from queuekit.core.hooks import hooks_of
 from queuekit.core.worker import FunctionHandler
 
 SAFETY = 20.0
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
-    if request.param == "memory":
-        url = f"memory://{uuid.uuid4().hex}"
-    else:
-        url = f"sqlite:///{tmp_path}/hooks.db"
-    with connect(url) as connection:
-        yield connection
-
-
-@pytest.fixture
-def name() -> str:
-    return f"q-{uuid.uuid4().hex[:8]}"
 
 
 class Plain(AbstractQueue):

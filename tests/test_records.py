@@ -8,10 +8,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from queuekit import (
     AbstractQueue,
@@ -28,21 +25,6 @@ from tests.workers.harness import run_worker, sqlite_url, start_worker, stop
 from tests.workers.transports import NODELAY
 
 SAFETY = 20.0
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
-    if request.param == "memory":
-        url = f"memory://{uuid.uuid4().hex}"
-    else:
-        url = f"sqlite:///{tmp_path}/records.db"
-    with connect(url) as connection:
-        yield connection
-
-
-@pytest.fixture
-def name() -> str:
-    return f"q-{uuid.uuid4().hex[:8]}"
 
 
 def test_the_record_flag_travels_in_the_envelope_only_when_set() -> None:

@@ -13,7 +13,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,21 +37,6 @@ from tests.support import wait_until
 from tests.workers.transports import NODELAY
 
 SAFETY = 20.0  # max_seconds on every dispatch, so a broken loop fails instead of hanging
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
-    if request.param == "memory":
-        url = f"memory://{uuid.uuid4().hex}"
-    else:
-        url = f"sqlite:///{tmp_path}/worker.db"
-    with connect(url) as connection:
-        yield connection
-
-
-@pytest.fixture
-def name() -> str:
-    return f"q-{uuid.uuid4().hex[:8]}"
 
 
 class Calls:
