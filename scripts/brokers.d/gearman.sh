@@ -50,15 +50,9 @@ check_persistent() {
 start_memory() { start_daemon "$memory_port" memory; }
 
 stop_persistent() {
-  local pidfile="$dir/persistent.pid" pid waited=0
+  local pidfile="$dir/persistent.pid"
   [ -f "$pidfile" ] || { log "no $pidfile: gearmand (persistent) was not started by this script"; return 1; }
-  pid=$(cat "$pidfile")
-  kill "$pid" 2>/dev/null || true
-  # Wait for the process to exit (not only the port to close): a new daemon must not race it.
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$waited" -ge 150 ]; then log "gearmand (persistent, pid $pid) did not stop within 15s"; return 1; fi
-    sleep 0.1; waited=$((waited + 1))
-  done
+  stop_pid "$(cat "$pidfile")" "gearmand (persistent)" 15
   rm -f "$pidfile"
 }
 

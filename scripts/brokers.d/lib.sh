@@ -29,3 +29,14 @@ apt_install() {
   if [ ! -f "$stamp" ]; then apt-get update -qq && touch "$stamp"; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# stop_pid PID NAME SECONDS: SIGTERM, then wait until the process has exited (not only its
+# port closed), so a daemon started next cannot race it.
+stop_pid() {
+  local pid=$1 name=$2 limit=$3 waited=0
+  kill "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$waited" -ge $((limit * 10)) ]; then log "$name (pid $pid) did not stop within ${limit}s"; return 1; fi
+    sleep 0.1; waited=$((waited + 1))
+  done
+}

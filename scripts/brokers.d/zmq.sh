@@ -30,14 +30,9 @@ start() {
 }
 
 stop() {
-  local pidfile="$dir/device.pid" pid waited=0
+  local pidfile="$dir/device.pid"
   [ -f "$pidfile" ] || { log "no $pidfile: the zmq device was not started by this script"; return 1; }
-  pid=$(cat "$pidfile")
-  kill "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ "$waited" -ge 100 ]; then log "zmq device (pid $pid) did not stop within 10s"; return 1; fi
-    sleep 0.1; waited=$((waited + 1))
-  done
+  stop_pid "$(cat "$pidfile")" "zmq device" 10
   rm -f "$pidfile"
 }
 
