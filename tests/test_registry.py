@@ -14,7 +14,7 @@ from queuekit.adapters.memory import MemoryTransport
 from queuekit.adapters.sqlite import SQLiteTransport
 from queuekit.core.registry import available_schemes, open_transport, register_transport
 from queuekit.core.urls import TransportURL
-from tests.workers.harness import ROOT, child_env, worker_command
+from tests.workers.harness import ROOT, child_env, run_worker
 
 BUILT_IN = ["amqp", "amqps", "gearman", "memory", "sqlite", "stomp", "stomp+ssl", "xmpp", "zmq"]
 
@@ -117,15 +117,7 @@ def test_worker_publish_without_the_client_library_is_one_line_not_a_traceback()
 
 
 def test_worker_with_an_unknown_scheme_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        worker_command("publish", "q", "{}", "--url", "amqq://u:s3cret-Zq9@h/"),
-        cwd=tmp_path,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_worker("publish", "q", "{}", "--url", "amqq://u:s3cret-Zq9@h/", cwd=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
