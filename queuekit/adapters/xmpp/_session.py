@@ -569,11 +569,16 @@ class Session:
                 entries[element.get("id", "")] = (taken.text or "").split()
         return entries
 
-    async def _taken_counts(self, journal: str, present: set[str]) -> dict[str, int]:
+    async def _taken_counts(
+        self, journal: str, present: set[str], entries: dict[str, list[str]] | None = None
+    ) -> dict[str, int]:
         """How often each present item was taken (this consumer's own entries included);
-        entries whose items are all gone are retracted on the way."""
+        entries whose items are all gone are retracted on the way. ``entries`` is the journal
+        as read beforehand, if the caller had to read it first (see ``depth``)."""
         counts: dict[str, int] = {}
-        for entry, ids in (await self._journal(journal)).items():
+        if entries is None:
+            entries = await self._journal(journal)
+        for entry, ids in entries.items():
             alive = [i for i in ids if i in present]
             if not alive:
                 await self._retract_quietly(journal, entry)
@@ -779,11 +784,16 @@ class Session:
         """Items on the node that no consumer has taken (see ``_mark``)."""
         await self.ensure_node(node, persist=True)
         await self.flush()
+        # The journal first: an ack retracts the item, then its journal entry, in that order
+        # on one stream, so an entry gone from the journal means its items are gone too.
+        # Read the other way round, an item acked in between looks present and untaken.
+        journal = self.settings.journal_node(queue)
+        entries = await self._journal(journal)
         try:
             ids = set(await self.item_ids(node))
         except IqError as exc:
             raise _iq_error(exc, f"count node {node}") from None
-        taken = await self._taken_counts(self.settings.journal_node(queue), ids)
+        taken = await self._taken_counts(journal, ids, entries)
         return len(ids) - len(taken)
 
     async def purge(self, queue: str, node: str) -> int:
