@@ -139,6 +139,17 @@ def test_closing_the_connection_closes_the_transport() -> None:
         conn.queue("q").publish("x")
 
 
+def test_memory_connections_to_one_broker_share_one_job_store() -> None:
+    name = uuid.uuid4().hex
+    with connect(f"memory://{name}") as one, connect(f"memory://{name}") as two:
+        one.jobs.add_failed("q", b"raw", "bad")
+        assert [f.reason for f in two.failed.list()] == ["bad"]
+        with connect(f"memory://{name}-other") as other:
+            assert other.failed.list() == []
+    with connect(f"memory://{name}") as again:  # the last close dropped it
+        assert again.failed.list() == []
+
+
 def test_the_job_store_defaults_beside_the_transport(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -146,7 +157,8 @@ def test_the_job_store_defaults_beside_the_transport(
     monkeypatch.delenv("QUEUEKIT_JOBSTORE", raising=False)
     db = tmp_path / "q.db"
     assert default_jobstore(TransportURL.parse(f"sqlite:///{db}?lease=3")) == f"sqlite:///{db}"
-    assert default_jobstore(TransportURL.parse("memory://x")) == "sqlite:///:memory:"
+    shared = "sqlite:///:memory:?share=memory-x"
+    assert default_jobstore(TransportURL.parse("memory://x")) == shared
     assert default_jobstore(TransportURL.parse("amqp://h/")) == "sqlite:///queuekit-jobs.db"
 
     with connect(f"sqlite:///{db}") as conn:

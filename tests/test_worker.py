@@ -338,8 +338,6 @@ def test_options_the_transport_lacks_are_refused_not_ignored(jobs_url: str, name
         queue = conn.queue(name)
         with pytest.raises(Unsupported, match="does not support priority"):
             queue.publish("x", priority=5)
-        with pytest.raises(Unsupported, match="does not support dedup keys"):
-            queue.publish("x", key="k")
         with pytest.raises(Unsupported):
             queue.publish_many(["x"], priority=1)
         assert conn.transport.depth(name) == 0

@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..core.capabilities import Capabilities
 from ..core.errors import TransportClosed
@@ -128,9 +128,13 @@ class MemoryTransport(Transport):
             if opts.dedup_key in target.keys:
                 return
             target.keys.add(opts.dedup_key)
+        entry = _Entry(bytes(body), headers, opts.priority or 0, opts.dedup_key, 0.0)
+        MemoryTransport._schedule(target, entry, opts.not_before)
+
+    @staticmethod
+    def _schedule(target: _Queue, entry: _Entry, not_before: float | None) -> None:
         now = time.time()
-        due = opts.not_before if opts.not_before is not None else now
-        entry = _Entry(bytes(body), headers, opts.priority or 0, opts.dedup_key, due)
+        entry.available_at = due = not_before if not_before is not None else now
         if due > now:
             heapq.heappush(target.delayed, (due, entry.seq, entry))
         else:
@@ -171,6 +175,22 @@ class MemoryTransport(Transport):
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         self._check()
         self._settle(delivery, requeue=requeue)
+
+    def requeue(
+        self, delivery: Delivery, body: bytes, *, options: SendOptions = NO_OPTIONS
+    ) -> None:
+        """The next attempt keeps the entry's dedup key taken while it waits."""
+        self._check()
+        self.require(options)
+        with self._broker.changed:
+            held = self._unacked.pop(delivery.handle, None)
+            if held is None:
+                return
+            queue, entry = held
+            retry = replace(entry, body=bytes(body), priority=options.priority or 0,
+                            deliveries=0, seq=next(_sequence))  # fmt: skip
+            self._schedule(self._broker.queue(queue), retry, options.not_before)
+            self._broker.changed.notify_all()
 
     def _settle(self, delivery: Delivery, *, requeue: bool) -> None:
         with self._broker.changed:

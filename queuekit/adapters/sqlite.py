@@ -240,6 +240,29 @@ class SQLiteTransport(Transport):
                 with self._transaction() as db:
                     self._commit_acks(db)
 
+    def requeue(
+        self, delivery: Delivery, body: bytes, *, options: SendOptions = NO_OPTIONS
+    ) -> None:
+        """The next attempt in the same row: one UPDATE, and its dedup key stays taken."""
+        self.require(options)
+        now = time.time()
+        due = options.not_before if options.not_before is not None else now
+        with self._lock:
+            if self._closed.is_set():
+                raise TransportClosed(f"{self!r} is closed")
+            if delivery.handle not in self._held:
+                return
+            with self._transaction() as db:
+                self._commit_acks(db)
+                db.execute(
+                    "UPDATE queuekit_messages SET state = ?, not_before = ?, priority = ?,"
+                    " lease_until = NULL, deliveries = 0, body = ? WHERE id = ?",
+                    (DELAYED if due > now else READY, due, options.priority or 0, body,
+                     delivery.handle),
+                )  # fmt: skip
+            self._held.discard(delivery.handle)
+            self._keyed.discard(delivery.handle)
+
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         if not requeue:
             self.ack(delivery)

@@ -43,9 +43,10 @@ class Metadata:
 
     ``id`` is 128 random bits in hex (as unique as a uuid4, at a fifth of the cost);
     ``attempts`` counts finished attempts (0 before the first run); ``not_before`` is a Unix
-    time; ``priority`` 0-255, higher first; ``key`` is the dedup key; ``group`` a serial
-    group; ``headers`` are the user's own (e.g. trace context); ``record`` asks the worker to
-    keep a job record (state, result, timings) in the job store.
+    time; ``priority`` 0-255, higher first; ``key`` is the dedup key, held while the message
+    is pending, or for ever with ``once``; ``group`` a serial group; ``headers`` are the
+    user's own (e.g. trace context); ``record`` asks the worker to keep a job record (state,
+    result, timings) in the job store.
     """
 
     id: str = field(default_factory=lambda: os.urandom(16).hex())
@@ -55,6 +56,7 @@ class Metadata:
     not_before: float | None = None
     priority: int | None = None
     key: str | None = None
+    once: bool = False
     group: str | None = None
     correlation_id: str | None = None
     reply_to: str | None = None
@@ -76,6 +78,8 @@ class Metadata:
             data["priority"] = self.priority
         if self.key is not None:
             data["key"] = self.key
+            if self.once:
+                data["once"] = True
         if self.group is not None:
             data["group"] = self.group
         if self.correlation_id is not None:
@@ -100,6 +104,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "not_before": (int, float),
     "priority": (int,),
     "key": (str,),
+    "once": (bool,),
     "group": (str,),
     "correlation_id": (str,),
     "reply_to": (str,),

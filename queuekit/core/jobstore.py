@@ -5,7 +5,9 @@
 - the **delayed store**: messages due later, for brokers without native delays. They wait
   here durably and a worker's scheduler forwards them when due, so no due-later message is
   ever held un-acked in worker memory (where it would run twice past a broker timeout);
-- **dedup keys** for brokers without native dedup;
+- **dedup keys** for brokers without native dedup, and "ever" keys (never run twice);
+- **serial groups**: the messages of a group line up here and go to the broker one at a
+  time, the next when the one before is settled (see :mod:`queuekit.core.groups`);
 - **job records** (opt-in, see :mod:`queuekit.core.records`): state, attempts, result,
   error, timings, worker pid and memory of each recorded message.
 
@@ -73,6 +75,28 @@ CREATE TABLE IF NOT EXISTS queuekit_jobs (
 );
 CREATE INDEX IF NOT EXISTS queuekit_jobs_finished
     ON queuekit_jobs (finished_at) WHERE state IN ('done', 'failed');
+CREATE TABLE IF NOT EXISTS queuekit_keys (
+    queue TEXT NOT NULL,
+    key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    ever INTEGER NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    held_at REAL NOT NULL,
+    PRIMARY KEY (queue, key)
+);
+CREATE TABLE IF NOT EXISTS queuekit_grouped (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'waiting',
+    lease_until REAL NOT NULL DEFAULT 0,
+    due REAL,
+    priority INTEGER,
+    headers TEXT,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queuekit_grouped_line ON queuekit_grouped (queue, grp, id);
 CREATE TABLE IF NOT EXISTS queuekit_starts (
     message_id TEXT PRIMARY KEY,
     starts INTEGER NOT NULL,
@@ -101,6 +125,19 @@ _START_JOB = (
 )
 _UNFINISHED_CHUNK = 500  # ids per query, well under SQLite's bound-parameter limit
 _FORWARD_LEASE = 60.0  # seconds a forwarder may take before another one retries the batch
+_KEY_GRACE = 60.0  # seconds a publisher may take between holding a key and confirming it
+
+
+@dataclass(frozen=True)
+class GroupHead:
+    """The next message of a serial group, claimed for sending: send it, then ``mark_sent``."""
+
+    row: int
+    queue: str
+    group: str
+    message_id: str
+    outgoing: Outgoing
+    due: float | None
 
 
 @dataclass(frozen=True)
@@ -120,7 +157,10 @@ class FailedMessage:
 
 
 class JobStore:
-    """See the module docstring. ``url`` is ``sqlite:///path`` or ``sqlite:///:memory:``."""
+    """See the module docstring. ``url`` is ``sqlite:///path``, ``sqlite:///:memory:``, or
+    ``sqlite:///:memory:?share=NAME``: one in-memory database for every store of this
+    process that names it (what ``memory://NAME`` connections use, so they share one failed
+    store, one set of keys and groups, as they share one broker)."""
 
     def __init__(self, url: str) -> None:
         parsed = TransportURL.parse(url)
@@ -129,11 +169,16 @@ class JobStore:
                 f"job store {parsed.redacted()}: only sqlite:///path is supported"
             )
         self.url = parsed
+        self._share = parsed.option("share") if parsed.path == ":memory:" else None
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self._share is not None and self._db is None:
+            with self._lock:  # this store's own lock, until it holds the shared one
+                if self._db is None:
+                    self._db, self._lock = _join_share(self._share)
         with self._lock:
             if self._db is None:
                 path = self.url.path or "queuekit.db"
@@ -149,9 +194,11 @@ class JobStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._db is not None:
+            if self._db is not None and self._share is not None:
+                _leave_share(self._share)
+            elif self._db is not None:
                 self._db.close()
-                self._db = None
+            self._db = None
 
     # -- failed store --------------------------------------------------------------------
 
@@ -273,6 +320,132 @@ class JobStore:
             db.executemany("DELETE FROM queuekit_delayed WHERE id = ?", [(r[0],) for r in rows])
         return len(rows)
 
+    # -- dedup keys (brokers without native dedup, and "ever" keys everywhere) -----------
+
+    def hold_key(self, queue: str, key: str, message_id: str, *, ever: bool) -> bool:
+        """Take ``key`` of ``queue`` for ``message_id``; False when another message holds it.
+
+        A hold that its publisher never confirmed (it died between holding and sending) is
+        taken over after ``_KEY_GRACE`` seconds, so a crash cannot block a key for ever.
+        """
+        now = time.time()
+        with self._connection() as db:
+            row = db.execute(
+                "INSERT INTO queuekit_keys (queue, key, message_id, ever, held_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (queue, key) DO UPDATE SET"
+                " message_id = excluded.message_id, ever = excluded.ever,"
+                " held_at = excluded.held_at WHERE confirmed = 0 AND held_at < ?"
+                " RETURNING message_id",
+                (queue, key, message_id, int(ever), now, now - _KEY_GRACE),
+            ).fetchone()
+        return row is not None
+
+    def confirm_key(self, queue: str, key: str, message_id: str) -> None:
+        """The message holding ``key`` is published: the hold lasts until it is released."""
+        with self._connection() as db:
+            db.execute(
+                "UPDATE queuekit_keys SET confirmed = 1"
+                " WHERE queue = ? AND key = ? AND message_id = ?",
+                (queue, key, message_id),
+            )
+
+    def release_key(self, queue: str, key: str, message_id: str, *, ever: bool = False) -> None:
+        """Free ``key`` if ``message_id`` still holds it: a "while pending" key once its
+        message is settled, or (``ever=True``) any key whose publish failed."""
+        query = "DELETE FROM queuekit_keys WHERE queue = ? AND key = ? AND message_id = ?"
+        with self._connection() as db:
+            db.execute(query if ever else query + " AND ever = 0", (queue, key, message_id))
+
+    # -- serial groups -------------------------------------------------------------------
+
+    def add_grouped(
+        self,
+        queue: str,
+        group: str,
+        items: Sequence[tuple[str, Outgoing, float | None]],
+    ) -> None:
+        """Line up ``(message_id, outgoing, due)`` items behind ``group``'s earlier ones."""
+        rows = [
+            (
+                queue,
+                group,
+                message_id,
+                due,
+                out.options.priority,
+                json.dumps(dict(out.headers)) if out.headers else None,
+                out.body,
+            )
+            for message_id, out, due in items
+        ]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO queuekit_grouped (queue, grp, message_id, due, priority, headers,"
+                " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def claim_group_heads(
+        self, queue: str | None = None, group: str | None = None, *, limit: int = 500
+    ) -> list[GroupHead]:
+        """Claim the head of each group (of ``queue``, or just ``group``) that has nothing in
+        flight: its first message, when it is waiting or its claimer's lease ran out.
+
+        A head stays in the store until ``finish_grouped``; while it is claimed or sent,
+        the messages behind it wait, so a group never has two messages in flight.
+        """
+        now = time.time()
+        where = ""
+        args: tuple[str, ...] = ()
+        for column, value in (("queue", queue), ("grp", group)):
+            if value is not None:
+                where, args = f"{where} AND {column} = ?", (*args, value)
+        with self._connection() as db:  # a sweep finds nothing mostly: no write lock for that
+            if not db.execute(
+                f"SELECT 1 FROM queuekit_grouped WHERE 1 = 1{where}", args
+            ).fetchone():
+                return []
+        with self._transaction() as db:
+            rows = db.execute(
+                "UPDATE queuekit_grouped SET state = 'sending', lease_until = ? WHERE id IN ("
+                " SELECT g.id FROM (SELECT MIN(id) AS head FROM queuekit_grouped"
+                f" WHERE 1 = 1{where} GROUP BY queue, grp) JOIN queuekit_grouped g ON g.id = head"
+                " WHERE g.state = 'waiting' OR (g.state = 'sending' AND g.lease_until < ?)"
+                " LIMIT ?) RETURNING id, queue, grp, message_id, due, priority, headers, body",
+                (now + _FORWARD_LEASE, *args, now, limit),
+            ).fetchall()
+        rows.sort()
+        return [
+            GroupHead(
+                row=ident,
+                queue=q,
+                group=grp,
+                message_id=message_id,
+                outgoing=Outgoing(
+                    bytes(body), json.loads(headers) if headers else {},
+                    SendOptions(priority=priority),
+                ),
+                due=due,
+            )
+            for ident, q, grp, message_id, due, priority, headers, body in rows
+        ]  # fmt: skip
+
+    def mark_sent(self, heads: Sequence[GroupHead]) -> None:
+        """The claimed heads are on the broker: in flight until ``finish_grouped``."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE queuekit_grouped SET state = 'sent' WHERE id = ?",
+                [(head.row,) for head in heads],
+            )
+
+    def finish_grouped(self, queue: str, group: str, message_id: str) -> None:
+        """``message_id`` is settled for good: the next message of its group may go."""
+        with self._connection() as db:
+            db.execute(
+                "DELETE FROM queuekit_grouped WHERE queue = ? AND grp = ? AND message_id = ?"
+                " AND state != 'waiting'",
+                (queue, group, message_id),
+            )
+
     # -- job records ---------------------------------------------------------------------
 
     def write_jobs(self, updates: Sequence[JobUpdate]) -> None:
@@ -369,6 +542,29 @@ class JobStore:
             query, args = query + " AND queue = ?", (*args, queue)
         with self._transaction() as db:
             return db.execute(query, args).rowcount
+
+
+_shares: dict[str, tuple[sqlite3.Connection, threading.RLock, int]] = {}
+_shares_lock = threading.Lock()
+
+
+def _join_share(name: str) -> tuple[sqlite3.Connection, threading.RLock]:
+    with _shares_lock:
+        db, lock, users = _shares.get(name) or (connect_database(":memory:"), threading.RLock(), 0)
+        if not users:
+            db.executescript(_SCHEMA)
+        _shares[name] = (db, lock, users + 1)
+        return db, lock
+
+
+def _leave_share(name: str) -> None:
+    with _shares_lock:
+        db, lock, users = _shares[name]
+        if users > 1:
+            _shares[name] = (db, lock, users - 1)
+        else:
+            del _shares[name]
+            db.close()
 
 
 def _job_row(job: JobUpdate) -> tuple[object, ...]:

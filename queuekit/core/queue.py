@@ -18,9 +18,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from . import groups, keys
 from .bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
 from .config import resolve_jobstore, resolve_url
 from .delays import Delay, due_time
@@ -33,7 +34,7 @@ from .jobstore import JobStore
 from .records import QUEUED, WAITING, JobRecord, JobUpdate
 from .registry import open_transport
 from .retry import RetryStrategy
-from .transport import Outgoing, SendOptions, Transport
+from .transport import Delivery, Outgoing, SendOptions, Transport
 from .urls import TransportURL
 
 if TYPE_CHECKING:
@@ -54,8 +55,9 @@ def default_jobstore(url: TransportURL) -> str:
     """Where the job store lives when none is configured."""
     if url.scheme == "sqlite":
         return url.render(reveal=True).split("?", 1)[0]  # the same file as the queues
-    if url.scheme == "memory":
-        return "sqlite:///:memory:"
+    if url.scheme == "memory":  # shared by the connections to the same in-process broker
+        name = url.hosts[0].name if url.hosts else url.path or "default"
+        return f"sqlite:///:memory:?share=memory-{name}"
     return "sqlite:///queuekit-jobs.db"
 
 
@@ -113,6 +115,11 @@ class _Prepared:
     message: Message
     outgoing: Outgoing
     due: float | None
+    keyed: bool = False  # its dedup key is held in the job store
+
+    @property
+    def metadata(self) -> Metadata:
+        return self.message.metadata
 
 
 class Queue:
@@ -133,27 +140,38 @@ class Queue:
         delay: Delay | None = None,
         priority: int | None = None,
         key: str | None = None,
+        dedup: str = "pending",
+        group: str | None = None,
         headers: dict[str, str] | None = None,
         retry: RetryStrategy | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
         record: bool = False,
     ) -> str:
-        """Send one message; return its id once the broker (or the delayed store) holds it.
+        """Send one message; return its id once the broker (or the job store) holds it.
 
-        Inside a ``bulk()`` block of this thread the message is buffered instead and sent
-        with the block's next batch. ``record=True`` keeps a job record of it.
+        ``key`` drops this message if another with the key is pending (``dedup="pending"``)
+        or was ever published (``dedup="ever"``); see :mod:`queuekit.core.keys`. A dropped
+        duplicate's id never runs. ``group`` runs it after the group's earlier messages, one
+        at a time (:mod:`queuekit.core.groups`). Inside a ``bulk()`` block of this thread the
+        message is buffered and sent with the block's next batch. ``record=True`` keeps a job
+        record of it.
         """
+        if dedup not in keys.MODES:
+            raise ValueError(f"dedup must be one of {', '.join(keys.MODES)}, not {dedup!r}")
+        if dedup == keys.EVER and key is None:
+            raise ValueError("dedup='ever' needs a key")
         prepared = self._prepare(
-            payload, Metadata(name=name, key=key, headers=dict(headers or {}),
-                              correlation_id=correlation_id, reply_to=reply_to,
-                              retry=retry.to_json() if retry else None, record=record),
+            payload, Metadata(name=name, key=key, once=dedup == keys.EVER, group=group,
+                              headers=dict(headers or {}), correlation_id=correlation_id,
+                              reply_to=reply_to, retry=retry.to_json() if retry else None,
+                              record=record),
             delay, priority,
         )  # fmt: skip
         buffer = active_bulk(self.connection._local, self.name)
         if buffer is not None:
             buffer.add(prepared)
-        elif record:
+        elif record or prepared.keyed or group is not None:
             self._send_prepared([prepared])
         else:
             self._send([prepared.outgoing], prepared.due)
@@ -219,12 +237,38 @@ class Queue:
     def resend(self, message: Message, *, delay: float | None = None) -> None:
         """Publish ``message`` again as it is (same id), e.g. for a retry.
 
-        The copy carries no broker dedup key: the original still holds the key until it is
-        settled after this send, and a broker deduplicating on it would drop the copy.
+        The copy keeps its place: it carries no dedup key (the original still holds it
+        until it is settled after this send, and a broker deduplicating on it would drop
+        the copy) and does not line up in its group again (the group waits for it).
         """
         meta = message.metadata
-        prepared = self._prepare(message.payload, meta, delay, meta.priority, dedup=False)
+        prepared = self._prepare(message.payload, meta, delay, meta.priority, fresh=False)
         self._send([prepared.outgoing], prepared.due)
+
+    def retry(self, delivery: Delivery, message: Message, *, delay: float | None) -> None:
+        """Put ``delivery`` back as ``message``'s next attempt, due after ``delay`` seconds.
+
+        Where the broker can wait, the adapter requeues it in place (``Transport.requeue``,
+        so a native dedup key stays taken); otherwise it waits in the delayed store and
+        the delivery is acked.
+        """
+        meta = message.metadata
+        prepared = self._prepare(message.payload, meta, delay, meta.priority, fresh=False)
+        outgoing = prepared.outgoing
+        if prepared.due is not None and not self.transport.capabilities.delay:
+            self._send([outgoing], prepared.due)
+            self.transport.ack(delivery)
+        else:
+            self.transport.requeue(delivery, outgoing.body, options=outgoing.options)
+
+    def forward(self, outgoing: Outgoing, due: float | None) -> None:
+        """Send an already encoded message, due at ``due`` (the broker's delay or the
+        delayed store), e.g. the next message of a serial group."""
+        if due is not None and due <= time.time():
+            due = None
+        if due is not None and self.transport.capabilities.delay:
+            outgoing = replace(outgoing, options=replace(outgoing.options, not_before=due))
+        self._send([outgoing], due)
 
     def dispatch(
         self,
@@ -287,15 +331,23 @@ class Queue:
         delay: Delay | None,
         priority: int | None,
         *,
-        dedup: bool = True,
+        fresh: bool = True,
     ) -> _Prepared:
+        """Encode and check a message. ``fresh=False`` (a resend of a message already
+        published) skips its key and its group: the original holds both."""
         caps = self.transport.capabilities
         due = None if delay is None else due_time(delay)
         if due is not None and due <= time.time():
             due = None
         self._check_priority(priority)
-        if dedup and metadata.key is not None and not caps.dedup:
-            raise Unsupported("dedup keys", self.transport.name, "use sqlite:// or gearman://")
+        keyed = fresh and keys.held_in_store(metadata, caps)
+        if keyed:
+            keys.check(metadata, caps, self.transport.name)
+        if fresh and metadata.group is not None and not caps.redelivery:
+            raise Unsupported(
+                "serial groups", self.transport.name,
+                "a message lost with its worker would stop its group for ever",
+            )  # fmt: skip
         metadata.not_before, metadata.priority = due, priority
         message = Message(payload, metadata)
         body = encode(message)
@@ -305,9 +357,9 @@ class Queue:
         options = SendOptions(
             not_before=due if caps.delay else None,
             priority=priority,
-            dedup_key=metadata.key if dedup else None,
+            dedup_key=metadata.key if fresh and caps.dedup else None,
         )
-        return _Prepared(message, Outgoing(body, {}, options), due)
+        return _Prepared(message, Outgoing(body, {}, options), due, keyed)
 
     def _check_priority(self, priority: int | None) -> None:
         if priority is None:
@@ -319,13 +371,34 @@ class Queue:
             raise Unsupported("priority", self.transport.name, alternative)
 
     def _send_prepared(self, batch: Sequence[_Prepared]) -> None:
-        """Send prepared messages with their own options: one ``send_many`` for those the
-        broker takes now, one delayed-store write per due time for the rest."""
+        """Send prepared messages with their own options, dropping duplicates whose key the
+        job store holds (see :mod:`queuekit.core.keys`)."""
+        keyed = [p for p in batch if p.keyed]
+        if not keyed:
+            self._send_options(batch)
+            return
+        jobs = self.connection.jobs
+        held = keys.hold(jobs, self.name, keyed)
+        keyed = [p for p in keyed if p.message.id in held]
+        try:
+            self._send_options([p for p in batch if not p.keyed or p.message.id in held])
+        except BaseException:
+            keys.abandon(jobs, self.name, keyed)
+            raise
+        keys.confirm(jobs, self.name, keyed)
+
+    def _send_options(self, batch: Sequence[_Prepared]) -> None:
+        """One ``send_many`` for what the broker takes now, one delayed-store write per due
+        time, serial groups lined up in the job store; records written first."""
         emulated = not self.transport.capabilities.delay
         now: list[Outgoing] = []
         later: dict[float, list[Outgoing]] = {}
+        grouped: dict[str, list[tuple[str, Outgoing, float | None]]] = {}
         for item in batch:
-            if emulated and item.due is not None:
+            group = item.message.metadata.group
+            if group is not None:
+                grouped.setdefault(group, []).append((item.message.id, item.outgoing, item.due))
+            elif emulated and item.due is not None:
                 later.setdefault(item.due, []).append(item.outgoing)
             else:
                 now.append(item.outgoing)
@@ -335,6 +408,8 @@ class Queue:
                 self._send(now, None)
             for due, outgoing in later.items():
                 self._send(outgoing, due)
+            if grouped:
+                groups.line_up(self.connection, self.name, grouped)
 
         updates = [
             JobUpdate(p.message.id, self.name, p.message.metadata.name or None,

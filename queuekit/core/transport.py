@@ -132,6 +132,20 @@ class Transport(ABC):
         e.g. a Gearman foreground job). Adapters without replies just ack."""
         self.ack(delivery)
 
+    def requeue(
+        self, delivery: Delivery, body: bytes, *, options: SendOptions = NO_OPTIONS
+    ) -> None:
+        """Put a delivered message back as its next attempt: ``body`` replaces it, with
+        ``options`` (``not_before``, ``priority``; never a new dedup key).
+
+        Adapters that can update the message in place override this, so it keeps what the
+        broker holds it by (its dedup key stays taken while it waits for the retry). The
+        default publishes ``body`` as a new message, then acks the delivery: a crash in
+        between runs it twice, never loses it.
+        """
+        self.send(delivery.queue, body, {}, options=options)
+        self.ack(delivery)
+
     @abstractmethod
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         """The message was not processed: put it back (``requeue``) or drop it."""

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
+from . import groups, keys
 from .envelope import Message, decode, encode_json
 from .errors import (
     ConnectionLost,
@@ -58,6 +59,7 @@ log = logging.getLogger("queuekit.worker")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEARTBEAT = 0.5  # seconds a receive may block before the loop checks flags and limits
 _SCHEDULER_EVERY = 0.5  # seconds between forwards of due messages from the delayed store
+_GROUP_SWEEP_EVERY = 5.0  # seconds between sweeps for serial-group heads nobody sent
 _RECONNECT_CAP = 5.0  # longest wait between reconnect attempts
 
 
@@ -137,6 +139,8 @@ class Worker:
         self._jobs = queue.connection.jobs
         caps = queue.transport.capabilities
         self._emulates_delay = not caps.delay
+        self._sweeps_groups = caps.redelivery  # groups are refused on other adapters
+        self._next_sweep = 0.0
         self._counts_starts = caps.redelivery and not caps.marks_redelivery
 
     @property
@@ -185,6 +189,9 @@ class Worker:
     def _periodic(self, started: float) -> None:
         if self._emulates_delay:
             self._jobs.forward_due(self._transport.send_many)
+        if self._sweeps_groups and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + _GROUP_SWEEP_EVERY
+            groups.sweep(self.queue.connection, self.queue.name)
         if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
             self.stop(f"ran {self.limits.max_seconds:g}s")
         if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
@@ -259,16 +266,18 @@ class Worker:
         try:
             result = self.handler.work(message)
         except RetryLater as exc:  # not an attempt: the count stays as it was
-            self.queue.resend(message, delay=exc.delay)
-            self._transport.ack(delivery)
+            self.queue.retry(delivery, message, delay=exc.delay)
         except Exception as exc:
             message.metadata.attempts += 1
             self._after_failure(delivery, message, exc)
         else:
-            self._succeeded(delivery, result)
+            self._succeeded(delivery, message, result)
 
-    def _succeeded(self, delivery: Delivery, result: object) -> None:
+    def _succeeded(self, delivery: Delivery, message: Message, result: object) -> None:
         """Ack; a result goes along (as JSON, bytes as they are) for a caller waiting on it."""
+        meta = message.metadata
+        if meta.group is not None or meta.key is not None:
+            self._finished(message)
         if result is None:
             self._transport.ack(delivery)
             return
@@ -302,10 +311,9 @@ class Worker:
                 hooks.before(message)
             result = self.handler.work(message)
         except RetryLater as exc:
-            self.queue.resend(message, delay=exc.delay)
             if attempt is not None:
                 attempt.end(WAITING, error=f"retry later: {exc}")
-            self._transport.ack(delivery)
+            self.queue.retry(delivery, message, delay=exc.delay)
         except Exception as exc:
             message.metadata.attempts += 1
             if hooks.on_error is not None:
@@ -322,7 +330,7 @@ class Worker:
                 self._call_hook("after_process", attempt, hooks.after, message, result)
             if attempt is not None:
                 attempt.end(DONE, result=result)
-            self._succeeded(delivery, result)
+            self._succeeded(delivery, message, result)
 
     def _call_hook(
         self, name: str, attempt: _Attempt | None, hook: Callable[..., object], *args: object
@@ -357,10 +365,9 @@ class Worker:
             return
         log.warning("message %s failed (attempt %d), retrying in %gs: %r",
                     meta.id, meta.attempts, wait, exc)  # fmt: skip
-        self.queue.resend(message, delay=wait)
         if attempt is not None:
             attempt.end(WAITING, error=f"{type(exc).__name__}: {exc}", trace=trace)
-        self._transport.ack(delivery)
+        self.queue.retry(delivery, message, delay=wait)
 
     def _next_wait(self, message: Message) -> float | None:
         """Seconds until the next attempt by the message's own strategy, else the handler's.
@@ -398,7 +405,19 @@ class Worker:
             job=job,
         )
         log.warning("message %s failed for good: %s", message.id if message else "?", reason)
+        if message is not None:
+            self._finished(message)
         self._transport.nack(delivery, requeue=False)
+
+    def _finished(self, message: Message) -> None:
+        """Done with the message for good (before it is settled: a crash in between may run
+        it twice, never block its key or its group): free a "while pending" key it holds
+        in the job store, and send the next message of its serial group."""
+        meta = message.metadata
+        if meta.key is not None and keys.held_in_store(meta, self._transport.capabilities):
+            keys.settled(self._jobs, self.queue.name, meta)
+        if meta.group is not None:
+            groups.advance(self.queue.connection, self.queue.name, meta.group, meta.id)
 
     def _write_record(self, write: Callable[[JobUpdate], None], update: JobUpdate) -> None:
         """A record write that fails is logged: the message itself is processed regardless."""
