@@ -1,4 +1,4 @@
-"""The job store: what queuekit keeps beside the broker.
+"""The job store: what queuekit keeps beside the broker, and the contract its backends keep.
 
 - the **failed store** (dead letters): every message that ran out of attempts, was rejected
   by ``validate``, or could not be decoded, with its reason, traceback and raw body;
@@ -11,121 +11,31 @@
 - **job records** (opt-in, see :mod:`queuekit.core.records`): state, attempts, result,
   error, timings, worker pid and memory of each recorded message.
 
-It is an SQLite file by default (the same file as a ``sqlite://`` transport). All methods
-are thread-safe; the store opens its file on first use.
+:func:`open_jobstore` picks the backend by URL: ``sqlite:///path`` (the default, an SQLite
+file, :mod:`queuekit.core.jobstore_sqlite`) or any PostgreSQL or MySQL/MariaDB URL that
+SQLAlchemy understands (``postgresql+psycopg://``, ``mysql+pymysql://``,
+``mariadb+pymysql://``; :mod:`queuekit.core.jobstore_sql`, extra ``queuekit[sql]``), for
+workers on many hosts. Both keep the contract of :class:`JobStore`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError
-from .records import FINISHED, JobRecord, JobUpdate, decode_result
-from .sqlitedb import connect_database, immediate
+from .errors import MissingDependency, QueuekitError
+from .records import JobRecord, JobUpdate, decode_result
 from .transport import Outgoing, SendOptions
 from .urls import TransportURL
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queuekit_failed (
-    id INTEGER PRIMARY KEY,
-    queue TEXT NOT NULL,
-    message_id TEXT,
-    name TEXT,
-    reason TEXT NOT NULL,
-    traceback TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    failed_at REAL NOT NULL,
-    headers TEXT,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS queuekit_failed_queue ON queuekit_failed (queue, id);
-CREATE TABLE IF NOT EXISTS queuekit_delayed (
-    id INTEGER PRIMARY KEY,
-    queue TEXT NOT NULL,
-    due REAL NOT NULL,
-    claimed_until REAL NOT NULL DEFAULT 0,
-    priority INTEGER,
-    dedup_key TEXT,
-    headers TEXT,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS queuekit_delayed_due ON queuekit_delayed (due, id);
-CREATE TABLE IF NOT EXISTS queuekit_jobs (
-    id TEXT PRIMARY KEY,
-    queue TEXT NOT NULL,
-    name TEXT,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    error TEXT,
-    traceback TEXT,
-    created_at REAL,
-    started_at REAL,
-    finished_at REAL,
-    worker_pid INTEGER,
-    peak_memory INTEGER
-);
-CREATE INDEX IF NOT EXISTS queuekit_jobs_finished
-    ON queuekit_jobs (finished_at) WHERE state IN ('done', 'failed');
-CREATE TABLE IF NOT EXISTS queuekit_keys (
-    queue TEXT NOT NULL,
-    key TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    ever INTEGER NOT NULL,
-    confirmed INTEGER NOT NULL DEFAULT 0,
-    held_at REAL NOT NULL,
-    PRIMARY KEY (queue, key)
-);
-CREATE TABLE IF NOT EXISTS queuekit_grouped (
-    id INTEGER PRIMARY KEY,
-    queue TEXT NOT NULL,
-    grp TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'waiting',
-    lease_until REAL NOT NULL DEFAULT 0,
-    due REAL,
-    priority INTEGER,
-    headers TEXT,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS queuekit_grouped_line ON queuekit_grouped (queue, grp, id);
-CREATE TABLE IF NOT EXISTS queuekit_starts (
-    message_id TEXT PRIMARY KEY,
-    starts INTEGER NOT NULL,
-    started_at REAL NOT NULL
-);
-"""
-_JOB_COLUMNS = (
-    "id, queue, name, state, attempts, result, error, traceback, created_at, started_at,"
-    " finished_at, worker_pid, peak_memory"
-)
-# A publish or an attempt's end: the whole row as the writer knows it.
-_WRITE_JOB = (
-    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
-    " result = excluded.result, error = excluded.error, traceback = excluded.traceback,"
-    " started_at = COALESCE(excluded.started_at, started_at),"
-    " finished_at = excluded.finished_at,"
-    " worker_pid = COALESCE(excluded.worker_pid, worker_pid),"
-    " peak_memory = COALESCE(excluded.peak_memory, peak_memory)"
-)
-# An attempt's start: the last attempt's error stays visible while the next one runs.
-_START_JOB = (
-    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
-    " started_at = excluded.started_at, finished_at = NULL, worker_pid = excluded.worker_pid"
-)
-_UNFINISHED_CHUNK = 500  # ids per query, well under SQLite's bound-parameter limit
-_FORWARD_LEASE = 60.0  # seconds a forwarder may take before another one retries the batch
-_KEY_GRACE = 60.0  # seconds a publisher may take between holding a key and confirming it
+#: Seconds a forwarder or group-head claimer may take before another one takes the claim over.
+FORWARD_LEASE = 60.0
+#: Seconds a publisher may take between holding a key and confirming it.
+KEY_GRACE = 60.0
 
 
 @dataclass(frozen=True)
@@ -156,52 +66,46 @@ class FailedMessage:
     body: bytes
 
 
-class JobStore:
-    """See the module docstring. ``url`` is ``sqlite:///path``, ``sqlite:///:memory:``, or
-    ``sqlite:///:memory:?share=NAME``: one in-memory database for every store of this
-    process that names it (what ``memory://NAME`` connections use, so they share one failed
-    store, one set of keys and groups, as they share one broker)."""
+class JobStoreError(QueuekitError):
+    """The job store's database failed (a backend maps its driver's errors onto this).
 
-    def __init__(self, url: str) -> None:
-        parsed = TransportURL.parse(url)
-        if parsed.scheme != "sqlite":
-            raise ConfigurationError(
-                f"job store {parsed.redacted()}: only sqlite:///path is supported"
-            )
-        self.url = parsed
-        self._share = parsed.option("share") if parsed.path == ":memory:" else None
-        self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
+    ``recoverable`` is true when the database could not be reached or dropped the
+    connection: the same call may succeed later (the pool reconnects on its own).
+    """
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        if self._share is not None and self._db is None:
-            with self._lock:  # this store's own lock, until it holds the shared one
-                if self._db is None:
-                    self._db, self._lock = _join_share(self._share)
-        with self._lock:
-            if self._db is None:
-                path = self.url.path or "queuekit.db"
-                synchronous = self.url.option("synchronous") or "normal"
-                self._db = connect_database(path, synchronous=synchronous)
-                self._db.executescript(_SCHEMA)
-            yield self._db
+    def __init__(self, message: str, *, recoverable: bool = False) -> None:
+        self.recoverable = recoverable
+        super().__init__(message)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as db, immediate(db):
-            yield db
 
+class JobStore(ABC):
+    """The job store contract, kept by every backend (see the module docstring).
+
+    **Threads and processes.** Every method is thread-safe and may be called at the same
+    time from many threads, processes and hosts on one store. Each method is atomic (one
+    transaction) unless its docstring says otherwise; the claims (``forward_due``,
+    ``claim_group_heads``) and ``hold_key`` are the places where concurrent callers
+    compete, and their docstrings say what each caller is guaranteed.
+
+    **Life.** A store opens its database on first use (creating its tables if needed);
+    ``close()`` releases its connections, and a later call opens them again.
+
+    **Time.** Times are Unix times from ``time.time()`` on the calling host: hosts sharing a
+    store need clocks in step to well under ``FORWARD_LEASE`` and ``KEY_GRACE``.
+
+    **Errors.** A backend raises its database's errors as it has them (``sqlite3.Error``)
+    or as :class:`JobStoreError`.
+    """
+
+    url: TransportURL
+
+    @abstractmethod
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None and self._share is not None:
-                _leave_share(self._share)
-            elif self._db is not None:
-                self._db.close()
-            self._db = None
+        """Release the connections (idempotent); a later call reopens them."""
 
     # -- failed store --------------------------------------------------------------------
 
+    @abstractmethod
     def add_failed(
         self,
         queue: str,
@@ -215,359 +119,192 @@ class JobStore:
         headers: dict[str, str] | None = None,
         job: JobUpdate | None = None,
     ) -> int:
-        """Store a dead letter (and, with ``job``, its final record in the same transaction)."""
-        with self._transaction() as db:
-            if job is not None:
-                db.execute(_WRITE_JOB, _job_row(job))
-            cursor = db.execute(
-                "INSERT INTO queuekit_failed (queue, message_id, name, reason, traceback,"
-                " attempts, failed_at, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    queue,
-                    message_id,
-                    name,
-                    reason,
-                    traceback,
-                    attempts,
-                    time.time(),
-                    json.dumps(headers) if headers else None,
-                    body,
-                ),
-            )
-        return int(cursor.lastrowid or 0)
+        """Store a dead letter (and, with ``job``, its final record in the same
+        transaction); return its id. Ids grow: a later dead letter has a larger id."""
 
+    @abstractmethod
     def failed(self, queue: str | None = None, *, limit: int = 1000) -> list[FailedMessage]:
-        """Dead letters, oldest first, optionally of one queue."""
-        query = "SELECT * FROM queuekit_failed"
-        args: tuple[object, ...] = ()
-        if queue is not None:
-            query, args = query + " WHERE queue = ?", (queue,)
-        with self._connection() as db:
-            rows = db.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
-        return [_failed(row) for row in rows]
+        """Dead letters, oldest first (by id), optionally of one queue."""
 
+    @abstractmethod
     def get_failed(self, failed_id: int) -> FailedMessage | None:
-        with self._connection() as db:
-            row = db.execute("SELECT * FROM queuekit_failed WHERE id = ?", (failed_id,)).fetchone()
-        return _failed(row) if row else None
+        """One dead letter, or ``None``."""
 
+    @abstractmethod
     def remove_failed(self, failed_id: int) -> bool:
-        with self._connection() as db:
-            return db.execute("DELETE FROM queuekit_failed WHERE id = ?", (failed_id,)).rowcount > 0
+        """Delete one dead letter; ``False`` if it was not there (another caller took it)."""
 
+    @abstractmethod
     def purge_failed(self, queue: str | None = None) -> int:
-        with self._connection() as db:
-            if queue is None:
-                return db.execute("DELETE FROM queuekit_failed").rowcount
-            return db.execute("DELETE FROM queuekit_failed WHERE queue = ?", (queue,)).rowcount
+        """Delete the dead letters (of one queue); return how many."""
 
     # -- delayed store -------------------------------------------------------------------
 
+    @abstractmethod
     def add_delayed(self, queue: str, due: float, messages: Sequence[Outgoing]) -> None:
-        rows = [
-            (
-                queue,
-                due,
-                m.options.priority,
-                m.options.dedup_key,
-                json.dumps(dict(m.headers)) if m.headers else None,
-                m.body,
-            )
-            for m in messages
-        ]
-        with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO queuekit_delayed (queue, due, priority, dedup_key, headers, body)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        """Keep ``messages`` for ``queue`` until ``due`` (all or none: one transaction)."""
 
+    @abstractmethod
     def next_due(self) -> float | None:
-        with self._connection() as db:
-            row = db.execute("SELECT MIN(due) FROM queuekit_delayed").fetchone()
-        return float(row[0]) if row and row[0] is not None else None
+        """The earliest due time of any delayed message (claimed or not), or ``None``."""
 
+    @abstractmethod
     def forward_due(
         self, send: Callable[[str, Sequence[Outgoing]], None], *, limit: int = 500
     ) -> int:
-        """Hand due messages to ``send(queue, batch)`` in due order; delete them once sent.
+        """Hand due messages to ``send(queue, batch)`` in due order; delete them once sent;
+        return how many were handed over.
 
-        A batch is claimed for ``_FORWARD_LEASE`` seconds first, so two schedulers never
-        forward the same message, and one that dies mid-batch leaves it for the next: at
-        worst a message is forwarded twice, never lost.
+        A batch of at most ``limit`` is claimed for ``FORWARD_LEASE`` seconds first (in its
+        own transaction), so concurrent forwarders, on any host, never get the same message
+        while the claim holds; ``send`` runs outside any transaction. A forwarder that dies
+        or whose ``send`` raises leaves its batch claimed until the lease runs out, then the
+        next forwarder takes it: at worst a message is forwarded twice, never lost.
         """
-        now = time.time()
-        with self._transaction() as db:
-            rows = db.execute(
-                "UPDATE queuekit_delayed SET claimed_until = ? WHERE id IN ("
-                " SELECT id FROM queuekit_delayed WHERE due <= ? AND claimed_until < ?"
-                " ORDER BY due, id LIMIT ?)"
-                " RETURNING id, queue, due, priority, dedup_key, headers, body",
-                (now + _FORWARD_LEASE, now, now, limit),
-            ).fetchall()
-        if not rows:
-            return 0
-        rows.sort(key=lambda row: (row[2], row[0]))
-        batches: dict[str, list[Outgoing]] = {}
-        for _, queue, _, priority, key, headers, body in rows:
-            options = SendOptions(priority=priority, dedup_key=key)
-            batches.setdefault(queue, []).append(
-                Outgoing(bytes(body), json.loads(headers) if headers else {}, options)
-            )
-        for queue, batch in batches.items():
-            send(queue, batch)
-        with self._transaction() as db:
-            db.executemany("DELETE FROM queuekit_delayed WHERE id = ?", [(r[0],) for r in rows])
-        return len(rows)
 
     # -- dedup keys (brokers without native dedup, and "ever" keys everywhere) -----------
 
+    @abstractmethod
     def hold_key(self, queue: str, key: str, message_id: str, *, ever: bool) -> bool:
-        """Take ``key`` of ``queue`` for ``message_id``; False when another message holds it.
+        """Take ``key`` of ``queue`` for ``message_id``; ``False`` when another message
+        holds it. Atomic: of any number of callers racing for a free key, exactly one gets
+        ``True``.
 
         A hold that its publisher never confirmed (it died between holding and sending) is
-        taken over after ``_KEY_GRACE`` seconds, so a crash cannot block a key for ever.
+        taken over after ``KEY_GRACE`` seconds, so a crash cannot block a key for ever.
         """
-        now = time.time()
-        with self._connection() as db:
-            row = db.execute(
-                "INSERT INTO queuekit_keys (queue, key, message_id, ever, held_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (queue, key) DO UPDATE SET"
-                " message_id = excluded.message_id, ever = excluded.ever,"
-                " held_at = excluded.held_at WHERE confirmed = 0 AND held_at < ?"
-                " RETURNING message_id",
-                (queue, key, message_id, int(ever), now, now - _KEY_GRACE),
-            ).fetchone()
-        return row is not None
 
+    @abstractmethod
     def confirm_key(self, queue: str, key: str, message_id: str) -> None:
-        """The message holding ``key`` is published: the hold lasts until it is released."""
-        with self._connection() as db:
-            db.execute(
-                "UPDATE queuekit_keys SET confirmed = 1"
-                " WHERE queue = ? AND key = ? AND message_id = ?",
-                (queue, key, message_id),
-            )
+        """The message holding ``key`` is published: the hold lasts until it is released.
+        Does nothing if ``message_id`` no longer holds it."""
 
+    @abstractmethod
     def release_key(self, queue: str, key: str, message_id: str, *, ever: bool = False) -> None:
         """Free ``key`` if ``message_id`` still holds it: a "while pending" key once its
         message is settled, or (``ever=True``) any key whose publish failed."""
-        query = "DELETE FROM queuekit_keys WHERE queue = ? AND key = ? AND message_id = ?"
-        with self._connection() as db:
-            db.execute(query if ever else query + " AND ever = 0", (queue, key, message_id))
 
     # -- serial groups -------------------------------------------------------------------
 
+    @abstractmethod
     def add_grouped(
         self,
         queue: str,
         group: str,
         items: Sequence[tuple[str, Outgoing, float | None]],
     ) -> None:
-        """Line up ``(message_id, outgoing, due)`` items behind ``group``'s earlier ones."""
-        rows = [
-            (
-                queue,
-                group,
-                message_id,
-                due,
-                out.options.priority,
-                json.dumps(dict(out.headers)) if out.headers else None,
-                out.body,
-            )
-            for message_id, out, due in items
-        ]
-        with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO queuekit_grouped (queue, grp, message_id, due, priority, headers,"
-                " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        """Line up ``(message_id, outgoing, due)`` items behind ``group``'s earlier ones
+        (one transaction). Two publishers adding to one group at once are lined up one
+        batch after the other."""
 
+    @abstractmethod
     def claim_group_heads(
         self, queue: str | None = None, group: str | None = None, *, limit: int = 500
     ) -> list[GroupHead]:
         """Claim the head of each group (of ``queue``, or just ``group``) that has nothing in
         flight: its first message, when it is waiting or its claimer's lease ran out.
+        Returns the heads in line order (by ``row``).
 
         A head stays in the store until ``finish_grouped``; while it is claimed or sent,
-        the messages behind it wait, so a group never has two messages in flight.
+        the messages behind it wait, so a group never has two messages in flight. Of
+        concurrent claimers, on any host, at most one gets a given group's head while its
+        claim (``FORWARD_LEASE`` seconds) holds.
         """
-        now = time.time()
-        where = ""
-        args: tuple[str, ...] = ()
-        for column, value in (("queue", queue), ("grp", group)):
-            if value is not None:
-                where, args = f"{where} AND {column} = ?", (*args, value)
-        with self._connection() as db:  # a sweep finds nothing mostly: no write lock for that
-            if not db.execute(
-                f"SELECT 1 FROM queuekit_grouped WHERE 1 = 1{where}", args
-            ).fetchone():
-                return []
-        with self._transaction() as db:
-            rows = db.execute(
-                "UPDATE queuekit_grouped SET state = 'sending', lease_until = ? WHERE id IN ("
-                " SELECT g.id FROM (SELECT MIN(id) AS head FROM queuekit_grouped"
-                f" WHERE 1 = 1{where} GROUP BY queue, grp) JOIN queuekit_grouped g ON g.id = head"
-                " WHERE g.state = 'waiting' OR (g.state = 'sending' AND g.lease_until < ?)"
-                " LIMIT ?) RETURNING id, queue, grp, message_id, due, priority, headers, body",
-                (now + _FORWARD_LEASE, *args, now, limit),
-            ).fetchall()
-        rows.sort()
-        return [
-            GroupHead(
-                row=ident,
-                queue=q,
-                group=grp,
-                message_id=message_id,
-                outgoing=Outgoing(
-                    bytes(body), json.loads(headers) if headers else {},
-                    SendOptions(priority=priority),
-                ),
-                due=due,
-            )
-            for ident, q, grp, message_id, due, priority, headers, body in rows
-        ]  # fmt: skip
 
+    @abstractmethod
     def mark_sent(self, heads: Sequence[GroupHead]) -> None:
         """The claimed heads are on the broker: in flight until ``finish_grouped``."""
-        with self._transaction() as db:
-            db.executemany(
-                "UPDATE queuekit_grouped SET state = 'sent' WHERE id = ?",
-                [(head.row,) for head in heads],
-            )
 
+    @abstractmethod
     def finish_grouped(self, queue: str, group: str, message_id: str) -> None:
-        """``message_id`` is settled for good: the next message of its group may go."""
-        with self._connection() as db:
-            db.execute(
-                "DELETE FROM queuekit_grouped WHERE queue = ? AND grp = ? AND message_id = ?"
-                " AND state != 'waiting'",
-                (queue, group, message_id),
-            )
+        """``message_id`` is settled for good: the next message of its group may go.
+        Does nothing to a message still waiting (never claimed)."""
 
     # -- job records ---------------------------------------------------------------------
 
+    @abstractmethod
     def write_jobs(self, updates: Sequence[JobUpdate]) -> None:
-        """Publish-time records or an attempt's end, in one transaction."""
-        if not updates:
-            return
-        with self._connection() as db:
-            if len(updates) == 1:  # autocommit: one statement is one transaction
-                db.execute(_WRITE_JOB, _job_row(updates[0]))
-                return
-        with self._transaction() as db:
-            db.executemany(_WRITE_JOB, [_job_row(u) for u in updates])
+        """Publish-time records or an attempt's end, in one transaction. A record that
+        exists is updated: ``started_at``, ``worker_pid`` and ``peak_memory`` keep their
+        value where the update has none; every other field takes the update's."""
 
-    # -- start journal (brokers that redeliver without saying so) --------------------------
-
-    def begin_delivery(self, message_id: str) -> int:
-        """Note that work on ``message_id`` starts; return how many starts are noted, this
-        one included. More than one means earlier attempts died with their worker."""
-        with self._connection() as db:
-            row = db.execute(
-                "INSERT INTO queuekit_starts (message_id, starts, started_at) VALUES (?, 1, ?)"
-                " ON CONFLICT (message_id) DO UPDATE SET starts = starts + 1,"
-                " started_at = excluded.started_at RETURNING starts",
-                (message_id, time.time()),
-            ).fetchone()
-        return int(row[0])
-
-    def end_delivery(self, message_id: str) -> None:
-        """The attempt ended (settled, retried or failed): forget its starts."""
-        with self._connection() as db:
-            db.execute("DELETE FROM queuekit_starts WHERE message_id = ?", (message_id,))
-
+    @abstractmethod
     def start_job(self, update: JobUpdate) -> None:
-        """Mark an attempt as running (one statement: one transaction)."""
-        with self._connection() as db:
-            db.execute(_START_JOB, _job_row(update))
+        """Mark an attempt as running; the last attempt's error, result and traceback stay
+        visible while the next one runs, ``finished_at`` is cleared."""
 
+    @abstractmethod
     def delete_jobs(self, ids: Sequence[str]) -> None:
-        with self._transaction() as db:
-            db.executemany("DELETE FROM queuekit_jobs WHERE id = ?", [(i,) for i in ids])
+        """Delete these records (unknown ids are ignored)."""
 
+    @abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None:
-        with self._connection() as db:
-            row = db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM queuekit_jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-        return _record(row) if row else None
+        """One record, or ``None``."""
 
+    @abstractmethod
     def jobs(
         self, queue: str | None = None, *, state: str | None = None, limit: int = 1000
     ) -> list[JobRecord]:
-        """Records, newest first, optionally of one queue and/or in one state."""
-        clauses, args = [], []
-        for column, value in (("queue", queue), ("state", state)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._connection() as db:
-            rows = db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM queuekit_jobs{where} ORDER BY created_at DESC LIMIT ?",
-                (*args, limit),
-            ).fetchall()
-        return [_record(row) for row in rows]
+        """Records, newest first (by ``created_at``; records without one last),
+        optionally of one queue and/or in one state."""
 
+    @abstractmethod
     def unfinished(self, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` have a record that is not done or failed yet.
 
         An id without a record is not counted: it was never recorded (published without
         ``record=True``) or its finished record was cleared.
         """
-        wanted = list(dict.fromkeys(ids))
-        found: set[str] = set()
-        with self._connection() as db:
-            for start in range(0, len(wanted), _UNFINISHED_CHUNK):
-                chunk = wanted[start : start + _UNFINISHED_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                found.update(
-                    row[0]
-                    for row in db.execute(
-                        f"SELECT id FROM queuekit_jobs WHERE id IN ({marks})"
-                        " AND state NOT IN (?, ?)",
-                        (*chunk, *FINISHED),
-                    )
-                )
-        return found
 
+    @abstractmethod
     def clear_finished(self, older_than: float = 0.0, *, queue: str | None = None) -> int:
-        """Delete done and failed records that finished more than ``older_than`` s ago."""
-        cutoff = time.time() - older_than
-        query = "DELETE FROM queuekit_jobs WHERE state IN (?, ?) AND finished_at <= ?"
-        args: tuple[object, ...] = (*FINISHED, cutoff)
-        if queue is not None:
-            query, args = query + " AND queue = ?", (*args, queue)
-        with self._transaction() as db:
-            return db.execute(query, args).rowcount
+        """Delete done and failed records that finished more than ``older_than`` s ago;
+        return how many."""
+
+    # -- start journal (brokers that redeliver without saying so) --------------------------
+
+    @abstractmethod
+    def begin_delivery(self, message_id: str) -> int:
+        """Note that work on ``message_id`` starts; return how many starts are noted, this
+        one included. More than one means earlier attempts died with their worker.
+        Atomic: concurrent callers get distinct counts."""
+
+    @abstractmethod
+    def end_delivery(self, message_id: str) -> None:
+        """The attempt ended (settled, retried or failed): forget its starts."""
 
 
-_shares: dict[str, tuple[sqlite3.Connection, threading.RLock, int]] = {}
-_shares_lock = threading.Lock()
+def open_jobstore(url: str | TransportURL) -> JobStore:
+    """The job store at ``url``: ``sqlite:`` URLs open the SQLite store, any other scheme
+    the SQLAlchemy one (``MissingDependency`` naming ``queuekit[sql]`` without it)."""
+    parsed = url if isinstance(url, TransportURL) else TransportURL.parse(url)
+    if parsed.scheme == "sqlite":
+        from .jobstore_sqlite import SQLiteJobStore
+
+        return SQLiteJobStore(parsed)
+    try:
+        from .jobstore_sql import SQLJobStore
+    except ImportError as exc:
+        raise MissingStoreDependency(parsed.scheme, "sql", exc.name or str(exc)) from None
+    return SQLJobStore(parsed)
 
 
-def _join_share(name: str) -> tuple[sqlite3.Connection, threading.RLock]:
-    with _shares_lock:
-        db, lock, users = _shares.get(name) or (connect_database(":memory:"), threading.RLock(), 0)
-        if not users:
-            db.executescript(_SCHEMA)
-        _shares[name] = (db, lock, users + 1)
-        return db, lock
+class MissingStoreDependency(MissingDependency):
+    """A job store's database library or driver is not installed."""
+
+    def __init__(self, scheme: str, extra: str, cause: str) -> None:
+        super().__init__(scheme, extra, cause)
+        self.args = (
+            f"the {scheme}:// job store needs an optional dependency ({cause}): "
+            f"install queuekit[{extra}]",
+        )
 
 
-def _leave_share(name: str) -> None:
-    with _shares_lock:
-        db, lock, users = _shares[name]
-        if users > 1:
-            _shares[name] = (db, lock, users - 1)
-        else:
-            del _shares[name]
-            db.close()
+# -- rows, as both backends read and write them ---------------------------------------------
 
 
-def _job_row(job: JobUpdate) -> tuple[object, ...]:
+def job_values(job: JobUpdate) -> tuple[object, ...]:
+    """A record's columns in ``JobRecord`` field order."""
     return (
         job.id,
         job.queue,
@@ -585,24 +322,63 @@ def _job_row(job: JobUpdate) -> tuple[object, ...]:
     )
 
 
-def _record(row: tuple[Any, ...]) -> JobRecord:
+def to_record(row: Sequence[Any]) -> JobRecord:
     fields = dict(zip(JobRecord.__slots__, row, strict=True))
     with contextlib.suppress(ValueError):  # written by something else: shown as it is
         fields["result"] = decode_result(fields["result"])
     return JobRecord(**fields)
 
 
-def _failed(row: tuple[object, ...]) -> FailedMessage:
+def to_failed(row: Sequence[Any]) -> FailedMessage:
+    """A dead letter from its row: id, queue, message_id, name, reason, traceback,
+    attempts, failed_at, headers (JSON), body."""
     ident, queue, message_id, name, reason, trace, attempts, failed_at, headers, body = row
     return FailedMessage(
-        id=int(ident),  # type: ignore[call-overload]
+        id=int(ident),
         queue=str(queue),
         message_id=message_id if isinstance(message_id, str) else None,
         name=name if isinstance(name, str) else None,
         reason=str(reason),
         traceback=trace if isinstance(trace, str) else None,
-        attempts=int(attempts),  # type: ignore[call-overload]
-        failed_at=float(failed_at),  # type: ignore[arg-type]
+        attempts=int(attempts),
+        failed_at=float(failed_at),
         headers=json.loads(headers) if isinstance(headers, str) else {},
-        body=bytes(body),  # type: ignore[call-overload]
+        body=bytes(body),
     )
+
+
+def headers_text(headers: Mapping[str, str]) -> str | None:
+    return json.dumps(dict(headers)) if headers else None
+
+
+def delayed_batches(rows: Iterable[Sequence[Any]]) -> dict[str, list[Outgoing]]:
+    """Claimed delayed rows (id, queue, due, priority, dedup_key, headers, body) as
+    per-queue batches, in due order."""
+    batches: dict[str, list[Outgoing]] = {}
+    for _, queue, _, priority, key, headers, body in sorted(rows, key=lambda r: (r[2], r[0])):
+        options = SendOptions(priority=priority, dedup_key=key)
+        batches.setdefault(queue, []).append(
+            Outgoing(bytes(body), json.loads(headers) if headers else {}, options)
+        )
+    return batches
+
+
+def group_heads(rows: Iterable[Sequence[Any]]) -> list[GroupHead]:
+    """Claimed group rows (id, queue, grp, message_id, due, priority, headers, body) as
+    heads, in line order."""
+    return [
+        GroupHead(
+            row=int(ident),
+            queue=queue,
+            group=grp,
+            message_id=message_id,
+            outgoing=Outgoing(
+                bytes(body), json.loads(headers) if headers else {},
+                SendOptions(priority=priority),
+            ),
+            due=due,
+        )
+        for ident, queue, grp, message_id, due, priority, headers, body in sorted(
+            rows, key=lambda r: int(r[0])
+        )
+    ]  # fmt: skip

@@ -30,7 +30,7 @@ from .errors import MessageTooLarge, QueuekitError, Unsupported
 from .failed import FailedStore
 from .fluent import PendingJob
 from .hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
-from .jobstore import JobStore
+from .jobstore import open_jobstore
 from .records import QUEUED, WAITING, JobRecord, JobUpdate
 from .registry import open_transport
 from .retry import RetryStrategy
@@ -68,7 +68,7 @@ class Connection:
         self.url = TransportURL.parse(url)
         self._prefetch = prefetch
         self.transport: Transport = open_transport(self.url, prefetch=prefetch)
-        self.jobs = JobStore(resolve_jobstore(jobstore) or default_jobstore(self.url))
+        self.jobs = open_jobstore(resolve_jobstore(jobstore) or default_jobstore(self.url))
         self.failed = FailedStore(self)
         self._local = threading.local()  # per-thread state: the open bulk() buffers
 

@@ -1,0 +1,728 @@
+"""The job store on PostgreSQL or MySQL/MariaDB (SQLAlchemy Core): for workers on many hosts.
+
+``postgresql+psycopg://user:pass@host/db`` (PostgreSQL 9.5 or later), ``mysql+pymysql://...``
+or ``mariadb+pymysql://...`` (MySQL 8.0.1 or MariaDB 10.6 or later: they need ``SKIP LOCKED``);
+without a driver (``postgresql://``, ``mysql://``, ``mariadb://``) the ones of
+``queuekit[sql]`` are used. Option ``?table_prefix=NAME_`` (default ``queuekit_``) names the
+tables, so several stores can share one database. The tables are created on first use.
+
+How the contract holds across hosts (every transaction runs at READ COMMITTED):
+
+- **Claims** (``forward_due``, ``claim_group_heads``) select their rows ``FOR UPDATE SKIP
+  LOCKED`` and stamp a lease in the same transaction: a row another claimer has locked is
+  skipped, one it has stamped no longer matches, so no row goes to two claimers at once.
+- **Serial groups** also have one row per group in ``<prefix>groups``, locked by a publisher
+  while it lines up messages and by a claimer while it picks the head: the head is chosen on
+  data no one is changing, and ids in a group grow in the order publishers committed.
+- **Keys**: PostgreSQL holds a key in one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ...
+  RETURNING``; MySQL/MariaDB (no ``RETURNING`` on upserts) inserts, and on a duplicate takes
+  over an expired hold with one conditional ``UPDATE``: of racing publishers one wins.
+- A transaction the database aborts as a deadlock or lock timeout is retried (a few times).
+
+Limits: queue names, group names and message ids up to 255 characters (they are in keys;
+MariaDB bounds a key to 3072 bytes); dedup keys are stored with their SHA-256, any length.
+Driver errors are raised as :class:`JobStoreError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    create_engine,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+
+from .errors import ConfigurationError
+from .jobstore import (
+    FORWARD_LEASE,
+    KEY_GRACE,
+    FailedMessage,
+    GroupHead,
+    JobStore,
+    JobStoreError,
+    MissingStoreDependency,
+    delayed_batches,
+    group_heads,
+    headers_text,
+    job_values,
+    to_failed,
+    to_record,
+)
+from .records import FINISHED, JobRecord, JobUpdate
+from .transport import Outgoing
+from .urls import TransportURL, redact
+
+T = TypeVar("T")
+_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
+_RETRIES = 5  # attempts at a transaction the database aborted as a deadlock
+_DEADLOCKS = {"40001", "40P01", "55P03"}  # PostgreSQL: serialization, deadlock, lock timeout
+_MYSQL_DEADLOCKS = {1205, 1213}  # lock wait timeout, deadlock
+_MYSQL_DUPLICATE = 1062
+_CHUNK = 500  # ids per IN (...) list
+_JOB_FIELDS = (
+    "id", "queue", "name", "state", "attempts", "result", "error", "traceback", "created_at",
+    "started_at", "finished_at", "worker_pid", "peak_memory",
+)  # fmt: skip
+
+# MySQL's TEXT and BLOB stop at 64 KiB: results, tracebacks and bodies get the LONG ones.
+_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+_BLOB = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+_NAME = String(255)
+_MYSQL: dict[str, Any] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",  # names and ids compare exactly, as in SQLite
+}
+
+
+def _schema(prefix: str) -> MetaData:
+    meta = MetaData()
+    Table(
+        f"{prefix}failed",
+        meta,
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("queue", _NAME, nullable=False),
+        Column("message_id", _NAME),
+        Column("name", _TEXT),
+        Column("reason", _TEXT, nullable=False),
+        Column("traceback", _TEXT),
+        Column("attempts", Integer, nullable=False),
+        Column("failed_at", Double, nullable=False),
+        Column("headers", _TEXT),
+        Column("body", _BLOB, nullable=False),
+        Index(f"{prefix}failed_queue", "queue", "id"),
+        **_MYSQL,
+    )
+    Table(
+        f"{prefix}delayed",
+        meta,
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("queue", _NAME, nullable=False),
+        Column("due", Double, nullable=False),
+        Column("claimed_until", Double, nullable=False, default=0.0),
+        Column("priority", Integer),
+        Column("dedup_key", _TEXT),
+        Column("headers", _TEXT),
+        Column("body", _BLOB, nullable=False),
+        Index(f"{prefix}delayed_due", "due", "id"),
+        **_MYSQL,
+    )
+    Table(
+        f"{prefix}jobs",
+        meta,
+        Column("id", _NAME, primary_key=True),
+        Column("queue", _NAME, nullable=False),
+        Column("name", _TEXT),
+        Column("state", String(16), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("result", _TEXT),
+        Column("error", _TEXT),
+        Column("traceback", _TEXT),
+        Column("created_at", Double),
+        Column("started_at", Double),
+        Column("finished_at", Double),
+        Column("worker_pid", Integer),
+        Column("peak_memory", BigInteger),
+        Index(f"{prefix}jobs_finished", "state", "finished_at"),
+        **_MYSQL,
+    )
+    Table(
+        f"{prefix}keys",
+        meta,
+        Column("queue", _NAME, nullable=False),
+        Column("digest", String(64), nullable=False),  # SHA-256 of the key: any length fits
+        Column("key", _TEXT, nullable=False),
+        Column("message_id", _NAME, nullable=False),
+        Column("ever", Boolean, nullable=False),
+        Column("confirmed", Boolean, nullable=False, default=False),
+        Column("held_at", Double, nullable=False),
+        PrimaryKeyConstraint("queue", "digest"),
+        **_MYSQL,
+    )
+    Table(
+        f"{prefix}groups",
+        meta,
+        Column("queue", _NAME, nullable=False),
+        Column("grp", _NAME, nullable=False),
+        PrimaryKeyConstraint("queue", "grp"),
+        **_MYSQL,
+    )
+    Table(
+        f"{prefix}grouped",
+        meta,
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("queue", _NAME, nullable=False),
+        Column("grp", _NAME, nullable=False),
+        Column("message_id", _NAME, nullable=False),
+        Column("state", String(8), nullable=False, default="waiting"),
+        Column("lease_until", Double, nullable=False, default=0.0),
+        Column("due", Double),
+        Column("priority", Integer),
+        Column("headers", _TEXT),
+        Column("body", _BLOB, nullable=False),
+        Index(f"{prefix}grouped_line", "queue", "grp", "id"),
+        **_MYSQL,
+    )
+    Table(
+        f"{prefix}starts",
+        meta,
+        Column("message_id", _NAME, primary_key=True),
+        Column("starts", Integer, nullable=False),
+        Column("started_at", Double, nullable=False),
+        **_MYSQL,
+    )
+    return meta  # fmt: skip
+
+
+class SQLJobStore(JobStore):
+    """The job store contract on a PostgreSQL or MySQL/MariaDB database (module docstring).
+
+    One pooled engine per store (connections are checked with a ping before use, so a
+    database restart costs one failed call at most); every method checks a connection out
+    for its own transaction, so threads never share one.
+    """
+
+    def __init__(self, url: str | TransportURL) -> None:
+        self.url = url if isinstance(url, TransportURL) else TransportURL.parse(url)
+        try:
+            target = make_url(self.url.render(reveal=True))
+        except ArgumentError as exc:
+            raise ConfigurationError(f"job store {self.url.redacted()}: {exc}") from None
+        prefix = target.query.get("table_prefix", "queuekit_")
+        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+            raise ConfigurationError(
+                f"job store {self.url.redacted()}: table_prefix must be a letter or _ and up"
+                " to 39 more letters, digits or _"
+            )
+        target = target.difference_update_query(["table_prefix"])
+        target = target.set(drivername=_DRIVERS.get(target.drivername, target.drivername))
+        self.dialect = target.get_backend_name()
+        if self.dialect not in {"postgresql", "mysql", "mariadb"}:
+            raise ConfigurationError(
+                f"job store {self.url.redacted()}: {self.dialect} is not supported"
+                " (postgresql, mysql and mariadb are; sqlite:///path for SQLite)"
+            )
+        if self.dialect != "postgresql" and "charset" not in target.query:
+            target = target.update_query_dict({"charset": "utf8mb4"})
+        try:
+            self._engine: Engine = create_engine(
+                target, pool_pre_ping=True, pool_recycle=1800, isolation_level="READ COMMITTED"
+            )
+        except ImportError as exc:
+            raise MissingStoreDependency(self.url.scheme, "sql", exc.name or str(exc)) from None
+        meta = _schema(prefix)
+        self._meta = meta
+        self._failed, self._delayed, self._jobs = (meta.tables[prefix + n] for n in
+                                                   ("failed", "delayed", "jobs"))  # fmt: skip
+        self._keys, self._groups, self._grouped, self._starts = (
+            meta.tables[prefix + n] for n in ("keys", "groups", "grouped", "starts")
+        )
+        self._created = False
+        self._create_lock = threading.Lock()
+        _open_stores.add(self)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _ensure_tables(self) -> None:
+        if self._created:
+            return
+        with self._create_lock:
+            for attempt in range(3):
+                if self._created:
+                    return
+                try:
+                    self._meta.create_all(self._engine)
+                    self._created = True
+                except DBAPIError:  # another process created one between check and create
+                    if attempt == 2:
+                        raise
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except DBAPIError as exc:
+            cause = exc.orig if exc.orig is not None else exc
+            raise JobStoreError(
+                redact(f"job store {self.url.redacted()}: {type(cause).__name__}: {cause}"),
+                recoverable=exc.connection_invalidated or _is_operational(exc),
+            ) from exc
+        except SQLAlchemyError as exc:
+            raise JobStoreError(redact(f"job store {self.url.redacted()}: {exc}")) from exc
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one transaction, retried when the database aborts it as a deadlock."""
+        with self._errors():
+            self._ensure_tables()
+            for attempt in range(_RETRIES):
+                try:
+                    with self._engine.begin() as conn:
+                        return work(conn)
+                except DBAPIError as exc:
+                    if attempt == _RETRIES - 1 or not _is_deadlock(exc):
+                        raise
+                time.sleep(random.uniform(0.001, 0.01 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    @property
+    def _postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    # -- failed store --------------------------------------------------------------------
+
+    def add_failed(
+        self,
+        queue: str,
+        body: bytes,
+        reason: str,
+        *,
+        message_id: str | None = None,
+        name: str | None = None,
+        traceback: str | None = None,
+        attempts: int = 0,
+        headers: dict[str, str] | None = None,
+        job: JobUpdate | None = None,
+    ) -> int:
+        row = {
+            "queue": queue, "message_id": message_id, "name": name, "reason": reason,
+            "traceback": traceback, "attempts": attempts, "failed_at": time.time(),
+            "headers": headers_text(headers or {}), "body": body,
+        }  # fmt: skip
+
+        def work(conn: Connection) -> int:
+            if job is not None:
+                conn.execute(self._write_job(), [_job_row(job)])
+            key = conn.execute(insert(self._failed).values(row)).inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+        return self._run(work)
+
+    def failed(self, queue: str | None = None, *, limit: int = 1000) -> list[FailedMessage]:
+        t = self._failed
+        query = select(t).order_by(t.c.id).limit(limit)
+        if queue is not None:
+            query = query.where(t.c.queue == queue)
+        return self._run(lambda conn: [to_failed(row) for row in conn.execute(query)])
+
+    def get_failed(self, failed_id: int) -> FailedMessage | None:
+        query = select(self._failed).where(self._failed.c.id == failed_id)
+        row = self._run(lambda conn: conn.execute(query).first())
+        return to_failed(row) if row else None
+
+    def remove_failed(self, failed_id: int) -> bool:
+        statement = delete(self._failed).where(self._failed.c.id == failed_id)
+        return self._run(lambda conn: conn.execute(statement).rowcount > 0)
+
+    def purge_failed(self, queue: str | None = None) -> int:
+        statement = delete(self._failed)
+        if queue is not None:
+            statement = statement.where(self._failed.c.queue == queue)
+        return self._run(lambda conn: conn.execute(statement).rowcount)
+
+    # -- delayed store -------------------------------------------------------------------
+
+    def add_delayed(self, queue: str, due: float, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        rows = [
+            {"queue": queue, "due": due, "claimed_until": 0.0, "priority": m.options.priority,
+             "dedup_key": m.options.dedup_key, "headers": headers_text(m.headers), "body": m.body}
+            for m in messages
+        ]  # fmt: skip
+        self._run(lambda conn: conn.execute(insert(self._delayed), rows))
+
+    def next_due(self) -> float | None:
+        due = self._run(lambda conn: conn.execute(select(func.min(self._delayed.c.due))).scalar())
+        return None if due is None else float(due)
+
+    def forward_due(
+        self, send: Callable[[str, Sequence[Outgoing]], None], *, limit: int = 500
+    ) -> int:
+        t, now = self._delayed, time.time()
+        due = (
+            select(t.c.id, t.c.queue, t.c.due, t.c.priority, t.c.dedup_key, t.c.headers, t.c.body)
+            .where(t.c.due <= now, t.c.claimed_until < now)
+            .order_by(t.c.due, t.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+
+        def claim(conn: Connection) -> list[Any]:
+            rows = list(conn.execute(due))
+            for ids in _chunks([row[0] for row in rows]):
+                stamp = update(t).where(t.c.id.in_(ids)).values(claimed_until=now + FORWARD_LEASE)
+                conn.execute(stamp)
+            return rows
+
+        rows = self._run(claim)
+        if not rows:
+            return 0
+        for queue, batch in delayed_batches(rows).items():
+            send(queue, batch)
+
+        def forget(conn: Connection) -> None:
+            for ids in _chunks([row[0] for row in rows]):
+                conn.execute(delete(t).where(t.c.id.in_(ids)))
+
+        self._run(forget)
+        return len(rows)
+
+    # -- dedup keys ----------------------------------------------------------------------
+
+    def hold_key(self, queue: str, key: str, message_id: str, *, ever: bool) -> bool:
+        t, now = self._keys, time.time()
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        row = {"queue": queue, "digest": digest, "key": key, "message_id": message_id,
+               "ever": ever, "confirmed": False, "held_at": now}  # fmt: skip
+        expired = and_(t.c.confirmed.is_(False), t.c.held_at < now - KEY_GRACE)
+        if self._postgres:
+            upsert = (
+                postgresql.insert(t)
+                .values(row)
+                .on_conflict_do_update(
+                    index_elements=[t.c.queue, t.c.digest],
+                    set_={"message_id": message_id, "ever": ever, "held_at": now},
+                    where=expired,
+                )
+                .returning(t.c.message_id)
+            )
+            return self._run(lambda conn: conn.execute(upsert).first() is not None)
+
+        def take(conn: Connection) -> bool:
+            try:
+                conn.execute(insert(t).values(row))
+            except IntegrityError as exc:
+                if _mysql_code(exc) != _MYSQL_DUPLICATE:
+                    raise
+                return False
+            return True
+
+        # Each statement in its own transaction: an insert's duplicate check keeps a shared
+        # lock on the row until commit, and two such locks upgraded by updates deadlock.
+        if self._run(take):
+            return True
+        takeover = (
+            update(t)
+            .where(t.c.queue == queue, t.c.digest == digest, expired)
+            .values(message_id=message_id, ever=ever, held_at=now)
+        )
+        return self._run(lambda conn: conn.execute(takeover).rowcount == 1)
+
+    def confirm_key(self, queue: str, key: str, message_id: str) -> None:
+        t = self._keys
+        statement = update(t).where(*self._key_is(queue, key, message_id)).values(confirmed=True)
+        self._run(lambda conn: conn.execute(statement))
+
+    def release_key(self, queue: str, key: str, message_id: str, *, ever: bool = False) -> None:
+        statement = delete(self._keys).where(*self._key_is(queue, key, message_id))
+        if not ever:
+            statement = statement.where(self._keys.c.ever.is_(False))
+        self._run(lambda conn: conn.execute(statement))
+
+    def _key_is(self, queue: str, key: str, message_id: str) -> tuple[Any, ...]:
+        t = self._keys
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return t.c.queue == queue, t.c.digest == digest, t.c.message_id == message_id
+
+    # -- serial groups -------------------------------------------------------------------
+
+    def add_grouped(
+        self,
+        queue: str,
+        group: str,
+        items: Sequence[tuple[str, Outgoing, float | None]],
+    ) -> None:
+        if not items:
+            return
+        rows = [
+            {"queue": queue, "grp": group, "message_id": message_id, "state": "waiting",
+             "lease_until": 0.0, "due": due, "priority": out.options.priority,
+             "headers": headers_text(out.headers), "body": out.body}
+            for message_id, out, due in items
+        ]  # fmt: skip
+        g = self._groups
+        lock: Any
+        if self._postgres:
+            mark = postgresql.insert(g).values(queue=queue, grp=group)
+            lock = mark.on_conflict_do_update(index_elements=[g.c.queue, g.c.grp],
+                                              set_={"grp": mark.excluded.grp})  # fmt: skip
+        else:
+            lock = mysql.insert(g).values(queue=queue, grp=group).on_duplicate_key_update(grp=group)
+
+        def work(conn: Connection) -> None:
+            conn.execute(lock)  # the group's row, locked until commit: claimers wait
+            conn.execute(insert(self._grouped), rows)
+
+        self._run(work)
+
+    def claim_group_heads(
+        self, queue: str | None = None, group: str | None = None, *, limit: int = 500
+    ) -> list[GroupHead]:
+        t, g, now = self._grouped, self._groups, time.time()
+        where = [c == v for c, v in ((t.c.queue, queue), (t.c.grp, group)) if v is not None]
+        in_flight = or_(t.c.state == "sent", and_(t.c.state == "sending", t.c.lease_until >= now))
+        idle = func.sum(case((in_flight, 1), else_=0)) == 0
+        free = select(t.c.queue, t.c.grp).where(*where).group_by(t.c.queue, t.c.grp).having(idle)
+        # A sweep mostly finds nothing to claim: find out without a write transaction.
+        candidates = [tuple(r) for r in self._run(lambda conn: conn.execute(free.limit(limit)))]
+        if not candidates:
+            return []
+
+        def claim(conn: Connection) -> list[Any]:
+            # One named group (after a publish or a settle) waits for its lock; a sweep
+            # skips groups someone else is busy with.
+            mine = select(g.c.queue, g.c.grp).where(tuple_(g.c.queue, g.c.grp).in_(candidates))
+            locked = list(conn.execute(mine.with_for_update(skip_locked=group is None)))
+            if not locked:
+                return []
+            heads = (
+                select(func.min(t.c.id))
+                .where(tuple_(t.c.queue, t.c.grp).in_([tuple(r) for r in locked]))
+                .group_by(t.c.queue, t.c.grp)
+                .having(idle)
+            )
+            ids = [row[0] for row in conn.execute(heads)]
+            if not ids:
+                return []
+            columns = (t.c.id, t.c.queue, t.c.grp, t.c.message_id, t.c.due, t.c.priority,
+                       t.c.headers, t.c.body)  # fmt: skip
+            rows = list(conn.execute(select(*columns).where(t.c.id.in_(ids))))
+            lease = now + FORWARD_LEASE
+            conn.execute(
+                update(t).where(t.c.id.in_(ids)).values(state="sending", lease_until=lease)
+            )
+            return rows
+
+        return group_heads(self._run(claim))
+
+    def mark_sent(self, heads: Sequence[GroupHead]) -> None:
+        t = self._grouped
+
+        def work(conn: Connection) -> None:
+            for ids in _chunks([head.row for head in heads]):
+                conn.execute(update(t).where(t.c.id.in_(ids)).values(state="sent"))
+
+        self._run(work)
+
+    def finish_grouped(self, queue: str, group: str, message_id: str) -> None:
+        t, g = self._grouped, self._groups
+        done = delete(t).where(t.c.queue == queue, t.c.grp == group,
+                               t.c.message_id == message_id, t.c.state != "waiting")  # fmt: skip
+        rest = select(t.c.id).where(t.c.queue == queue, t.c.grp == group).limit(1)
+        this_group = and_(g.c.queue == queue, g.c.grp == group)
+
+        def work(conn: Connection) -> None:
+            conn.execute(done)
+            if conn.execute(rest).first() is not None:
+                return
+            # The group emptied: drop its row, unless a publisher holds it (adding to it).
+            lock = select(g.c.grp).where(this_group).with_for_update(skip_locked=True)
+            if conn.execute(lock).first() is not None:
+                conn.execute(delete(g).where(this_group, ~exists(rest)))
+
+        self._run(work)
+
+    # -- job records ---------------------------------------------------------------------
+
+    def _upsert_job(self, keep: dict[str, Callable[[Any, Any], Any]]) -> Any:
+        """An insert of a record that, for an existing id, sets each column of ``keep`` to
+        ``keep[column](new, old)``."""
+        t = self._jobs
+        if self._postgres:
+            pg = postgresql.insert(t)
+            return pg.on_conflict_do_update(
+                index_elements=[t.c.id],
+                set_={c: f(pg.excluded[c], t.c[c]) for c, f in keep.items()},
+            )
+        my = mysql.insert(t)
+        return my.on_duplicate_key_update({c: f(my.inserted[c], t.c[c]) for c, f in keep.items()})
+
+    def _write_job(self) -> Any:
+        def take(new: Any, old: Any) -> Any:
+            return new
+
+        def keep_old(new: Any, old: Any) -> Any:
+            return func.coalesce(new, old)
+
+        return self._upsert_job({
+            "state": take, "attempts": take, "result": take, "error": take, "traceback": take,
+            "started_at": keep_old, "finished_at": take, "worker_pid": keep_old,
+            "peak_memory": keep_old,
+        })  # fmt: skip
+
+    def write_jobs(self, updates: Sequence[JobUpdate]) -> None:
+        if updates:
+            statement, rows = self._write_job(), [_job_row(u) for u in updates]
+            self._run(lambda conn: conn.execute(statement, rows))
+
+    def start_job(self, update: JobUpdate) -> None:
+        def take(new: Any, old: Any) -> Any:
+            return new
+
+        statement = self._upsert_job({
+            "state": take, "attempts": take, "started_at": take,
+            "finished_at": lambda new, old: None, "worker_pid": take,
+        })  # fmt: skip
+        self._run(lambda conn: conn.execute(statement, [_job_row(update)]))
+
+    def delete_jobs(self, ids: Sequence[str]) -> None:
+        t = self._jobs
+
+        def work(conn: Connection) -> None:
+            for chunk in _chunks(list(ids)):
+                conn.execute(delete(t).where(t.c.id.in_(chunk)))
+
+        self._run(work)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        query = select(*self._job_columns()).where(self._jobs.c.id == job_id)
+        row = self._run(lambda conn: conn.execute(query).first())
+        return to_record(row) if row else None
+
+    def jobs(
+        self, queue: str | None = None, *, state: str | None = None, limit: int = 1000
+    ) -> list[JobRecord]:
+        t = self._jobs
+        newest = t.c.created_at.desc()
+        if self._postgres:  # PostgreSQL sorts NULL first in descending order; SQLite, MySQL last
+            newest = newest.nulls_last()
+        query = select(*self._job_columns()).order_by(newest).limit(limit)
+        for column, value in ((t.c.queue, queue), (t.c.state, state)):
+            if value is not None:
+                query = query.where(column == value)
+        return self._run(lambda conn: [to_record(row) for row in conn.execute(query)])
+
+    def unfinished(self, ids: Iterable[str]) -> set[str]:
+        t = self._jobs
+
+        def work(conn: Connection) -> set[str]:
+            found: set[str] = set()
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                query = select(t.c.id).where(t.c.id.in_(chunk), t.c.state.not_in(FINISHED))
+                found.update(row[0] for row in conn.execute(query))
+            return found
+
+        return self._run(work)
+
+    def clear_finished(self, older_than: float = 0.0, *, queue: str | None = None) -> int:
+        t = self._jobs
+        cutoff = time.time() - older_than
+        statement = delete(t).where(t.c.state.in_(FINISHED), t.c.finished_at <= cutoff)
+        if queue is not None:
+            statement = statement.where(t.c.queue == queue)
+        return self._run(lambda conn: conn.execute(statement).rowcount)
+
+    def _job_columns(self) -> list[Any]:
+        return [self._jobs.c[name] for name in _JOB_FIELDS]
+
+    # -- start journal -------------------------------------------------------------------
+
+    def begin_delivery(self, message_id: str) -> int:
+        t = self._starts
+        row = {"message_id": message_id, "starts": 1, "started_at": time.time()}
+        if self._postgres:
+            pg = postgresql.insert(t).values(row)
+            upsert: Any = pg.on_conflict_do_update(
+                index_elements=[t.c.message_id],
+                set_={"starts": t.c.starts + 1, "started_at": pg.excluded.started_at},
+            ).returning(t.c.starts)
+            return int(self._run(lambda conn: conn.execute(upsert).scalar_one()))
+        my = mysql.insert(t).values(row)
+        upsert = my.on_duplicate_key_update(
+            starts=t.c.starts + 1, started_at=my.inserted.started_at
+        )
+        count = select(t.c.starts).where(t.c.message_id == message_id)
+
+        def work(conn: Connection) -> int:  # the upsert locks the row: the count is ours
+            conn.execute(upsert)
+            return int(conn.execute(count).scalar_one())
+
+        return self._run(work)
+
+    def end_delivery(self, message_id: str) -> None:
+        statement = delete(self._starts).where(self._starts.c.message_id == message_id)
+        self._run(lambda conn: conn.execute(statement))
+
+
+def _job_row(job: JobUpdate) -> dict[str, object]:
+    return dict(zip(_JOB_FIELDS, job_values(job), strict=True))
+
+
+def _chunks(ids: list[T]) -> Iterator[list[T]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
+
+
+def _mysql_code(exc: DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _is_deadlock(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _DEADLOCKS or _mysql_code(exc) in _MYSQL_DEADLOCKS
+
+
+def _is_operational(exc: DBAPIError) -> bool:
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+# A forked child must not use its parent's pooled connections (they share one socket).
+_open_stores: weakref.WeakSet[SQLJobStore] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for store in list(_open_stores):
+        store._engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork)

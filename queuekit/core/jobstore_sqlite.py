@@ -1,0 +1,481 @@
+"""The SQLite job store: one file (or a process-shared in-memory database) per store.
+
+Writers take the file's write lock up front (``BEGIN IMMEDIATE``), so concurrent writers
+from any number of threads and processes on one host queue instead of failing, and a claim
+(``UPDATE ... RETURNING``) runs alone: no row is handed to two claimers. One connection
+per store, shared by its threads under a lock. The contract:
+:class:`queuekit.core.jobstore.JobStore`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+from .errors import ConfigurationError
+from .jobstore import (
+    FORWARD_LEASE,
+    KEY_GRACE,
+    FailedMessage,
+    GroupHead,
+    JobStore,
+    delayed_batches,
+    group_heads,
+    headers_text,
+    job_values,
+    to_failed,
+    to_record,
+)
+from .records import FINISHED, JobRecord, JobUpdate
+from .sqlitedb import connect_database, immediate
+from .transport import Outgoing
+from .urls import TransportURL
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queuekit_failed (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    message_id TEXT,
+    name TEXT,
+    reason TEXT NOT NULL,
+    traceback TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failed_at REAL NOT NULL,
+    headers TEXT,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queuekit_failed_queue ON queuekit_failed (queue, id);
+CREATE TABLE IF NOT EXISTS queuekit_delayed (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    due REAL NOT NULL,
+    claimed_until REAL NOT NULL DEFAULT 0,
+    priority INTEGER,
+    dedup_key TEXT,
+    headers TEXT,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queuekit_delayed_due ON queuekit_delayed (due, id);
+CREATE TABLE IF NOT EXISTS queuekit_jobs (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    name TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    traceback TEXT,
+    created_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    worker_pid INTEGER,
+    peak_memory INTEGER
+);
+CREATE INDEX IF NOT EXISTS queuekit_jobs_finished
+    ON queuekit_jobs (finished_at) WHERE state IN ('done', 'failed');
+CREATE TABLE IF NOT EXISTS queuekit_keys (
+    queue TEXT NOT NULL,
+    key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    ever INTEGER NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    held_at REAL NOT NULL,
+    PRIMARY KEY (queue, key)
+);
+CREATE TABLE IF NOT EXISTS queuekit_grouped (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'waiting',
+    lease_until REAL NOT NULL DEFAULT 0,
+    due REAL,
+    priority INTEGER,
+    headers TEXT,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queuekit_grouped_line ON queuekit_grouped (queue, grp, id);
+CREATE TABLE IF NOT EXISTS queuekit_starts (
+    message_id TEXT PRIMARY KEY,
+    starts INTEGER NOT NULL,
+    started_at REAL NOT NULL
+);
+"""
+_JOB_COLUMNS = (
+    "id, queue, name, state, attempts, result, error, traceback, created_at, started_at,"
+    " finished_at, worker_pid, peak_memory"
+)
+# A publish or an attempt's end: the whole row as the writer knows it.
+_WRITE_JOB = (
+    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
+    " result = excluded.result, error = excluded.error, traceback = excluded.traceback,"
+    " started_at = COALESCE(excluded.started_at, started_at),"
+    " finished_at = excluded.finished_at,"
+    " worker_pid = COALESCE(excluded.worker_pid, worker_pid),"
+    " peak_memory = COALESCE(excluded.peak_memory, peak_memory)"
+)
+# An attempt's start: the last attempt's error stays visible while the next one runs.
+_START_JOB = (
+    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
+    " started_at = excluded.started_at, finished_at = NULL, worker_pid = excluded.worker_pid"
+)
+_UNFINISHED_CHUNK = 500  # ids per query, well under SQLite's bound-parameter limit
+
+
+class SQLiteJobStore(JobStore):
+    """See the module docstring. ``url`` is ``sqlite:///path``, ``sqlite:///:memory:``, or
+    ``sqlite:///:memory:?share=NAME``: one in-memory database for every store of this
+    process that names it (what ``memory://NAME`` connections use, so they share one failed
+    store, one set of keys and groups, as they share one broker). ``?synchronous=full``
+    also survives power loss (see :func:`queuekit.core.sqlitedb.connect_database`)."""
+
+    def __init__(self, url: str | TransportURL) -> None:
+        parsed = url if isinstance(url, TransportURL) else TransportURL.parse(url)
+        if parsed.scheme != "sqlite":
+            raise ConfigurationError(
+                f"job store {parsed.redacted()}: only sqlite:///path is supported"
+            )
+        self.url = parsed
+        self._share = parsed.option("share") if parsed.path == ":memory:" else None
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self._share is not None and self._db is None:
+            with self._lock:  # this store's own lock, until it holds the shared one
+                if self._db is None:
+                    self._db, self._lock = _join_share(self._share)
+        with self._lock:
+            if self._db is None:
+                path = self.url.path or "queuekit.db"
+                synchronous = self.url.option("synchronous") or "normal"
+                self._db = connect_database(path, synchronous=synchronous)
+                self._db.executescript(_SCHEMA)
+            yield self._db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as db, immediate(db):
+            yield db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None and self._share is not None:
+                _leave_share(self._share)
+            elif self._db is not None:
+                self._db.close()
+            self._db = None
+
+    # -- failed store --------------------------------------------------------------------
+
+    def add_failed(
+        self,
+        queue: str,
+        body: bytes,
+        reason: str,
+        *,
+        message_id: str | None = None,
+        name: str | None = None,
+        traceback: str | None = None,
+        attempts: int = 0,
+        headers: dict[str, str] | None = None,
+        job: JobUpdate | None = None,
+    ) -> int:
+        with self._transaction() as db:
+            if job is not None:
+                db.execute(_WRITE_JOB, job_values(job))
+            cursor = db.execute(
+                "INSERT INTO queuekit_failed (queue, message_id, name, reason, traceback,"
+                " attempts, failed_at, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    queue,
+                    message_id,
+                    name,
+                    reason,
+                    traceback,
+                    attempts,
+                    time.time(),
+                    headers_text(headers or {}),
+                    body,
+                ),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def failed(self, queue: str | None = None, *, limit: int = 1000) -> list[FailedMessage]:
+        query = "SELECT * FROM queuekit_failed"
+        args: tuple[object, ...] = ()
+        if queue is not None:
+            query, args = query + " WHERE queue = ?", (queue,)
+        with self._connection() as db:
+            rows = db.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        return [to_failed(row) for row in rows]
+
+    def get_failed(self, failed_id: int) -> FailedMessage | None:
+        with self._connection() as db:
+            row = db.execute("SELECT * FROM queuekit_failed WHERE id = ?", (failed_id,)).fetchone()
+        return to_failed(row) if row else None
+
+    def remove_failed(self, failed_id: int) -> bool:
+        with self._connection() as db:
+            return db.execute("DELETE FROM queuekit_failed WHERE id = ?", (failed_id,)).rowcount > 0
+
+    def purge_failed(self, queue: str | None = None) -> int:
+        with self._connection() as db:
+            if queue is None:
+                return db.execute("DELETE FROM queuekit_failed").rowcount
+            return db.execute("DELETE FROM queuekit_failed WHERE queue = ?", (queue,)).rowcount
+
+    # -- delayed store -------------------------------------------------------------------
+
+    def add_delayed(self, queue: str, due: float, messages: Sequence[Outgoing]) -> None:
+        rows = [
+            (
+                queue,
+                due,
+                m.options.priority,
+                m.options.dedup_key,
+                headers_text(m.headers),
+                m.body,
+            )
+            for m in messages
+        ]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO queuekit_delayed (queue, due, priority, dedup_key, headers, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def next_due(self) -> float | None:
+        with self._connection() as db:
+            row = db.execute("SELECT MIN(due) FROM queuekit_delayed").fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def forward_due(
+        self, send: Callable[[str, Sequence[Outgoing]], None], *, limit: int = 500
+    ) -> int:
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                "UPDATE queuekit_delayed SET claimed_until = ? WHERE id IN ("
+                " SELECT id FROM queuekit_delayed WHERE due <= ? AND claimed_until < ?"
+                " ORDER BY due, id LIMIT ?)"
+                " RETURNING id, queue, due, priority, dedup_key, headers, body",
+                (now + FORWARD_LEASE, now, now, limit),
+            ).fetchall()
+        if not rows:
+            return 0
+        for queue, batch in delayed_batches(rows).items():
+            send(queue, batch)
+        with self._transaction() as db:
+            db.executemany("DELETE FROM queuekit_delayed WHERE id = ?", [(r[0],) for r in rows])
+        return len(rows)
+
+    # -- dedup keys (brokers without native dedup, and "ever" keys everywhere) -----------
+
+    def hold_key(self, queue: str, key: str, message_id: str, *, ever: bool) -> bool:
+        now = time.time()
+        with self._connection() as db:
+            row = db.execute(
+                "INSERT INTO queuekit_keys (queue, key, message_id, ever, held_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (queue, key) DO UPDATE SET"
+                " message_id = excluded.message_id, ever = excluded.ever,"
+                " held_at = excluded.held_at WHERE confirmed = 0 AND held_at < ?"
+                " RETURNING message_id",
+                (queue, key, message_id, int(ever), now, now - KEY_GRACE),
+            ).fetchone()
+        return row is not None
+
+    def confirm_key(self, queue: str, key: str, message_id: str) -> None:
+        with self._connection() as db:
+            db.execute(
+                "UPDATE queuekit_keys SET confirmed = 1"
+                " WHERE queue = ? AND key = ? AND message_id = ?",
+                (queue, key, message_id),
+            )
+
+    def release_key(self, queue: str, key: str, message_id: str, *, ever: bool = False) -> None:
+        query = "DELETE FROM queuekit_keys WHERE queue = ? AND key = ? AND message_id = ?"
+        with self._connection() as db:
+            db.execute(query if ever else query + " AND ever = 0", (queue, key, message_id))
+
+    # -- serial groups -------------------------------------------------------------------
+
+    def add_grouped(
+        self,
+        queue: str,
+        group: str,
+        items: Sequence[tuple[str, Outgoing, float | None]],
+    ) -> None:
+        rows = [
+            (
+                queue,
+                group,
+                message_id,
+                due,
+                out.options.priority,
+                headers_text(out.headers),
+                out.body,
+            )
+            for message_id, out, due in items
+        ]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO queuekit_grouped (queue, grp, message_id, due, priority, headers,"
+                " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def claim_group_heads(
+        self, queue: str | None = None, group: str | None = None, *, limit: int = 500
+    ) -> list[GroupHead]:
+        now = time.time()
+        where = ""
+        args: tuple[str, ...] = ()
+        for column, value in (("queue", queue), ("grp", group)):
+            if value is not None:
+                where, args = f"{where} AND {column} = ?", (*args, value)
+        with self._connection() as db:  # a sweep finds nothing mostly: no write lock for that
+            if not db.execute(
+                f"SELECT 1 FROM queuekit_grouped WHERE 1 = 1{where}", args
+            ).fetchone():
+                return []
+        with self._transaction() as db:
+            rows = db.execute(
+                "UPDATE queuekit_grouped SET state = 'sending', lease_until = ? WHERE id IN ("
+                " SELECT g.id FROM (SELECT MIN(id) AS head FROM queuekit_grouped"
+                f" WHERE 1 = 1{where} GROUP BY queue, grp) JOIN queuekit_grouped g ON g.id = head"
+                " WHERE g.state = 'waiting' OR (g.state = 'sending' AND g.lease_until < ?)"
+                " LIMIT ?) RETURNING id, queue, grp, message_id, due, priority, headers, body",
+                (now + FORWARD_LEASE, *args, now, limit),
+            ).fetchall()
+        return group_heads(rows)
+
+    def mark_sent(self, heads: Sequence[GroupHead]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE queuekit_grouped SET state = 'sent' WHERE id = ?",
+                [(head.row,) for head in heads],
+            )
+
+    def finish_grouped(self, queue: str, group: str, message_id: str) -> None:
+        with self._connection() as db:
+            db.execute(
+                "DELETE FROM queuekit_grouped WHERE queue = ? AND grp = ? AND message_id = ?"
+                " AND state != 'waiting'",
+                (queue, group, message_id),
+            )
+
+    # -- job records ---------------------------------------------------------------------
+
+    def write_jobs(self, updates: Sequence[JobUpdate]) -> None:
+        if not updates:
+            return
+        with self._connection() as db:
+            if len(updates) == 1:  # autocommit: one statement is one transaction
+                db.execute(_WRITE_JOB, job_values(updates[0]))
+                return
+        with self._transaction() as db:
+            db.executemany(_WRITE_JOB, [job_values(u) for u in updates])
+
+    # -- start journal (brokers that redeliver without saying so) --------------------------
+
+    def begin_delivery(self, message_id: str) -> int:
+        with self._connection() as db:
+            row = db.execute(
+                "INSERT INTO queuekit_starts (message_id, starts, started_at) VALUES (?, 1, ?)"
+                " ON CONFLICT (message_id) DO UPDATE SET starts = starts + 1,"
+                " started_at = excluded.started_at RETURNING starts",
+                (message_id, time.time()),
+            ).fetchone()
+        return int(row[0])
+
+    def end_delivery(self, message_id: str) -> None:
+        with self._connection() as db:
+            db.execute("DELETE FROM queuekit_starts WHERE message_id = ?", (message_id,))
+
+    def start_job(self, update: JobUpdate) -> None:
+        with self._connection() as db:  # one statement: one transaction
+            db.execute(_START_JOB, job_values(update))
+
+    def delete_jobs(self, ids: Sequence[str]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM queuekit_jobs WHERE id = ?", [(i,) for i in ids])
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._connection() as db:
+            row = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM queuekit_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return to_record(row) if row else None
+
+    def jobs(
+        self, queue: str | None = None, *, state: str | None = None, limit: int = 1000
+    ) -> list[JobRecord]:
+        clauses, args = [], []
+        for column, value in (("queue", queue), ("state", state)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connection() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM queuekit_jobs{where} ORDER BY created_at DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [to_record(row) for row in rows]
+
+    def unfinished(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        with self._connection() as db:
+            for start in range(0, len(wanted), _UNFINISHED_CHUNK):
+                chunk = wanted[start : start + _UNFINISHED_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    row[0]
+                    for row in db.execute(
+                        f"SELECT id FROM queuekit_jobs WHERE id IN ({marks})"
+                        " AND state NOT IN (?, ?)",
+                        (*chunk, *FINISHED),
+                    )
+                )
+        return found
+
+    def clear_finished(self, older_than: float = 0.0, *, queue: str | None = None) -> int:
+        cutoff = time.time() - older_than
+        query = "DELETE FROM queuekit_jobs WHERE state IN (?, ?) AND finished_at <= ?"
+        args: tuple[object, ...] = (*FINISHED, cutoff)
+        if queue is not None:
+            query, args = query + " AND queue = ?", (*args, queue)
+        with self._transaction() as db:
+            return db.execute(query, args).rowcount
+
+
+_shares: dict[str, tuple[sqlite3.Connection, threading.RLock, int]] = {}
+_shares_lock = threading.Lock()
+
+
+def _join_share(name: str) -> tuple[sqlite3.Connection, threading.RLock]:
+    with _shares_lock:
+        db, lock, users = _shares.get(name) or (connect_database(":memory:"), threading.RLock(), 0)
+        if not users:
+            db.executescript(_SCHEMA)
+        _shares[name] = (db, lock, users + 1)
+        return db, lock
+
+
+def _leave_share(name: str) -> None:
+    with _shares_lock:
+        db, lock, users = _shares[name]
+        if users > 1:
+            _shares[name] = (db, lock, users - 1)
+        else:
+            del _shares[name]
+            db.close()
