@@ -91,7 +91,7 @@ from .jobstore import (
 )
 from .records import FINISHED, JobRecord, JobUpdate
 from .transport import Outgoing
-from .urls import TransportURL, redact
+from .urls import TransportURL
 
 T = TypeVar("T")
 _DRIVERS = {
@@ -276,14 +276,15 @@ class SQLJobStore(JobStore):
         if self._created:
             return
         with self._create_lock:
-            for attempt in range(3):
+            tries = len(self._meta.tables) + 1
+            for attempt in range(tries):
                 if self._created:
                     return
                 try:
                     self._meta.create_all(self._engine)
                     self._created = True
-                except DBAPIError:  # another process created one between check and create
-                    if attempt == 2:
+                except DBAPIError:  # another process created one between check and create:
+                    if attempt == tries - 1:  # the next try gets further
                         raise
 
     @contextmanager
@@ -293,11 +294,11 @@ class SQLJobStore(JobStore):
         except DBAPIError as exc:
             cause = exc.orig if exc.orig is not None else exc
             raise JobStoreError(
-                redact(f"job store {self.url.redacted()}: {type(cause).__name__}: {cause}"),
+                f"job store {self.url.redacted()}: {type(cause).__name__}: {cause}",
                 recoverable=exc.connection_invalidated or _is_operational(exc),
             ) from exc
         except SQLAlchemyError as exc:
-            raise JobStoreError(redact(f"job store {self.url.redacted()}: {exc}")) from exc
+            raise JobStoreError(f"job store {self.url.redacted()}: {exc}") from exc
 
     def _run(self, work: Callable[[Connection], T]) -> T:
         """``work`` in one transaction, retried when the database aborts it as a deadlock."""
