@@ -27,6 +27,7 @@ from .core.events import Event, EventManager, bridge
 from .core.fluent import PendingJob
 from .core.hooks import Hooks
 from .core.jobstore import FailedMessage
+from .core.priorities import PriorityRange
 from .core.queue import Connection, Queue, Topic, connect
 from .core.records import JobRecord
 from .core.registry import register_transport
@@ -57,6 +58,7 @@ __all__ = [
     "Outgoing",
     "PendingJob",
     "PermanentError",
+    "PriorityRange",
     "Queue",
     "QueueFull",
     "QueuekitError",

@@ -20,6 +20,7 @@ from .core.abstract import AbstractQueue
 from .core.config import resolve_url
 from .core.delays import parse_duration
 from .core.errors import QueuekitError
+from .core.priorities import PriorityRange
 from .core.queue import Connection, connect
 from .core.urls import redact
 
@@ -64,6 +65,14 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * scale)
 
 
+def _priority_range(text: str) -> str:
+    try:
+        PriorityRange.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 # -- subcommands ---------------------------------------------------------------------------
 
 
@@ -77,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             max_messages=args.max_messages,
             max_seconds=args.max_seconds,
             max_memory=args.max_memory,
+            priorities=args.priorities,
         )
     print(f"worker: processed {processed} message(s) from {cls.queue_name()!r}", file=sys.stderr)
     return 0
@@ -93,8 +103,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
             if args.at:
                 delay = datetime.fromisoformat(args.at)
             message_id = conn.queue(args.queue).publish(
-                payload, name=args.name, delay=delay, priority=args.priority, key=args.key
-            )
+                payload, name=args.name, delay=delay, priority=args.priority, key=args.key,
+                dedup="ever" if args.ever else "pending", group=args.group,
+            )  # fmt: skip
         except (TypeError, ValueError) as exc:  # a bad --delay/--at/--priority or payload
             raise UsageError(str(exc)) from None
     print(message_id)
@@ -212,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-seconds", type=float, metavar="S", help="exit after S seconds")
     run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
                      help="exit once resident memory reaches SIZE (e.g. 512M)")  # fmt: skip
+    run.add_argument("-p", "--priorities", metavar="RANGE", type=_priority_range,
+                     help="take only these priorities: 10, 20-40, 25- or -20")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     publish = sub.add_parser("publish", help="publish one JSON payload to a queue")
@@ -223,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--at", help="an ISO 8601 moment to deliver at")
     publish.add_argument("--priority", type=int, help="0-255, higher first")
     publish.add_argument("--key", help="dedup key: dropped while one with this key is pending")
+    publish.add_argument("--ever", action="store_true", help="the key holds for ever")
+    publish.add_argument("--group", help="serial group: runs after the group's earlier ones")
     publish.set_defaults(func=cmd_publish)
 
     failed = sub.add_parser("failed", help="list, show, retry or purge dead letters")

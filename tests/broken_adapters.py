@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from queuekit.adapters.memory import MemoryTransport
 from queuekit.adapters.sqlite import SQLiteTransport
+from queuekit.core.priorities import PriorityRange
 from queuekit.core.registry import register_transport
 from queuekit.core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions
 
@@ -71,6 +72,17 @@ class NoPriorityTransport(MemoryTransport):
         super().send_many(queue, plain)
 
 
+class AnyPriorityTransport(MemoryTransport):
+    """Declares priority ranges but hands a restricted consumer any priority."""
+
+    name = "any-priority"
+
+    def receive_priorities(
+        self, queue: str, timeout: float, priorities: PriorityRange
+    ) -> Delivery | None:
+        return super().receive(queue, timeout)
+
+
 class SilentDelayTransport(MemoryTransport):
     """Does not declare delay, yet silently sends a delayed message at once."""
 
@@ -122,6 +134,7 @@ BROKEN = {
     "at-most-once": AtMostOnceMemory,
     "at-most-once-sqlite": AtMostOnceSQLite,
     "no-priority": NoPriorityTransport,
+    "any-priority": AnyPriorityTransport,
     "silent-delay": SilentDelayTransport,
     "header-dropping": HeaderDroppingTransport,
     "lifo": LifoTransport,

@@ -83,6 +83,7 @@ BROKEN = [
     ("lossy://x", ["no_loss"], "missing"),
     ("at-most-once://x", ["redelivery", "nack_requeue"], "nothing received"),
     ("no-priority://x", ["priority"], "received priorities in order"),
+    ("any-priority://x", ["priority_range"], "a 10-40 consumer took priorities"),
     ("silent-delay://x", ["unsupported"], "did not raise Unsupported"),
     ("header-dropping://x", ["round_trip"], "headers changed"),
     ("lifo://x", ["fifo"], "order broken at position 0"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from queuekit import AbstractQueue, Connection, Message, Unsupported, connect
+from queuekit import AbstractQueue, Connection, Message, connect
 from tests.workers.harness import sqlite_url
 
 SAFETY = 20.0
@@ -74,9 +74,32 @@ def test_while_pending_is_the_key_dedup(conn: Connection) -> None:
         queue.job(3).while_pending().publish()
 
 
-def test_once_ever_is_refused_not_ignored(conn: Connection) -> None:
-    with pytest.raises(Unsupported, match="once_ever"):
-        WelcomeMail.job(1).with_key("user-1").once_ever()
+def test_the_issue_chain_runs_once_ever_and_in_its_group(conn: Connection) -> None:
+    for user_id in (1, 1, 2):
+        WelcomeMail.job(user_id).using(conn).on_queue("emails").delay(0.01).with_key(
+            f"user-{user_id}"
+        ).once_ever().in_group("welcome").publish()
+    seen: list[Message] = []
+    conn.queue("emails").dispatch(seen.append, max_messages=2, max_seconds=SAFETY)
+    assert [(m.payload, m.metadata.group, m.metadata.once) for m in seen] == [
+        (1, "welcome", True),
+        (2, "welcome", True),
+    ]
+    WelcomeMail.job(1).using(conn).with_key("user-1").once_ever().publish()
+    assert conn.queue("emails").depth() == 0
+    with pytest.raises(ValueError, match="ever dedup needs a key"):
+        WelcomeMail.job(3).using(conn).once_ever().publish()
+
+
+def test_a_class_priority_is_the_default_and_a_message_overrides_it(conn: Connection) -> None:
+    class Urgent(WelcomeMail):
+        queue = "urgent"
+        priority = 200
+
+    Urgent.job("default").using(conn).publish()
+    Urgent(conn).publish("own", priority=3)
+    got = [one(conn, "urgent").metadata.priority for _ in range(2)]
+    assert got == [200, 3]
 
 
 def test_a_bad_option_is_refused_where_it_is_written(conn: Connection) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from ..core.capabilities import Capabilities
 from ..core.errors import TransportClosed
+from ..core.priorities import PriorityRange
 from ..core.topics import topic_matches
 from ..core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ..core.urls import TransportURL
@@ -45,6 +46,19 @@ class _Queue:
 
     def push(self, entry: _Entry) -> None:
         heapq.heappush(self.ready, (-entry.priority, entry.available_at, entry.seq, entry))
+
+    def pop(self, priorities: PriorityRange | None) -> _Entry | None:
+        """The first ready entry, or the first with a priority in ``priorities`` (a scan:
+        memory:// is for tests, not for millions waiting)."""
+        if priorities is None:
+            return heapq.heappop(self.ready)[3] if self.ready else None
+        wanted = [item for item in self.ready if item[3].priority in priorities]
+        if not wanted:
+            return None
+        first = min(wanted)
+        self.ready.remove(first)
+        heapq.heapify(self.ready)
+        return first[3]
 
     def promote_due(self, now: float) -> float | None:
         """Move due delayed entries to ready; return when the next one falls due."""
@@ -92,6 +106,7 @@ class MemoryTransport(Transport):
         topics=True,
         delay=True,
         priority=True,
+        priority_range=True,
         dedup=True,
         inspect=True,
         reasons={"durable": "messages live in this process's memory only"},
@@ -141,6 +156,16 @@ class MemoryTransport(Transport):
             target.push(entry)
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
+        return self._receive(queue, timeout, None)
+
+    def receive_priorities(
+        self, queue: str, timeout: float, priorities: PriorityRange
+    ) -> Delivery | None:
+        return self._receive(queue, timeout, priorities)
+
+    def _receive(
+        self, queue: str, timeout: float, priorities: PriorityRange | None
+    ) -> Delivery | None:
         self._check()
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._broker.changed:
@@ -149,8 +174,8 @@ class MemoryTransport(Transport):
                 if self._closed:
                     return None
                 next_due = target.promote_due(time.time())
-                if target.ready:
-                    entry = heapq.heappop(target.ready)[3]
+                entry = target.pop(priorities)
+                if entry is not None:
                     entry.deliveries += 1
                     self._unacked[id(entry)] = (queue, entry)
                     return Delivery(

@@ -45,6 +45,7 @@ from contextlib import contextmanager
 
 from ..core.capabilities import Capabilities
 from ..core.errors import ConfigurationError, ConnectionLost, TransportClosed, TransportError
+from ..core.priorities import PriorityRange
 from ..core.sqlitedb import connect_database, immediate
 from ..core.topics import topic_matches
 from ..core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
@@ -86,11 +87,13 @@ _INSERT = (
 _CLAIM = """
 UPDATE queuekit_messages SET state = 2, lease_until = ?, deliveries = deliveries + 1
 WHERE id IN (
-    SELECT id FROM queuekit_messages WHERE queue = ? AND state = 1
+    SELECT id FROM queuekit_messages WHERE queue = ? AND state = 1{range}
     ORDER BY priority DESC, not_before, id LIMIT ?
 )
 RETURNING id, priority, not_before, body, headers, deliveries, dedup_key IS NOT NULL
 """
+_CLAIM_ANY = _CLAIM.format(range="")
+_CLAIM_RANGE = _CLAIM.format(range=" AND priority BETWEEN ? AND ?")
 _HOUSEKEEPING_EVERY = 0.05  # seconds between checks for due delays and expired leases
 
 
@@ -115,6 +118,7 @@ class SQLiteTransport(Transport):
         topics=True,
         delay=True,
         priority=True,
+        priority_range=True,
         dedup=True,
         inspect=True,
     )
@@ -127,7 +131,8 @@ class SQLiteTransport(Transport):
         self._lock = threading.RLock()
         self._closed = threading.Event()
         self._held: set[int] = set()  # ids claimed and not settled (buffered or delivered)
-        self._buffers: dict[str, deque[Delivery]] = {}  # claimed, not yet handed out
+        # claimed, not yet handed out; per queue and priority range (None: any priority)
+        self._buffers: dict[tuple[str, PriorityRange | None], deque[Delivery]] = {}
         self._acked: list[int] = []  # settled ids whose delete is not committed yet
         self._keyed: set[int] = set()  # held ids with a dedup key: acked at once, freeing it
         self._next_housekeeping = 0.0
@@ -177,15 +182,25 @@ class SQLiteTransport(Transport):
     # -- consuming -----------------------------------------------------------------------
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
+        return self._receive(queue, timeout, None)
+
+    def receive_priorities(
+        self, queue: str, timeout: float, priorities: PriorityRange
+    ) -> Delivery | None:
+        return self._receive(queue, timeout, priorities)
+
+    def _receive(
+        self, queue: str, timeout: float, priorities: PriorityRange | None
+    ) -> Delivery | None:
         deadline = time.monotonic() + max(timeout, 0.0)
         pause = 0.001
         while True:
             with self._lock:
-                buffered = self._buffers.get(queue)
+                buffered = self._buffers.get((queue, priorities))
                 if buffered:
                     return buffered.popleft()
             self._housekeeping()
-            claimed = self._claim(queue)
+            claimed = self._claim(queue, priorities)
             if claimed:
                 self._ensure_keeper()
                 return claimed
@@ -194,11 +209,17 @@ class SQLiteTransport(Transport):
                 return None
             pause = min(pause * 2, self.max_poll)
 
-    def _claim(self, queue: str) -> Delivery | None:
+    def _claim(self, queue: str, priorities: PriorityRange | None) -> Delivery | None:
         """Commit pending acks and claim up to ``prefetch`` rows in one transaction."""
+        lease_until = time.time() + self.lease
         with self._transaction() as db:
             self._commit_acks(db)
-            rows = db.execute(_CLAIM, (time.time() + self.lease, queue, self.prefetch)).fetchall()
+            if priorities is None:
+                rows = db.execute(_CLAIM_ANY, (lease_until, queue, self.prefetch)).fetchall()
+            else:
+                low, high = priorities.lowest, priorities.highest
+                args = (lease_until, queue, low, high, self.prefetch)
+                rows = db.execute(_CLAIM_RANGE, args).fetchall()
             if not rows:
                 return None
             rows.sort(key=lambda row: (-row[1], row[2], row[0]))  # RETURNING has no order
@@ -217,7 +238,7 @@ class SQLiteTransport(Transport):
             self._keyed.update(row[0] for row in rows if row[6])
             first = deliveries.popleft()
             if deliveries:
-                self._buffers.setdefault(queue, deque()).extend(deliveries)
+                self._buffers.setdefault((queue, priorities), deque()).extend(deliveries)
             return first
 
     def _commit_acks(self, db: sqlite3.Connection) -> None:
@@ -345,12 +366,16 @@ class SQLiteTransport(Transport):
                 self._closed.set()
                 self._db.close()
 
+    def _unbuffer(self, queue: str) -> list[int]:
+        """Drop ``queue``'s buffers (every priority range); return the ids they held."""
+        keys = [key for key in self._buffers if key[0] == queue]
+        return [delivery.handle for key in keys for delivery in self._buffers.pop(key)]
+
     def release(self, queue: str) -> None:
         with self._lock:
-            buffered = self._buffers.pop(queue, None)
-            if not buffered:
+            ids = self._unbuffer(queue)
+            if not ids:
                 return
-            ids = [delivery.handle for delivery in buffered]
             with self._transaction() as db:
                 self._give_back(db, ids, undo_delivery=True)
             self._held.difference_update(ids)
@@ -386,8 +411,7 @@ class SQLiteTransport(Transport):
 
     def delete(self, queue: str) -> None:
         with self._transaction() as db:
-            for delivery in self._buffers.pop(queue, ()):
-                self._held.discard(delivery.handle)
+            self._held.difference_update(self._unbuffer(queue))
             db.execute("DELETE FROM queuekit_messages WHERE queue = ?", (queue,))
             db.execute("DELETE FROM queuekit_subscriptions WHERE subscription = ?", (queue,))
 

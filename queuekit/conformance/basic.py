@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 from ..core.errors import MessageTooLarge, Unsupported
+from ..core.priorities import PriorityRange
 from ..core.topics import topic_matches
 from ..core.transport import Outgoing, SendOptions, Transport
 from .cases import case
@@ -181,6 +182,26 @@ def priority(ctx: Context) -> None:
     check(order == sorted(levels, reverse=True), f"received priorities in order {order}")
 
 
+@case(10, "priority_range", needs="priority_range")
+def priority_range(ctx: Context) -> None:
+    """A consumer restricted to a priority range takes only those; the rest stay waiting."""
+    queue = ctx.queue("priority-range")
+    levels = [0, 9, 10, 25, 40, 41, 255]
+    producer = ctx.open()
+    for level in levels:
+        producer.send(queue, str(level).encode(), {}, options=SendOptions(priority=level))
+    restricted = ctx.open(prefetch=4)
+    taken: list[int] = []
+    while (delivery := restricted.receive_priorities(
+        queue, ctx.settings.quiet, PriorityRange(10, 40)
+    )) is not None:  # fmt: skip
+        taken.append(int(delivery.body))
+        restricted.ack(delivery)
+    check(sorted(taken) == [10, 25, 40], f"a 10-40 consumer took priorities {taken}")
+    rest = [int(d.body) for d in drain(producer, queue, 4, ctx.settings.receive_timeout)]
+    check(sorted(rest) == [0, 9, 41, 255], f"an unrestricted consumer then got {rest}")
+
+
 @case(11, "dedup", needs="dedup")
 def dedup(ctx: Context) -> None:
     """The same key published twice while pending is delivered once."""
@@ -349,6 +370,9 @@ def unsupported(ctx: Context) -> None:
         probes.append(("subscribe", lambda: ctx.subscribe(transport, root)))
     elif not ctx.declares("topics"):
         probes.append(("subscribe with a pattern", lambda: ctx.subscribe(transport, f"{root}.*")))
+    if not ctx.declares("priority_range"):
+        only = PriorityRange(10, 40)
+        probes.append(("receive_priorities", lambda: transport.receive_priorities(queue, 0, only)))
     if not ctx.declares("inspect"):
         probes.append(("depth", lambda: transport.depth(queue)))
         probes.append(("purge", lambda: transport.purge(queue)))

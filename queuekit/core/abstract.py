@@ -27,6 +27,7 @@ from .config import resolve_url
 from .envelope import Message
 from .fluent import PendingJob
 from .hooks import DEFAULT_NOTIFY_AFTER, default_hook
+from .priorities import PriorityRange
 from .queue import Connection, Queue, connect
 from .retry import DEFAULT_RETRY, RetryStrategy
 from .worker import Limits, Worker
@@ -38,7 +39,8 @@ class AbstractQueue(ABC):
     Class attributes: ``queue`` (the name; default: the class name in snake case), ``url``
     (default: the configured one for this queue), ``retry`` (the strategy for failures),
     ``keep_records`` (a job record of every message), ``notify_after`` (the failed attempts
-    after which ``on_failed_attempts`` is called).
+    after which ``on_failed_attempts`` is called), ``priority`` (of a message published
+    without one), ``priorities`` (the range this class's workers take, e.g. ``"200-"``).
     Without a ``connection`` the instance opens its own and closes it when ``dispatch``
     returns or on ``close()``.
     """
@@ -48,6 +50,8 @@ class AbstractQueue(ABC):
     retry: RetryStrategy = DEFAULT_RETRY
     keep_records: ClassVar[bool] = False
     notify_after: ClassVar[int] = DEFAULT_NOTIFY_AFTER
+    priority: ClassVar[int | None] = None
+    priorities: ClassVar[str | None] = None
 
     def __init__(self, connection: Connection | None = None, *, url: str | None = None) -> None:
         self._owns_connection = connection is None
@@ -99,6 +103,8 @@ class AbstractQueue(ABC):
         options.setdefault("name", type(self).__qualname__)
         if self.keep_records:
             options.setdefault("record", True)
+        if options.get("priority") is None:
+            options["priority"] = self.priority
         return self.messages.publish(payload, **options)
 
     @classmethod
@@ -122,11 +128,17 @@ class AbstractQueue(ABC):
         max_seconds: float | None = None,
         max_memory: int | None = None,
         handle_signals: bool = True,
+        priorities: str | None = None,
     ) -> int:
-        """Run the worker loop on this queue; see :class:`queuekit.core.worker.Worker`."""
+        """Run the worker loop on this queue; see :class:`queuekit.core.worker.Worker`.
+
+        ``priorities`` (e.g. ``"20-40"``) overrides the class's range."""
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
+        text = priorities or self.priorities
+        taken = PriorityRange.parse(text) if text else None
         try:
-            return Worker(self.messages, self, limits=limits, handle_signals=handle_signals).run()
+            return Worker(self.messages, self, limits=limits, handle_signals=handle_signals,
+                          priorities=taken).run()  # fmt: skip
         finally:
             if self._owns_connection:
                 self.close()

@@ -16,6 +16,7 @@ FLAGS: tuple[str, ...] = (
     "topics",
     "delay",
     "priority",
+    "priority_range",
     "dedup",
     "inspect",
 )
@@ -34,6 +35,7 @@ class Capabilities:
     - ``topics``: subscriptions take patterns, ``*`` one dot-separated word, ``#`` any words.
     - ``delay``: ``SendOptions.not_before`` is honoured by the broker.
     - ``priority``: with several waiting, higher ``SendOptions.priority`` is received first.
+    - ``priority_range``: ``receive_priorities`` takes only messages in a priority range.
     - ``dedup``: a second send with a pending ``SendOptions.dedup_key`` is dropped.
     - ``inspect``: ``depth`` and ``purge`` work.
     - ``max_message_size``: bytes of an encoded message, ``None`` when the broker sets no limit.
@@ -50,6 +52,7 @@ class Capabilities:
     topics: bool = False
     delay: bool = False
     priority: bool = False
+    priority_range: bool = False
     dedup: bool = False
     inspect: bool = False
     max_message_size: int | None = None

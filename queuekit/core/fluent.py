@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .delays import Delay, due_time
-from .errors import Unsupported
 from .retry import RetryStrategy
 
 if TYPE_CHECKING:
@@ -64,8 +63,12 @@ class PendingJob:
         return self._with(dedup="pending")
 
     def once_ever(self) -> PendingJob:
-        """Dedup forever: not implemented yet, so refused rather than ignored."""
-        raise Unsupported("dedup 'ever' (once_ever)", "queuekit", "use with_key (while pending)")
+        """Dedup for ever: a message with this key runs once, ever; needs a key."""
+        return self._with(dedup="ever")
+
+    def in_group(self, group: str) -> PendingJob:
+        """Run after the group's earlier messages, one at a time (a serial group)."""
+        return self._with(group=group)
 
     def named(self, name: str) -> PendingJob:
         return self._with(name=name)
@@ -85,8 +88,8 @@ class PendingJob:
     def publish(self) -> str:
         """Send it; return the message id."""
         options = dict(self.options)
-        if options.pop("dedup", None) == "pending" and options.get("key") is None:
-            raise ValueError("while_pending() needs a key: add .with_key(...)")
+        if "dedup" in options and options.get("key") is None:
+            raise ValueError(f"{options['dedup']} dedup needs a key: add .with_key(...)")
         if self.queue_class is not None:
             return self._publish_for_class(self.queue_class, options)
         assert self.target is not None
@@ -100,6 +103,8 @@ class PendingJob:
         options.setdefault("name", cls.__qualname__)
         if cls.keep_records:
             options.setdefault("record", True)
+        if options.get("priority") is None and cls.priority is not None:
+            options["priority"] = cls.priority
         name = self.queue_name or cls.queue_name()
         if self.connection is not None:
             return self.connection.queue(name).publish(self.payload, **options)

@@ -31,6 +31,7 @@ from .failed import FailedStore
 from .fluent import PendingJob
 from .hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
 from .jobstore import open_jobstore
+from .priorities import MAX_PRIORITY, PriorityRange
 from .records import QUEUED, WAITING, JobRecord, JobUpdate
 from .registry import open_transport
 from .retry import RetryStrategy
@@ -40,7 +41,6 @@ from .urls import TransportURL
 if TYPE_CHECKING:
     from .worker import Handler
 
-MAX_PRIORITY = 255
 log = logging.getLogger("queuekit")
 
 
@@ -286,6 +286,7 @@ class Queue:
         on_error: ErrorHook | None = None,
         on_failed_attempts: ErrorHook | None = None,
         notify_after: int = DEFAULT_NOTIFY_AFTER,
+        priorities: PriorityRange | str | None = None,
     ) -> int:
         """Work this queue off until stopped; return how many messages were processed.
 
@@ -295,7 +296,8 @@ class Queue:
         ``record=True`` keeps a job record of every message (not only those published with
         ``record=True``). The hooks are described in :mod:`queuekit.core.hooks`; given here,
         they replace the handler's own; ``on_failed_attempts`` fires when a message has
-        failed ``notify_after`` attempts.
+        failed ``notify_after`` attempts. ``priorities`` (``"20-40"``, ``"25-"``, a
+        :class:`PriorityRange`) takes only messages with a priority in that range.
         """
         from .hooks import hooks_of
         from .worker import FunctionHandler, Limits, Worker
@@ -312,8 +314,10 @@ class Queue:
                 on_failed_attempts=on_failed_attempts or hooks.on_failed_attempts,
                 notify_after=notify_after,
             )
+        if isinstance(priorities, str):
+            priorities = PriorityRange.parse(priorities)
         worker = Worker(self, handler, limits=limits, handle_signals=handle_signals,
-                        hooks=hooks, record=record)  # fmt: skip
+                        hooks=hooks, record=record, priorities=priorities)  # fmt: skip
         return worker.run()
 
     def depth(self) -> int:

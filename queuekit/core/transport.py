@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 
 from .capabilities import Capabilities
 from .errors import Unsupported
+from .priorities import PriorityRange
 from .urls import TransportURL
 
 Headers = Mapping[str, str]
@@ -122,6 +123,13 @@ class Transport(ABC):
     @abstractmethod
     def receive(self, queue: str, timeout: float) -> Delivery | None:
         """One delivery from ``queue``, or ``None`` if none arrived within ``timeout`` s."""
+
+    def receive_priorities(
+        self, queue: str, timeout: float, priorities: PriorityRange
+    ) -> Delivery | None:
+        """``receive``, taking only messages whose priority is in ``priorities`` (capability
+        ``priority_range``); the rest stay for other consumers."""
+        raise Unsupported("priority ranges", self.name)
 
     @abstractmethod
     def ack(self, delivery: Delivery) -> None:

@@ -45,8 +45,10 @@ from .errors import (
     QueuekitError,
     RetryLater,
     StopWorker,
+    Unsupported,
 )
 from .hooks import Hooks, hooks_of
+from .priorities import PriorityRange
 from .records import DONE, FAILED, RUNNING, WAITING, JobUpdate, encode_result, peak_memory
 from .retry import DEFAULT_RETRY, RetryStrategy, strategy_from_json
 from .transport import Delivery, Transport
@@ -125,8 +127,11 @@ class Worker:
         handle_signals: bool = True,
         hooks: Hooks | None = None,
         record: bool = False,
+        priorities: PriorityRange | None = None,
     ) -> None:
         self.queue, self.handler, self.limits = queue, handler, limits
+        #: Take only messages with a priority in this range (capability ``priority_range``).
+        self.priorities = priorities
         self.handle_signals = handle_signals
         self.hooks = hooks if hooks is not None else hooks_of(handler)
         #: Keep a record of every message, not only those published with ``record=True``.
@@ -138,6 +143,8 @@ class Worker:
         self._signals_seen = 0
         self._jobs = queue.connection.jobs
         caps = queue.transport.capabilities
+        if priorities is not None and not caps.priority_range:
+            raise Unsupported("priority ranges", queue.transport.name, "use sqlite://")
         self._emulates_delay = not caps.delay
         self._sweeps_groups = caps.redelivery  # groups are refused on other adapters
         self._next_sweep = 0.0
@@ -169,7 +176,12 @@ class Worker:
                     if self._stop_reason is not None:
                         break
                 try:
-                    delivery = self._transport.receive(self.queue.name, _HEARTBEAT)
+                    if self.priorities is None:
+                        delivery = self._transport.receive(self.queue.name, _HEARTBEAT)
+                    else:
+                        delivery = self._transport.receive_priorities(
+                            self.queue.name, _HEARTBEAT, self.priorities
+                        )
                     if delivery is None:
                         continue
                     self._process(delivery)

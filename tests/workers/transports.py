@@ -1,7 +1,8 @@
 """Test transports: the memory broker with fewer capabilities, registered by scheme.
 
-Importing this module registers ``qktest-nodelay://`` (no native delay, priority or dedup:
-the core must emulate delays through the job store and refuse the rest) and
+Importing this module registers ``qktest-nodelay://`` (no native delay, priority, priority
+ranges or dedup: the core must emulate delays and keys through the job store and refuse the
+rest) and
 ``qktest-small://`` (a 256-byte message limit).
 """
 
@@ -16,7 +17,12 @@ from queuekit.adapters.memory import MemoryTransport
 class NoDelayTransport(MemoryTransport):
     name = "memory-nodelay"
     capabilities = replace(
-        MemoryTransport.capabilities, delay=False, priority=False, dedup=False, reasons={}
+        MemoryTransport.capabilities,
+        delay=False,
+        priority=False,
+        priority_range=False,
+        dedup=False,
+        reasons={},
     )
 
 
