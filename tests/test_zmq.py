@@ -392,6 +392,25 @@ def test_message_larger_than_the_limit_is_refused_at_send() -> None:
         own.stop()
 
 
+def test_send_many_splits_batches_to_fit_the_frame_limit() -> None:
+    # Given a device and clients whose frames may hold about 66 KiB (1000 + 64 KiB)
+    own = DeviceProcess(f"zmq://127.0.0.1:{free_port_triple()}?max_message_size=1000")
+    own.start()
+    url = TransportURL.parse(own.url)
+    producer, worker, queue = ZeroMQTransport(url), ZeroMQTransport(url, prefetch=50), qname()
+    try:
+        # When one send_many carries 300 KB (a single frame would exceed the limit, and
+        # ZeroMQ would drop the producer's connection instead of delivering it)
+        bodies = [str(i).encode().ljust(1000, b".") for i in range(300)]
+        producer.send_many(queue, [Outgoing(body) for body in bodies])
+        # Then every message arrives, in order
+        assert [d.body for d in receive_all(worker, queue, 300)] == bodies
+    finally:
+        producer.close()
+        worker.close()
+        own.stop()
+
+
 def test_undeclared_options_are_refused(open_zmq) -> None:  # type: ignore[no-untyped-def]
     transport = open_zmq()
     for options in (
@@ -549,7 +568,7 @@ def test_serve_runs_in_a_thread_until_stopped() -> None:
 def test_the_device_survives_malformed_input(device: DeviceProcess, open_zmq) -> None:  # type: ignore[no-untyped-def]
     import zmq
 
-    from queuekit.adapters.zmq_proxy import SEND, make_head
+    from queuekit.adapters.zmq_proxy import SEND, make_head, pack_index
 
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -562,9 +581,39 @@ def test_the_device_survives_malformed_input(device: DeviceProcess, open_zmq) ->
         push.send_multipart([b"\xff" * 9, b"", b""])
         dealer.send_multipart([b"W", b"not", b"numbers"])
         producer, worker, queue = open_zmq(), open_zmq(), qname()
+        push.send_multipart([make_head(SEND, 2, queue.encode()), b"abc", b"index is not"])
+        push.send_multipart([make_head(SEND, 2, queue.encode()), pack_index([9]), b"short"])
         producer.send(queue, b"still routing", {})
         assert next_body(worker, queue, 10.0) == b"still routing"
+        assert worker.receive(queue, 0.2) is None
     finally:
         push.close(linger=0)
         dealer.close(linger=0)
+        ctx.term()
+
+
+def test_garbage_records_still_count_against_the_credit(device: DeviceProcess, open_zmq) -> None:  # type: ignore[no-untyped-def]
+    import zmq
+
+    from queuekit.adapters.zmq_proxy import SEND, make_head, pack_index
+
+    # Given a worker with prefetch 2, and a raw producer that sends two batches whose index
+    # matches their length but whose records are garbage (two "records" each)
+    worker, queue = open_zmq(prefetch=2), qname()
+    assert worker.receive(queue, 0.1) is None  # announces its window
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    try:
+        push.connect(f"tcp://127.0.0.1:{device.port}")
+        for _ in range(2):
+            push.send_multipart(
+                [make_head(SEND, 2, queue.encode()), pack_index([5, 10]), b"\xff" * 10]
+            )
+        # When real work follows
+        open_zmq().send_many(queue, [Outgoing(b"real-%d" % i) for i in range(5)])
+        # Then the garbage is dropped, and the window it took is given back: all work arrives
+        assert [d.body for d in receive_all(worker, queue, 5)] == [b"real-%d" % i for i in range(5)]
+        assert worker.receive(queue, 0.2) is None
+    finally:
+        push.close(linger=0)
         ctx.term()

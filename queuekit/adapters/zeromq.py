@@ -19,11 +19,12 @@ default 10), ``hwm`` (ZeroMQ high-water mark per socket, default 10000).
 from __future__ import annotations
 
 import json
+import struct
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import zmq
@@ -48,6 +49,7 @@ from .zmq_proxy import (
     LEAVE,
     LEFT,
     PROBE,
+    RECORD,
     SEND,
     TOPIC_END,
     WINDOW,
@@ -55,15 +57,19 @@ from .zmq_proxy import (
     frame_limit,
     make_head,
     max_message_size_option,
-    pack_item,
+    pack_index,
+    pack_record,
     recv_message,
     send_message,
     set_heartbeat,
-    unpack_item,
+    unpack_index,
+    unpack_record,
 )
 
-#: Messages per multipart frame set in ``send_many`` (each set is atomic in ZeroMQ).
+#: Most messages ``send_many`` packs into one frame (each frame is atomic in ZeroMQ).
 _SEND_MANY_CHUNK = 1024
+#: Largest headers JSON: a record's head and headers fit in ``FRAME_ALLOWANCE``.
+_MAX_HEADERS = FRAME_ALLOWANCE - RECORD.size
 #: How often an idle worker repeats its credit window (finds a restarted device again).
 _ANNOUNCE_EVERY = 1.0
 #: How long ``receive`` blocks in ZeroMQ before it looks at ``close`` again.
@@ -92,23 +98,24 @@ CAPABILITIES = Capabilities(
 )
 
 
-class _Handle:
-    """The adapter's reference behind a :class:`Delivery`; settled once."""
+class _Broadcast:
+    """The handle of a broadcast delivery: its subscription, and whether it was settled."""
 
-    __slots__ = ("count", "headers", "settled", "subscription")
+    __slots__ = ("settled", "subscription")
 
-    def __init__(self, count: int, headers: bytes, subscription: _Subscription | None) -> None:
-        self.count = count
-        self.headers = headers
+    def __init__(self, subscription: _Subscription) -> None:
         self.settled = False
         self.subscription = subscription
 
 
 @dataclass(eq=False)
 class _Inbox:
-    """A worker's side of one queue: what the device sent and how much was handed out."""
+    """A worker's side of one queue: what the device sent and how much was handed out.
 
-    items: deque[bytes] = field(default_factory=deque)  # packed items, in arrival order
+    Work deliveries carry the delivery count the device saw (0 on the first) as handle.
+    """
+
+    items: deque[Delivery] = field(default_factory=deque)  # in arrival order
     consumed: int = 0
     announced: int = 0
     announced_at: float = 0.0
@@ -180,7 +187,7 @@ class ZeroMQTransport(Transport):
         self._closed = True  # until the sockets exist (``__del__`` reads it)
         self._worker: zmq.Socket[bytes] | None = None
         self._inboxes: dict[str, _Inbox] = {}
-        self._unacked: dict[_Handle, Delivery] = {}
+        self._unacked: dict[int, Delivery] = {}  # by id(): a Delivery is not hashable
         self._subscriptions: dict[str, _Subscription] = {}
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._push = self._socket(zmq.PUSH)
@@ -204,11 +211,36 @@ class ZeroMQTransport(Transport):
 
     # -- publishing ------------------------------------------------------------------------
 
-    def _check_size(self, body: bytes, headers: bytes) -> None:
+    def _record(self, body: bytes, headers: Headers, options: SendOptions) -> bytes:
+        """A message as a first-delivery record; raises before anything is sent."""
+        if options is not NO_OPTIONS:
+            self.require(options)
+        raw_headers = _encode_headers(headers) if headers else b""
         if len(body) > self.max_message_size:
             raise MessageTooLarge(len(body), self.max_message_size, self.name)
-        if len(headers) > FRAME_ALLOWANCE:
-            raise MessageTooLarge(len(headers), FRAME_ALLOWANCE, f"{self.name} (headers)")
+        if len(raw_headers) > _MAX_HEADERS:
+            raise MessageTooLarge(len(raw_headers), _MAX_HEADERS, f"{self.name} (headers)")
+        return pack_record(0, raw_headers, body)
+
+    def _frames(self, queue: str, records: Iterable[bytes]) -> list[tuple[bytes, list[bytes]]]:
+        """Work messages for ``records``: each packs up to ``_SEND_MANY_CHUNK`` of them into
+        one frame no larger than the device accepts, with the index of where each ends."""
+        limit = frame_limit(self.max_message_size)
+        chunks: list[tuple[list[bytes], list[int]]] = []
+        chunk: list[bytes] = []
+        ends: list[int] = []
+        size = 0
+        for record in records:
+            if chunk and (len(chunk) == _SEND_MANY_CHUNK or size + len(record) > limit):
+                chunks.append((chunk, ends))
+                chunk, ends, size = [], [], 0
+            chunk.append(record)
+            size += len(record)
+            ends.append(size)
+        if chunk:
+            chunks.append((chunk, ends))
+        head = make_head(SEND, 2, queue.encode())
+        return [(head, [pack_index(ends), b"".join(chunk)]) for chunk, ends in chunks]
 
     def _push_message(self, head: bytes, items: Sequence[bytes]) -> None:
         with self._send_lock:
@@ -229,31 +261,20 @@ class ZeroMQTransport(Transport):
     ) -> None:
         """Queue one message for the device; returns once ZeroMQ has it locally (the device
         gets it when connected; what is still unsent ``linger`` ms after ``close`` is lost)."""
-        if options is not NO_OPTIONS:
-            self.require(options)
-        raw_headers = _encode_headers(headers)
-        self._check_size(body, raw_headers)
-        self._push_message(make_head(SEND, 1, queue.encode()), (pack_item(0, raw_headers, body),))
+        record = self._record(body, headers, options)
+        self._push_message(make_head(SEND, 1, queue.encode()), (record,))
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
-        """One atomic ZeroMQ message per chunk of 1024: all of a chunk arrives, or none."""
-        name = queue.encode()
-        for start in range(0, len(messages), _SEND_MANY_CHUNK):
-            items: list[bytes] = []
-            for message in messages[start : start + _SEND_MANY_CHUNK]:
-                if message.options is not NO_OPTIONS:
-                    self.require(message.options)
-                raw_headers = _encode_headers(message.headers)
-                self._check_size(message.body, raw_headers)
-                items.append(pack_item(0, raw_headers, message.body))
-            if items:
-                self._push_message(make_head(SEND, len(items), name), items)
+        """Packs up to 1024 messages (and at most ``max_message_size`` + 64 KiB) into one
+        frame; each frame is one atomic ZeroMQ message: all of it arrives, or none."""
+        record = self._record
+        records = [record(m.body, m.headers, m.options) for m in messages]
+        for head, items in self._frames(queue, records):
+            self._push_message(head, items)
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
-        raw_headers = _encode_headers(headers)
-        self._check_size(body, raw_headers)
-        item = pack_item(0, raw_headers, body)
-        self._push_message(make_head(BROADCAST, 1, topic.encode()), (item,))
+        record = self._record(body, headers, NO_OPTIONS)
+        self._push_message(make_head(BROADCAST, 1, topic.encode()), (record,))
 
     def delete(self, queue: str) -> None:
         """Tell the device to drop what waits in ``queue`` (after this producer's earlier
@@ -268,28 +289,19 @@ class ZeroMQTransport(Transport):
         with self._consumer_lock:
             inbox = self._inboxes.get(queue)
             if inbox is not None and inbox.items:  # the common case under load
-                delivery = self._hand_out(queue, inbox)
-                if delivery is not None:
-                    return delivery
+                return self._hand_out(queue, inbox)
             subscription = self._subscriptions.get(queue)
             if subscription is not None:
                 return self._receive_broadcast(subscription, timeout)
             return self._receive_work(queue, timeout)
 
-    def _hand_out(self, queue: str, inbox: _Inbox) -> Delivery | None:
-        """The next prefetched message of ``queue``; ``None`` if that item was not ours."""
-        item = inbox.items.popleft()
+    def _hand_out(self, queue: str, inbox: _Inbox) -> Delivery:
+        """The next prefetched message of ``queue``; it stays unsettled until ack/nack."""
+        delivery = inbox.items.popleft()
         inbox.consumed += 1
         if inbox.consumed - inbox.announced >= self._step:
             self._announce(queue, inbox)
-        try:
-            count, raw_headers, body = unpack_item(item)
-        except ValueError:
-            return None  # not from a queuekit peer; nothing to deliver
-        handle = _Handle(count, raw_headers, None)
-        headers = _decode_headers(raw_headers) if raw_headers else {}
-        delivery = Delivery(queue, body, headers, count > 0, count + 1, handle)
-        self._unacked[handle] = delivery
+        self._unacked[id(delivery)] = delivery
         return delivery
 
     def _receive_work(self, queue: str, timeout: float) -> Delivery | None:
@@ -304,10 +316,7 @@ class ZeroMQTransport(Transport):
         drained = False
         while True:
             if inbox.items:
-                delivery = self._hand_out(queue, inbox)
-                if delivery is not None:
-                    return delivery
-                continue
+                return self._hand_out(queue, inbox)
             if self._closed:
                 return None
             if not drained:  # under load the next batch is usually there: skip the poll
@@ -349,22 +358,50 @@ class ZeroMQTransport(Transport):
             except zmq.Again:
                 return got
             got = True
-            if kind == DELIVER:
-                inbox = self._inboxes.get(name.decode())
+            if kind == DELIVER and items:
+                queue = name.decode()
+                inbox = self._inboxes.get(queue)
                 if inbox is not None:  # always: the device sends only queues we asked for
-                    inbox.items.extend(items)
+                    self._unpack_work(queue, inbox, items[0], items[1:])
             elif kind == LEFT:
                 left = self._inboxes.get(name.decode())
                 if left is not None:
                     left.left = True
 
+    def _unpack_work(self, queue: str, inbox: _Inbox, index: bytes, frames: list[bytes]) -> None:
+        """Turn packed frames into deliveries, all at once (one loop, not a call each).
+
+        ``index`` says how many records each frame holds, which is what the device counted
+        against this worker's credit; records that do not parse are dropped but still
+        counted as consumed, so the credit stays right.
+        """
+        try:
+            counts = unpack_index(index)
+        except ValueError:
+            return  # not from a queuekit device
+        append, unpack_from, head = inbox.items.append, RECORD.unpack_from, RECORD.size
+        for n, frame in zip(counts, frames, strict=False):
+            pos, end = 0, len(frame)
+            for done in range(n):
+                try:
+                    size, count, header_size = unpack_from(frame, pos)
+                except struct.error:
+                    size, count, header_size = end, 0, 0  # overruns: handled below
+                start = pos + head + header_size
+                if start + size > end:
+                    inbox.consumed += n - done
+                    break
+                headers = _decode_headers(frame[pos + head : start]) if header_size else {}
+                pos = start + size
+                append(Delivery(queue, frame[start:pos], headers, count > 0, count + 1, count))
+
     def ack(self, delivery: Delivery) -> None:
         if self._closed:
             raise TransportClosed(f"{self!r} is closed")
-        handle = delivery.handle
-        if isinstance(handle, _Handle) and not handle.settled:
-            handle.settled = True
-            self._unacked.pop(handle, None)
+        if self._unacked.pop(id(delivery), None) is None:
+            handle = delivery.handle
+            if isinstance(handle, _Broadcast):
+                handle.settled = True
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         """``requeue=True`` sends the message back to the device, to the end of its queue,
@@ -372,20 +409,28 @@ class ZeroMQTransport(Transport):
         if self._closed:
             raise TransportClosed(f"{self!r} is closed")
         handle = delivery.handle
-        if not isinstance(handle, _Handle) or handle.settled:
+        if self._unacked.pop(id(delivery), None) is not None:
+            if requeue:
+                self._requeue(delivery.queue, [self._again(delivery, 1)])
             return
-        handle.settled = True
-        self._unacked.pop(handle, None)
-        if not requeue:
-            return
-        if handle.subscription is not None:
+        if not isinstance(handle, _Broadcast) or handle.settled:
+            return  # settled before, or not ours
+        if requeue:  # back into this subscriber's own buffer
             delivery.redelivered = True
             delivery.delivery_count = (delivery.delivery_count or 1) + 1
-            handle.settled = False
             handle.subscription.items.append(delivery)
-            return
-        item = pack_item(handle.count + 1, handle.headers, delivery.body)
-        self._push_message(make_head(SEND, 1, delivery.queue.encode()), (item,))
+        else:
+            handle.settled = True
+
+    @staticmethod
+    def _again(delivery: Delivery, delivered: int) -> bytes:
+        """A work delivery as a record again, counting ``delivered`` more deliveries."""
+        count = delivery.handle if isinstance(delivery.handle, int) else 0
+        return pack_record(count + delivered, _encode_headers(delivery.headers), delivery.body)
+
+    def _requeue(self, queue: str, records: list[bytes]) -> None:
+        for head, items in self._frames(queue, records):
+            self._push_message(head, items)
 
     # -- fan-out ---------------------------------------------------------------------------
 
@@ -443,14 +488,14 @@ class ZeroMQTransport(Transport):
             if not topic_frame.endswith(TOPIC_END):
                 continue
             try:
-                _, raw_headers, body = unpack_item(item)
+                _, raw_headers, body = unpack_record(item)
             except ValueError:
                 continue
             if not subscription.exact and not topic_matches(
                 subscription.pattern, topic_frame[:-1].decode()
             ):
                 continue
-            handle = _Handle(0, raw_headers, subscription)
+            handle = _Broadcast(subscription)
             subscription.items.append(
                 Delivery(subscription.name, body, _decode_headers(raw_headers), False, 1, handle)
             )
@@ -519,15 +564,14 @@ class ZeroMQTransport(Transport):
                 if remaining <= 0 or not worker.poll(int(remaining * 1000) + 1):
                     break
                 self._drain_worker()
-        for queue, inbox in self._inboxes.items():
-            if inbox.items:
-                items = list(inbox.items)
-                returned.append((make_head(SEND, len(items), queue.encode()), items))
+        back: dict[str, list[bytes]] = {}
+        for delivery in self._unacked.values():  # handed out, never settled: counted again
+            back.setdefault(delivery.queue, []).append(self._again(delivery, 1))
+        for queue, inbox in self._inboxes.items():  # prefetched: never delivered
+            back.setdefault(queue, []).extend(self._again(d, 0) for d in inbox.items)
             inbox.items.clear()
-        for handle, delivery in self._unacked.items():
-            if handle.subscription is None:
-                item = pack_item(handle.count + 1, handle.headers, delivery.body)
-                returned.append((make_head(SEND, 1, delivery.queue.encode()), [item]))
+        for queue, records in back.items():
+            returned.extend(self._frames(queue, records))
         self._unacked.clear()
         return returned
 

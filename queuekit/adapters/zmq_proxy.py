@@ -14,14 +14,18 @@ queuekit.adapters.zmq_proxy URL``). From the URL's port ``P`` it binds three soc
 - ``P + 2`` PUB: broadcasts and probes go out here; ZeroMQ filters them by topic prefix.
 
 Wire format. Every ZeroMQ message starts with a *head* frame: a kind byte, a big-endian
-uint32 saying how many frames follow, then a queue name or topic (UTF-8). Each message of
-work is one *item* frame (:func:`pack_item`): its delivery count and the headers' length as
-two big-endian uint32, the headers JSON, the body. The device never looks inside an item.
-Frames are sent and read one call each with the count known up front: pyzmq's
-``send_multipart``/``recv_multipart`` cost about three times more per frame here::
+uint32 saying how many frames follow, then a queue name or topic (UTF-8). Work travels in
+*packed* frames: records back to back, each record (:func:`pack_record`) being the body's
+length, the delivery count and the headers' length as three big-endian uint32, then the
+headers JSON and the body. Beside each packed frame goes an *index*: little-endian uint32s,
+the end offset of every record (from a producer) or how many records each packed frame holds
+(to a worker). The device never parses a record: it cuts a producer's packed frame at index
+offsets to hand a worker exactly its credit, so routing a batch costs a few calls whatever
+its size, instead of a ZeroMQ call per message::
 
-    producer -> P      head(S, n, queue), item * n                 work for one queue
-                       head(B, 1, topic), item                      fan-out to subscribers
+    producer -> P      head(S, 2, queue), index, packed              work for one queue
+                       head(S, 1, queue), record                    one message of work
+                       head(B, 1, topic), record                    fan-out to subscribers
                        head(P, 0, probe)                            readiness probe
                        head(Z, 0, queue)                            drop what waits in queue
     worker   -> P + 1  head(W, 2, queue), consumed, window          credit (ASCII numbers):
@@ -29,8 +33,11 @@ Frames are sent and read one call each with the count known up front: pyzmq's
                                                                      than it has consumed
                        head(X, 0, queue)                            leave; answered by
                                                                      head(x, 0, queue)
-    P + 1 -> worker    head(D, n, queue), item * n
-    P + 2 -> SUB       topic + b"\\0", item        or  probe, b""
+    P + 1 -> worker    head(D, 1 + m, queue), counts, packed * m    m slices of packed frames
+    P + 2 -> SUB       topic + b"\\0", record      or  probe, b""
+
+Frames are sent and read one call each with the count known up front: pyzmq's
+``send_multipart``/``recv_multipart`` cost about three times more per frame here.
 
 Work waits in the device's memory (in arrival order per queue) until a worker has credit;
 when more than ``max_buffered`` messages wait in total, the device stops reading producers
@@ -47,6 +54,7 @@ import struct
 import sys
 import threading
 import time
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,13 +70,13 @@ log = logging.getLogger("queuekit.zmq_proxy")
 
 #: Default largest encoded message body, bytes; clients and the device must agree.
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-#: Room for the non-body frames (headers JSON, queue, topic) on top of the body limit.
+#: Room for a record's head and headers JSON on top of the body limit.
 FRAME_ALLOWANCE = 64 * 1024
 DEFAULT_MAX_BUFFERED = 1_000_000
 DEFAULT_PORT = 5560
 HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 2000, 6000
-#: Largest number of messages the device packs into one delivery frame set.
-MAX_BATCH = 256
+#: Largest number of messages the device hands a worker in one ZeroMQ message.
+MAX_BATCH = 1024
 
 SEND, BROADCAST, PROBE, DELETE = ord("S"), ord("B"), ord("P"), ord("Z")
 WINDOW, LEAVE, LEFT, DELIVER = ord("W"), ord("X"), ord("x"), ord("D")
@@ -76,7 +84,9 @@ TOPIC_END = b"\0"
 _HEAD = struct.Struct("!BI")
 # Plain ints: combining pyzmq's IntFlag members runs enum code on every frame.
 _SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
-_ITEM_HEAD = struct.Struct("!II")
+#: A record's head: body length, delivery count (0 on the first delivery), headers length.
+RECORD = struct.Struct("!III")
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def make_head(kind: int, count: int, name: bytes) -> bytes:
@@ -84,7 +94,7 @@ def make_head(kind: int, count: int, name: bytes) -> bytes:
 
 
 def send_message(
-    sock: zmq.Socket[bytes], head: bytes, items: Sequence[bytes], flags: int = 0
+    sock: zmq.Socket[bytes], head: bytes, items: Sequence[bytes | memoryview], flags: int = 0
 ) -> None:
     """Send ``head`` and ``items`` as one atomic ZeroMQ message, one call per frame.
 
@@ -119,20 +129,37 @@ def recv_message(sock: zmq.Socket[bytes]) -> tuple[int, bytes, list[bytes]]:
     return kind, head[_HEAD.size :], items
 
 
-def pack_item(count: int, headers: bytes, body: bytes) -> bytes:
-    """One message as one frame: delivery count, headers JSON, body."""
-    return b"".join((_ITEM_HEAD.pack(count, len(headers)), headers, body))
+def pack_record(count: int, headers: bytes, body: bytes) -> bytes:
+    """One message as a record: lengths and delivery count, headers JSON, body."""
+    return RECORD.pack(len(body), count, len(headers)) + headers + body
 
 
-def unpack_item(item: bytes) -> tuple[int, bytes, bytes]:
-    """``(count, headers, body)``; raises ``ValueError`` for a frame that is not an item."""
-    if len(item) < _ITEM_HEAD.size:
-        raise ValueError("short item")
-    count, size = _ITEM_HEAD.unpack_from(item)
-    end = _ITEM_HEAD.size + size
-    if end > len(item):
-        raise ValueError("item headers overrun")
-    return count, item[_ITEM_HEAD.size : end], item[end:]
+def unpack_record(record: bytes) -> tuple[int, bytes, bytes]:
+    """``(count, headers, body)`` of a frame holding one record; ``ValueError`` otherwise."""
+    if len(record) < RECORD.size:
+        raise ValueError("short record")
+    size, count, header_size = RECORD.unpack_from(record)
+    start = RECORD.size + header_size
+    if start + size != len(record):
+        raise ValueError("record lengths do not match its frame")
+    return count, record[RECORD.size : start], record[start:]
+
+
+def pack_index(values: Sequence[int]) -> bytes:
+    """Little-endian uint32s (record end offsets, or records per packed frame)."""
+    packed = array("I", values)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_index(raw: bytes) -> array[int]:
+    """The inverse of :func:`pack_index`; ``ValueError`` for a frame that is not one."""
+    values = array("I")
+    values.frombytes(raw)  # raises ValueError unless len(raw) is a multiple of 4
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values
 
 
 @dataclass(frozen=True)
@@ -175,7 +202,8 @@ def set_heartbeat(sock: zmq.Socket[bytes]) -> None:
 
 
 def frame_limit(max_message_size: int) -> int:
-    """ZeroMQ ``MAXMSGSIZE`` for receivers: a body frame at the limit plus header frames."""
+    """ZeroMQ ``MAXMSGSIZE`` for receivers, and the most a packed frame may hold: one record
+    with a body at the limit and headers of up to ``FRAME_ALLOWANCE`` minus its head."""
     return max_message_size + FRAME_ALLOWANCE
 
 
@@ -204,6 +232,69 @@ class _Worker:
         return self.consumed + self.window - self.sent
 
 
+class _Segment:
+    """One packed frame from a producer, its record end offsets, and how many of its
+    records were handed out already."""
+
+    __slots__ = ("ends", "first", "packed")
+
+    def __init__(self, packed: bytes, ends: array[int]) -> None:
+        self.packed, self.ends, self.first = packed, ends, 0
+
+
+class _Backlog:
+    """What waits in one queue, in arrival order: packed frames from ``send_many`` and
+    single records from ``send``; ``size`` counts records."""
+
+    __slots__ = ("segments", "size")
+
+    def __init__(self) -> None:
+        self.segments: deque[_Segment | bytes] = deque()
+        self.size = 0
+
+    def add(self, packed: bytes, ends: array[int]) -> None:
+        self.segments.append(_Segment(packed, ends))
+        self.size += len(ends)
+
+    def add_one(self, record: bytes) -> None:
+        self.segments.append(record)
+        self.size += 1
+
+    def take(self, n: int) -> tuple[list[int], list[bytes | memoryview]]:
+        """The next ``n`` records (at most ``size``) as slices of packed frames (single
+        records in a row joined into one), and how many records each slice holds. Cuts at
+        the index offsets; never parses a record."""
+        counts: list[int] = []
+        slices: list[bytes | memoryview] = []
+        segments = self.segments
+        self.size -= n
+        while n > 0:
+            segment = segments[0]
+            if isinstance(segment, bytes):
+                singles: list[bytes] = []
+                while isinstance(segment, bytes):
+                    segments.popleft()
+                    singles.append(segment)
+                    n -= 1
+                    if not n or not segments:
+                        break
+                    segment = segments[0]
+                slices.append(b"".join(singles))
+                counts.append(len(singles))
+                continue
+            ends, first = segment.ends, segment.first
+            k = min(n, len(ends) - first)
+            start = ends[first - 1] if first else 0
+            slices.append(memoryview(segment.packed)[start : ends[first + k - 1]])
+            counts.append(k)
+            if first + k == len(ends):
+                segments.popleft()
+            else:
+                segment.first = first + k
+            n -= k
+        return counts, slices
+
+
 class Device:
     """The routing loop. Not thread-safe: ``run`` owns its sockets; ``stop`` may be called
     from any thread (or a signal handler) and makes ``run`` return within ~0.1 s."""
@@ -221,7 +312,7 @@ class Device:
         self._context = context or zmq.Context()
         self._own_context = context is None
         self._stopping = threading.Event()
-        self._queues: dict[bytes, deque[bytes]] = {}
+        self._queues: dict[bytes, _Backlog] = {}
         self._workers: dict[bytes, OrderedDict[bytes, _Worker]] = {}
         self._buffered = 0
         self.forwarded = 0
@@ -292,12 +383,26 @@ class Device:
                 kind, name, items = recv_message(frontend)
             except zmq.Again:
                 return
-            if kind == SEND and items:
+            if kind == SEND and len(items) == 1:  # one record, from send()
                 pending = self._queues.get(name)
                 if pending is None:
-                    pending = self._queues[name] = deque()
-                pending.extend(items)
-                self._buffered += len(items)
+                    pending = self._queues[name] = _Backlog()
+                pending.add_one(items[0])
+                self._buffered += 1
+                dirty.add(name)
+            elif kind == SEND and len(items) == 2:
+                try:
+                    ends = unpack_index(items[0])
+                except ValueError:
+                    ends = array("I")
+                if not ends or ends[-1] != len(items[1]):
+                    log.warning("dropped work whose index does not match its records")
+                    continue
+                pending = self._queues.get(name)
+                if pending is None:
+                    pending = self._queues[name] = _Backlog()
+                pending.add(items[1], ends)
+                self._buffered += len(ends)
                 dirty.add(name)
             elif kind == BROADCAST and len(items) == 1:
                 fanout.send(name + TOPIC_END, _SNDMORE)
@@ -306,7 +411,8 @@ class Device:
                 fanout.send(name, _SNDMORE)
                 fanout.send(b"")
             elif kind == DELETE and not items:
-                self._buffered -= len(self._queues.pop(name, ()))
+                dropped = self._queues.pop(name, None)
+                self._buffered -= dropped.size if dropped is not None else 0
             else:
                 log.warning("dropped a malformed message from a producer")
 
@@ -351,12 +457,12 @@ class Device:
         pending = self._queues.get(queue)
         workers = self._workers.get(queue)
         backend = self._backend
-        while pending and workers:
+        while pending and pending.size and workers:
             progressed = False
-            share = max(1, -(-len(pending) // len(workers)))
+            share = max(1, -(-pending.size // len(workers)))
             for ident in list(workers):
                 worker = workers[ident]
-                n = min(worker.credit, len(pending), MAX_BATCH, share)
+                n = min(worker.credit, pending.size, MAX_BATCH, share)
                 if n <= 0:
                     continue
                 try:
@@ -366,18 +472,19 @@ class Device:
                     if exc.errno != zmq.EAGAIN:  # EHOSTUNREACH: that worker is gone
                         del workers[ident]
                     continue
-                items = [pending.popleft() for _ in range(n)]
-                send_message(backend, make_head(DELIVER, n, queue), items)
+                counts, slices = pending.take(n)
+                head = make_head(DELIVER, 1 + len(slices), queue)
+                send_message(backend, head, [pack_index(counts), *slices])
                 worker.sent += n
                 self._buffered -= n
                 self.forwarded += n
                 workers.move_to_end(ident)
                 progressed = True
-                if not pending:
+                if not pending.size:
                     break
             if not progressed:
                 break
-        if pending is not None and not pending:
+        if pending is not None and not pending.size:
             del self._queues[queue]
         if workers is not None and not workers:
             del self._workers[queue]
