@@ -5,7 +5,8 @@ on a line appearing instead of sleeping:
 
 - ``QK_OUT``: every processed payload's ``n`` is appended here, one per line;
 - ``QK_EVENTS``: ``started N`` / ``done N`` lines around a gated ``work()``;
-- ``QK_RELEASE``: a gated ``work()`` waits until this file exists.
+- ``QK_RELEASE``: a gated ``work()`` waits until this file exists;
+- ``QK_FIXED``: ``BrokenUntilFixedQueue`` fails every message until this file exists.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from queuekit import AbstractQueue, Message
+from queuekit import AbstractQueue, Message, PermanentError
 
 
 def _append(variable: str, line: str) -> None:
@@ -62,6 +63,30 @@ class PickyQueue(AbstractQueue):
 
     def work(self, message: Message) -> None:
         _append("QK_OUT", str(message.payload["to"]))
+
+
+class SerialQueue(AbstractQueue):
+    """Notes ``start G N`` and ``end G N`` around a short ``work()`` on payloads ``[G, N]``,
+    so overlapping or reordered members of a serial group show in ``$QK_OUT``."""
+
+    queue = "serial"
+
+    def work(self, message: Message) -> None:
+        group, n = message.payload
+        _append("QK_OUT", f"start {group} {n}")
+        time.sleep(0.02)
+        _append("QK_OUT", f"end {group} {n}")
+
+
+class BrokenUntilFixedQueue(AbstractQueue):
+    """Fails for good (``PermanentError``) until ``$QK_FIXED`` exists, then records ``n``."""
+
+    queue = "broken-until-fixed"
+
+    def work(self, message: Message) -> None:
+        if not Path(os.environ["QK_FIXED"]).exists():
+            raise PermanentError("not fixed yet")
+        _append("QK_OUT", str(message.payload["n"]))
 
 
 class NotAQueue:

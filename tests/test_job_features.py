@@ -1,0 +1,186 @@
+"""The job features on every landed broker, with real ``worker run`` processes.
+
+Dedup (while pending, and "ever" across a worker restart), serial groups kept in order by
+three workers, the failed store and ``worker failed retry`` round trip, and priority ranges
+(kept on SQLite, refused with a clear error elsewhere). Each broker is started by
+``scripts/brokers up``; without it a test skips by hand and fails under ``CI``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from queuekit import Connection, Unsupported, connect
+from tests.support import require_broker, wait_until
+from tests.workers.harness import lines, run_worker, sqlite_url, start_worker
+
+XMPP = (
+    "xmpp://queuekit:queuekit@127.0.0.1:5222/?domain=localhost&pubsub=pubsub.localhost"
+    "&tls=off&allow_plaintext=1"
+)
+
+
+@dataclass(frozen=True)
+class Broker:
+    name: str  # as scripts/brokers knows it
+    port: int
+    url: str
+    competing: bool = True  # each message to one of many workers
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.port}"
+
+
+BROKERS = [
+    Broker("rabbitmq", 5672, "amqp://guest:guest@127.0.0.1:5672/"),
+    Broker("rabbitmq-stomp", 61613, "stomp://guest:guest@127.0.0.1:61613"),
+    Broker("activemq", 61623, "stomp://guest:guest@127.0.0.1:61623"),
+    Broker("gearman", 4730, "gearman://127.0.0.1:4730?durable=1"),
+    Broker("gearman", 4731, "gearman://127.0.0.1:4731"),
+    Broker("prosody", 5222, XMPP, competing=False),
+    Broker("zmq", 5560, "zmq://127.0.0.1:5560"),
+]
+
+
+@dataclass
+class Setup:
+    url: str
+    queue: str
+    tmp: Path
+    env: dict[str, str]
+    competing: bool
+
+    def connect(self) -> Connection:
+        return connect(self.url, jobstore=self.env["QUEUEKIT_JOBSTORE"])
+
+    def run(self, cls: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_worker("run", f"tests.workers.queues.{cls}", "--url", self.url,
+                          "--queue", self.queue, *args, cwd=self.tmp, env=self.env)  # fmt: skip
+
+    def start(self, cls: str) -> subprocess.Popen[str]:
+        return start_worker("run", f"tests.workers.queues.{cls}", "--url", self.url,
+                            "--queue", self.queue, cwd=self.tmp, env=self.env)  # fmt: skip
+
+
+@pytest.fixture(params=[None, *BROKERS], ids=lambda b: "sqlite" if b is None else str(b))
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
+    broker: Broker | None = request.param
+    if broker is None:
+        url = sqlite_url(tmp_path / "queues.db", lease="2")
+    else:
+        require_broker(broker.name, "127.0.0.1", broker.port)
+        url = broker.url
+    env = {
+        "QUEUEKIT_JOBSTORE": sqlite_url(tmp_path / "jobs.db"),
+        "QK_OUT": str(tmp_path / "out.txt"),
+        "QK_FIXED": str(tmp_path / "fixed"),
+    }
+    competing = broker is None or broker.competing
+    setup = Setup(url, f"features-{uuid.uuid4().hex[:10]}", tmp_path, env, competing)
+    yield setup
+    with setup.connect() as conn:
+        conn.transport.delete(setup.queue)
+
+
+def out(setup: Setup) -> list[str]:
+    return lines(Path(setup.env["QK_OUT"]))
+
+
+def test_keys_hold_while_pending_and_for_ever_across_worker_restarts(setup: Setup) -> None:
+    with setup.connect() as conn:
+        queue = conn.queue(setup.queue)
+        try:
+            queue.publish({"n": 1}, key="pending-1")
+        except Unsupported as exc:  # ZeroMQ: a lost message would hold its key for ever
+            assert "while pending" in str(exc)
+        else:
+            queue.publish({"n": 2}, key="pending-1")
+        queue.publish({"n": 3}, key="welcome-1", dedup="ever")
+        queue.publish({"n": 4}, key="welcome-1", dedup="ever")
+    expected = ["3"] if setup.url.startswith("zmq") else ["1", "3"]
+    done = setup.run("RecordingQueue", "--max-messages", str(len(expected)), "--max-seconds", "60")
+    assert done.returncode == 0, done.stderr
+    assert sorted(out(setup)) == expected
+    with setup.connect() as conn:  # a new publisher, after the first worker exited
+        conn.queue(setup.queue).publish({"n": 5}, key="welcome-1", dedup="ever")
+        conn.queue(setup.queue).publish({"n": 6}, key="welcome-2", dedup="ever")
+    done = setup.run("RecordingQueue", "--max-messages", "1", "--max-seconds", "60")
+    assert done.returncode == 0, done.stderr
+    assert sorted(out(setup)) == sorted([*expected, "6"])
+
+
+def test_serial_groups_keep_order_with_three_workers(setup: Setup) -> None:
+    with setup.connect() as conn:
+        queue = conn.queue(setup.queue)
+        try:
+            for n in range(6):
+                for group in ("a", "b", "c"):
+                    queue.publish([group, n], group=group)
+        except Unsupported as exc:  # ZeroMQ: a lost head would stop its group for ever
+            assert "serial groups" in str(exc)
+            return
+    workers = [setup.start("SerialQueue") for _ in range(3 if setup.competing else 1)]
+    try:
+        wait_until(lambda: len(out(setup)) >= 36, 120, "18 grouped messages to run")
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            _, errors = worker.communicate(timeout=60)
+            assert worker.returncode == 0, errors
+    events = out(setup)
+    for group in ("a", "b", "c"):
+        mine = [e.split()[0] + " " + e.split()[2] for e in events if e.split()[1] == group]
+        assert mine == [f"{edge} {n}" for n in range(6) for edge in ("start", "end")], mine
+
+
+def test_the_failed_store_and_worker_failed_retry_round_trip(setup: Setup) -> None:
+    with setup.connect() as conn:
+        conn.queue(setup.queue).publish({"n": 7})
+    done = setup.run("BrokenUntilFixedQueue", "--max-messages", "1", "--max-seconds", "60")
+    assert done.returncode == 0, done.stderr
+    listed = run_worker("failed", "list", "--queue", setup.queue, "--url", setup.url,
+                        cwd=setup.tmp, env=setup.env)  # fmt: skip
+    assert "permanent error: not fixed yet" in listed.stdout, listed.stderr
+    Path(setup.env["QK_FIXED"]).touch()
+    retried = run_worker("failed", "retry", "all", "--queue", setup.queue, "--url", setup.url,
+                         cwd=setup.tmp, env=setup.env)  # fmt: skip
+    assert retried.returncode == 0, retried.stderr
+    done = setup.run("BrokenUntilFixedQueue", "--max-messages", "1", "--max-seconds", "60")
+    assert done.returncode == 0, done.stderr
+    assert out(setup) == ["7"]
+    with setup.connect() as conn:
+        assert conn.failed.list(setup.queue) == []
+
+
+def test_a_priority_range_is_kept_or_refused(setup: Setup) -> None:
+    with setup.connect() as conn:
+        native = conn.transport.capabilities.priority_range
+        if native:
+            for n, priority in enumerate((1, 80, 2, 90)):
+                conn.queue(setup.queue).publish({"n": n}, priority=priority)
+    done = setup.run("RecordingQueue", "-p", "50-", "--max-seconds", "2")
+    if not native:
+        assert done.returncode != 0
+        assert "does not support priority ranges" in done.stderr, done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    assert out(setup) == ["3", "1"]
+
+
+def test_the_matrix_covers_every_server_broker() -> None:
+    scripted = subprocess.run(
+        ["bash", "scripts/brokers", "list"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    covered = {b.name for b in BROKERS} | {"sqlite"}
+    assert set(scripted) <= covered, set(scripted) - covered
