@@ -96,6 +96,8 @@ def test_redact_hides_passwords_in_free_text(text: str) -> None:
 def test_redact_leaves_text_without_secrets_alone() -> None:
     text = "connected to amqp://rabbit:5672/ and sqlite:///jobs.db at 12:30"
     assert redact(text) == text
+    user_only = "job store mysql+pymysql://root@127.0.0.1:3306/test"  # no password to hide
+    assert redact(user_only) == user_only
 
 
 @pytest.mark.parametrize(

@@ -139,8 +139,7 @@ class SQLiteTransport(Transport):
         self._keeper: threading.Thread | None = None
         try:
             synchronous = url.option("synchronous") or "normal"
-            self._db = connect_database(self.path, synchronous=synchronous)
-            self._db.executescript(_SCHEMA)
+            self._db = connect_database(self.path, synchronous=synchronous, schema=_SCHEMA)
         except sqlite3.Error as exc:
             raise ConnectionLost(f"cannot open {self.path}: {exc}") from exc
 

@@ -125,7 +125,6 @@ _START_JOB = (
     " started_at = excluded.started_at, finished_at = NULL, worker_pid = excluded.worker_pid"
 )
 _UNFINISHED_CHUNK = 500  # ids per query, well under SQLite's bound-parameter limit
-_OPEN_TRIES = 20  # opens of a new file racing other opens (see _open)
 
 
 class SQLiteJobStore(JobStore):
@@ -155,7 +154,8 @@ class SQLiteJobStore(JobStore):
         with self._lock:
             if self._db is None:
                 path = self.url.path or "queuekit.db"
-                self._db = _open(path, self.url.option("synchronous") or "normal")
+                synchronous = self.url.option("synchronous") or "normal"
+                self._db = connect_database(path, synchronous=synchronous, schema=_SCHEMA)
             yield self._db
 
     @contextmanager
@@ -455,25 +455,6 @@ class SQLiteJobStore(JobStore):
             query, args = query + " AND queue = ?", (*args, queue)
         with self._transaction() as db:
             return db.execute(query, args).rowcount
-
-
-def _open(path: str, synchronous: str) -> sqlite3.Connection:
-    """Open ``path`` with the schema. Switching a new file to WAL fails at once, without
-    the busy timeout, while another connection does the same: those opens are retried."""
-    for attempt in range(_OPEN_TRIES):
-        db: sqlite3.Connection | None = None
-        try:
-            db = connect_database(path, synchronous=synchronous)
-            db.executescript(_SCHEMA)
-        except sqlite3.OperationalError as exc:
-            if db is not None:
-                db.close()
-            if "locked" not in str(exc) or attempt == _OPEN_TRIES - 1:
-                raise
-            time.sleep(0.005 * (attempt + 1))
-        else:
-            return db
-    raise AssertionError("unreachable")
 
 
 _shares: dict[str, tuple[sqlite3.Connection, threading.RLock, int]] = {}

@@ -4,26 +4,45 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .errors import ConfigurationError
 
+_OPEN_TRIES = 20  # opens of a new file racing other opens (see connect_database)
 
-def connect_database(path: str, *, synchronous: str = "normal") -> sqlite3.Connection:
-    """Open ``path`` in WAL mode, autocommit, usable from several threads (callers lock).
+
+def connect_database(
+    path: str, *, synchronous: str = "normal", schema: str = ""
+) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode, autocommit, usable from several threads (callers lock),
+    and create ``schema`` in it.
 
     ``synchronous`` is ``normal`` (survives any application crash) or ``full`` (also
-    survives power loss, at several times the cost per commit).
+    survives power loss, at several times the cost per commit). Switching a new file to WAL
+    fails at once, without the busy timeout, while another connection does the same (many
+    workers starting on one new file): such opens are retried.
     """
     if synchronous.lower() not in {"normal", "full"}:
         raise ConfigurationError(f"synchronous must be normal or full, not {synchronous!r}")
     if path != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-    return conn
+    for attempt in range(_OPEN_TRIES):
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            if schema:
+                conn.executescript(schema)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if "locked" not in str(exc) or attempt == _OPEN_TRIES - 1:
+                raise
+            time.sleep(0.005 * (attempt + 1))
+        else:
+            return conn
+    raise AssertionError("unreachable")
 
 
 @contextmanager

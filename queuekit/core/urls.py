@@ -138,8 +138,10 @@ def _parse_host(item: str, url: str) -> Host:
     return Host(unquote(name), int(port_text))
 
 
-# user:secret@ with or without a scheme in front; the secret may hold "/" (a mistyped URL).
-_USERINFO = re.compile(r"(?P<head>(?:[a-zA-Z][\w+.\-]*://)?[^\s:/@'\"]*:)(?P<secret>[^\s@'\"]*)@")
+# user:secret@ with or without a scheme in front; the secret may hold "/" (a mistyped URL)
+_USERINFO = re.compile(
+    r"(?P<head>(?:[a-zA-Z][\w+.\-]*://)?[^\s:/@'\"]*:)(?P<secret>(?!//)[^\s@'\"]*)@"
+)  # (?!//): in "mysql://root@host" the "//root" after the scheme's colon is no secret
 _QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|secret|token|pass)=)[^&#]*", re.IGNORECASE)
 
 

@@ -199,15 +199,25 @@ class Worker:
         return self.processed
 
     def _periodic(self, started: float) -> None:
+        try:
+            self._forward()
+        except ConnectionLost as exc:
+            self._reconnect(exc)
+        except (sqlite3.Error, QueuekitError) as exc:  # the job store is away: try again later
+            log.warning("could not forward due or grouped messages: %s", exc)
+        if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
+            self.stop(f"ran {self.limits.max_seconds:g}s")
+        if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
+            self.stop(f"resident memory reached {self.limits.max_memory} bytes")
+
+    def _forward(self) -> None:
+        """Send what the job store holds for the broker: due delayed messages, and heads of
+        serial groups nobody sent."""
         if self._emulates_delay:
             self._jobs.forward_due(self._transport.send_many)
         if self._sweeps_groups and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + _GROUP_SWEEP_EVERY
             groups.sweep(self.queue.connection, self.queue.name)
-        if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
-            self.stop(f"ran {self.limits.max_seconds:g}s")
-        if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
-            self.stop(f"resident memory reached {self.limits.max_memory} bytes")
 
     def _release(self) -> None:
         """Hand prefetched, unstarted messages back for other workers (best effort)."""
