@@ -10,8 +10,10 @@ per-message CPU microseconds of each process (user + system), which is where que
 own cost shows: compare "transport" (bytes only) with "Queue" (envelope + dispatch loop).
 
 The table shows the median of --runs runs per case. The "pre-filled" cases fill the device
-first and time the consumer alone (its own capacity). --profile then prints the cProfile top
-functions of one `dispatch()` consumer.
+first and time the consumer alone (its own capacity). Then: the in-process cost of creating,
+encoding and decoding an envelope, and the core's overhead per message taken from this run's
+CPU columns (Queue row minus the transport row below it). --profile then prints the cProfile
+top functions of one `dispatch()` consumer.
 """
 
 from __future__ import annotations
@@ -332,6 +334,27 @@ def micro(n: int) -> list[tuple[str, float]]:
     ]
 
 
+def print_overhead(rows: dict[str, Result], decode_us: float) -> None:
+    """What queuekit's core adds per message, from the CPU columns of this run: the same
+    transport below, with and without the envelope and the dispatch loop on top."""
+    pairs = [
+        ("producer: Message + envelope + publish_many", "Queue.publish_many -> dispatch(no-op)",
+         "transport send_many -> receive/ack", "producer_us"),
+        ("consumer: decode + dispatch loop", "pre-filled queue -> dispatch(no-op)",
+         "pre-filled queue -> transport receive/ack", "consumer_us"),
+    ]  # fmt: skip
+    found = [(label, rows[a], rows[b], f) for label, a, b, f in pairs if a in rows and b in rows]
+    if not found:
+        return
+    print("\ncore overhead per message (CPU µs, Queue row minus transport row of this run):")
+    for label, with_core, bare, column in found:
+        extra = getattr(with_core, column) - getattr(bare, column)
+        print(f"  {label:48} {extra:6.2f} µs")
+        if column == "consumer_us":
+            loop = extra - decode_us
+            print(f"  {'  of which the loop (minus envelope decode)':48} {loop:6.2f} µs")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=200_000)
@@ -397,8 +420,11 @@ def main() -> int:
               f"{r.consumer_us:11.2f} {r.device_us:13.2f}")  # fmt: skip
     print("\nin-process cost per message (median of 3):")
     samples = [micro(50_000) for _ in range(3)]
-    for i, (label, _) in enumerate(samples[0]):
-        print(f"  {label:40} {statistics.median(s[i][1] for s in samples):6.2f} µs")
+    costs = {label: statistics.median(s[i][1] for s in samples)
+             for i, (label, _) in enumerate(samples[0])}  # fmt: skip
+    for label, value in costs.items():
+        print(f"  {label:40} {value:6.2f} µs")
+    print_overhead({r.case: r for r in rows}, costs["envelope decode"])
     if args.profile:
         device = Device()
         try:
