@@ -568,7 +568,7 @@ def test_serve_runs_in_a_thread_until_stopped() -> None:
 def test_the_device_survives_malformed_input(device: DeviceProcess, open_zmq) -> None:  # type: ignore[no-untyped-def]
     import zmq
 
-    from queuekit.adapters.zmq_proxy import SEND, make_head, pack_index
+    from queuekit.adapters.zmq_wire import SEND, make_head, pack_index
 
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -595,7 +595,7 @@ def test_the_device_survives_malformed_input(device: DeviceProcess, open_zmq) ->
 def test_garbage_records_still_count_against_the_credit(device: DeviceProcess, open_zmq) -> None:  # type: ignore[no-untyped-def]
     import zmq
 
-    from queuekit.adapters.zmq_proxy import SEND, make_head, pack_index
+    from queuekit.adapters.zmq_wire import SEND, make_head, pack_index
 
     # Given a worker with prefetch 2, and a raw producer that sends two batches whose index
     # matches their length but whose records are garbage (two "records" each)

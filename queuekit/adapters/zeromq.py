@@ -41,7 +41,7 @@ from queuekit.core.topics import topic_matches
 from queuekit.core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from queuekit.core.urls import TransportURL
 
-from .zmq_proxy import (
+from .zmq_wire import (
     BROADCAST,
     DELETE,
     DELIVER,
