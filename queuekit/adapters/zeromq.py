@@ -83,7 +83,9 @@ _REASONS = {
     "prefetch window) is lost, never redelivered (at most once)",
     "delay": "ZeroMQ cannot hold a message until later (the core's job store can)",
     "priority": "the device delivers in arrival order only",
-    "dedup": "the device keeps no message keys (the core's job store can)",
+    "priority_range": "the device delivers in arrival order only",
+    "dedup": "the device keeps no message keys; the core's job store keeps 'ever' keys (keys "
+    "while pending need redelivery: a lost message would hold its key for ever)",
     "inspect": "part of what waits sits in ZeroMQ pipes and socket buffers the device "
     "cannot count, so depth would lie",
 }

@@ -108,6 +108,8 @@ class AMQPTransport(Transport):
             max_message_size=settings.max_message_size,
             reasons={
                 "dedup": "RabbitMQ keeps no dedup keys; the core's job store does",
+                "priority_range": "a consumer gets the head of a queue; RabbitMQ cannot "
+                "select by priority",
                 **({"delay": "turned off by ?delay=0"} if not settings.delay else {}),
                 **(
                     {"priority": "turned off by ?max_priority=0"}

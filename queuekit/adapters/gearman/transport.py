@@ -480,6 +480,8 @@ def _capabilities(durable: bool) -> Capabilities:
     reasons = {
         "fanout": "Gearman has no fan-out: each job goes to one worker",
         "topics": "Gearman has no fan-out: each job goes to one worker",
+        "priority_range": "gearmand hands a worker the next job of its functions; it cannot "
+        "select by priority",
         "delay": (
             "gearmand 1.1.20 accepts SUBMIT_JOB_EPOCH but never runs the job when due "
             "(gearmand issue 101): the core's delayed store serves delays"

@@ -59,6 +59,10 @@ def profile_for(server: str, url: TransportURL) -> ServerProfile:
 
 _NO_DEDUP = "STOMP has no deduplication; the core's job store keeps dedup keys"
 _NO_INSPECT = "STOMP cannot count or purge a queue"
+_NO_RANGE = (
+    "a subscription gets the head of a queue (ActiveMQ selectors on JMSPriority could "
+    "select by priority: not built)"
+)
 
 
 def _rabbitmq(priority: bool) -> ServerProfile:
@@ -66,6 +70,7 @@ def _rabbitmq(priority: bool) -> ServerProfile:
         "delay": "RabbitMQ's STOMP ignores AMQ_SCHEDULED_DELAY; the core's delayed store serves",
         "dedup": _NO_DEDUP,
         "inspect": _NO_INSPECT,
+        "priority_range": _NO_RANGE,
     }
     if not priority:
         reasons["priority"] = "disabled by ?priority=0 (no x-max-priority on queues)"
@@ -92,7 +97,7 @@ def _rabbitmq(priority: bool) -> ServerProfile:
 
 
 def _activemq(priority: bool, scheduler: bool) -> ServerProfile:
-    reasons = {"dedup": _NO_DEDUP, "inspect": _NO_INSPECT}
+    reasons = {"dedup": _NO_DEDUP, "inspect": _NO_INSPECT, "priority_range": _NO_RANGE}
     if not priority:
         reasons["priority"] = "disabled by ?priority=0"
     if not scheduler:
@@ -137,7 +142,7 @@ def _generic(server: str) -> ServerProfile:
                 name: unknown
                 for name in ("durable", "nack_requeue", "fifo", "topics", "delay", "priority")
             }
-            | {"dedup": _NO_DEDUP, "inspect": _NO_INSPECT},
+            | {"dedup": _NO_DEDUP, "inspect": _NO_INSPECT, "priority_range": _NO_RANGE},
         ),
     )
 

@@ -56,6 +56,7 @@ CAPABILITIES = Capabilities(
         "topics": "XEP-0060 on Prosody has no wildcard subscriptions (no collection nodes)",
         "delay": "XMPP pub/sub has no delayed publish; the core's delayed store serves",
         "priority": "items are kept in publish order only",
+        "priority_range": "items are kept in publish order only",
         "dedup": "no server-side dedup; the core's job store serves",
     },
 )
