@@ -1,14 +1,16 @@
 """The job features on every landed broker, with real ``worker run`` processes.
 
 Dedup (while pending, and "ever" across a worker restart), serial groups kept in order by
-three workers, the failed store and ``worker failed retry`` round trip, and priority ranges
-(kept on SQLite, refused with a clear error elsewhere). Each broker is started by
-``scripts/brokers up``; without it a test skips by hand and fails under ``CI``.
+three workers, the failed store and ``worker failed retry`` round trip, priority ranges (kept
+on SQLite, refused with a clear error elsewhere), and a delayed job with its record. Each
+broker is started by ``scripts/brokers up``; without it a test skips by hand and fails under
+``CI``.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -172,6 +174,21 @@ def test_a_priority_range_is_kept_or_refused(setup: Setup) -> None:
         return
     assert done.returncode == 0, done.stderr
     assert out(setup) == ["3", "1"]
+
+
+def test_a_delayed_recorded_job_runs_when_due_and_its_record_says_so(setup: Setup) -> None:
+    with setup.connect() as conn:
+        published = time.time()
+        job_id = conn.queue(setup.queue).publish({"n": 8}, delay=1, record=True)
+        record = conn.job(job_id)
+        assert record is not None and record.state == "waiting"
+    done = setup.run("RecordingQueue", "--max-messages", "1", "--max-seconds", "60")
+    assert done.returncode == 0, done.stderr
+    assert out(setup) == ["8"]
+    with setup.connect() as conn:
+        record = conn.job(job_id)
+    assert record is not None and (record.state, record.attempts) == ("done", 1)
+    assert record.started_at is not None and record.started_at >= published + 1 - 0.05
 
 
 def test_the_matrix_covers_every_server_broker() -> None:
