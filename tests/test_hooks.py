@@ -9,7 +9,7 @@ import pytest
 
 from queuekit import AbstractQueue, Connection, Message, Repeat, connect
 from queuekit.core.hooks import hooks_of
-from queuekit.core.worker import FunctionHandler
+from queuekit.core.processing import FunctionHandler
 
 SAFETY = 20.0
 

@@ -32,7 +32,8 @@ from queuekit import (
     register_transport,
 )
 from queuekit.adapters.memory import MemoryTransport
-from queuekit.core.worker import FunctionHandler, Worker
+from queuekit.core.processing import FunctionHandler
+from queuekit.core.worker import Worker
 from tests.support import wait_until
 from tests.workers.transports import NODELAY
 
@@ -331,6 +332,24 @@ def test_a_retry_on_a_transport_without_delay_waits_in_the_delayed_store(
         assert due is not None
         assert due >= time.time() + 50
         assert conn.failed.list() == []
+
+
+def test_a_job_store_outage_in_the_forwarder_does_not_stop_the_worker(
+    jobs_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with connect(f"{NODELAY}://{uuid.uuid4().hex}", jobstore=jobs_url) as conn:
+        queue = conn.queue(name)
+        queue.publish("now")
+        outages: list[str] = []
+
+        def away(*args: object, **kwargs: object) -> int:
+            outages.append("forward_due")
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(conn.jobs, "forward_due", away)
+        work = Calls()
+        assert queue.dispatch(work, max_messages=1, max_seconds=SAFETY) == 1
+        assert outages and work.payloads == ["now"]
 
 
 def test_options_the_transport_lacks_are_refused_not_ignored(jobs_url: str, name: str) -> None:

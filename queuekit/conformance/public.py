@@ -42,7 +42,8 @@ class _WorkerThread(Consumer):
     """dispatch() in a thread of this process (for process-local transports)."""
 
     def __init__(self, ctx: Context, queue: str, work_seconds: float) -> None:
-        from ..core.worker import FunctionHandler, Limits, Worker
+        from ..core.processing import FunctionHandler
+        from ..core.worker import Limits, Worker
 
         super().__init__()
         self._conn = connect(ctx.url.render(reveal=True), jobstore="sqlite:///:memory:")

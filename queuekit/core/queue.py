@@ -39,7 +39,7 @@ from .transport import Delivery, Outgoing, SendOptions, Transport
 from .urls import TransportURL
 
 if TYPE_CHECKING:
-    from .worker import Handler
+    from .processing import Handler
 
 log = logging.getLogger("queuekit")
 
@@ -300,7 +300,8 @@ class Queue:
         :class:`PriorityRange`) takes only messages with a priority in that range.
         """
         from .hooks import hooks_of
-        from .worker import FunctionHandler, Limits, Worker
+        from .processing import FunctionHandler
+        from .worker import Limits, Worker
 
         handler = work if not callable(work) else FunctionHandler(work, validate, retry)
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
