@@ -1,4 +1,5 @@
-"""Fixtures shared by the core's tests: every such test runs on memory:// and sqlite://."""
+"""Fixtures shared by the tests: ``conn`` runs a test on memory:// and sqlite://, ``store_url``
+on a job store in SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from queuekit import Connection, connect
+from tests.databases import fresh_store_url
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -20,6 +22,12 @@ def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]
         url = f"sqlite:///{tmp_path}/queues.db"
     with connect(url) as connection:
         yield connection
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A job store URL on fresh tables of each backend in turn (see tests/databases.py)."""
+    yield from fresh_store_url(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
+
+from queuekit import Message, connect
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -36,3 +39,42 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(0.01)
+
+
+class GroupLog:
+    """Work on ``[group, number]`` payloads that notes, per group, the order they ran in
+    and how often two of one group overlapped."""
+
+    def __init__(self, pause: float = 0.01) -> None:
+        self.pause = pause
+        self.lock = threading.Lock()
+        self.order: dict[str, list[int]] = {}
+        self.running: dict[str, int] = {}
+        self.overlaps = 0
+
+    def __call__(self, message: Message) -> None:
+        group, number = message.payload
+        with self.lock:
+            self.running[group] = self.running.get(group, 0) + 1
+            self.overlaps += self.running[group] > 1
+            self.order.setdefault(group, []).append(number)
+        time.sleep(self.pause)
+        with self.lock:
+            self.running[group] -= 1
+
+
+def work_in_threads(
+    url: str, jobstore: str, queue: str, work: Callable[[Message], object], *, workers: int = 3
+) -> None:
+    """Run ``workers`` workers on ``queue`` for 3 s, each on its own connection (one host
+    each, in effect), and wait for them."""
+
+    def worker() -> None:
+        with connect(url, jobstore=jobstore) as own:
+            own.queue(queue).dispatch(work, max_seconds=3.0, handle_signals=False)
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

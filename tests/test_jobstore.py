@@ -9,12 +9,9 @@ test skips by hand and fails when ``CI`` is set.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,74 +22,6 @@ from queuekit.core.errors import ConfigurationError, MissingDependency
 from queuekit.core.jobstore import FORWARD_LEASE, KEY_GRACE, JobStore, open_jobstore
 from queuekit.core.records import JobUpdate
 from queuekit.core.transport import Outgoing, SendOptions
-
-DATABASES = {
-    "postgresql": os.environ.get(
-        "QUEUEKIT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    ),
-    "mariadb": os.environ.get("QUEUEKIT_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"),
-}
-_reachable: dict[str, str | None] = {}  # backend -> why it cannot be used (None: it can)
-
-
-def require_database(backend: str) -> str:
-    """The URL of ``backend`` once it answers a query; skip (fail under ``CI``) otherwise."""
-    if backend not in _reachable:
-        _reachable[backend] = _why_unreachable(DATABASES[backend])
-    reason = _reachable[backend]
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return DATABASES[backend]
-
-
-def _why_unreachable(url: str) -> str | None:
-    try:
-        import sqlalchemy
-    except ImportError:
-        return "SQLAlchemy is not installed (pip install queuekit[sql])"
-    parsed = sqlalchemy.engine.make_url(url)
-    host, port = parsed.host or "127.0.0.1", parsed.port or 0
-    try:
-        socket.create_connection((host, port), timeout=1.0).close()
-    except OSError:
-        return f"no database is answering on {host}:{port} ({parsed.get_backend_name()})"
-    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT 1"))
-    except Exception as exc:
-        return f"{parsed.render_as_string(hide_password=True)} does not answer: {exc}"
-    finally:
-        engine.dispose()
-    return None
-
-
-def drop_tables(url: str, prefix: str) -> None:
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(url)
-    try:
-        meta = sqlalchemy.MetaData()
-        meta.reflect(engine, only=lambda table, _: table.startswith(prefix))
-        meta.drop_all(engine)
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A job store URL on fresh tables of one backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/jobs.db"
-        return
-    base = require_database(request.param)
-    prefix = f"qkt{uuid.uuid4().hex[:10]}_"
-    try:
-        yield f"{base}?table_prefix={prefix}"
-    finally:
-        drop_tables(base, prefix)
 
 
 @pytest.fixture

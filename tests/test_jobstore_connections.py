@@ -7,33 +7,17 @@ the same URL (another host, in effect) reads them back.
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from queuekit import Message, PermanentError, connect
 from queuekit.core.jobstore import open_jobstore
-from tests.test_jobstore import drop_tables, require_database
+from tests.support import GroupLog, work_in_threads
 from tests.workers.transports import NODELAY
 
 SAFETY = 20.0
-
-
-@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/jobs.db"
-        return
-    base = require_database(request.param)
-    prefix = f"qkc{uuid.uuid4().hex[:10]}_"
-    try:
-        yield f"{base}?table_prefix={prefix}"
-    finally:
-        drop_tables(base, prefix)
 
 
 @pytest.fixture(params=["nodedup", "sqlite"])
@@ -90,35 +74,11 @@ def test_a_group_runs_in_order_across_workers_on_separate_connections(
 ) -> None:
     """Three workers, each with its own connection (its own store): one host each."""
     url = f"{NODELAY}://{uuid.uuid4().hex}"
-    lock = threading.Lock()
-    order: dict[str, list[int]] = {}
-    running: dict[str, int] = {}
-    overlaps: list[str] = []
-
-    def work(message: Message) -> None:
-        group, number = message.payload
-        with lock:
-            running[group] = running.get(group, 0) + 1
-            if running[group] > 1:
-                overlaps.append(group)
-            order.setdefault(group, []).append(number)
-        time.sleep(0.005)  # long enough for a second message of the group to overlap
-        with lock:
-            running[group] -= 1
-
     with connect(url, jobstore=store_url) as conn:
         for number in range(6):
             for group in ("a", "b", "c"):
                 conn.queue(name).publish((group, number), group=group)
-
-        def worker() -> None:
-            with connect(url, jobstore=store_url) as own:
-                own.queue(name).dispatch(work, max_seconds=3.0, handle_signals=False)
-
-        threads = [threading.Thread(target=worker) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    assert order == {g: list(range(6)) for g in ("a", "b", "c")}
-    assert overlaps == []
+        work = GroupLog(pause=0.005)
+        work_in_threads(url, store_url, name, work)
+    assert work.order == {g: list(range(6)) for g in ("a", "b", "c")}
+    assert work.overlaps == 0

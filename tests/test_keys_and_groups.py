@@ -7,7 +7,6 @@ every broker: tests/test_job_features.py.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from queuekit import Connection, Intervals, Message, connect
 from queuekit.core import groups
 from queuekit.core.envelope import encode
 from queuekit.core.transport import Outgoing
+from tests.support import GroupLog, work_in_threads
 from tests.workers.transports import NODELAY
 
 SAFETY = 20.0
@@ -122,27 +122,6 @@ def test_dedup_modes_are_checked(conn: Connection, name: str) -> None:
 # -- serial groups ---------------------------------------------------------------------------
 
 
-class GroupLog:
-    """Work that notes, per group, the order messages ran in and any overlap."""
-
-    def __init__(self, pause: float = 0.01) -> None:
-        self.pause = pause
-        self.lock = threading.Lock()
-        self.order: dict[str, list[int]] = {}
-        self.running: dict[str, int] = {}
-        self.overlaps = 0
-
-    def __call__(self, message: Message) -> None:
-        group, number = message.payload
-        with self.lock:
-            self.running[group] = self.running.get(group, 0) + 1
-            self.overlaps += self.running[group] > 1
-            self.order.setdefault(group, []).append(number)
-        time.sleep(self.pause)
-        with self.lock:
-            self.running[group] -= 1
-
-
 def test_a_group_runs_one_at_a_time_in_publish_order_with_three_workers(
     conn: Connection, name: str
 ) -> None:
@@ -151,17 +130,7 @@ def test_a_group_runs_one_at_a_time_in_publish_order_with_three_workers(
         for group in ("a", "b", "c"):
             queue.publish((group, number), group=group)
     work = GroupLog()
-    url, jobs = conn.url.render(reveal=True), conn.jobs.url.render(reveal=True)
-
-    def worker() -> None:
-        with connect(url, jobstore=jobs) as own:
-            own.queue(name).dispatch(work, max_seconds=3.0, handle_signals=False)
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    work_in_threads(conn.url.render(reveal=True), conn.jobs.url.render(reveal=True), name, work)
     assert work.order == {g: list(range(8)) for g in ("a", "b", "c")}
     assert work.overlaps == 0
 
