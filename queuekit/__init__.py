@@ -16,6 +16,8 @@ from .core.errors import (
     PermanentError,
     QueueFull,
     QueuekitError,
+    RemoteError,
+    ReplyTimeout,
     RetryLater,
     StopWorker,
     TransportClosed,
@@ -32,6 +34,7 @@ from .core.queue import Connection, Queue, Topic, connect
 from .core.records import JobRecord
 from .core.registry import register_transport
 from .core.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
+from .core.rpc import Reply
 from .core.transport import Delivery, Outgoing, SendOptions, Transport
 
 __all__ = [
@@ -62,7 +65,10 @@ __all__ = [
     "Queue",
     "QueueFull",
     "QueuekitError",
+    "RemoteError",
     "Repeat",
+    "Reply",
+    "ReplyTimeout",
     "RetryLater",
     "RetryStrategy",
     "SendOptions",

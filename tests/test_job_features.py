@@ -2,9 +2,9 @@
 
 Dedup (while pending, and "ever" across a worker restart), serial groups kept in order by
 three workers, the failed store and ``worker failed retry`` round trip, priority ranges (kept
-on SQLite, refused with a clear error elsewhere), and a delayed job with its record. Each
-broker is started by ``scripts/brokers up``; without it a test skips by hand and fails under
-``CI``.
+on SQLite, refused with a clear error elsewhere), a delayed job with its record, and
+request/response (``call``, ``gather``). Each broker is started by ``scripts/brokers up``;
+without it a test skips by hand and fails under ``CI``.
 """
 
 from __future__ import annotations
@@ -189,6 +189,24 @@ def test_a_delayed_recorded_job_runs_when_due_and_its_record_says_so(setup: Setu
         record = conn.job(job_id)
     assert record is not None and (record.state, record.attempts) == ("done", 1)
     assert record.started_at is not None and record.started_at >= published + 1 - 0.05
+
+
+def test_call_and_gather_get_the_worker_s_replies(setup: Setup) -> None:
+    worker = setup.start("DoublingQueue")
+    try:
+        with setup.connect() as conn:
+            queue = conn.queue(setup.queue)
+            assert queue.call({"n": 21}, timeout=60) == {"doubled": 42}
+            replies = queue.gather([{"n": 1}, {"n": -1}, {"n": 3}], timeout=60)
+    finally:
+        worker.terminate()
+        _, errors = worker.communicate(timeout=60)
+    assert worker.returncode == 0, errors
+    assert [r.value if r and r.ok else (r and r.error) for r in replies] == [
+        {"doubled": 2},
+        "permanent error: -1 is negative",
+        {"doubled": 6},
+    ]
 
 
 def test_the_matrix_covers_every_server_broker() -> None:

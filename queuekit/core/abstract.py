@@ -100,12 +100,20 @@ class AbstractQueue(ABC):
 
     def publish(self, payload: Any, **options: Any) -> str:
         """Publish to this queue, naming this class as the handler."""
+        return self.messages.publish(payload, **self._defaults(options))
+
+    def call(self, payload: Any, *, timeout: float = 30.0, **options: Any) -> Any:
+        """Publish a request to this queue and wait for what ``work()`` returns for it
+        (:meth:`queuekit.core.queue.Queue.call`)."""
+        return self.messages.call(payload, timeout=timeout, **self._defaults(options))
+
+    def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
         options.setdefault("name", type(self).__qualname__)
         if self.keep_records:
             options.setdefault("record", True)
         if options.get("priority") is None:
             options["priority"] = self.priority
-        return self.messages.publish(payload, **options)
+        return options
 
     @classmethod
     def job(cls, payload: Any) -> PendingJob:

@@ -117,3 +117,15 @@ class RetryLater(JobControl):
 
 class StopWorker(JobControl):
     """Record the message as failed, then end the dispatch loop (e.g. a lost database)."""
+
+
+class ReplyTimeout(QueuekitError):
+    """``call()`` got no reply in time (the request may still run: it is not withdrawn)."""
+
+
+class RemoteError(QueuekitError):
+    """The worker failed the request for good; ``reason`` is what the failed store says."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

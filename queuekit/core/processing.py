@@ -36,6 +36,7 @@ from .errors import MalformedMessage, PermanentError, QueuekitError, RetryLater,
 from .hooks import Hooks
 from .records import DONE, FAILED, RUNNING, WAITING, JobUpdate, encode_result, peak_memory
 from .retry import DEFAULT_RETRY, RetryStrategy, strategy_from_json
+from .rpc import send_reply
 from .transport import Delivery
 
 if TYPE_CHECKING:
@@ -151,8 +152,8 @@ class Processor:
     def _succeeded(self, delivery: Delivery, message: Message, result: object) -> None:
         """Ack; a result goes along (as JSON, bytes as they are) for a caller waiting on it."""
         meta = message.metadata
-        if meta.group is not None or meta.key is not None:
-            self._finished(message)
+        if meta.group is not None or meta.key is not None or meta.reply_to is not None:
+            self._finished(message, result=result)
         if result is None:
             self._connection.transport.ack(delivery)
             return
@@ -281,14 +282,19 @@ class Processor:
         )
         log.warning("message %s failed for good: %s", message.id if message else "?", reason)
         if message is not None:
-            self._finished(message)
+            self._finished(message, error=reason)
         self._connection.transport.nack(delivery, requeue=False)
 
-    def _finished(self, message: Message) -> None:
+    def _finished(
+        self, message: Message, *, result: object = None, error: str | None = None
+    ) -> None:
         """Done with the message for good (before it is settled: a crash in between may run
-        it twice, never block its key or its group): free a "while pending" key it holds
-        in the job store, and send the next message of its serial group."""
+        it twice, never block its key or its group or leave its caller without a reply):
+        free a "while pending" key it holds in the job store, send the next message of its
+        serial group, and reply to a caller waiting on it."""
         meta = message.metadata
+        if meta.reply_to is not None:
+            send_reply(self._connection.transport, meta, value=result, error=error)
         caps = self._connection.transport.capabilities
         if meta.key is not None and keys.held_in_store(meta, caps):
             keys.settled(self._jobs, self.queue.name, meta)

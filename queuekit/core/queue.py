@@ -26,7 +26,7 @@ from .bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
 from .config import resolve_jobstore, resolve_url
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
-from .errors import MessageTooLarge, QueuekitError, Unsupported
+from .errors import MessageTooLarge, QueuekitError, ReplyTimeout, Unsupported
 from .failed import FailedStore
 from .fluent import PendingJob
 from .hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
@@ -35,6 +35,7 @@ from .priorities import MAX_PRIORITY, PriorityRange
 from .records import QUEUED, WAITING, JobRecord, JobUpdate
 from .registry import open_transport
 from .retry import RetryStrategy
+from .rpc import Reply, ReplyQueue, new_correlation_id
 from .transport import Delivery, Outgoing, SendOptions, Transport
 from .urls import TransportURL
 
@@ -71,6 +72,8 @@ class Connection:
         self.jobs = open_jobstore(resolve_jobstore(jobstore) or default_jobstore(self.url))
         self.failed = FailedStore(self)
         self._local = threading.local()  # per-thread state: the open bulk() buffers
+        self._replies: ReplyQueue | None = None
+        self._replies_lock = threading.Lock()
 
     def reconnect(self) -> None:
         """Replace the transport with a freshly opened one (after ``ConnectionLost``).
@@ -90,12 +93,22 @@ class Connection:
     def topic(self, name: str) -> Topic:
         return Topic(self, name)
 
+    @property
+    def replies(self) -> ReplyQueue:
+        """This connection's reply queue for ``call``/``gather`` (made on first use)."""
+        with self._replies_lock:
+            if self._replies is None:
+                self._replies = ReplyQueue(self)
+            return self._replies
+
     def job(self, job_id: str) -> JobRecord | None:
         """A snapshot of the job record of message ``job_id``; ``None`` if it has none."""
         return self.jobs.get_job(job_id)
 
     def close(self) -> None:
         try:
+            if self._replies is not None:
+                self._replies.delete()
             self.transport.close()
         finally:
             self.jobs.close()
@@ -260,6 +273,38 @@ class Queue:
             self.transport.ack(delivery)
         else:
             self.transport.requeue(delivery, outgoing.body, options=outgoing.options)
+
+    def call(self, payload: Any, *, timeout: float = 30.0, **options: Any) -> Any:
+        """Publish ``payload`` as a request and wait for its reply: what the worker's
+        ``work()`` returned. Raises :class:`ReplyTimeout` (the request is not withdrawn) or
+        :class:`RemoteError` (it failed for good). ``options`` are ``publish``'s."""
+        [reply] = self.gather([payload], timeout=timeout, **options)
+        if reply is None:
+            raise ReplyTimeout(f"no reply from {self.name!r} within {timeout:g}s")
+        return reply.result()
+
+    def gather(
+        self, payloads: Iterable[Any], *, timeout: float = 30.0, **options: Any
+    ) -> list[Reply | None]:
+        """Publish each payload as a request (one batch) and gather the replies that come
+        within ``timeout`` seconds: one :class:`Reply` per request, in order, ``None`` for
+        those without one. See :mod:`queuekit.core.rpc`."""
+        replies = self.connection.replies
+        requests = list(payloads)
+        ids = [new_correlation_id() for _ in requests]
+        replies.expect(ids)
+        try:
+            with self.bulk():
+                for payload, cid in zip(requests, ids, strict=True):
+                    self.publish(payload, reply_to=replies.name, correlation_id=cid, **options)
+                buffer = active_bulk(self.connection._local, self.name)
+                if buffer is not None:  # inside a caller's own bulk(): send the requests now
+                    buffer.flush()
+        except BaseException:
+            replies.wait(ids, 0)  # expect them no more
+            raise
+        got = replies.wait(ids, timeout)
+        return [got.get(cid) for cid in ids]
 
     def forward(self, outgoing: Outgoing, due: float | None) -> None:
         """Send an already encoded message, due at ``due`` (the broker's delay or the

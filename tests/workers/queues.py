@@ -89,5 +89,17 @@ class BrokenUntilFixedQueue(AbstractQueue):
         _append("QK_OUT", str(message.payload["n"]))
 
 
+class DoublingQueue(AbstractQueue):
+    """Returns twice the payload's ``n``; fails for good on a negative ``n``."""
+
+    queue = "doubling"
+
+    def work(self, message: Message) -> dict[str, int]:
+        n = message.payload["n"]
+        if n < 0:
+            raise PermanentError(f"{n} is negative")
+        return {"doubled": 2 * n}
+
+
 class NotAQueue:
     """A class that is not an AbstractQueue (for the CLI's error path)."""
