@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,47 +23,36 @@ from xml.etree import ElementTree as ET
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
-from slixmpp.plugins import xep_0004
 
 from ...core.errors import (
     ConfigurationError,
     ConnectionLost,
-    MalformedMessage,
     QueueFull,
     TransportClosed,
     TransportError,
 )
-from ._settings import NS, XMPPSettings, decode_payload, encode_payload
+from ._quickack import ack_at_once
+from ._settings import NS, XMPPSettings, encode_payload
+from ._stanzas import (
+    EVENT,
+    NODE_CONFIG,
+    PUBSUB,
+    Item,
+    form,
+    iq_error,
+    new_id,
+    parse_items,
+    publish_options,
+    read_config,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("queuekit.adapters.xmpp")
-_FORM: Any = xep_0004.Form  # slixmpp's data forms are untyped
-
-_PUBSUB = "http://jabber.org/protocol/pubsub"
-_EVENT = "{http://jabber.org/protocol/pubsub#event}"
-_NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
-_PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
-_XDATA = "{jabber:x:data}"
-_VALIDATE = "{http://jabber.org/protocol/xdata-validate}"
 _TAKEN = f"{{{NS}}}taken"
 #: How many listed items a consumer keeps in memory beyond its prefetch (the rest as ids).
 KEEP_LISTED = 4096
 #: Re-count a queue node at least this often while publishing to it (other publishers).
 RECOUNT_SECONDS = 5.0
-
-
-@dataclass(slots=True)
-class Item:
-    """One pub/sub item. ``taken`` counts the consumers that took it (from the queue's
-    taken-journal, see ``Session._mark``), ``marked`` says this consumer is among them,
-    ``requeued`` counts local ``nack(requeue=True)``."""
-
-    id: str
-    body: bytes
-    headers: dict[str, str]
-    taken: int = 0
-    marked: bool = False
-    requeued: int = 0
 
 
 @dataclass(slots=True)
@@ -226,7 +213,7 @@ class Session:
         for plugin in ("xep_0030", "xep_0004", "xep_0060"):
             client.register_plugin(plugin)
         client.plugin["feature_mechanisms"].unencrypted_scram = s.allow_plaintext
-        _ack_at_once(client)
+        ack_at_once(client)
         outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         def settle(result: str) -> None:
@@ -347,11 +334,11 @@ class Session:
             config["pubsub#max_items"] = s.max_items
         try:
             await self._iq(
-                self.pubsub.create_node(s.pubsub, node, config=_form(_NODE_CONFIG, config))
+                self.pubsub.create_node(s.pubsub, node, config=form(NODE_CONFIG, config))
             )
         except IqError as exc:
             if exc.condition != "conflict":
-                raise _iq_error(exc, f"create node {node}") from None
+                raise iq_error(exc, f"create node {node}") from None
         cap = None
         if persist:
             cap = await self._configure_queue_node(node)
@@ -364,16 +351,16 @@ class Session:
         try:
             reply = await self._iq(self.pubsub.get_node_config(s.pubsub, node))
         except IqError as exc:
-            raise _iq_error(exc, f"read the config of node {node}") from None
-        persist, max_items, range_max = _read_config(reply.xml)
+            raise iq_error(exc, f"read the config of node {node}") from None
+        persist, max_items, range_max = read_config(reply.xml)
         if not persist or max_items != s.max_items:
             config = {"pubsub#persist_items": True, "pubsub#max_items": s.max_items}
             try:
                 await self._iq(
-                    self.pubsub.set_node_config(s.pubsub, node, _form(_NODE_CONFIG, config))
+                    self.pubsub.set_node_config(s.pubsub, node, form(NODE_CONFIG, config))
                 )
             except IqError as exc:
-                raise _iq_error(exc, f"configure node {node} to persist items") from None
+                raise iq_error(exc, f"configure node {node} to persist items") from None
         if s.max_items != "max":
             return int(s.max_items)
         if range_max is None:
@@ -390,7 +377,7 @@ class Session:
             await self._iq(self.pubsub.delete_node(self.settings.pubsub, node))
         except IqError as exc:
             if exc.condition != "item-not-found":
-                raise _iq_error(exc, f"delete node {node}") from None
+                raise iq_error(exc, f"delete node {node}") from None
 
     async def item_ids(self, node: str) -> list[str]:
         reply = await self._iq(self.pubsub.get_item_ids(self.settings.pubsub, node))
@@ -420,7 +407,7 @@ class Session:
                 future = pubsub.publish(
                     service,
                     node,
-                    id=_new_id(),
+                    id=new_id(),
                     payload=encode_payload(body, headers),
                     options=options,
                     timeout=self.settings.timeout,
@@ -516,7 +503,7 @@ class Session:
         if not todo:
             return
         generation = consumer.generation
-        entry = _new_id()
+        entry = new_id()
         payload = ET.Element(_TAKEN)
         payload.text = " ".join(item.id for item in todo)
         future = self.pubsub.publish(
@@ -530,7 +517,7 @@ class Session:
         try:
             await self._iq(future)
         except IqError as exc:
-            raise _iq_error(exc, f"record taken items of {consumer.node}") from None
+            raise iq_error(exc, f"record taken items of {consumer.node}") from None
         if consumer.generation != generation:  # purged meanwhile: those items are gone
             await self._retract_quietly(consumer.journal, entry)
             return
@@ -561,9 +548,9 @@ class Session:
         except IqError as exc:
             if exc.condition == "item-not-found":
                 return {}
-            raise _iq_error(exc, f"list node {journal}") from None
+            raise iq_error(exc, f"list node {journal}") from None
         entries = {}
-        for element in reply.xml.iter(f"{{{_PUBSUB}}}item"):
+        for element in reply.xml.iter(f"{{{PUBSUB}}}item"):
             taken = element.find(_TAKEN)
             if taken is not None:
                 entries[element.get("id", "")] = (taken.text or "").split()
@@ -587,17 +574,14 @@ class Session:
         return counts
 
     def _queue_options(self) -> Any:
-        return _form(
-            _PUBLISH_OPTIONS,
-            {"pubsub#persist_items": True, "pubsub#max_items": self.settings.max_items},
-        )
+        return publish_options(self.settings.max_items)
 
     async def _relist(self, consumer: QueueConsumer) -> None:
         """Fetch the node's items (oldest first); keep ``limit`` bodies, the rest as ids."""
         consumer.listing, consumer.stale = True, False
         try:
             reply = await self._iq(self.pubsub.get_items(self.settings.pubsub, consumer.node))
-            items = list(_items(reply.xml.iter(f"{{{_PUBSUB}}}item")))
+            items = list(parse_items(reply.xml.iter(f"{{{PUBSUB}}}item")))
             counts = await self._taken_counts(consumer.journal, {item.id for item in items})
             consumer.taken_before = counts
             for item in items:
@@ -605,7 +589,7 @@ class Session:
                 self._take(consumer, item)
         except IqError as exc:
             consumer.stale = True
-            raise _iq_error(exc, f"list node {consumer.node}") from None
+            raise iq_error(exc, f"list node {consumer.node}") from None
         except BaseException:
             consumer.stale = True
             raise
@@ -648,7 +632,7 @@ class Session:
         except BaseException:
             consumer.backlog.extendleft(reversed(ids))
             raise
-        found = {item.id: item for item in _items(reply.xml.iter(f"{{{_PUBSUB}}}item"))}
+        found = {item.id: item for item in parse_items(reply.xml.iter(f"{{{PUBSUB}}}item"))}
         for item_id in ids:
             if item_id in found:
                 found[item_id].taken = consumer.taken_before.get(item_id, 0)
@@ -792,7 +776,7 @@ class Session:
         try:
             ids = set(await self.item_ids(node))
         except IqError as exc:
-            raise _iq_error(exc, f"count node {node}") from None
+            raise iq_error(exc, f"count node {node}") from None
         taken = await self._taken_counts(journal, ids, entries)
         return len(ids) - len(taken)
 
@@ -802,7 +786,7 @@ class Session:
         try:
             await self._iq(self.pubsub.purge(self.settings.pubsub, node))
         except IqError as exc:
-            raise _iq_error(exc, f"purge node {node}") from None
+            raise iq_error(exc, f"purge node {node}") from None
         journal = self.settings.journal_node(queue)
         with contextlib.suppress(IqError):
             await self._iq(self.pubsub.purge(self.settings.pubsub, journal))
@@ -851,8 +835,8 @@ class Session:
         try:
             reply = await self._iq(self.pubsub.subscribe(self.settings.pubsub, node, bare=False))
         except IqError as exc:
-            raise _iq_error(exc, f"subscribe to node {node}") from None
-        state = reply.xml.find(f"{{{_PUBSUB}}}pubsub/{{{_PUBSUB}}}subscription")
+            raise iq_error(exc, f"subscribe to node {node}") from None
+        state = reply.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}subscription")
         if state is not None and state.get("subscription", "subscribed") != "subscribed":
             raise TransportError(
                 f"xmpp: subscription to {node} is {state.get('subscription')}, not active"
@@ -874,7 +858,7 @@ class Session:
         """
         if msg["from"].bare != self.settings.pubsub:
             return
-        event = msg.xml.find(f"{_EVENT}event/{_EVENT}{kind}")
+        event = msg.xml.find(f"{EVENT}event/{EVENT}{kind}")
         node = "" if event is None else event.get("node", "")
         consumer = self._consumer_of(node)
         if consumer is None:
@@ -887,7 +871,7 @@ class Session:
     def _on_publish(self, msg: Any) -> None:
         if msg["from"].bare != self.settings.pubsub:
             return
-        event = msg.xml.find(f"{_EVENT}event/{_EVENT}items")
+        event = msg.xml.find(f"{EVENT}event/{EVENT}items")
         if event is None:
             return
         node = event.get("node", "")
@@ -895,7 +879,7 @@ class Session:
         consumer = None if subs else self._consumer_of(node)
         if not subs and consumer is None:
             return
-        for item in _items(event.iterfind(f"{_EVENT}item")):
+        for item in parse_items(event.iterfind(f"{EVENT}item")):
             if consumer is not None:
                 consumer.offer(item)
             for sub in subs or ():
@@ -907,89 +891,13 @@ class Session:
         return consumer if consumer is not None and consumer.ready else None
 
 
-def _ack_at_once(client: Any) -> None:
-    """Acknowledge every read at once (Linux ``TCP_QUICKACK``; elsewhere nothing changes).
-
-    A server that leaves Nagle's algorithm on (Prosody's default) holds its next small
-    replies until the previous segment is acknowledged; when this client has nothing to
-    send meanwhile (a consumer waiting for a reply behind its own pipelined retracts), the
-    kernel delays that acknowledgement by up to 40 ms: a stall per batch. The option is
-    not sticky, so it is set again on every read.
-    """
-    option = getattr(socket, "TCP_QUICKACK", None)
-    if option is None:
-        return
-    receive = client.data_received
-
-    def data_received(data: bytes) -> None:
-        transport = client.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, option, 1)
-        receive(data)
-
-    client.data_received = data_received
-
-
-def _items(elements: Iterable[ET.Element]) -> Iterable[Item]:
-    for element in elements:
-        item_id = element.get("id", "")
-        try:
-            body, headers = decode_payload(element[0] if len(element) else None)
-        except MalformedMessage as exc:
-            # Not ours to interpret: hand the raw XML up so the core's failed store keeps it.
-            raw = ET.tostring(element[0]) if len(element) else b""
-            body, headers = raw or exc.body, {"x-queuekit-malformed": exc.reason}
-        yield Item(item_id, body, headers)
-
-
-def _form(form_type: str, values: dict[str, Any]) -> Any:
-    form = _FORM()
-    form["type"] = "submit"
-    form.add_field(var="FORM_TYPE", ftype="hidden", value=form_type)
-    for var, value in values.items():
-        form.add_field(var=var, value=value)
-    return form
-
-
-def _read_config(xml: ET.Element) -> tuple[bool, str, int | None]:
-    persist, max_items, range_max = False, "", None
-    for f in xml.iter(f"{_XDATA}field"):
-        value = f.findtext(f"{_XDATA}value") or ""
-        if f.get("var") == "pubsub#persist_items":
-            persist = value in ("1", "true")
-        elif f.get("var") == "pubsub#max_items":
-            max_items = value
-            limit = f.find(f"{_VALIDATE}validate/{_VALIDATE}range")
-            if limit is not None and (limit.get("max") or "").isdigit():
-                range_max = int(limit.get("max") or 0)
-    return persist, max_items, range_max
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
-
-
 def _raise_first(done: set[asyncio.Future[Any]], node: str) -> None:
     for future in done:
         exc = future.exception()
         if exc is None:
             continue
         if isinstance(exc, IqError):
-            raise _iq_error(exc, f"publish to {node}")
+            raise iq_error(exc, f"publish to {node}")
         if isinstance(exc, IqTimeout):
             raise ConnectionLost("xmpp: the server did not answer a publish in time")
         raise exc
-
-
-def _iq_error(exc: IqError, what: str) -> TransportError:
-    condition, text = exc.condition, exc.text or ""
-    detail = f"xmpp: cannot {what}: {condition}" + (f" ({text})" if text else "")
-    if condition == "forbidden":
-        detail += "; on Prosody only admins may create nodes (add the account to admins)"
-    if condition in ("conflict",) and "Field does not match" in text:
-        detail += "; the node's configuration changed under us (precondition-not-met)"
-    if condition in ("remote-server-timeout", "service-unavailable", "internal-server-error"):
-        return ConnectionLost(detail)
-    return TransportError(detail)

@@ -37,8 +37,9 @@ from ...core.errors import (
 from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...core.urls import TransportURL
 from ._loop import LoopThread
-from ._session import Item, QueueConsumer, Session
+from ._session import QueueConsumer, Session
 from ._settings import XMPPSettings
+from ._stanzas import Item
 
 T = TypeVar("T")
 
