@@ -6,6 +6,7 @@ Start with :func:`connect` and :class:`AbstractQueue`; adapters are chosen by UR
 from .core.abstract import AbstractQueue
 from .core.bulk import Bulk
 from .core.capabilities import Capabilities
+from .core.connection import Connection, connect
 from .core.envelope import Message, Metadata
 from .core.errors import (
     ConfigurationError,
@@ -30,7 +31,7 @@ from .core.fluent import PendingJob
 from .core.hooks import Hooks
 from .core.jobstore import FailedMessage
 from .core.priorities import PriorityRange
-from .core.queue import Connection, Queue, Topic, connect
+from .core.queue import Queue, Topic
 from .core.records import JobRecord
 from .core.registry import register_transport
 from .core.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy

@@ -18,10 +18,10 @@ from datetime import datetime
 
 from .core.abstract import AbstractQueue
 from .core.config import resolve_url
+from .core.connection import Connection, connect
 from .core.delays import parse_duration
 from .core.errors import QueuekitError
 from .core.priorities import PriorityRange
-from .core.queue import Connection, connect
 from .core.urls import redact
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).

@@ -19,8 +19,8 @@ from queuekit import (
     TransportClosed,
     connect,
 )
+from queuekit.core.connection import default_jobstore
 from queuekit.core.envelope import decode
-from queuekit.core.queue import default_jobstore
 from queuekit.core.urls import TransportURL
 from tests.workers.transports import SMALL
 

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from ..core.connection import Connection, connect
 from ..core.envelope import Message, decode
 from ..core.errors import MalformedMessage
-from ..core.queue import Connection, connect
 from .cases import case
 from .consumers import Consumer, ProcessConsumer
 from .context import CaseFailure, Context, check, drain

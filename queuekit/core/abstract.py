@@ -24,11 +24,12 @@ from typing import Any, ClassVar
 
 from .bulk import DEFAULT_BULK_SIZE, Bulk
 from .config import resolve_url
+from .connection import Connection, connect
 from .envelope import Message
 from .fluent import PendingJob
 from .hooks import DEFAULT_NOTIFY_AFTER, default_hook
 from .priorities import PriorityRange
-from .queue import Connection, Queue, connect
+from .queue import Queue
 from .retry import DEFAULT_RETRY, RetryStrategy
 from .worker import Limits, Worker
 

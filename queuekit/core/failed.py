@@ -14,7 +14,7 @@ from .jobstore import FailedMessage
 from .records import QUEUED, JobUpdate
 
 if TYPE_CHECKING:
-    from .queue import Connection
+    from .connection import Connection
 
 
 class FailedStore:

@@ -19,7 +19,8 @@ from .retry import RetryStrategy
 
 if TYPE_CHECKING:
     from .abstract import AbstractQueue
-    from .queue import Connection, Queue
+    from .connection import Connection
+    from .queue import Queue
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class PendingJob:
         if self.connection is not None:
             return self.connection.queue(name).publish(self.payload, **options)
         from .config import resolve_url
-        from .queue import connect
+        from .connection import connect
 
         with connect(resolve_url(cls.url, queue=name)) as connection:
             return connection.queue(name).publish(self.payload, **options)

@@ -24,7 +24,7 @@ from .jobstore import GroupHead
 from .transport import Outgoing
 
 if TYPE_CHECKING:
-    from .queue import Connection
+    from .connection import Connection
 
 log = logging.getLogger("queuekit")
 

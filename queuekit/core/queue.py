@@ -1,6 +1,6 @@
-"""Connections, queues and topics: the publishing side of the core.
+"""Queues and topics: the publishing side of the core.
 
-``connect(url)`` opens a transport; ``Connection.queue(name)`` gives a :class:`Queue` that
+``Connection.queue(name)`` (:mod:`queuekit.core.connection`) gives a :class:`Queue` that
 wraps payloads in envelopes and applies the publishing policies: a delay becomes the
 broker's own ``not_before`` where the adapter declares ``delay``, and otherwise waits in the
 job store's durable delayed store until a worker's scheduler forwards it. Other options the
@@ -15,7 +15,6 @@ in the job store before the message is sent; ``connection.job(id)`` reads it bac
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -23,104 +22,22 @@ from typing import TYPE_CHECKING, Any
 
 from . import groups, keys
 from .bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
-from .config import resolve_jobstore, resolve_url
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
-from .errors import MessageTooLarge, QueuekitError, ReplyTimeout, Unsupported
-from .failed import FailedStore
+from .errors import MessageTooLarge, ReplyTimeout, Unsupported
 from .fluent import PendingJob
 from .hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
-from .jobstore import open_jobstore
 from .priorities import MAX_PRIORITY, PriorityRange
-from .records import QUEUED, WAITING, JobRecord, JobUpdate
-from .registry import open_transport
+from .records import QUEUED, WAITING, JobUpdate
 from .retry import RetryStrategy
-from .rpc import Reply, ReplyQueue, new_correlation_id
+from .rpc import Reply, new_correlation_id
 from .transport import Delivery, Outgoing, SendOptions, Transport
-from .urls import TransportURL
 
 if TYPE_CHECKING:
+    from .connection import Connection
     from .processing import Handler
 
 log = logging.getLogger("queuekit")
-
-
-def connect(
-    url: str | None = None, *, jobstore: str | None = None, prefetch: int = 16
-) -> Connection:
-    """Open a connection to ``url`` (or the configured one; see :mod:`queuekit.core.config`)."""
-    return Connection(resolve_url(url), jobstore=jobstore, prefetch=prefetch)
-
-
-def default_jobstore(url: TransportURL) -> str:
-    """Where the job store lives when none is configured."""
-    if url.scheme == "sqlite":
-        return url.render(reveal=True).split("?", 1)[0]  # the same file as the queues
-    if url.scheme == "memory":  # shared by the connections to the same in-process broker
-        name = url.hosts[0].name if url.hosts else url.path or "default"
-        return f"sqlite:///:memory:?share=memory-{name}"
-    return "sqlite:///queuekit-jobs.db"
-
-
-class Connection:
-    """A transport plus the job store beside it. Thread-safe; close it when done."""
-
-    def __init__(self, url: str, *, jobstore: str | None = None, prefetch: int = 16) -> None:
-        self.url = TransportURL.parse(url)
-        self._prefetch = prefetch
-        self.transport: Transport = open_transport(self.url, prefetch=prefetch)
-        self.jobs = open_jobstore(resolve_jobstore(jobstore) or default_jobstore(self.url))
-        self.failed = FailedStore(self)
-        self._local = threading.local()  # per-thread state: the open bulk() buffers
-        self._replies: ReplyQueue | None = None
-        self._replies_lock = threading.Lock()
-
-    def reconnect(self) -> None:
-        """Replace the transport with a freshly opened one (after ``ConnectionLost``).
-
-        The new transport is opened first, so a failed attempt leaves the connection as it
-        was; deliveries not yet settled on the old one are the broker's to redeliver.
-        """
-        old, self.transport = self.transport, open_transport(self.url, prefetch=self._prefetch)
-        try:
-            old.close()
-        except QueuekitError as exc:
-            log.debug("closing the lost transport failed: %s", exc)
-
-    def queue(self, name: str) -> Queue:
-        return Queue(self, name)
-
-    def topic(self, name: str) -> Topic:
-        return Topic(self, name)
-
-    @property
-    def replies(self) -> ReplyQueue:
-        """This connection's reply queue for ``call``/``gather`` (made on first use)."""
-        with self._replies_lock:
-            if self._replies is None:
-                self._replies = ReplyQueue(self)
-            return self._replies
-
-    def job(self, job_id: str) -> JobRecord | None:
-        """A snapshot of the job record of message ``job_id``; ``None`` if it has none."""
-        return self.jobs.get_job(job_id)
-
-    def close(self) -> None:
-        try:
-            if self._replies is not None:
-                self._replies.delete()
-            self.transport.close()
-        finally:
-            self.jobs.close()
-
-    def __enter__(self) -> Connection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.url.redacted()}>"
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,8 @@ class JobRecord:
             found: JobRecord | None = connection.jobs.get_job(job_id)
             return found
         from .config import resolve_jobstore, resolve_url
+        from .connection import default_jobstore
         from .jobstore import open_jobstore
-        from .queue import default_jobstore
         from .urls import TransportURL
 
         url = resolve_jobstore() or default_jobstore(TransportURL.parse(resolve_url()))

@@ -28,7 +28,7 @@ from .envelope import Message, Metadata, decode, encode
 from .errors import ConnectionLost, MalformedMessage, QueuekitError, RemoteError
 
 if TYPE_CHECKING:
-    from .queue import Connection
+    from .connection import Connection
     from .transport import Transport
 
 log = logging.getLogger("queuekit")
