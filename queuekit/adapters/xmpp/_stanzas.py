@@ -32,7 +32,7 @@ _VALIDATE = "{http://jabber.org/protocol/xdata-validate}"
 @dataclass(slots=True)
 class Item:
     """One pub/sub item. ``taken`` counts the consumers that took it (from the queue's
-    taken-journal, see ``Session._mark``), ``marked`` says this consumer is among them,
+    taken-journal, see ``TakenJournal.mark``), ``marked`` says this consumer is among them,
     ``requeued`` counts local ``nack(requeue=True)``."""
 
     id: str

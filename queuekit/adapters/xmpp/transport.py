@@ -37,7 +37,8 @@ from ...core.errors import (
 from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...core.urls import TransportURL
 from ._loop import LoopThread
-from ._session import QueueConsumer, Session
+from ._queue_consumer import QueueConsumer
+from ._session import Session
 from ._settings import XMPPSettings
 from ._stanzas import Item
 
@@ -79,7 +80,7 @@ class XMPPTransport(Transport):
         self._close_lock = threading.Lock()
         self._subscriptions: set[str] = set()
         try:
-            self._call(self._session.ensure())
+            self._call(self._session.connection.ensure())
         except BaseException:
             self.close()
             raise
@@ -113,7 +114,7 @@ class XMPPTransport(Transport):
         self.require(options)
         self._check_size(body)
         node = self.settings.queue_node(queue)
-        self._call(self._session.publish(node, [(body, headers)], queue=True))
+        self._call(self._session.publisher.publish(node, [(body, headers)], queue=True))
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         for message in messages:
@@ -122,7 +123,8 @@ class XMPPTransport(Transport):
         if not messages:
             return
         batch = [(m.body, m.headers) for m in messages]
-        self._call(self._session.publish(self.settings.queue_node(queue), batch, queue=True))
+        node = self.settings.queue_node(queue)
+        self._call(self._session.publisher.publish(node, batch, queue=True))
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
         timeout = max(0.0, timeout)
@@ -131,10 +133,10 @@ class XMPPTransport(Transport):
                 return self._notification(queue, timeout)
             if self._closed:
                 return None
-            got = self._session.take_ready(queue, self._loop.loop)
+            got = self._session.reader.take_ready(queue, self._loop.loop)
             if got is None:
                 node = self.settings.queue_node(queue)
-                got = self._call(self._session.next_item(queue, node, timeout))
+                got = self._call(self._session.reader.next_item(queue, node, timeout))
         except TransportClosed:
             return None  # closed from another thread while waiting
         if got is None:
@@ -152,9 +154,9 @@ class XMPPTransport(Transport):
     def _notification(self, name: str, timeout: float) -> Delivery | None:
         if self._closed:
             raise TransportClosed(f"{self!r} is closed")
-        if not self._session.connected:  # reconnect (and re-subscribe) before waiting
-            self._call(self._session.ensure())
-        subscription = self._session.subscriptions.get(name)
+        if not self._session.connection.connected:  # reconnect (and re-subscribe) first
+            self._call(self._session.connection.ensure())
+        subscription = self._session.fanout.subscriptions.get(name)
         item = subscription.take(timeout) if subscription is not None else None
         if item is None:
             return None
@@ -172,17 +174,17 @@ class XMPPTransport(Transport):
             return
         if self._closed:
             raise TransportClosed(f"{self!r} is closed")
-        if not self._session.ack_nowait(*handle, self._loop.loop):
-            self._call(self._session.retract(*handle))
+        if not self._session.acks.ack_nowait(*handle, self._loop.loop):
+            self._call(self._session.acks.retract(*handle))
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         handle = self._handle(delivery)
         if handle is None:
             return
         if requeue:
-            self._call(_run_sync(self._session.requeue, *handle))
+            self._call(_run_sync(self._session.acks.requeue, *handle))
         else:
-            self._call(self._session.retract(*handle))
+            self._call(self._session.acks.retract(*handle))
 
     def close(self) -> None:
         with self._close_lock:
@@ -198,25 +200,25 @@ class XMPPTransport(Transport):
     # -- inspection --------------------------------------------------------------------------
 
     def depth(self, queue: str) -> int:
-        return self._call(self._session.depth(queue, self.settings.queue_node(queue)))
+        return self._call(self._session.inspection.depth(queue, self.settings.queue_node(queue)))
 
     def purge(self, queue: str) -> int:
-        return self._call(self._session.purge(queue, self.settings.queue_node(queue)))
+        return self._call(self._session.inspection.purge(queue, self.settings.queue_node(queue)))
 
     def delete(self, queue: str) -> None:
         node = self.settings.queue_node(queue)
-        self._session.forget_queue(queue) if self._loop.in_loop() else self._call(
-            _run_sync(self._session.forget_queue, queue)
+        self._session.reader.forget(queue) if self._loop.in_loop() else self._call(
+            _run_sync(self._session.reader.forget, queue)
         )
-        self._call(self._session.delete_node(node))
-        self._call(self._session.delete_node(self.settings.journal_node(queue)))
+        self._call(self._session.nodes.delete(node))
+        self._call(self._session.nodes.delete(self.settings.journal_node(queue)))
 
     # -- publish/subscribe ----------------------------------------------------------------------
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
         self._check_size(body)
         node = self.settings.topic_node(topic)
-        self._call(self._session.publish(node, [(body, headers)], queue=False))
+        self._call(self._session.publisher.publish(node, [(body, headers)], queue=False))
 
     def subscribe(self, pattern: str) -> str:
         if any(word in ("*", "#") for word in pattern.split(".")):
@@ -226,14 +228,14 @@ class XMPPTransport(Transport):
                 "subscribe to each exact topic name",
             )
         name = f"xmpp-sub:{pattern}:{uuid.uuid4().hex[:12]}"
-        self._call(self._session.subscribe(name, self.settings.topic_node(pattern)))
+        self._call(self._session.fanout.subscribe(name, self.settings.topic_node(pattern)))
         self._subscriptions.add(name)
         return name
 
     def unsubscribe(self, subscription: str) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.discard(subscription)
-            self._call(self._session.unsubscribe(subscription))
+            self._call(self._session.fanout.unsubscribe(subscription))
 
 
 async def _run_sync(function: Any, *args: Any) -> None:

@@ -1,0 +1,117 @@
+"""Settling delivered queue items: ``ack`` as a pipelined retract, ``nack`` with requeue.
+
+The retract goes out at once and its answer is awaited in the background (like an AMQP
+basic.ack, which the broker never answers), keeping at most ``inflight`` outstanding;
+``close``, ``depth`` and ``purge`` wait for them (:meth:`Acks.flush`). A confirmed retract
+settles the item's taken-journal entry. ``ack_nowait`` is the consumer thread's fast path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from slixmpp.exceptions import IqError
+
+from ._connection import Connection
+from ._journal import TakenJournal
+from ._queue_consumer import QueueConsumer
+from ._settings import XMPPSettings
+from ._stanzas import Item
+
+log = logging.getLogger("queuekit.adapters.xmpp")
+
+
+class Acks:
+    """Runs on the loop thread, except ``ack_nowait`` (see there)."""
+
+    def __init__(
+        self, connection: Connection, journal: TakenJournal, settings: XMPPSettings
+    ) -> None:
+        self.connection = connection
+        self.journal = journal
+        self.settings = settings
+        self.outstanding: set[asyncio.Future[Any]] = set()  # sent retracts, not yet answered
+
+    async def retract(self, consumer: QueueConsumer, item: Item) -> None:
+        """The ack: retract a delivered item from its node, pipelined.
+
+        Until the server confirms, the item stays known here, so a re-listing cannot
+        deliver it again. If the retract is lost with the connection, the item is delivered
+        again (at least once). Settling twice is a no-op.
+        """
+        if item.id not in consumer.delivered:
+            return
+        await self.connection.ensure()
+        consumer.delivered.discard(item.id)
+        self.start_retract(consumer, item.id)
+        if len(self.outstanding) >= self.settings.inflight:
+            await asyncio.wait(set(self.outstanding), return_when=asyncio.FIRST_COMPLETED)
+
+    def ack_nowait(
+        self, consumer: QueueConsumer, item: Item, loop: asyncio.AbstractEventLoop
+    ) -> bool:
+        """Schedule the retract from the consumer thread; False: take the slow path.
+
+        It touches only what that thread owns while the loop cannot be inside ``next_item``
+        (the same thread would be waiting on it): ``delivered``.
+        """
+        connection = self.connection
+        if (
+            item.id not in consumer.delivered
+            or not connection.connected
+            or connection.closing
+            or len(self.outstanding) >= self.settings.inflight // 2
+        ):
+            return False
+        consumer.delivered.discard(item.id)
+        loop.call_soon_threadsafe(self.start_retract, consumer, item.id)
+        return True
+
+    def start_retract(self, consumer: QueueConsumer, item_id: str) -> None:
+        """Send the retract now (on the loop) and confirm it in the background."""
+        if self.connection.client is None or not self.connection.connected:
+            consumer.known.discard(item_id)  # still on the node: the re-listing finds it
+            return
+        self._send_retract(consumer.node, item_id, consumer)
+
+    def _send_retract(self, node: str, item_id: str, consumer: QueueConsumer | None) -> None:
+        """Send a retract and confirm it from a done-callback (no task per ack)."""
+        future = self.connection.pubsub.retract(
+            self.settings.pubsub, node, item_id, timeout=self.settings.timeout
+        )
+        outstanding, iqs = self.outstanding, self.connection.iqs
+        outstanding.add(future)
+        iqs.add(future)
+
+        def confirmed(done: asyncio.Future[Any]) -> None:
+            outstanding.discard(done)
+            iqs.discard(done)
+            exc = None if done.cancelled() else done.exception()
+            if isinstance(exc, IqError):
+                if exc.condition != "item-not-found":
+                    log.warning("xmpp: retract on %s failed: %s", node, exc.condition)
+            elif exc is not None or done.cancelled():
+                log.info("xmpp: retract on %s lost (%s); it will be redelivered", node, exc)
+            if consumer is not None:
+                consumer.known.discard(item_id)
+                entry = self.journal.settled(consumer, item_id)
+                if entry is not None:
+                    self._send_retract(consumer.journal, entry, None)
+
+        future.add_done_callback(confirmed)
+
+    async def flush(self) -> None:
+        """Wait until every pipelined ack is answered."""
+        if self.outstanding:
+            await asyncio.wait(set(self.outstanding), timeout=self.settings.timeout)
+
+    @staticmethod
+    def requeue(consumer: QueueConsumer, item: Item) -> None:
+        """Put a delivered item back in front of this consumer's buffer (it never left)."""
+        if item.id in consumer.delivered:
+            consumer.delivered.discard(item.id)
+            item.requeued += 1
+            consumer.buffer.appendleft(item)
+            consumer.wakeup.set()

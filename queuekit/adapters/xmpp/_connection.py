@@ -1,0 +1,137 @@
+"""The XMPP connection: connecting and logging in, noticing a loss, connecting again.
+
+One slixmpp client at a time. Every operation starts with :meth:`Connection.ensure`, so the
+next call after a lost connection connects again (same resource, so server-side
+subscriptions still apply) and then lets the session restore what it listens to. IQs go
+through :meth:`Connection.iq` (or join :attr:`Connection.iqs`), so a dropped stream fails
+them at once instead of after the IQ timeout. Everything here runs on the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import slixmpp
+from slixmpp.exceptions import IqTimeout
+
+from ...core.errors import ConfigurationError, ConnectionLost
+from ._quickack import ack_at_once
+from ._settings import XMPPSettings
+
+
+class Connection:
+    """Owns the slixmpp client; ``closing`` says the transport is closing for good."""
+
+    def __init__(
+        self,
+        settings: XMPPSettings,
+        *,
+        restore: Callable[[], Awaitable[None]],
+        notifications: Mapping[str, Callable[[Any], None]],
+    ) -> None:
+        self.settings = settings
+        self.client: Any = None
+        self.connected = False
+        self.closing = False
+        self.iqs: set[asyncio.Future[Any]] = set()  # outstanding: failed when the stream drops
+        self._restore = restore  # after (re)connecting: subscribe again
+        self._notifications = notifications  # slixmpp event name -> handler
+        self._connecting: asyncio.Future[None] | None = None
+
+    async def ensure(self) -> Any:
+        if self.connected:
+            return self.client
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        try:
+            await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+        return self.client
+
+    async def _connect(self) -> None:
+        s = self.settings
+        await self.drop_client()
+        client = slixmpp.ClientXMPP(f"{s.jid}/{s.resource}", s.password)
+        client.enable_direct_tls = False
+        client.enable_starttls = s.tls
+        client.enable_plaintext = not s.tls
+        if s.cafile:
+            client.ca_certs = Path(s.cafile)
+        for plugin in ("xep_0030", "xep_0004", "xep_0060"):
+            client.register_plugin(plugin)
+        client.plugin["feature_mechanisms"].unencrypted_scram = s.allow_plaintext
+        ack_at_once(client)
+        outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def settle(result: str) -> None:
+            if not outcome.done():
+                outcome.set_result(result)
+
+        client.add_event_handler("session_start", lambda _: settle("ok"))
+        client.add_event_handler("failed_all_auth", lambda _: settle("auth"))
+        client.add_event_handler("connection_failed", lambda e: settle(f"connect: {e}"))
+        client.add_event_handler("disconnected", lambda _: self._on_disconnected(client))
+        # A server going down may accept the connection and then drop it: fail fast.
+        client.add_event_handler("disconnected", lambda _: settle("disconnected"))
+        for event, handler in self._notifications.items():
+            client.add_event_handler(event, handler)
+        self.client = client
+        client.connect(s.host, s.port)
+        try:
+            result = await asyncio.wait_for(outcome, s.timeout)
+        except TimeoutError:
+            result = "timeout"
+        if result != "ok":
+            await self.drop_client()
+            where = f"{s.host}:{s.port}"
+            if result == "auth":
+                raise ConfigurationError(f"xmpp: authentication as {s.jid} failed at {where}")
+            raise ConnectionLost(f"xmpp: cannot reach {where} ({result})")
+        self.connected = True
+        await self._restore()
+
+    def _on_disconnected(self, client: Any) -> None:
+        if client is not self.client:
+            return
+        self.connected = False
+        for future in self.iqs:
+            if not future.done():
+                future.set_exception(ConnectionLost("xmpp: connection lost"))
+
+    async def drop_client(self) -> None:
+        client, self.client = self.client, None
+        self.connected = False
+        if client is None:
+            return
+        client.cancel_connection_attempt()
+        if client.transport is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(client.disconnect(wait=1.0), 3.0)
+            client.abort()
+        for task in (getattr(client, "_run_out_filters", None),):
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def iq(self, future: Awaitable[Any]) -> Any:
+        """Await one IQ; map slixmpp's errors, and fail fast when the connection drops."""
+        fut = asyncio.ensure_future(future)
+        self.iqs.add(fut)
+        try:
+            return await fut
+        except IqTimeout:
+            raise ConnectionLost("xmpp: the server did not answer in time") from None
+        finally:
+            self.iqs.discard(fut)
+
+    @property
+    def pubsub(self) -> Any:
+        """slixmpp's XEP-0060 plugin; raises ``ConnectionLost`` while not connected."""
+        if self.client is None or not self.connected:
+            raise ConnectionLost("xmpp: the connection was lost")
+        return self.client.plugin["xep_0060"]

@@ -1,0 +1,123 @@
+"""The taken-journal: which items of a queue consumers took, kept on the server.
+
+A queue node's items never move (that keeps FIFO); what a consumer took is recorded on a
+second node, ``taken/NAME``: one journal entry per batch, listing item ids, written before
+any of them is handed out. A later consumer that finds an id there knows the item was
+delivered before (``redelivered``, ``delivery_count``), and ``depth`` does not count taken
+items. An entry is retracted once all its items are settled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from xml.etree import ElementTree as ET
+
+from slixmpp.exceptions import IqError
+
+from ._connection import Connection
+from ._queue_consumer import QueueConsumer
+from ._settings import NS, XMPPSettings
+from ._stanzas import PUBSUB, iq_error, new_id, publish_options
+
+_TAKEN = f"{{{NS}}}taken"
+
+
+class TakenJournal:
+    """Runs on the loop thread."""
+
+    def __init__(self, connection: Connection, settings: XMPPSettings) -> None:
+        self.connection = connection
+        self.settings = settings
+
+    async def mark(self, consumer: QueueConsumer) -> None:
+        """Record on the server that this consumer took every buffered item, before any is
+        handed out: one journal item listing their ids, on the queue's journal node.
+
+        One write per batch, not per message. One journal write runs at a time per
+        consumer (a mark-ahead and a ``next_item`` must not both record the same items).
+        """
+        async with consumer.marking:
+            await self._mark_buffered(consumer)
+
+    async def _mark_buffered(self, consumer: QueueConsumer) -> None:
+        # A snapshot: the consumer thread may pop from the left meanwhile (list() of a
+        # deque runs without releasing the GIL).
+        todo = [item for item in list(consumer.buffer) if not item.marked]
+        if not todo:
+            return
+        generation = consumer.generation
+        entry = new_id()
+        payload = ET.Element(_TAKEN)
+        payload.text = " ".join(item.id for item in todo)
+        future = self.connection.pubsub.publish(
+            self.settings.pubsub,
+            consumer.journal,
+            id=entry,
+            payload=payload,
+            options=publish_options(self.settings.max_items),
+            timeout=self.settings.timeout,
+        )
+        try:
+            await self.connection.iq(future)
+        except IqError as exc:
+            raise iq_error(exc, f"record taken items of {consumer.node}") from None
+        if consumer.generation != generation:  # purged meanwhile: those items are gone
+            await self.retract_quietly(consumer.journal, entry)
+            return
+        consumer.batches[entry] = {item.id for item in todo}
+        for item in todo:
+            item.taken, item.marked = item.taken + 1, True
+            consumer.batch_of[item.id] = entry
+
+    @staticmethod
+    def settled(consumer: QueueConsumer, item_id: str) -> str | None:
+        """An item is gone from the node: the journal entry to retract, once all of its
+        items are (the caller retracts it), else None."""
+        entry = consumer.batch_of.pop(item_id, None)
+        waiting = consumer.batches.get(entry) if entry is not None else None
+        if entry is None or waiting is None:
+            return None
+        waiting.discard(item_id)
+        if not waiting:
+            del consumer.batches[entry]
+            return entry
+        return None
+
+    async def retract_quietly(self, node: str, item_id: str) -> None:
+        with contextlib.suppress(IqError):
+            await self.connection.iq(
+                self.connection.pubsub.retract(self.settings.pubsub, node, item_id)
+            )
+
+    async def entries(self, journal: str) -> dict[str, list[str]]:
+        """The journal's entries: entry id -> ids of the items it took."""
+        connection = self.connection
+        try:
+            reply = await connection.iq(connection.pubsub.get_items(self.settings.pubsub, journal))
+        except IqError as exc:
+            if exc.condition == "item-not-found":
+                return {}
+            raise iq_error(exc, f"list node {journal}") from None
+        entries = {}
+        for element in reply.xml.iter(f"{{{PUBSUB}}}item"):
+            taken = element.find(_TAKEN)
+            if taken is not None:
+                entries[element.get("id", "")] = (taken.text or "").split()
+        return entries
+
+    async def taken_counts(
+        self, journal: str, present: set[str], entries: dict[str, list[str]] | None = None
+    ) -> dict[str, int]:
+        """How often each present item was taken (this consumer's own entries included);
+        entries whose items are all gone are retracted on the way. ``entries`` is the journal
+        as read beforehand, if the caller had to read it first (see ``Inspection.depth``)."""
+        counts: dict[str, int] = {}
+        if entries is None:
+            entries = await self.entries(journal)
+        for entry, ids in entries.items():
+            alive = [i for i in ids if i in present]
+            if not alive:
+                await self.retract_quietly(journal, entry)
+            for item_id in alive:
+                counts[item_id] = counts.get(item_id, 0) + 1
+        return counts
