@@ -46,9 +46,6 @@ class LoopThread:
             future.cancel()
             raise
 
-    def in_loop(self) -> bool:
-        return threading.current_thread() is self._thread
-
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel every task, let them finish, stop the loop and close it; idempotent."""
         if self.loop.is_closed():

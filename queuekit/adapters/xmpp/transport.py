@@ -207,9 +207,7 @@ class XMPPTransport(Transport):
 
     def delete(self, queue: str) -> None:
         node = self.settings.queue_node(queue)
-        self._session.reader.forget(queue) if self._loop.in_loop() else self._call(
-            _run_sync(self._session.reader.forget, queue)
-        )
+        self._call(_run_sync(self._session.reader.forget, queue))
         self._call(self._session.nodes.delete(node))
         self._call(self._session.nodes.delete(self.settings.journal_node(queue)))
 
