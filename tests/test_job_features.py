@@ -2,9 +2,9 @@
 
 Dedup (while pending, and "ever" across a worker restart), serial groups kept in order by
 three workers, the failed store and ``worker failed retry`` round trip, priority ranges (kept
-on SQLite, refused with a clear error elsewhere), a delayed job with its record, and
-request/response (``call``, ``gather``). Each broker is started by ``scripts/brokers up``;
-without it a test skips by hand and fails under ``CI``.
+on SQLite, refused with a clear error elsewhere), a delayed job with its record,
+request/response (``call``, ``gather``) and a recurring job. Each broker is started by
+``scripts/brokers up``; without it a test skips by hand and fails under ``CI``.
 """
 
 from __future__ import annotations
@@ -207,6 +207,17 @@ def test_call_and_gather_get_the_worker_s_replies(setup: Setup) -> None:
         "permanent error: -1 is negative",
         {"doubled": 6},
     ]
+
+
+def test_a_recurring_job_is_fired_by_a_worker_of_its_queue(setup: Setup) -> None:
+    with setup.connect() as conn:
+        conn.schedule(f"digest-{setup.queue}", setup.queue, {"n": 9}, every="1 hour")
+    done = setup.run("RecordingQueue", "--max-messages", "1", "--max-seconds", "60")
+    assert done.returncode == 0, done.stderr
+    assert out(setup) == ["9"]
+    with setup.connect() as conn:
+        [schedule] = conn.schedules()
+        assert schedule.next_run > time.time() + 3000  # moved on: the next run is in an hour
 
 
 def test_the_matrix_covers_every_server_broker() -> None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
+from typing import Any
 
+from . import schedules
 from .config import resolve_jobstore, resolve_url
+from .delays import Delay
 from .errors import QueuekitError
 from .failed import FailedStore
-from .jobstore import open_jobstore
+from .jobstore import Schedule, open_jobstore
 from .queue import Queue, Topic
 from .records import JobRecord
 from .registry import open_transport
@@ -79,6 +83,29 @@ class Connection:
             if self._replies is None:
                 self._replies = ReplyQueue(self)
             return self._replies
+
+    def schedule(
+        self,
+        name: str,
+        queue: str,
+        payload: Any,
+        every: Delay,
+        *,
+        start: datetime | None = None,
+        job_name: str = "",
+        priority: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Schedule:
+        """Create or replace the recurring job ``name`` (see :mod:`queuekit.core.schedules`)."""
+        return schedules.add(self, name, queue, payload, every, start=start,
+                             job_name=job_name, priority=priority, headers=headers)  # fmt: skip
+
+    def unschedule(self, name: str) -> bool:
+        """Delete the recurring job ``name``; False when there was none."""
+        return self.jobs.remove_schedule(name)
+
+    def schedules(self) -> list[Schedule]:
+        return self.jobs.schedules()
 
     def job(self, job_id: str) -> JobRecord | None:
         """A snapshot of the job record of message ``job_id``; ``None`` if it has none."""

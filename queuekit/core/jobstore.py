@@ -9,7 +9,10 @@
 - **serial groups**: the messages of a group line up here and go to the broker one at a
   time, the next when the one before is settled (see :mod:`queuekit.core.groups`);
 - **job records** (opt-in, see :mod:`queuekit.core.records`): state, attempts, result,
-  error, timings, worker pid and memory of each recorded message.
+  error, timings, worker pid and memory of each recorded message;
+- **schedules** of recurring jobs: each due run is written to the delayed store in the
+  transaction that moves the schedule on, so a run is neither lost nor fired twice (see
+  :mod:`queuekit.core.schedules`).
 
 :func:`open_jobstore` picks the backend by URL: ``sqlite:///path`` (the default, an SQLite
 file, :mod:`queuekit.core.jobstore_sqlite`) or any PostgreSQL or MySQL/MariaDB URL that
@@ -48,6 +51,22 @@ class GroupHead:
     message_id: str
     outgoing: Outgoing
     due: float | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring job: ``template`` (payload, name, priority, headers) published to
+    ``queue`` every ``every`` seconds, next at ``next_run`` (a Unix time)."""
+
+    name: str
+    queue: str
+    every: float
+    next_run: float
+    template: dict[str, Any]
+
+
+#: What a store calls to turn a due run of a schedule into a message, inside its transaction.
+MakeRun = Callable[[Schedule, float], Outgoing]
 
 
 @dataclass(frozen=True)
@@ -220,6 +239,31 @@ class JobStore(ABC):
         """``message_id`` is settled for good: the next message of its group may go.
         Does nothing to a message still waiting (never claimed)."""
 
+    # -- schedules (recurring jobs) ------------------------------------------------------
+
+    @abstractmethod
+    def set_schedule(self, schedule: Schedule) -> None:
+        """Create or replace the schedule named ``schedule.name``."""
+
+    @abstractmethod
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; False when there was none."""
+
+    @abstractmethod
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+
+    @abstractmethod
+    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+        """Fire ``queue``'s due schedules; return how many runs were fired.
+
+        In one transaction per call: each schedule due now moves to its first run time
+        after now (runs missed while no worker ran are skipped: one run fires for them),
+        and ``make(schedule, run_time)`` of each fired run goes into the delayed store,
+        due at its run time, for ``forward_due`` to send. Concurrent callers never fire
+        one run twice; a run is lost only if the transaction is.
+        """
+
     # -- job records ---------------------------------------------------------------------
 
     @abstractmethod
@@ -349,6 +393,18 @@ def to_failed(row: Sequence[Any]) -> FailedMessage:
 
 def headers_text(headers: Mapping[str, str]) -> str | None:
     return json.dumps(dict(headers)) if headers else None
+
+
+def to_schedule(row: Sequence[Any]) -> Schedule:
+    """A schedule from ``name, queue, every, next_run, template`` (template as JSON text)."""
+    name, queue, every, next_run, template = row
+    return Schedule(str(name), str(queue), float(every), float(next_run), json.loads(template))
+
+
+def next_run_after(schedule: Schedule, now: float) -> float:
+    """The first run time of ``schedule`` after ``now`` (its due run is at or before now)."""
+    behind = max(now - schedule.next_run, 0.0)
+    return schedule.next_run + (behind // schedule.every + 1) * schedule.every
 
 
 def delayed_batches(rows: Iterable[Sequence[Any]]) -> dict[str, list[Outgoing]]:

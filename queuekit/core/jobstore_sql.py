@@ -27,6 +27,7 @@ Driver errors are raised as :class:`JobStoreError`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -81,13 +82,17 @@ from .jobstore import (
     GroupHead,
     JobStore,
     JobStoreError,
+    MakeRun,
     MissingStoreDependency,
+    Schedule,
     delayed_batches,
     group_heads,
     headers_text,
     job_values,
+    next_run_after,
     to_failed,
     to_record,
+    to_schedule,
 )
 from .records import FINISHED, JobRecord, JobUpdate
 from .transport import Outgoing
@@ -210,6 +215,17 @@ def _schema(prefix: str) -> MetaData:
         **_MYSQL,
     )
     Table(
+        f"{prefix}schedules",
+        meta,
+        Column("name", _NAME, primary_key=True),
+        Column("queue", _NAME, nullable=False),
+        Column("every", Double, nullable=False),
+        Column("next_run", Double, nullable=False),
+        Column("template", _TEXT, nullable=False),
+        Index(f"{prefix}schedules_due", "queue", "next_run"),
+        **_MYSQL,
+    )
+    Table(
         f"{prefix}starts",
         meta,
         Column("message_id", _NAME, primary_key=True),
@@ -260,8 +276,8 @@ class SQLJobStore(JobStore):
         self._meta = meta
         self._failed, self._delayed, self._jobs = (meta.tables[prefix + n] for n in
                                                    ("failed", "delayed", "jobs"))  # fmt: skip
-        self._keys, self._groups, self._grouped, self._starts = (
-            meta.tables[prefix + n] for n in ("keys", "groups", "grouped", "starts")
+        self._keys, self._groups, self._grouped, self._starts, self._schedules = (
+            meta.tables[prefix + n] for n in ("keys", "groups", "grouped", "starts", "schedules")
         )
         self._created = False
         self._create_lock = threading.Lock()
@@ -417,6 +433,58 @@ class SQLJobStore(JobStore):
 
         self._run(forget)
         return len(rows)
+
+    # -- schedules (recurring jobs) ------------------------------------------------------
+
+    def set_schedule(self, schedule: Schedule) -> None:
+        t = self._schedules
+        row = {
+            "name": schedule.name,
+            "queue": schedule.queue,
+            "every": schedule.every,
+            "next_run": schedule.next_run,
+            "template": json.dumps(schedule.template),
+        }
+
+        def replace(conn: Connection) -> None:
+            conn.execute(delete(t).where(t.c.name == schedule.name))
+            conn.execute(insert(t).values(row))
+
+        self._run(replace)
+
+    def remove_schedule(self, name: str) -> bool:
+        t = self._schedules
+        gone = self._run(lambda conn: conn.execute(delete(t).where(t.c.name == name)).rowcount)
+        return bool(gone)
+
+    def schedules(self) -> list[Schedule]:
+        t = self._schedules
+        query = select(t.c.name, t.c.queue, t.c.every, t.c.next_run, t.c.template)
+        rows = self._run(lambda conn: list(conn.execute(query.order_by(t.c.name))))
+        return [to_schedule(row) for row in rows]
+
+    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+        t, now = self._schedules, time.time()
+        due = (
+            select(t.c.name, t.c.queue, t.c.every, t.c.next_run, t.c.template)
+            .where(t.c.queue == queue, t.c.next_run <= now)
+            .with_for_update(skip_locked=True)
+        )
+
+        def fire(conn: Connection) -> int:
+            fired = [to_schedule(row) for row in conn.execute(due)]
+            for schedule in fired:
+                run = make(schedule, schedule.next_run)
+                conn.execute(insert(self._delayed).values(
+                    queue=queue, due=schedule.next_run, claimed_until=0.0,
+                    priority=run.options.priority, headers=headers_text(run.headers),
+                    body=run.body,
+                ))  # fmt: skip
+                moved = update(t).where(t.c.name == schedule.name)
+                conn.execute(moved.values(next_run=next_run_after(schedule, now)))
+            return len(fired)
+
+        return self._run(fire)
 
     # -- dedup keys ----------------------------------------------------------------------
 

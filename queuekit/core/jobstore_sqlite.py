@@ -9,6 +9,7 @@ per store, shared by its threads under a lock. The contract:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -22,12 +23,16 @@ from .jobstore import (
     FailedMessage,
     GroupHead,
     JobStore,
+    MakeRun,
+    Schedule,
     delayed_batches,
     group_heads,
     headers_text,
     job_values,
+    next_run_after,
     to_failed,
     to_record,
+    to_schedule,
 )
 from .records import FINISHED, JobRecord, JobUpdate
 from .sqlitedb import connect_database, immediate
@@ -98,12 +103,21 @@ CREATE TABLE IF NOT EXISTS queuekit_grouped (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queuekit_grouped_line ON queuekit_grouped (queue, grp, id);
+CREATE TABLE IF NOT EXISTS queuekit_schedules (
+    name TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    every REAL NOT NULL,
+    next_run REAL NOT NULL,
+    template TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queuekit_schedules_due ON queuekit_schedules (queue, next_run);
 CREATE TABLE IF NOT EXISTS queuekit_starts (
     message_id TEXT PRIMARY KEY,
     starts INTEGER NOT NULL,
     started_at REAL NOT NULL
 );
 """
+_SCHEDULE_COLUMNS = "name, queue, every, next_run, template"
 _JOB_COLUMNS = (
     "id, queue, name, state, attempts, result, error, traceback, created_at, started_at,"
     " finished_at, worker_pid, peak_memory"
@@ -260,6 +274,13 @@ class SQLiteJobStore(JobStore):
         self, send: Callable[[str, Sequence[Outgoing]], None], *, limit: int = 500
     ) -> int:
         now = time.time()
+        with self._connection() as db:  # mostly nothing is due: no write lock for that
+            found = db.execute(
+                "SELECT 1 FROM queuekit_delayed WHERE due <= ? AND claimed_until < ? LIMIT 1",
+                (now, now),
+            )
+            if found.fetchone() is None:
+                return 0
         with self._transaction() as db:
             rows = db.execute(
                 "UPDATE queuekit_delayed SET claimed_until = ? WHERE id IN ("
@@ -275,6 +296,50 @@ class SQLiteJobStore(JobStore):
         with self._transaction() as db:
             db.executemany("DELETE FROM queuekit_delayed WHERE id = ?", [(r[0],) for r in rows])
         return len(rows)
+
+    # -- schedules (recurring jobs) ------------------------------------------------------
+
+    def set_schedule(self, schedule: Schedule) -> None:
+        with self._connection() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO queuekit_schedules (name, queue, every, next_run,"
+                " template) VALUES (?, ?, ?, ?, ?)",
+                (schedule.name, schedule.queue, schedule.every, schedule.next_run,
+                 json.dumps(schedule.template)),
+            )  # fmt: skip
+
+    def remove_schedule(self, name: str) -> bool:
+        with self._connection() as db:
+            return db.execute("DELETE FROM queuekit_schedules WHERE name = ?", (name,)).rowcount > 0
+
+    def schedules(self) -> list[Schedule]:
+        with self._connection() as db:
+            rows = db.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM queuekit_schedules ORDER BY name")
+            return [to_schedule(row) for row in rows]
+
+    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+        now = time.time()
+        due_query = (
+            f"SELECT {_SCHEDULE_COLUMNS} FROM queuekit_schedules WHERE queue = ? AND next_run <= ?"
+        )
+        with self._connection() as db:  # mostly nothing is due: no write lock for that
+            if db.execute(due_query + " LIMIT 1", (queue, now)).fetchone() is None:
+                return 0
+        with self._transaction() as db:
+            due = [to_schedule(row) for row in db.execute(due_query, (queue, now)).fetchall()]
+            for schedule in due:
+                run = make(schedule, schedule.next_run)
+                db.execute(
+                    "INSERT INTO queuekit_delayed (queue, due, priority, headers, body)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (queue, schedule.next_run, run.options.priority,
+                     headers_text(run.headers), run.body),
+                )  # fmt: skip
+                db.execute(
+                    "UPDATE queuekit_schedules SET next_run = ? WHERE name = ?",
+                    (next_run_after(schedule, now), schedule.name),
+                )
+        return len(due)
 
     # -- dedup keys (brokers without native dedup, and "ever" keys everywhere) -----------
 

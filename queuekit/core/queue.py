@@ -128,7 +128,7 @@ class Queue:
         due = None if delay is None else due_time(delay)
         if due is not None and due <= time.time():
             due = None
-        self._check_priority(priority)
+        self.check_priority(priority)
         caps = self.transport.capabilities
         options = SendOptions(not_before=due if caps.delay else None, priority=priority)
         retry_json = retry.to_json() if retry else None
@@ -306,7 +306,7 @@ class Queue:
         due = None if delay is None else due_time(delay)
         if due is not None and due <= time.time():
             due = None
-        self._check_priority(priority)
+        self.check_priority(priority)
         keyed = fresh and keys.held_in_store(metadata, caps)
         if keyed:
             keys.check(metadata, caps, self.transport.name)
@@ -328,7 +328,8 @@ class Queue:
         )
         return _Prepared(message, Outgoing(body, {}, options), due, keyed)
 
-    def _check_priority(self, priority: int | None) -> None:
+    def check_priority(self, priority: int | None) -> None:
+        """Refuse a priority out of range, or one this queue's broker cannot honour."""
         if priority is None:
             return
         if not 0 <= priority <= MAX_PRIORITY:

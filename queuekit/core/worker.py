@@ -8,8 +8,9 @@ settles it, and returns. A second SIGINT aborts at once: the un-acked message th
 back to the broker (redelivery). ``receive`` returns ``None`` when idle, which is the
 loop's heartbeat for noticing the flag and the limits. A ``ConnectionLost`` that the
 adapter could not hide makes the loop reopen the transport, with capped backoff, and go on.
-Every half second the loop also forwards what the job store holds for the broker: due
-delayed messages (brokers without native delay) and serial-group heads nobody sent.
+Every half second the loop also fires its queue's due recurring jobs and forwards what the
+job store holds for the broker: due delayed messages (brokers without native delay, and
+fired runs) and serial-group heads nobody sent.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import groups
+from . import groups, schedules
 from .errors import ConnectionLost, QueuekitError, Unsupported
 from .hooks import Hooks, hooks_of
 from .priorities import PriorityRange
@@ -94,7 +95,6 @@ class Worker:
         caps = queue.transport.capabilities
         if priorities is not None and not caps.priority_range:
             raise Unsupported("priority ranges", queue.transport.name, "use sqlite://")
-        self._emulates_delay = not caps.delay
         self._sweeps_groups = caps.redelivery  # groups are refused on other adapters
         self._next_sweep = 0.0
 
@@ -159,10 +159,11 @@ class Worker:
             self.stop(f"resident memory reached {self.limits.max_memory} bytes")
 
     def _forward(self) -> None:
-        """Send what the job store holds for the broker: due delayed messages, and heads of
-        serial groups nobody sent."""
-        if self._emulates_delay:
-            self._jobs.forward_due(self._transport.send_many)
+        """Fire this queue's due recurring jobs, then send what the job store holds for the
+        broker: due delayed messages (and fired runs), and heads of serial groups nobody
+        sent. Each is one cheap read when there is nothing to do."""
+        schedules.fire(self._connection, self.queue.name)
+        self._jobs.forward_due(self._transport.send_many)
         if self._sweeps_groups and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + _GROUP_SWEEP_EVERY
             groups.sweep(self._connection, self.queue.name)

@@ -1,0 +1,81 @@
+"""Recurring jobs: a message published to a queue every interval, fired by its workers.
+
+::
+
+    conn.schedule("nightly-report", "reports", {"kind": "sales"}, every="1 day",
+                  start=datetime(2026, 11, 23, 2, 0))
+    worker schedule add nightly-report reports '{"kind": "sales"}' --every "1 day"
+
+A schedule lives in the job store. Every worker of its queue checks for due runs with its
+other periodic work (every half second; one cheap read when nothing is due), so runs fire
+while at least one worker of the queue runs, whatever the broker. Firing is one job-store
+transaction: the schedule moves to its next run and the due run goes into the delayed
+store, from where it is sent like any delayed message. So a run is never fired twice by
+two workers, and never lost between firing and sending. Runs missed while no worker ran
+are not replayed: one run fires for them, then the schedule goes on from now. Each run is
+a fresh message (its own id), created at its run time, so it has the usual retries,
+failed store and records.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .delays import Delay, due_time
+from .envelope import Message, Metadata, encode
+from .jobstore import Schedule
+from .transport import Outgoing, SendOptions
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+def make_run(schedule: Schedule, run_time: float) -> Outgoing:
+    """The message of one run of ``schedule``."""
+    template = schedule.template
+    meta = Metadata(
+        name=template.get("name", ""),
+        priority=template.get("priority"),
+        headers=dict(template.get("headers") or {}),
+        created_at=run_time,
+    )
+    return Outgoing(encode(Message(template["payload"], meta)), {}, SendOptions(meta.priority))
+
+
+def add(
+    connection: Connection,
+    name: str,
+    queue: str,
+    payload: Any,
+    every: Delay,
+    *,
+    start: datetime | None = None,
+    job_name: str = "",
+    priority: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> Schedule:
+    """Create or replace schedule ``name``: first run at ``start`` (else now), then every
+    ``every`` (seconds, ``"1 day"``, ``"PT6H"``)."""
+    if isinstance(every, datetime):
+        raise TypeError("every is an interval (seconds, '1 day', 'PT6H'), not a moment")
+    interval = due_time(every, now=0.0)
+    if interval <= 0:
+        raise ValueError(f"every must be more than 0 seconds, not {every!r}")
+    if isinstance(payload, bytes | bytearray | memoryview):
+        raise TypeError("a schedule's payload must be JSON (bytes are not kept in schedules)")
+    connection.queue(queue).check_priority(priority)
+    template = {"payload": payload, "name": job_name, "priority": priority,
+                "headers": dict(headers or {})}  # fmt: skip
+    schedule = Schedule(name, queue, interval, time.time(), template)
+    make_run(schedule, schedule.next_run)  # a payload JSON cannot carry is refused here
+    if start is not None:
+        schedule = Schedule(name, queue, interval, due_time(start), template)
+    connection.jobs.set_schedule(schedule)
+    return schedule
+
+
+def fire(connection: Connection, queue: str) -> int:
+    """Fire ``queue``'s due runs into the delayed store (a worker's periodic work)."""
+    return connection.jobs.fire_schedules(queue, make_run)
