@@ -6,11 +6,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from queuekit import Message, connect
+from queuekit import Connection, Message, connect
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -78,3 +80,21 @@ def work_in_threads(
         thread.start()
     for thread in threads:
         thread.join()
+
+
+#: What ``feature_connection`` opens: the in-process brokers, and one whose delays and
+#: dedup keys live in the job store (``tests/workers/transports.py``).
+FEATURE_BROKERS = ["memory", "sqlite", "emulated"]
+
+
+def feature_connection(kind: str, tmp_path: Path) -> Iterator[Connection]:
+    """A connection of ``kind`` (see ``FEATURE_BROKERS``) with its job store in ``tmp_path``."""
+    from tests.workers.transports import NODELAY
+
+    urls = {
+        "memory": f"memory://{uuid.uuid4().hex}",
+        "sqlite": f"sqlite:///{tmp_path}/queues.db",
+        "emulated": f"{NODELAY}://{uuid.uuid4().hex}",
+    }
+    with connect(urls[kind], jobstore=f"sqlite:///{tmp_path}/jobs.db") as connection:
+        yield connection

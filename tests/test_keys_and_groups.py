@@ -18,22 +18,15 @@ from queuekit import Connection, Intervals, Message, connect
 from queuekit.core import groups
 from queuekit.core.envelope import encode
 from queuekit.core.transport import Outgoing
-from tests.support import GroupLog, work_in_threads
+from tests.support import FEATURE_BROKERS, GroupLog, feature_connection, work_in_threads
 from tests.workers.transports import NODELAY
 
 SAFETY = 20.0
 
 
-@pytest.fixture(params=["memory", "sqlite", "nodedup"])
+@pytest.fixture(params=FEATURE_BROKERS)
 def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
-    """memory://, sqlite://, and a broker whose keys and delays live in the job store."""
-    urls = {
-        "memory": f"memory://{uuid.uuid4().hex}",
-        "sqlite": f"sqlite:///{tmp_path}/queues.db",
-        "nodedup": f"{NODELAY}://{uuid.uuid4().hex}",
-    }
-    with connect(urls[request.param], jobstore=f"sqlite:///{tmp_path}/jobs.db") as connection:
-        yield connection
+    yield from feature_connection(request.param, tmp_path)
 
 
 def ran(conn: Connection, queue: str, limit: int = 100) -> list[object]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,19 +10,12 @@ from pathlib import Path
 import pytest
 
 from queuekit import Connection, Message, PermanentError, RemoteError, ReplyTimeout, connect
-from tests.support import wait_until
-from tests.workers.transports import NODELAY
+from tests.support import FEATURE_BROKERS, feature_connection, wait_until
 
 
-@pytest.fixture(params=["memory", "sqlite", "nodelay"])
+@pytest.fixture(params=FEATURE_BROKERS)
 def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
-    urls = {
-        "memory": f"memory://{uuid.uuid4().hex}",
-        "sqlite": f"sqlite:///{tmp_path}/queues.db",
-        "nodelay": f"{NODELAY}://{uuid.uuid4().hex}",
-    }
-    with connect(urls[request.param], jobstore=f"sqlite:///{tmp_path}/jobs.db") as connection:
-        yield connection
+    yield from feature_connection(request.param, tmp_path)
 
 
 def double(message: Message) -> object:

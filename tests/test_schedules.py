@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,19 +14,13 @@ import pytest
 from queuekit import Connection, Message, Unsupported, connect
 from queuekit.core.jobstore import JobStore, Schedule, next_run_after, open_jobstore
 from queuekit.core.schedules import make_run
+from tests.support import FEATURE_BROKERS, feature_connection
 from tests.workers.harness import run_worker
-from tests.workers.transports import NODELAY
 
 
-@pytest.fixture(params=["memory", "sqlite", "nodelay"])
+@pytest.fixture(params=FEATURE_BROKERS)
 def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
-    urls = {
-        "memory": f"memory://{uuid.uuid4().hex}",
-        "sqlite": f"sqlite:///{tmp_path}/queues.db",
-        "nodelay": f"{NODELAY}://{uuid.uuid4().hex}",
-    }
-    with connect(urls[request.param], jobstore=f"sqlite:///{tmp_path}/jobs.db") as connection:
-        yield connection
+    yield from feature_connection(request.param, tmp_path)
 
 
 def test_a_due_run_fires_once_and_the_schedule_moves_on(conn: Connection, name: str) -> None:
