@@ -499,7 +499,7 @@ def test_bad_sql_urls_are_refused(tmp_path: Path) -> None:
 
 
 def test_without_sqlalchemy_a_sql_url_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "queuekit.core.jobstore_sql", raising=False)
+    monkeypatch.delitem(sys.modules, "queuekit.jobstores.sql", raising=False)
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # import sqlalchemy now fails
     with pytest.raises(MissingDependency, match=r"queuekit\[sql\]") as caught:
         open_jobstore("postgresql+psycopg://u@h/db")

@@ -15,9 +15,9 @@
   :mod:`queuekit.core.schedules`).
 
 :func:`open_jobstore` picks the backend by URL: ``sqlite:///path`` (the default, an SQLite
-file, :mod:`queuekit.core.jobstore_sqlite`) or any PostgreSQL or MySQL/MariaDB URL that
+file, :mod:`queuekit.jobstores.sqlite`) or any PostgreSQL or MySQL/MariaDB URL that
 SQLAlchemy understands (``postgresql+psycopg://``, ``mysql+pymysql://``,
-``mariadb+pymysql://``; :mod:`queuekit.core.jobstore_sql`, extra ``queuekit[sql]``), for
+``mariadb+pymysql://``; :mod:`queuekit.jobstores.sql`, extra ``queuekit[sql]``), for
 workers on many hosts. Both keep the contract of :class:`JobStore`.
 """
 
@@ -323,11 +323,11 @@ def open_jobstore(url: str | TransportURL) -> JobStore:
     the SQLAlchemy one (``MissingDependency`` naming ``queuekit[sql]`` without it)."""
     parsed = url if isinstance(url, TransportURL) else TransportURL.parse(url)
     if parsed.scheme == "sqlite":
-        from .jobstore_sqlite import SQLiteJobStore
+        from ..jobstores.sqlite import SQLiteJobStore
 
         return SQLiteJobStore(parsed)
     try:
-        from .jobstore_sql import SQLJobStore
+        from ..jobstores.sql import SQLJobStore
     except ImportError as exc:
         raise MissingStoreDependency(parsed.scheme, "sql", exc.name or str(exc)) from None
     return SQLJobStore(parsed)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from .errors import ConfigurationError
-from .jobstore import (
+from ..core.errors import ConfigurationError
+from ..core.jobstore import (
     FORWARD_LEASE,
     KEY_GRACE,
     FailedMessage,
@@ -34,10 +34,10 @@ from .jobstore import (
     to_record,
     to_schedule,
 )
-from .records import FINISHED, JobRecord, JobUpdate
-from .sqlitedb import connect_database, immediate
-from .transport import Outgoing
-from .urls import TransportURL
+from ..core.records import FINISHED, JobRecord, JobUpdate
+from ..core.sqlitedb import connect_database, immediate
+from ..core.transport import Outgoing
+from ..core.urls import TransportURL
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queuekit_failed (

@@ -74,8 +74,8 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from .errors import ConfigurationError
-from .jobstore import (
+from ..core.errors import ConfigurationError
+from ..core.jobstore import (
     FORWARD_LEASE,
     KEY_GRACE,
     FailedMessage,
@@ -94,9 +94,9 @@ from .jobstore import (
     to_record,
     to_schedule,
 )
-from .records import FINISHED, JobRecord, JobUpdate
-from .transport import Outgoing
-from .urls import TransportURL
+from ..core.records import FINISHED, JobRecord, JobUpdate
+from ..core.transport import Outgoing
+from ..core.urls import TransportURL
 
 T = TypeVar("T")
 _DRIVERS = {
