@@ -32,6 +32,7 @@ from queuekit import (
     register_transport,
 )
 from queuekit.adapters.memory import MemoryTransport
+from queuekit.core.jobstore import JobStoreError
 from queuekit.core.processing import FunctionHandler
 from queuekit.core.worker import Worker
 from tests.support import wait_until
@@ -344,7 +345,7 @@ def test_a_job_store_outage_in_the_forwarder_does_not_stop_the_worker(
 
         def away(*args: object, **kwargs: object) -> int:
             outages.append("forward_due")
-            raise sqlite3.OperationalError("disk I/O error")
+            raise JobStoreError("disk I/O error", recoverable=True)
 
         monkeypatch.setattr(conn.jobs, "forward_due", away)
         work = Calls()

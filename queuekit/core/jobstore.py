@@ -112,8 +112,8 @@ class JobStore(ABC):
     **Time.** Times are Unix times from ``time.time()`` on the calling host: hosts sharing a
     store need clocks in step to well under ``FORWARD_LEASE`` and ``KEY_GRACE``.
 
-    **Errors.** A backend raises its database's errors as it has them (``sqlite3.Error``)
-    or as :class:`JobStoreError`.
+    **Errors.** A backend raises its database's errors as :class:`JobStoreError` (the core
+    names no database library).
     """
 
     url: TransportURL

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import time
 import traceback
 from collections.abc import Callable
@@ -305,7 +304,7 @@ class Processor:
         """A record write that fails is logged: the message itself is processed regardless."""
         try:
             write(update)
-        except (sqlite3.Error, QueuekitError) as exc:
+        except QueuekitError as exc:
             log.warning("could not write the record of message %s: %s", update.id, exc)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -151,7 +150,7 @@ class Worker:
             self._forward()
         except ConnectionLost as exc:
             self._reconnect(exc)
-        except (sqlite3.Error, QueuekitError) as exc:  # the job store is away: try again later
+        except QueuekitError as exc:  # e.g. the job store is away: try again later
             log.warning("could not forward due or grouped messages: %s", exc)
         if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
             self.stop(f"ran {self.limits.max_seconds:g}s")

@@ -23,6 +23,7 @@ from ..core.jobstore import (
     FailedMessage,
     GroupHead,
     JobStore,
+    JobStoreError,
     MakeRun,
     Schedule,
     delayed_batches,
@@ -166,11 +167,17 @@ class SQLiteJobStore(JobStore):
                 if self._db is None:
                     self._db, self._lock = _join_share(self._share)
         with self._lock:
-            if self._db is None:
-                path = self.url.path or "queuekit.db"
-                synchronous = self.url.option("synchronous") or "normal"
-                self._db = connect_database(path, synchronous=synchronous, schema=_SCHEMA)
-            yield self._db
+            try:
+                if self._db is None:
+                    path = self.url.path or "queuekit.db"
+                    synchronous = self.url.option("synchronous") or "normal"
+                    self._db = connect_database(path, synchronous=synchronous, schema=_SCHEMA)
+                yield self._db
+            except sqlite3.Error as exc:  # the contract's one error type, mapped here
+                raise JobStoreError(
+                    f"job store {self.url.redacted()}: {exc}",
+                    recoverable=isinstance(exc, sqlite3.OperationalError),
+                ) from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
