@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import amqp
 from amqp import exceptions as amqp_errors
 from kombu import connection as _kombu_connection
 
@@ -178,7 +177,6 @@ __all__ = [
     "CONNECTION_ERRORS",
     "RECOVERABLE",
     "Link",
-    "amqp",
     "backoff",
     "map_channel_error",
     "sleep_until",

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,57 +26,31 @@ from amqp import exceptions as amqp_errors
 from amqp import spec
 
 from ...core.capabilities import Capabilities
-from ...core.errors import (
-    ConnectionLost,
-    MessageTooLarge,
-    TransportClosed,
-    TransportError,
-    Unsupported,
-)
+from ...core.errors import ConnectionLost, TransportClosed, TransportError
 from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...core.urls import TransportURL
-from . import delays
+from . import messages
 from .link import (
     CHANNEL_ERRORS,
     CONNECTION_ERRORS,
     RECOVERABLE,
     Link,
-    amqp,
     backoff,
     map_channel_error,
 )
 from .link import sleep_until as _sleep_until
+from .messages import Publication, as_bytes, priority_level, user_headers
 from .settings import Settings
+from .topology import SUBSCRIPTION_PREFIX, Declarations, declare_queue, declare_subscription
 
 log = logging.getLogger("queuekit.amqp")
 
-#: Queues made by ``subscribe``; ``receive`` reads them without declaring them.
-SUBSCRIPTION_PREFIX = "queuekit.sub."
 #: Longest a blocked ``receive`` waits on the socket before checking for ``close()``.
 _SLICE = 0.2
 #: Drain confirms every this many messages of a batch, so acks never pile up unread.
 _POLL_EVERY = 512
-#: Headers the broker adds on dead-lettering (our delay cascade); not the user's.
-_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
 
 T = TypeVar("T")
-
-
-def priority_level(priority: int, max_priority: int) -> int:
-    """queuekit's 0-255 onto RabbitMQ's 0..``max_priority``, rounding up: 0 stays the lowest
-    level alone, 255 the highest (230-255 at the default of 10); order is kept, and values
-    in the same band (25.5 wide at 10 levels) share a level."""
-    return -(-max(0, min(255, priority)) * max_priority // 255)
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """One message to publish: where to, and whether an unroutable one must come back."""
-
-    exchange: str
-    routing_key: str
-    message: Any  # amqp.Message
-    mandatory: bool
 
 
 @dataclass(slots=True)
@@ -123,12 +97,10 @@ class AMQPTransport(Transport):
         self._pub_lock = threading.RLock()
         self._publisher = Link(settings, "publisher", on_channel=self._publisher_channel)
         self._seq = 0
-        self._unconfirmed: dict[int, _Item] = {}
-        self._nacked: list[_Item] = []
-        self._returned: list[_Item] = []
-        self._declared: set[str] = set()
-        self._delay_ready = False
-        self._exchange_ready = False
+        self._unconfirmed: dict[int, Publication] = {}
+        self._nacked: list[Publication] = []
+        self._returned: list[Publication] = []
+        self._declarations = Declarations(settings)
         self._written = 0
         self._pub_failing_since: float | None = None
         self._pub_attempt = 0
@@ -154,39 +126,13 @@ class AMQPTransport(Transport):
             self._publish(queue, items)
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
-        self._check_size(body)
-        message = amqp.Message(body, **self._properties(headers, None))
-        self._publish(None, [_Item(self.settings.exchange, topic, message, False)])
+        self._publish(None, [messages.for_topic(topic, body, headers, self.settings)])
 
-    def _item(self, queue: str, body: bytes, headers: Headers, options: SendOptions) -> _Item:
+    def _item(self, queue: str, body: bytes, headers: Headers, options: SendOptions) -> Publication:
         self.require(options)
-        self._check_size(body)
-        wait = 0
-        if options.not_before is not None:
-            wait = delays.seconds_until(options.not_before, time.time())
-            if wait > delays.MAX_DELAY:
-                raise Unsupported(f"a delay over {delays.MAX_DELAY} s (8.5 years)", self.name)
-        if wait:
-            headers = {**headers, delays.DESTINATION_HEADER: queue}
-        message = amqp.Message(body, **self._properties(headers, options.priority))
-        if wait:
-            exchange, key = delays.route(wait)
-            return _Item(exchange, key, message, True)
-        return _Item("", queue, message, True)
+        return messages.for_queue(queue, body, headers, options, self.settings)
 
-    def _properties(self, headers: Headers, priority: int | None) -> dict[str, Any]:
-        properties: dict[str, Any] = {"delivery_mode": 2}
-        if headers:
-            properties["application_headers"] = dict(headers)
-        if priority is not None:
-            properties["priority"] = priority_level(priority, self.settings.max_priority)
-        return properties
-
-    def _check_size(self, body: bytes) -> None:
-        if len(body) > self.settings.max_message_size:
-            raise MessageTooLarge(len(body), self.settings.max_message_size, self.name)
-
-    def _publish(self, queue: str | None, items: list[_Item]) -> None:
+    def _publish(self, queue: str | None, items: list[Publication]) -> None:
         """Publish ``items`` and wait for their confirms; reconnect and resend what the broker
         did not confirm, until ``reconnect_timeout`` runs out (then :class:`ConnectionLost`)."""
         pending, returns = items, 0
@@ -195,7 +141,7 @@ class AMQPTransport(Transport):
                 self._check_open()
                 try:
                     channel = self._publisher.channel()
-                    self._prepare(channel, queue, pending)
+                    self._declarations.prepare(channel, queue, pending)
                     pending = self._publish_on(channel, pending)
                     self._pub_failing_since, self._pub_attempt = None, 0
                 except CHANNEL_ERRORS as exc:
@@ -210,40 +156,11 @@ class AMQPTransport(Transport):
                     returns += 1
                     if returns > 2:
                         raise TransportError(f"amqp: messages for {queue!r} cannot be routed")
-                    self._declared.clear()
+                    self._declarations.forget_queues()
                     continue
             self._wait_for_broker("publish")
 
-    def _prepare(self, channel: Any, queue: str | None, items: list[_Item]) -> None:
-        if queue is None:
-            if not self._exchange_ready:
-                channel.exchange_declare(
-                    self.settings.exchange, "topic", durable=True, auto_delete=False
-                )
-                self._exchange_ready = True
-            return
-        self._declare(channel, queue)
-        if any(item.exchange for item in items):
-            if not self._delay_ready:
-                delays.declare_topology(channel)
-                self._delay_ready = True
-            bound = f"\0delay\0{queue}"
-            if bound not in self._declared:
-                delays.bind_destination(channel, queue)
-                self._declared.add(bound)
-
-    def _declare(self, channel: Any, queue: str) -> None:
-        if queue not in self._declared:
-            channel.queue_declare(
-                queue, durable=True, auto_delete=False, arguments=self._queue_arguments()
-            )
-            self._declared.add(queue)
-
-    def _queue_arguments(self) -> dict[str, Any]:
-        mp = self.settings.max_priority
-        return {"x-max-priority": mp} if mp else {}
-
-    def _publish_on(self, channel: Any, items: list[_Item]) -> list[_Item]:
+    def _publish_on(self, channel: Any, items: list[Publication]) -> list[Publication]:
         """Write every item, then wait for all confirms; return the items sent back as
         unroutable. On a connection failure ``self._unconfirmed`` and ``self._written`` say
         what still needs sending."""
@@ -281,7 +198,9 @@ class AMQPTransport(Transport):
             raise TransportError(f"amqp: the broker refused {len(self._nacked)} message(s)")
         return list(self._returned)
 
-    def _after_publisher_failure(self, exc: BaseException, pending: list[_Item]) -> list[_Item]:
+    def _after_publisher_failure(
+        self, exc: BaseException, pending: list[Publication]
+    ) -> list[Publication]:
         self._publisher.drop()
         left = [*self._unconfirmed.values(), *pending[self._written :]]
         self._unconfirmed.clear()
@@ -294,8 +213,7 @@ class AMQPTransport(Transport):
     def _publisher_channel(self, channel: Any) -> None:
         """Set up a fresh publisher channel: confirms on, and forget what it declared."""
         self._seq = 0
-        self._declared.clear()
-        self._delay_ready = self._exchange_ready = False
+        self._declarations.reset()
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
@@ -308,7 +226,7 @@ class AMQPTransport(Transport):
     def _on_nack(self, tag: int, multiple: bool) -> None:
         self._nacked.extend(self._settle_confirms(tag, multiple))
 
-    def _settle_confirms(self, tag: int, multiple: bool) -> list[_Item]:
+    def _settle_confirms(self, tag: int, multiple: bool) -> list[Publication]:
         unconfirmed = self._unconfirmed
         if not multiple:
             item = unconfirmed.pop(tag, None)
@@ -322,7 +240,7 @@ class AMQPTransport(Transport):
         return settled
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
-        self._returned.append(_Item(exchange, routing_key, message, True))
+        self._returned.append(Publication(exchange, routing_key, message, True))
 
     # -- consuming --------------------------------------------------------------------
 
@@ -365,16 +283,14 @@ class AMQPTransport(Transport):
             return
         channel = self._consumer.channel()
         if not queue.startswith(SUBSCRIPTION_PREFIX):
-            channel.queue_declare(
-                queue, durable=True, auto_delete=False, arguments=self._queue_arguments()
-            )
+            declare_queue(channel, queue, self.settings)
         self._buffers.setdefault(queue, deque())
         self._consumers[queue] = self._consume(channel, queue) if start else ""
 
     def _consume(self, channel: Any, queue: str) -> str:
         buffer = self._buffers[queue]
         generation = self._consumer.generation
-        user_headers = _user_headers
+        headers_of = user_headers
 
         def on_message(message: Any) -> None:
             info = message.delivery_info
@@ -382,8 +298,8 @@ class AMQPTransport(Transport):
             buffer.append(
                 Delivery(
                     queue=queue,
-                    body=body if type(body) is bytes else _as_bytes(body),
-                    headers=user_headers(message.properties.get("application_headers")),
+                    body=body if type(body) is bytes else as_bytes(body),
+                    headers=headers_of(message.properties.get("application_headers")),
                     redelivered=bool(info["redelivered"]),
                     handle=_Handle(generation, info["delivery_tag"]),
                 )
@@ -404,8 +320,8 @@ class AMQPTransport(Transport):
             self._buffers[queue].append(
                 Delivery(
                     queue=queue,
-                    body=_as_bytes(message.body),
-                    headers=_user_headers(message.properties.get("application_headers")),
+                    body=as_bytes(message.body),
+                    headers=user_headers(message.properties.get("application_headers")),
                     redelivered=bool(message.delivery_info["redelivered"]),
                     handle=_Handle(
                         self._consumer.generation, message.delivery_info["delivery_tag"]
@@ -481,17 +397,10 @@ class AMQPTransport(Transport):
 
     def subscribe(self, pattern: str) -> str:
         name = f"{SUBSCRIPTION_PREFIX}{uuid.uuid4().hex}"
-        exchange = self.settings.exchange
-        ttl = int(self.settings.subscription_ttl * 1000)
-
-        def make(channel: Any) -> None:
-            channel.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
-            channel.queue_declare(
-                name, durable=True, auto_delete=False, arguments={"x-expires": ttl}
-            )
-            channel.queue_bind(name, exchange, pattern)
-
-        self._admin("subscribe", make)
+        settings = self.settings
+        self._admin(
+            "subscribe", lambda channel: declare_subscription(channel, name, pattern, settings)
+        )
         return name
 
     def unsubscribe(self, subscription: str) -> None:
@@ -558,8 +467,7 @@ class AMQPTransport(Transport):
                     self._consumers.clear()
         self._admin("delete", lambda channel: channel.queue_delete(queue), None)
         with self._pub_lock:
-            self._declared.discard(queue)
-            self._declared.discard(f"\0delay\0{queue}")
+            self._declarations.forget(queue)
 
     def _admin(
         self, what: str, operation: Callable[[Any], T], missing: T | None = None
@@ -613,16 +521,4 @@ class AMQPTransport(Transport):
             raise TransportClosed(f"{self.url.redacted()} is closed")
 
 
-def _as_bytes(body: Any) -> bytes:
-    return body.encode() if isinstance(body, str) else bytes(body)
-
-
-def _user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
-    if not raw:
-        return {}
-    headers = {}
-    for key, value in raw.items():
-        if key == delays.DESTINATION_HEADER or key.startswith(_BROKER_HEADERS):
-            continue
-        headers[key] = value.decode() if isinstance(value, bytes) else str(value)
-    return headers
+__all__ = ["AMQPTransport", "priority_level"]

@@ -1,0 +1,100 @@
+"""queuekit's messages as AMQP messages and back: properties, priority levels, delay routes.
+
+Outbound, a body with headers and options becomes a ``Publication``: a persistent py-amqp
+message plus the exchange and routing key it goes to (the queue itself, the delay cascade,
+or the topic exchange). Inbound, the user's headers are what is left once the headers of the
+delay cascade and of RabbitMQ's dead-lettering are taken out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import amqp
+
+from ...core.errors import MessageTooLarge, Unsupported
+from ...core.transport import Headers, SendOptions
+from . import delays
+from .settings import Settings
+
+#: The adapter's name in the errors raised here (``AMQPTransport.name``).
+ADAPTER = "amqp"
+#: Headers the broker adds on dead-lettering (our delay cascade); not the user's.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+
+
+def priority_level(priority: int, max_priority: int) -> int:
+    """queuekit's 0-255 onto RabbitMQ's 0..``max_priority``, rounding up: 0 stays the lowest
+    level alone, 255 the highest (230-255 at the default of 10); order is kept, and values
+    in the same band (25.5 wide at 10 levels) share a level."""
+    return -(-max(0, min(255, priority)) * max_priority // 255)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message to publish: where to, and whether an unroutable one must come back."""
+
+    exchange: str
+    routing_key: str
+    message: Any  # amqp.Message
+    mandatory: bool
+
+
+def for_queue(
+    queue: str, body: bytes, headers: Headers, options: SendOptions, settings: Settings
+) -> Publication:
+    """``body`` for ``queue``: straight to it, or into the delay cascade when not yet due.
+    The caller has checked that ``options`` asks only for declared capabilities."""
+    _check_size(body, settings)
+    wait = 0
+    if options.not_before is not None:
+        wait = delays.seconds_until(options.not_before, time.time())
+        if wait > delays.MAX_DELAY:
+            raise Unsupported(f"a delay over {delays.MAX_DELAY} s (8.5 years)", ADAPTER)
+    if wait:
+        headers = {**headers, delays.DESTINATION_HEADER: queue}
+    message = amqp.Message(body, **_properties(headers, options.priority, settings))
+    if wait:
+        exchange, key = delays.route(wait)
+        return Publication(exchange, key, message, True)
+    return Publication("", queue, message, True)
+
+
+def for_topic(topic: str, body: bytes, headers: Headers, settings: Settings) -> Publication:
+    """``body`` for every subscription whose pattern matches ``topic``; none is no error."""
+    _check_size(body, settings)
+    message = amqp.Message(body, **_properties(headers, None, settings))
+    return Publication(settings.exchange, topic, message, False)
+
+
+def _check_size(body: bytes, settings: Settings) -> None:
+    if len(body) > settings.max_message_size:
+        raise MessageTooLarge(len(body), settings.max_message_size, ADAPTER)
+
+
+def _properties(headers: Headers, priority: int | None, settings: Settings) -> dict[str, Any]:
+    properties: dict[str, Any] = {"delivery_mode": 2}
+    if headers:
+        properties["application_headers"] = dict(headers)
+    if priority is not None:
+        properties["priority"] = priority_level(priority, settings.max_priority)
+    return properties
+
+
+def as_bytes(body: Any) -> bytes:
+    return body.encode() if isinstance(body, str) else bytes(body)
+
+
+def user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
+    """The headers the sender set, as strings (py-amqp may hand back bytes)."""
+    if not raw:
+        return {}
+    headers = {}
+    for key, value in raw.items():
+        if key == delays.DESTINATION_HEADER or key.startswith(_BROKER_HEADERS):
+            continue
+        headers[key] = value.decode() if isinstance(value, bytes) else str(value)
+    return headers
