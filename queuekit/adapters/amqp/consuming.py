@@ -1,0 +1,284 @@
+"""The consumer connection: deliveries into local buffers, handed out by ``receive``, settled.
+
+One consumer thread uses it (``close`` may come from any thread); its own connection means a
+receive draining the socket never delays a publish, and a publish waiting for confirms never
+delays an ack. Streaming (``prefetch > 1``): one ``basic.consume`` per queue keeps up to
+``prefetch`` deliveries in flight, un-acked, buffered here. Strict (``prefetch <= 1``):
+``basic.get``, and on an empty queue a consumer that lives only until its one delivery.
+
+A delivery belongs to the connection it came on: after a reconnect the broker has requeued
+it, so the buffers are emptied and settling it is dropped with a warning (it comes again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...core.errors import ConnectionLost, TransportClosed, TransportError
+from ...core.transport import Delivery
+from .link import (
+    CHANNEL_ERRORS,
+    CONNECTION_ERRORS,
+    RECOVERABLE,
+    Link,
+    backoff,
+    map_channel_error,
+    sleep_until,
+)
+from .messages import as_bytes, user_headers
+from .settings import Settings
+from .topology import SUBSCRIPTION_PREFIX, declare_queue
+
+log = logging.getLogger("queuekit.amqp")
+
+#: Longest a blocked ``receive`` waits on the socket before checking for ``close()``.
+_SLICE = 0.2
+
+
+@dataclass(slots=True)
+class _Handle:
+    generation: int
+    tag: int
+    settled: bool = False
+
+
+class Consumer:
+    """The consumer's connection and channel, its consumers and their buffers.
+
+    ``receive``, ``ack`` and ``nack`` come from one thread at a time; the rest may come from
+    any thread (a lock guards all). After ``closing`` is set a blocked ``receive`` returns
+    None within ``_SLICE`` and every call raises :class:`TransportClosed`.
+    """
+
+    def __init__(self, settings: Settings, prefetch: int, label: str) -> None:
+        self.settings = settings
+        self.prefetch = prefetch
+        self._label = label  # the transport's redacted URL
+        self.closing = False
+        self._lock = threading.RLock()
+        self._link = Link(settings, "consumer", on_channel=self._on_channel)
+        #: By queue: the consumer tag of its ``basic.consume`` ("" while strict mode reads it).
+        self.consumers: dict[str, str] = {}
+        self._buffers: dict[str, deque[Delivery]] = {}
+        self._failing_since: float | None = None
+        self._attempt = 0
+
+    def receive(self, queue: str, timeout: float) -> Delivery | None:
+        deadline = time.monotonic() + max(0.0, timeout)
+        strict = self.prefetch <= 1
+        with self._lock:
+            self._check_open()
+            while True:
+                buffer = self._buffers.get(queue)
+                if buffer:
+                    return buffer.popleft()
+                if self.closing:
+                    return None
+                try:
+                    self._ensure_consumer(queue, start=not strict)
+                    if strict:
+                        got = self._pull(queue, deadline)
+                        self._failing_since, self._attempt = None, 0
+                        return got
+                    if not self._buffers[queue]:
+                        slice_ = max(0.0, min(deadline - time.monotonic(), _SLICE))
+                        self._link.drain(slice_)
+                    self._failing_since, self._attempt = None, 0
+                except CHANNEL_ERRORS as exc:
+                    self._link.reset_channel()
+                    raise map_channel_error(exc, f"amqp receive from {queue!r}") from None
+                except RECOVERABLE as exc:
+                    self._after_failure(exc, deadline)
+                if not self._buffers.get(queue) and time.monotonic() >= deadline:
+                    return None
+
+    def _ensure_consumer(self, queue: str, *, start: bool) -> None:
+        """Declare ``queue`` once per connection; with ``start``, consume it into its buffer."""
+        if queue in self.consumers:
+            return
+        channel = self._link.channel()
+        if not queue.startswith(SUBSCRIPTION_PREFIX):
+            declare_queue(channel, queue, self.settings)
+        self._buffers.setdefault(queue, deque())
+        self.consumers[queue] = self._consume(channel, queue) if start else ""
+
+    def _consume(self, channel: Any, queue: str) -> str:
+        buffer = self._buffers[queue]
+        generation = self._link.generation
+        headers_of = user_headers
+
+        def on_message(message: Any) -> None:
+            info = message.delivery_info
+            body = message.body
+            buffer.append(
+                Delivery(
+                    queue=queue,
+                    body=body if type(body) is bytes else as_bytes(body),
+                    headers=headers_of(message.properties.get("application_headers")),
+                    redelivered=bool(info["redelivered"]),
+                    handle=_Handle(generation, info["delivery_tag"]),
+                )
+            )
+
+        def on_cancel(tag: str) -> None:  # the broker ended it (queue deleted elsewhere)
+            if self.consumers.get(queue) == tag:
+                del self.consumers[queue]
+
+        tag: str = channel.basic_consume(queue, callback=on_message, on_cancel=on_cancel)
+        return tag
+
+    def _pull(self, queue: str, deadline: float) -> Delivery | None:
+        """Strict mode: take one waiting message, or wait for one with a one-shot consumer."""
+        channel = self._link.channel()
+        message = channel.basic_get(queue)
+        if message is not None:
+            self._buffers[queue].append(
+                Delivery(
+                    queue=queue,
+                    body=as_bytes(message.body),
+                    headers=user_headers(message.properties.get("application_headers")),
+                    redelivered=bool(message.delivery_info["redelivered"]),
+                    handle=_Handle(self._link.generation, message.delivery_info["delivery_tag"]),
+                )
+            )
+        else:
+            tag = self._consume(channel, queue)
+            buffer = self._buffers[queue]
+            while not buffer and not self.closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._link.drain(min(remaining, _SLICE))
+            channel.basic_cancel(tag)  # a delivery racing the cancel lands in the buffer too
+        buffer = self._buffers[queue]
+        return buffer.popleft() if buffer else None
+
+    def _on_channel(self, channel: Any) -> None:
+        """A fresh channel: earlier deliveries are void (the broker requeued them)."""
+        self.consumers.clear()
+        for buffer in self._buffers.values():
+            buffer.clear()
+        channel.basic_qos(0, max(1, self.prefetch), False)
+
+    def _after_failure(self, exc: BaseException, deadline: float) -> None:
+        self._drop_connection()
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            log.warning("amqp consumer connection lost (%s); reconnecting", exc)
+        elif now - self._failing_since > self.settings.reconnect_timeout:
+            self._failing_since = None
+            raise ConnectionLost(f"amqp: broker unreachable for consuming: {exc}") from None
+        sleep_until(deadline, backoff(self._attempt))
+        self._attempt += 1
+
+    def _drop_connection(self) -> None:
+        """Abandon the connection and everything delivered on it (the broker requeues it)."""
+        self._link.drop()
+        self.consumers.clear()
+        for buffer in self._buffers.values():
+            buffer.clear()
+
+    # -- settling -----------------------------------------------------------------------
+
+    def ack(self, delivery: Delivery) -> None:
+        self._settle(delivery, "ack", lambda channel, tag: channel.basic_ack(tag))
+
+    def nack(self, delivery: Delivery, *, requeue: bool) -> None:
+        self._settle(delivery, "nack", lambda ch, tag: ch.basic_reject(tag, requeue=requeue))
+
+    def _settle(self, delivery: Delivery, what: str, action: Callable[[Any, int], None]) -> None:
+        handle = delivery.handle
+        if not isinstance(handle, _Handle):
+            raise TransportError(f"amqp {what}: not a delivery of this transport")
+        with self._lock:
+            self._check_open()
+            if handle.settled:
+                return
+            handle.settled = True
+            channel = self._link.current
+            if channel is None or handle.generation != self._link.generation:
+                log.warning(
+                    "amqp %s of a delivery from a lost connection: the broker redelivers it", what
+                )
+                return
+            try:
+                action(channel, handle.tag)
+            except CHANNEL_ERRORS as exc:
+                self._link.reset_channel()
+                raise map_channel_error(exc, f"amqp {what}") from None
+            except CONNECTION_ERRORS as exc:
+                self._link.drop()
+                self.consumers.clear()
+                log.warning("amqp %s lost with the connection (%s): redelivered later", what, exc)
+
+    # -- what this consumer holds of a queue, for depth, purge and delete ------------------
+
+    def prefetched(self, queue: str) -> int:
+        """Deliveries of ``queue`` sent to this consumer and not yet handed out."""
+        with self._lock:
+            self._read_prefetched()
+            return len(self._buffers.get(queue, ()))
+
+    def reject_prefetched(self, queue: str) -> int:
+        """Drop the deliveries of ``queue`` not yet handed out; how many were dropped."""
+        dropped = 0
+        with self._lock:
+            self._read_prefetched()
+            buffer = self._buffers.get(queue)
+            channel = self._link.current
+            while buffer and channel is not None:
+                delivery = buffer.popleft()
+                delivery.handle.settled = True
+                try:
+                    channel.basic_reject(delivery.handle.tag, requeue=False)
+                except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
+                    self._link.drop()  # un-acked ones go back to the queue
+                    self.consumers.clear()
+                    break
+                dropped += 1
+        return dropped
+
+    def _read_prefetched(self) -> None:
+        """Move deliveries already sent to this consumer from the socket into the buffers."""
+        if self._link.current is None or self.closing:
+            return
+        try:
+            while self._link.drain(0):
+                pass
+        except RECOVERABLE:
+            self._drop_connection()  # their deliveries go back to the broker's queues
+
+    def stop(self, queue: str) -> None:
+        """Stop consuming ``queue`` and give back what was prefetched of it."""
+        with self._lock:
+            self._check_open()
+            tag = self.consumers.pop(queue, None)
+            buffered = self._buffers.pop(queue, deque())
+            channel = self._link.current
+            if tag and channel is not None:
+                try:
+                    channel.basic_cancel(tag)
+                    for delivery in buffered:
+                        delivery.handle.settled = True
+                        channel.basic_reject(delivery.handle.tag, requeue=True)
+                except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
+                    self._link.drop()
+                    self.consumers.clear()
+
+    def close(self) -> None:
+        """Close the connection; un-acked deliveries go back to their queues."""
+        with self._lock:
+            self._link.close()
+            self.consumers.clear()
+            self._buffers.clear()
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise TransportClosed(f"{self._label} is closed")
