@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from queuekit.adapters.amqp import AMQPTransport, delays
-from queuekit.adapters.amqp.transport import priority_level
+from queuekit.adapters.amqp.messages import priority_level
 from queuekit.core.errors import (
     ConfigurationError,
     ConnectionLost,
@@ -333,7 +333,7 @@ def test_close_from_another_thread_ends_a_blocked_receive(amqp: Open) -> None:
     results: list[object] = []
     receiver = threading.Thread(target=lambda: results.append(transport.receive(queue, 60)))
     receiver.start()
-    wait_until(lambda: queue in transport._consumers, what="the consumer to start")
+    wait_until(lambda: queue in transport._consumer.consumers, what="the consumer to start")
     transport.close()
     receiver.join(5)
     assert not receiver.is_alive() and results == [None]

@@ -214,8 +214,7 @@ class Consumer:
                 self._link.reset_channel()
                 raise map_channel_error(exc, f"amqp {what}") from None
             except CONNECTION_ERRORS as exc:
-                self._link.drop()
-                self.consumers.clear()
+                self._drop_connection()  # its prefetched deliveries are stale too
                 log.warning("amqp %s lost with the connection (%s): redelivered later", what, exc)
 
     # -- what this consumer holds of a queue, for depth, purge and delete ------------------
@@ -239,8 +238,7 @@ class Consumer:
                 try:
                     channel.basic_reject(delivery.handle.tag, requeue=False)
                 except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
-                    self._link.drop()  # un-acked ones go back to the queue
-                    self.consumers.clear()
+                    self._drop_connection()  # un-acked ones go back to the queue
                     break
                 dropped += 1
         return dropped
@@ -269,8 +267,7 @@ class Consumer:
                         delivery.handle.settled = True
                         channel.basic_reject(delivery.handle.tag, requeue=True)
                 except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
-                    self._link.drop()
-                    self.consumers.clear()
+                    self._drop_connection()
 
     def close(self) -> None:
         """Close the connection; un-acked deliveries go back to their queues."""

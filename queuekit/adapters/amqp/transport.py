@@ -17,7 +17,7 @@ from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptio
 from ...core.urls import TransportURL
 from . import messages
 from .consuming import Consumer
-from .messages import Publication, priority_level
+from .messages import Publication
 from .publishing import Publisher
 from .settings import Settings
 from .topology import SUBSCRIPTION_PREFIX, declare_subscription
@@ -57,7 +57,6 @@ class AMQPTransport(Transport):
         )
         self._publisher = Publisher(settings, url.redacted())
         self._consumer = Consumer(settings, prefetch, url.redacted())
-        self._consumers = self._consumer.consumers  # by queue; tests wait on it
 
     # -- publishing -------------------------------------------------------------------
 
@@ -145,4 +144,4 @@ class AMQPTransport(Transport):
         self._publisher.close()
 
 
-__all__ = ["AMQPTransport", "priority_level"]
+__all__ = ["AMQPTransport"]
