@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime
-from typing import Any
 
-from . import schedules
 from .config import resolve_jobstore, resolve_url
-from .delays import Delay
 from .errors import QueuekitError
 from .failed import FailedStore
 from .jobstore import Schedule, open_jobstore
@@ -22,6 +18,7 @@ from .queue import Queue, Topic
 from .records import JobRecord
 from .registry import open_transport
 from .rpc import ReplyQueue
+from .schedules import add as add_schedule
 from .transport import Transport
 from .urls import TransportURL
 
@@ -84,21 +81,9 @@ class Connection:
                 self._replies = ReplyQueue(self)
             return self._replies
 
-    def schedule(
-        self,
-        name: str,
-        queue: str,
-        payload: Any,
-        every: Delay,
-        *,
-        start: datetime | None = None,
-        job_name: str = "",
-        priority: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Schedule:
-        """Create or replace the recurring job ``name`` (see :mod:`queuekit.core.schedules`)."""
-        return schedules.add(self, name, queue, payload, every, start=start,
-                             job_name=job_name, priority=priority, headers=headers)  # fmt: skip
+    #: ``schedule(name, queue, payload, every, *, start=, job_name=, priority=, headers=)``:
+    #: create or replace a recurring job (see :mod:`queuekit.core.schedules`).
+    schedule = add_schedule
 
     def unschedule(self, name: str) -> bool:
         """Delete the recurring job ``name``; False when there was none."""

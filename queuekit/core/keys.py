@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol
 
 from .capabilities import Capabilities
 from .envelope import Metadata
@@ -31,13 +30,6 @@ log = logging.getLogger("queuekit")
 
 PENDING, EVER = "pending", "ever"
 MODES = (PENDING, EVER)
-
-
-class Keyed(Protocol):
-    """A prepared message: its metadata carries the key."""
-
-    @property
-    def metadata(self) -> Metadata: ...
 
 
 def held_in_store(meta: Metadata, caps: Capabilities) -> bool:
@@ -55,12 +47,11 @@ def check(meta: Metadata, caps: Capabilities, adapter: str) -> None:
         )  # fmt: skip
 
 
-def hold(jobs: JobStore, queue: str, items: Sequence[Keyed]) -> set[str]:
-    """Hold each item's key; return the ids of the items that got theirs (the rest are
-    duplicates, to be dropped)."""
+def hold(jobs: JobStore, queue: str, messages: Sequence[Metadata]) -> set[str]:
+    """Hold each message's key; return the ids of the messages that got theirs (the rest
+    are duplicates, to be dropped)."""
     held: set[str] = set()
-    for item in items:
-        meta = item.metadata
+    for meta in messages:
         assert meta.key is not None
         if jobs.hold_key(queue, meta.key, meta.id, ever=meta.once):
             held.add(meta.id)
@@ -69,17 +60,15 @@ def hold(jobs: JobStore, queue: str, items: Sequence[Keyed]) -> set[str]:
     return held
 
 
-def confirm(jobs: JobStore, queue: str, items: Sequence[Keyed]) -> None:
-    for item in items:
-        meta = item.metadata
+def confirm(jobs: JobStore, queue: str, messages: Sequence[Metadata]) -> None:
+    for meta in messages:
         assert meta.key is not None
         jobs.confirm_key(queue, meta.key, meta.id)
 
 
-def abandon(jobs: JobStore, queue: str, items: Sequence[Keyed]) -> None:
+def abandon(jobs: JobStore, queue: str, messages: Sequence[Metadata]) -> None:
     """The publish failed: free the keys it held."""
-    for item in items:
-        meta = item.metadata
+    for meta in messages:
         assert meta.key is not None
         jobs.release_key(queue, meta.key, meta.id, ever=True)
 

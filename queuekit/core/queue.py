@@ -47,10 +47,6 @@ class _Prepared:
     due: float | None
     keyed: bool = False  # its dedup key is held in the job store
 
-    @property
-    def metadata(self) -> Metadata:
-        return self.message.metadata
-
 
 class Queue:
     """A named queue on a connection: ``publish`` here, ``dispatch`` to work it off."""
@@ -346,14 +342,14 @@ class Queue:
             self._send_options(batch)
             return
         jobs = self.connection.jobs
-        held = keys.hold(jobs, self.name, keyed)
-        keyed = [p for p in keyed if p.message.id in held]
+        held = keys.hold(jobs, self.name, [p.message.metadata for p in keyed])
+        holders = [p.message.metadata for p in keyed if p.message.id in held]
         try:
             self._send_options([p for p in batch if not p.keyed or p.message.id in held])
         except BaseException:
-            keys.abandon(jobs, self.name, keyed)
+            keys.abandon(jobs, self.name, holders)
             raise
-        keys.confirm(jobs, self.name, keyed)
+        keys.confirm(jobs, self.name, holders)
 
     def _send_options(self, batch: Sequence[_Prepared]) -> None:
         """One ``send_many`` for what the broker takes now, one delayed-store write per due

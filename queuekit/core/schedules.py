@@ -68,10 +68,9 @@ def add(
     connection.queue(queue).check_priority(priority)
     template = {"payload": payload, "name": job_name, "priority": priority,
                 "headers": dict(headers or {})}  # fmt: skip
-    schedule = Schedule(name, queue, interval, time.time(), template)
-    make_run(schedule, schedule.next_run)  # a payload JSON cannot carry is refused here
-    if start is not None:
-        schedule = Schedule(name, queue, interval, due_time(start), template)
+    first = time.time() if start is None else due_time(start)
+    schedule = Schedule(name, queue, interval, first, template)
+    make_run(schedule, first)  # a payload JSON cannot carry is refused here, not at a run
     connection.jobs.set_schedule(schedule)
     return schedule
 
