@@ -311,15 +311,15 @@ class Processor:
 class Attempt:
     """The record of one attempt at a recorded message: written when it starts and ends."""
 
-    __slots__ = ("message", "notes", "started", "worker")
+    __slots__ = ("message", "notes", "processor", "started")
 
-    def __init__(self, worker: Processor, message: Message) -> None:
-        self.worker, self.message = worker, message
+    def __init__(self, processor: Processor, message: Message) -> None:
+        self.processor, self.message = processor, message
         self.notes: list[str] = []
         self.started = time.time()
 
     def start(self) -> None:
-        self.worker._write_record(self.worker._jobs.start_job, self.update(RUNNING))
+        self.processor._write_record(self.processor._jobs.start_job, self.update(RUNNING))
 
     def update(
         self,
@@ -335,7 +335,7 @@ class Attempt:
         running = state == RUNNING
         return JobUpdate(
             id=meta.id,
-            queue=self.worker.queue.name,
+            queue=self.processor.queue.name,
             name=meta.name or None,
             state=state,
             # the attempt in hand counts while it runs and once it succeeded; a failure has
@@ -347,7 +347,7 @@ class Attempt:
             created_at=meta.created_at,
             started_at=self.started,
             finished_at=None if running else time.time(),
-            worker_pid=self.worker._pid,
+            worker_pid=self.processor._pid,
             peak_memory=None if running else peak_memory(),
         )
 
@@ -360,4 +360,4 @@ class Attempt:
         trace: str | None = None,
     ) -> None:
         update = self.update(state, result=result, error=error, trace=trace)
-        self.worker._write_record(lambda u: self.worker._jobs.write_jobs([u]), update)
+        self.processor._write_record(lambda u: self.processor._jobs.write_jobs([u]), update)
