@@ -34,8 +34,8 @@ import kombu
 
 from queuekit import connect
 from queuekit.adapters.amqp import AMQPTransport
-from queuekit.core.transport import Outgoing
-from queuekit.core.urls import TransportURL
+from queuekit.spi.transport import Outgoing
+from queuekit.spi.urls import TransportURL
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
 BODY = b"x" * 100

@@ -32,8 +32,8 @@ from gearman.client import GearmanClient
 from gearman.worker import GearmanWorker
 
 import queuekit
-from queuekit.core.envelope import Message, Metadata, encode
-from queuekit.core.registry import open_transport
+from queuekit.features.envelope import Message, Metadata, encode
+from queuekit.spi.registry import open_transport
 
 MODES = {"memory": 4731, "sqlite": 4730}
 BATCH = 500

@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import sqlalchemy
 
-from queuekit.core.jobstore import JobStore, open_jobstore
-from queuekit.core.records import JobUpdate
-from queuekit.core.transport import Outgoing
+from queuekit.jobstore.base import JobStore, open_jobstore
+from queuekit.jobstore.records import JobUpdate
+from queuekit.spi.transport import Outgoing
 
 DATABASES = {
     "postgresql": os.environ.get(

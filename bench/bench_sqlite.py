@@ -205,7 +205,7 @@ _DELETE = "DELETE FROM queuekit_messages WHERE id = ?"
 
 
 def envelope(i: int) -> bytes:
-    from queuekit.core.envelope import Message, encode
+    from queuekit.features.envelope import Message, encode
 
     return encode(Message(payload(i)))
 
@@ -383,7 +383,7 @@ def qk_publish_many(directory: str, level: str, sizes: Sizes) -> float:
 
 def qk_send_many(directory: str, level: str, sizes: Sizes) -> float:
     from queuekit import connect
-    from queuekit.core.transport import Outgoing
+    from queuekit.spi.transport import Outgoing
 
     n = sizes.bulk
     with contextlib.closing(connect(qk_url(directory, level))) as conn:

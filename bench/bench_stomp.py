@@ -33,7 +33,7 @@ from functools import partial
 import stomp
 
 import queuekit
-from queuekit.core.envelope import Message, Metadata, encode
+from queuekit.features.envelope import Message, Metadata, encode
 
 SERVERS = {"RabbitMQ": 61613, "ActiveMQ": 61623}
 PREFETCH = 64

@@ -37,8 +37,8 @@ import slixmpp
 from slixmpp.plugins.xep_0004 import Form
 
 from queuekit.adapters.xmpp import XMPPTransport
-from queuekit.core.transport import Outgoing
-from queuekit.core.urls import TransportURL
+from queuekit.spi.transport import Outgoing
+from queuekit.spi.urls import TransportURL
 
 URL = (
     "xmpp://queuekit:queuekit@127.0.0.1:5222/?domain=localhost&pubsub=pubsub.localhost"

@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))
 import zmq  # noqa: E402
 
 from queuekit import Message, connect  # noqa: E402
-from queuekit.core.envelope import Metadata, decode, encode  # noqa: E402
-from queuekit.core.transport import Outgoing  # noqa: E402
-from queuekit.core.urls import TransportURL  # noqa: E402
+from queuekit.features.envelope import Metadata, decode, encode  # noqa: E402
+from queuekit.spi.transport import Outgoing  # noqa: E402
+from queuekit.spi.urls import TransportURL  # noqa: E402
 
 CHUNK = 1000
 PROFILES: list[str] = []

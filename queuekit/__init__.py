@@ -3,12 +3,20 @@
 Start with :func:`connect` and :class:`AbstractQueue`; adapters are chosen by URL scheme.
 """
 
-from .core.abstract import AbstractQueue
-from .core.bulk import Bulk
-from .core.capabilities import Capabilities
-from .core.connection import Connection, connect
-from .core.envelope import Message, Metadata
-from .core.errors import (
+from .client.abstract import AbstractQueue
+from .client.connection import Connection, connect
+from .client.events import Event, EventManager, bridge
+from .client.fluent import PendingJob
+from .client.queue import Queue, Topic
+from .features.bulk import Bulk
+from .features.envelope import Message, Metadata
+from .features.hooks import Hooks
+from .features.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
+from .features.rpc import Reply
+from .jobstore.base import FailedMessage
+from .jobstore.records import JobRecord
+from .spi.capabilities import Capabilities
+from .spi.errors import (
     ConfigurationError,
     ConnectionLost,
     MalformedMessage,
@@ -26,17 +34,9 @@ from .core.errors import (
     UnknownScheme,
     Unsupported,
 )
-from .core.events import Event, EventManager, bridge
-from .core.fluent import PendingJob
-from .core.hooks import Hooks
-from .core.jobstore import FailedMessage
-from .core.priorities import PriorityRange
-from .core.queue import Queue, Topic
-from .core.records import JobRecord
-from .core.registry import register_transport
-from .core.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
-from .core.rpc import Reply
-from .core.transport import Delivery, Outgoing, SendOptions, Transport
+from .spi.priorities import PriorityRange
+from .spi.registry import register_transport
+from .spi.transport import Delivery, Outgoing, SendOptions, Transport
 
 __all__ = [
     "AbstractQueue",

@@ -16,13 +16,13 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from .core.abstract import AbstractQueue
-from .core.config import resolve_url
-from .core.connection import Connection, connect
-from .core.delays import parse_duration
-from .core.errors import QueuekitError
-from .core.priorities import PriorityRange
-from .core.urls import redact
+from .client.abstract import AbstractQueue
+from .client.config import resolve_url
+from .client.connection import Connection, connect
+from .features.delays import parse_duration
+from .spi.errors import QueuekitError
+from .spi.priorities import PriorityRange
+from .spi.urls import redact
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
 _DELEGATED = {

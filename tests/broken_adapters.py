@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from queuekit.adapters.memory import MemoryTransport
 from queuekit.adapters.sqlite import SQLiteTransport
-from queuekit.core.priorities import PriorityRange
-from queuekit.core.registry import register_transport
-from queuekit.core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions
+from queuekit.spi.priorities import PriorityRange
+from queuekit.spi.registry import register_transport
+from queuekit.spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions
 
 
 class LossyTransport(MemoryTransport):

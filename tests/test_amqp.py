@@ -17,15 +17,15 @@ import pytest
 
 from queuekit.adapters.amqp import AMQPTransport, delays
 from queuekit.adapters.amqp.messages import priority_level
-from queuekit.core.errors import (
+from queuekit.spi.errors import (
     ConfigurationError,
     ConnectionLost,
     MessageTooLarge,
     TransportClosed,
     Unsupported,
 )
-from queuekit.core.transport import Outgoing, SendOptions
-from queuekit.core.urls import TransportURL
+from queuekit.spi.transport import Outgoing, SendOptions
+from queuekit.spi.urls import TransportURL
 from tests.support import require_broker, wait_until
 
 URL = os.environ.get("QUEUEKIT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -110,7 +110,7 @@ def test_close_returns_unacked_deliveries(amqp: Open) -> None:
 CHILD = """
 import sys, time
 from queuekit.adapters.amqp import AMQPTransport
-from queuekit.core.urls import TransportURL
+from queuekit.spi.urls import TransportURL
 t = AMQPTransport(TransportURL.parse(sys.argv[1]))
 d = t.receive(sys.argv[2], 10)
 print("got" if d else "none", flush=True)

@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 from queuekit.adapters.amqp import AMQPTransport
-from queuekit.core.transport import SendOptions
-from queuekit.core.urls import TransportURL
+from queuekit.spi.transport import SendOptions
+from queuekit.spi.urls import TransportURL
 from tests.support import require_broker, wait_until
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"

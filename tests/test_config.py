@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from queuekit import ConfigurationError
-from queuekit.core.config import DEFAULT_URL, load_config, resolve_jobstore, resolve_url
+from queuekit.client.config import DEFAULT_URL, load_config, resolve_jobstore, resolve_url
 from tests.workers.harness import run_worker
 
 CONFIG = """

@@ -167,7 +167,7 @@ def test_stress_reports_a_failure_of_any_copy(tmp_path: Path) -> None:
 
 
 def test_every_case_has_a_summary_and_a_known_capability() -> None:
-    from queuekit.core.capabilities import FLAGS
+    from queuekit.spi.capabilities import FLAGS
 
     cases = all_cases()
     assert len({c.name for c in cases}) == len(cases)

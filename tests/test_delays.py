@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from queuekit.core.delays import due_time, parse_duration
+from queuekit.features.delays import due_time, parse_duration
 
 NOW = 1_700_000_000.0
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from queuekit import MalformedMessage, Message, Metadata
-from queuekit.core.envelope import decode, encode
+from queuekit.features.envelope import decode, encode
 
 DETERMINISTIC = settings(
     derandomize=True,

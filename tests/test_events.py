@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from queuekit import Event, EventManager, bridge, connect
-from queuekit.core.envelope import decode
+from queuekit.features.envelope import decode
 
 
 def test_attach_trigger_detach() -> None:

@@ -25,10 +25,10 @@ import pytest
 from queuekit import Message, Repeat, connect
 from queuekit.adapters.gearman import CallFailed, GearmanTransport, frame
 from queuekit.adapters.gearman.link import SUBMIT_BG, Link, Refused
-from queuekit.core.envelope import encode
-from queuekit.core.errors import ConfigurationError, ConnectionLost, TransportClosed
-from queuekit.core.registry import open_transport
-from queuekit.core.transport import Delivery, Outgoing, SendOptions
+from queuekit.features.envelope import encode
+from queuekit.spi.errors import ConfigurationError, ConnectionLost, TransportClosed
+from queuekit.spi.registry import open_transport
+from queuekit.spi.transport import Delivery, Outgoing, SendOptions
 from tests.support import require_broker, wait_until
 from tests.workers.harness import lines, start_worker, stop
 
@@ -256,7 +256,7 @@ def test_close_returns_held_and_prefetched_jobs(gearman: Open) -> None:
 
 CHILD = """
 import sys, time
-from queuekit.core.registry import open_transport
+from queuekit.spi.registry import open_transport
 t = open_transport(sys.argv[1], prefetch=1)
 d = t.receive(sys.argv[2], 10)
 print(d.body.decode() if d else "", flush=True)

@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from queuekit import AbstractQueue, Connection, Message, Repeat, connect
-from queuekit.core.hooks import hooks_of
-from queuekit.core.processing import FunctionHandler
+from queuekit.features.hooks import hooks_of
+from queuekit.worker.pipeline import FunctionHandler
 
 SAFETY = 20.0
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from queuekit.core.errors import ConfigurationError, MissingDependency
-from queuekit.core.jobstore import FORWARD_LEASE, KEY_GRACE, JobStore, open_jobstore
-from queuekit.core.records import JobUpdate
-from queuekit.core.transport import Outgoing, SendOptions
+from queuekit.jobstore.base import FORWARD_LEASE, KEY_GRACE, JobStore, open_jobstore
+from queuekit.jobstore.records import JobUpdate
+from queuekit.spi.errors import ConfigurationError, MissingDependency
+from queuekit.spi.transport import Outgoing, SendOptions
 
 
 @pytest.fixture
@@ -499,7 +499,7 @@ def test_bad_sql_urls_are_refused(tmp_path: Path) -> None:
 
 
 def test_without_sqlalchemy_a_sql_url_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "queuekit.jobstores.sql", raising=False)
+    monkeypatch.delitem(sys.modules, "queuekit.jobstore.sql", raising=False)
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # import sqlalchemy now fails
     with pytest.raises(MissingDependency, match=r"queuekit\[sql\]") as caught:
         open_jobstore("postgresql+psycopg://u@h/db")
@@ -508,7 +508,7 @@ def test_without_sqlalchemy_a_sql_url_names_the_extra(monkeypatch: pytest.Monkey
 
 def test_an_unreachable_database_raises_a_recoverable_job_store_error() -> None:
     pytest.importorskip("sqlalchemy")
-    from queuekit.core.jobstore import JobStoreError
+    from queuekit.jobstore.base import JobStoreError
 
     store = open_jobstore("postgresql+psycopg://u:secret@127.0.0.1:1/db?connect_timeout=2")
     with pytest.raises(JobStoreError) as caught:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from queuekit import Connection, Intervals, Message, connect
-from queuekit.core import groups
-from queuekit.core.envelope import encode
-from queuekit.core.transport import Outgoing
+from queuekit.features import groups
+from queuekit.features.envelope import encode
+from queuekit.spi.transport import Outgoing
 from tests.support import FEATURE_BROKERS, GroupLog, feature_connection, work_in_threads
 from tests.workers.transports import NODELAY
 

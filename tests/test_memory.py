@@ -11,8 +11,8 @@ import pytest
 
 from queuekit import TransportClosed
 from queuekit.adapters.memory import MemoryTransport
-from queuekit.core.registry import open_transport
-from queuekit.core.transport import Delivery, Outgoing, SendOptions, Transport
+from queuekit.spi.registry import open_transport
+from queuekit.spi.transport import Delivery, Outgoing, SendOptions, Transport
 from tests.support import wait_until
 
 

@@ -19,9 +19,9 @@ from queuekit import (
     TransportClosed,
     connect,
 )
-from queuekit.core.connection import default_jobstore
-from queuekit.core.envelope import decode
-from queuekit.core.urls import TransportURL
+from queuekit.client.connection import default_jobstore
+from queuekit.features.envelope import decode
+from queuekit.spi.urls import TransportURL
 from tests.workers.transports import SMALL
 
 

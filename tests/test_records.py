@@ -20,7 +20,7 @@ from queuekit import (
     RetryLater,
     connect,
 )
-from queuekit.core.envelope import decode, encode
+from queuekit.features.envelope import decode, encode
 from tests.workers.harness import run_worker, sqlite_url, start_worker, stop
 from tests.workers.transports import NODELAY
 

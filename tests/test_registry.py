@@ -12,8 +12,8 @@ import pytest
 from queuekit import ConfigurationError, MissingDependency, UnknownScheme, connect
 from queuekit.adapters.memory import MemoryTransport
 from queuekit.adapters.sqlite import SQLiteTransport
-from queuekit.core.registry import available_schemes, open_transport, register_transport
-from queuekit.core.urls import TransportURL
+from queuekit.spi.registry import available_schemes, open_transport, register_transport
+from queuekit.spi.urls import TransportURL
 from tests.workers.harness import ROOT, child_env, run_worker
 
 BUILT_IN = ["amqp", "amqps", "gearman", "memory", "sqlite", "stomp", "stomp+ssl", "xmpp", "zmq"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from queuekit import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
-from queuekit.core.retry import DEFAULT_RETRY, strategy_from_json
+from queuekit.features.retry import DEFAULT_RETRY, strategy_from_json
 
 
 def test_the_default_is_one_more_attempt_a_minute_later() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from queuekit import Connection, Message, Unsupported, connect
-from queuekit.core.jobstore import JobStore, Schedule, next_run_after, open_jobstore
-from queuekit.core.schedules import make_run
+from queuekit.features.schedules import make_run
+from queuekit.jobstore.base import JobStore, Schedule, next_run_after, open_jobstore
 from tests.support import FEATURE_BROKERS, feature_connection
 from tests.workers.harness import run_worker
 

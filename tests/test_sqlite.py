@@ -19,9 +19,9 @@ import pytest
 
 from queuekit import Connection, Message, connect
 from queuekit.adapters.sqlite import SQLiteTransport
-from queuekit.core.envelope import decode
-from queuekit.core.registry import open_transport
-from queuekit.core.transport import Delivery
+from queuekit.features.envelope import decode
+from queuekit.spi.registry import open_transport
+from queuekit.spi.transport import Delivery
 from tests.support import wait_until
 from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop, wait_for_line
 

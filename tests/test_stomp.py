@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from queuekit.core.errors import (
+from queuekit.spi.errors import (
     ConnectionLost,
     MessageTooLarge,
     TransportClosed,
     TransportError,
     Unsupported,
 )
-from queuekit.core.registry import open_transport
-from queuekit.core.transport import Delivery, Outgoing, SendOptions, Transport
+from queuekit.spi.registry import open_transport
+from queuekit.spi.transport import Delivery, Outgoing, SendOptions, Transport
 from tests.support import require_broker, wait_until
 
 SERVERS = {
@@ -244,7 +244,7 @@ def test_killed_consumer_work_is_redelivered(server: str, connect) -> None:  # t
     producer.send(queue, b"precious", {})
     code = (
         "import sys, time\n"
-        "from queuekit.core.registry import open_transport\n"
+        "from queuekit.spi.registry import open_transport\n"
         "t = open_transport(sys.argv[1])\n"
         "d = t.receive(sys.argv[2], 30)\n"
         "print('got' if d else 'none', flush=True)\n"

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queuekit import ConfigurationError
-from queuekit.core.urls import Host, TransportURL, redact
+from queuekit.spi.urls import Host, TransportURL, redact
 
 SECRET = "hunter2-Zq9"
 

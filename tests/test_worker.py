@@ -32,9 +32,9 @@ from queuekit import (
     register_transport,
 )
 from queuekit.adapters.memory import MemoryTransport
-from queuekit.core.jobstore import JobStoreError
-from queuekit.core.processing import FunctionHandler
-from queuekit.core.worker import Worker
+from queuekit.jobstore.base import JobStoreError
+from queuekit.worker.loop import Worker
+from queuekit.worker.pipeline import FunctionHandler
 from tests.support import wait_until
 from tests.workers.transports import NODELAY
 
@@ -369,7 +369,7 @@ def test_options_the_transport_lacks_are_refused_not_ignored(jobs_url: str, name
 def test_a_message_with_a_broken_retry_strategy_does_not_kill_the_worker(
     conn: Connection, name: str
 ) -> None:
-    from queuekit.core.envelope import Metadata, encode
+    from queuekit.features.envelope import Metadata, encode
 
     body = encode(Message("x", Metadata(retry={"kind": "repeat", "times": "x", "every": 0})))
     conn.transport.send(name, body, {})

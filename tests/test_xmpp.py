@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from queuekit.core.errors import (
+from queuekit.spi.errors import (
     ConfigurationError,
     ConnectionLost,
     TransportError,
     Unsupported,
 )
-from queuekit.core.transport import Outgoing
-from queuekit.core.urls import TransportURL
+from queuekit.spi.transport import Outgoing
+from queuekit.spi.urls import TransportURL
 from tests.support import require_broker, wait_until
 
 pytest.importorskip("slixmpp")

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 import pytest
 
 from queuekit.adapters.zeromq import ZeroMQTransport, subscription_prefix
-from queuekit.core.errors import ConnectionLost, MessageTooLarge, TransportClosed, Unsupported
-from queuekit.core.registry import open_transport
-from queuekit.core.topics import topic_matches
-from queuekit.core.transport import Delivery, Outgoing, SendOptions
-from queuekit.core.urls import TransportURL
+from queuekit.spi.errors import ConnectionLost, MessageTooLarge, TransportClosed, Unsupported
+from queuekit.spi.registry import open_transport
+from queuekit.spi.topics import topic_matches
+from queuekit.spi.transport import Delivery, Outgoing, SendOptions
+from queuekit.spi.urls import TransportURL
 from tests.support import port_open, require_broker, wait_until
 
 pytest.importorskip("zmq")
@@ -273,7 +273,7 @@ def test_a_killed_worker_loses_at_most_its_prefetch(device: DeviceProcess, open_
         f"""
         import os, signal, sys
         from queuekit.adapters.zeromq import ZeroMQTransport
-        from queuekit.core.urls import TransportURL
+        from queuekit.spi.urls import TransportURL
         t = ZeroMQTransport(TransportURL.parse({device.url!r}), prefetch={prefetch})
         d = t.receive({queue!r}, 10.0)
         sys.stdout.write("got\\n"); sys.stdout.flush()

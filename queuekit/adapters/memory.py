@@ -17,12 +17,12 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from ..core.capabilities import Capabilities
-from ..core.errors import TransportClosed
-from ..core.priorities import PriorityRange
-from ..core.topics import topic_matches
-from ..core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
-from ..core.urls import TransportURL
+from ..spi.capabilities import Capabilities
+from ..spi.errors import TransportClosed
+from ..spi.priorities import PriorityRange
+from ..spi.topics import topic_matches
+from ..spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ..spi.urls import TransportURL
 
 _sequence = itertools.count()
 

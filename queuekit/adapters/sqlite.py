@@ -43,13 +43,13 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from ..core.capabilities import Capabilities
-from ..core.errors import ConfigurationError, ConnectionLost, TransportClosed, TransportError
-from ..core.priorities import PriorityRange
-from ..core.sqlitedb import connect_database, immediate
-from ..core.topics import topic_matches
-from ..core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
-from ..core.urls import TransportURL
+from ..spi.capabilities import Capabilities
+from ..spi.errors import ConfigurationError, ConnectionLost, TransportClosed, TransportError
+from ..spi.priorities import PriorityRange
+from ..spi.sqlitedb import connect_database, immediate
+from ..spi.topics import topic_matches
+from ..spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ..spi.urls import TransportURL
 
 DELAYED, READY, IN_FLIGHT = 0, 1, 2
 

@@ -29,17 +29,17 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from queuekit.core.capabilities import Capabilities
-from queuekit.core.errors import (
+from queuekit.spi.capabilities import Capabilities
+from queuekit.spi.errors import (
     ConfigurationError,
     ConnectionLost,
     MessageTooLarge,
     TransportClosed,
     TransportError,
 )
-from queuekit.core.topics import topic_matches
-from queuekit.core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
-from queuekit.core.urls import TransportURL
+from queuekit.spi.topics import topic_matches
+from queuekit.spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from queuekit.spi.urls import TransportURL
 
 from .zmq_wire import (
     BROADCAST,

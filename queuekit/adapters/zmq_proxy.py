@@ -37,8 +37,8 @@ from typing import Any
 
 import zmq
 
-from queuekit.core.errors import ConfigurationError
-from queuekit.core.urls import TransportURL
+from queuekit.spi.errors import ConfigurationError
+from queuekit.spi.urls import TransportURL
 
 from .zmq_wire import (
     BROADCAST,

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ..core.errors import MessageTooLarge, Unsupported
-from ..core.priorities import PriorityRange
-from ..core.topics import topic_matches
-from ..core.transport import Outgoing, SendOptions, Transport
+from ..spi.errors import MessageTooLarge, Unsupported
+from ..spi.priorities import PriorityRange
+from ..spi.topics import topic_matches
+from ..spi.transport import Outgoing, SendOptions, Transport
 from .cases import case
 from .context import CaseFailure, Context, NotApplicable, check, drain, expect, expect_nothing
 from .context import ids_report as _ids_report
@@ -48,7 +48,7 @@ def round_trip(ctx: Context) -> None:
         )
 
     def envelope(payload: Any, headers: dict[str, str]) -> None:
-        from ..core.envelope import Message, Metadata, decode, encode
+        from ..features.envelope import Message, Metadata, decode, encode
 
         producer.send(queue, encode(Message(payload, Metadata(headers=headers))), {})
         delivery = expect(consumer, queue, timeout, "envelope")

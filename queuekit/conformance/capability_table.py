@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from importlib.metadata import entry_points
 
-from ..core.capabilities import FLAGS, Capabilities
-from ..core.registry import GROUP
+from ..spi.capabilities import FLAGS, Capabilities
+from ..spi.registry import GROUP
 
 #: Adapters known to refine their class-level declaration per connection, from what the
 #: server reports (a STOMP broker's product, gearmand's queue backend).
@@ -51,7 +51,7 @@ def rows() -> list[tuple[str, str, Capabilities | None, str]]:
 def _server_dependent(cls: type, name: str) -> bool:
     """Marked adapters: known to refine per connection, or declaring nothing at class level
     (inheriting the contract's empty default) because they decide once connected."""
-    from ..core.transport import Transport
+    from ..spi.transport import Transport
 
     inherited = all("capabilities" not in vars(k) for k in cls.__mro__ if k is not Transport)
     return name in SERVER_DEPENDENT or inherited

@@ -14,8 +14,8 @@ import sys
 import threading
 from typing import Any
 
-from ..core.registry import open_transport, register_transport
-from ..core.urls import TransportURL
+from ..spi.registry import open_transport, register_transport
+from ..spi.urls import TransportURL
 from .consumers import consume
 
 

@@ -18,8 +18,8 @@ import time
 from dataclasses import replace
 from typing import Any, TextIO
 
-from ..core.errors import QueuekitError
-from ..core.urls import TransportURL, redact
+from ..spi.errors import QueuekitError
+from ..spi.urls import TransportURL, redact
 from .cases import Case, all_cases, select
 from .consumers import factory_reference
 from .context import Settings
@@ -56,7 +56,7 @@ def command(argv: list[str], out: TextIO | None = None) -> int:
     args = parser().parse_args(argv)
     raw_url = os.environ[URL_ENV] if args.url == "-" else args.url
     if args.factory:
-        from ..core.registry import register_transport
+        from ..spi.registry import register_transport
         from .child import _load
 
         register_transport(TransportURL.parse(raw_url).scheme, _load(args.factory))

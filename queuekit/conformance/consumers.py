@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..core.registry import transport_factory
-from ..core.transport import Transport
+from ..spi.registry import transport_factory
+from ..spi.transport import Transport
 from .context import CaseFailure, Context
 
 Event = dict[str, Any]

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
-from ..core.capabilities import Capabilities
-from ..core.errors import QueuekitError, TransportClosed
-from ..core.registry import open_transport
-from ..core.transport import Delivery, Transport
-from ..core.urls import TransportURL
+from ..spi.capabilities import Capabilities
+from ..spi.errors import QueuekitError, TransportClosed
+from ..spi.registry import open_transport
+from ..spi.transport import Delivery, Transport
+from ..spi.urls import TransportURL
 
 
 class CaseFailure(AssertionError):

@@ -10,8 +10,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from ..core.errors import TransportError
-from ..core.transport import Outgoing, Transport
+from ..spi.errors import TransportError
+from ..spi.transport import Outgoing, Transport
 from .cases import case
 from .consumers import Consumer, start_consumer
 from .context import CaseFailure, Context, NotApplicable, check, expect, ids_report

@@ -21,7 +21,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from ..core.transport import Delivery
+from ..spi.transport import Delivery
 from .cases import case
 from .context import CaseFailure, Context, check
 from .strategies import ci_settings

@@ -41,7 +41,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         skip = pytest.mark.skip(reason="no --queuekit-url given")
         metafunc.parametrize(FIXTURE, [pytest.param(None, marks=skip)], ids=["no-url"])
         return
-    from ..core.urls import redact
+    from ..spi.urls import redact
     from .cases import all_cases
 
     params = [

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from ..core.connection import Connection, connect
-from ..core.envelope import Message, decode
-from ..core.errors import MalformedMessage
+from ..client.connection import Connection, connect
+from ..features.envelope import Message, decode
+from ..spi.errors import MalformedMessage
 from .cases import case
 from .consumers import Consumer, ProcessConsumer
 from .context import CaseFailure, Context, check, drain
@@ -42,8 +42,8 @@ class _WorkerThread(Consumer):
     """dispatch() in a thread of this process (for process-local transports)."""
 
     def __init__(self, ctx: Context, queue: str, work_seconds: float) -> None:
-        from ..core.processing import FunctionHandler
-        from ..core.worker import Limits, Worker
+        from ..worker.loop import Limits, Worker
+        from ..worker.pipeline import FunctionHandler
 
         super().__init__()
         self._conn = connect(ctx.url.render(reveal=True), jobstore="sqlite:///:memory:")

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from ..core.capabilities import Capabilities
-from ..core.registry import open_transport
-from ..core.urls import TransportURL, redact
+from ..spi.capabilities import Capabilities
+from ..spi.registry import open_transport
+from ..spi.urls import TransportURL, redact
 from .cases import Case
 from .context import CaseFailure, Context, NotApplicable, Settings
 

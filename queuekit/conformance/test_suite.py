@@ -9,7 +9,7 @@ import functools
 
 import pytest
 
-from ..core.capabilities import Capabilities
+from ..spi.capabilities import Capabilities
 from .cases import Case
 from .context import Settings
 from .runner import FAIL, NOT_SUPPORTED, SKIPPED, probe, run_case

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.errors import ConnectionLost, TransportClosed, TransportError
-from ...core.transport import Delivery
+from ...spi.errors import ConnectionLost, TransportClosed, TransportError
+from ...spi.transport import Delivery
 from .link import (
     CHANNEL_ERRORS,
     CONNECTION_ERRORS,

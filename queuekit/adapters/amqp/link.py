@@ -16,7 +16,7 @@ from typing import Any
 from amqp import exceptions as amqp_errors
 from kombu import connection as _kombu_connection
 
-from ...core.errors import ConfigurationError, ConnectionLost, TransportError
+from ...spi.errors import ConfigurationError, ConnectionLost, TransportError
 from .settings import Settings
 
 log = logging.getLogger("queuekit.amqp")

@@ -15,8 +15,8 @@ from typing import Any
 
 import amqp
 
-from ...core.errors import MessageTooLarge, Unsupported
-from ...core.transport import Headers, SendOptions
+from ...spi.errors import MessageTooLarge, Unsupported
+from ...spi.transport import Headers, SendOptions
 from . import delays
 from .settings import Settings
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from amqp import exceptions as amqp_errors
 from amqp import spec
 
-from ...core.errors import ConnectionLost, TransportClosed, TransportError
+from ...spi.errors import ConnectionLost, TransportClosed, TransportError
 from .link import CHANNEL_ERRORS, RECOVERABLE, Link, backoff, map_channel_error
 from .messages import Publication
 from .settings import Settings

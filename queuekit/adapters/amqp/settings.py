@@ -9,8 +9,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.errors import ConfigurationError
-from ...core.urls import Host, TransportURL
+from ...spi.errors import ConfigurationError
+from ...spi.urls import Host, TransportURL
 
 #: RabbitMQ 3.x's default ``max_message_size`` (128 MiB; checked: 3.10.8 reports 134217728).
 RABBITMQ_MAX_MESSAGE_SIZE = 128 * 1024 * 1024

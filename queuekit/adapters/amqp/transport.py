@@ -12,9 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from ...core.capabilities import Capabilities
-from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
-from ...core.urls import TransportURL
+from ...spi.capabilities import Capabilities
+from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...spi.urls import TransportURL
 from . import messages
 from .consuming import Consumer
 from .messages import Publication

@@ -16,7 +16,7 @@ from gearman.constants import JOB_COMPLETE, JOB_FAILED
 from gearman.errors import ConnectionError as GearmanConnectionError
 from gearman.errors import GearmanError, ServerUnavailable
 
-from ...core.errors import ConnectionLost, QueuekitError
+from ...spi.errors import ConnectionLost, QueuekitError
 from .link import _Connection
 
 __all__ = ["CallFailed", "Callers"]

@@ -35,15 +35,15 @@ from dataclasses import dataclass, field
 from gearman.admin_client import GearmanAdminClient
 from gearman.errors import GearmanError
 
-from ...core.capabilities import Capabilities
-from ...core.errors import (
+from ...spi.capabilities import Capabilities
+from ...spi.errors import (
     ConfigurationError,
     ConnectionLost,
     TransportClosed,
     TransportError,
 )
-from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
-from ...core.urls import TransportURL
+from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...spi.urls import TransportURL
 from . import frame
 from .link import SUBMIT_BG, Assignment, Link, LinkDown, Refused, Woken, _Connection
 from .rpc import Callers, CallFailed

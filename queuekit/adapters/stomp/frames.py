@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 
-from ...core.transport import Headers
+from ...spi.transport import Headers
 
 log = logging.getLogger("queuekit.stomp")
 

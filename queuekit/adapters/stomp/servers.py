@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...core.capabilities import Capabilities
-from ...core.urls import TransportURL
+from ...spi.capabilities import Capabilities
+from ...spi.urls import TransportURL
 
 #: Bytes of one message body, below both servers' own limits (RabbitMQ refuses bodies over
 #: 128 MiB, ActiveMQ's STOMP connector frames over 100 MiB) and small enough that stomp.py,
@@ -153,7 +153,7 @@ def topic_destinations(profile: ServerProfile, pattern: str) -> tuple[str, bool]
     RabbitMQ binds ``/topic/<pattern>`` to amq.topic, so ``*`` and ``#`` work as they are.
     ActiveMQ spells ``#`` as ``>`` (zero or more words, only as the last word): a ``#``
     elsewhere subscribes to the broader prefix and the adapter filters with
-    :func:`queuekit.core.topics.topic_matches`.
+    :func:`queuekit.spi.topics.topic_matches`.
     """
     if not profile.activemq_wildcards or "#" not in pattern.split("."):
         return "/topic/" + pattern, False

@@ -23,8 +23,8 @@ import stomp
 import stomp.exception
 import stomp.protocol
 
-from ...core.errors import ConnectionLost, TransportError
-from ...core.urls import Host
+from ...spi.errors import ConnectionLost, TransportError
+from ...spi.urls import Host
 
 log = logging.getLogger("queuekit.stomp")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from ...core.errors import (
+from ...spi.errors import (
     ConfigurationError,
     ConnectionLost,
     MessageTooLarge,
@@ -38,9 +38,9 @@ from ...core.errors import (
     TransportError,
     Unsupported,
 )
-from ...core.topics import topic_matches
-from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
-from ...core.urls import Host, TransportURL
+from ...spi.topics import topic_matches
+from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...spi.urls import Host, TransportURL
 from .frames import BINARY, encode_send, encode_settle, escape, user_headers, wire_headers
 from .servers import ServerProfile, map_priority, profile_for, topic_destinations
 from .session import Session

@@ -1,6 +1,6 @@
 """XMPP publish-subscribe (XEP-0060) transport over slixmpp; see docs/xmpp.md."""
 
-from ...core.errors import QueueFull
+from ...spi.errors import QueueFull
 from ._settings import XMPPSettings
 from .transport import XMPPTransport
 

@@ -18,7 +18,7 @@ from typing import Any
 import slixmpp
 from slixmpp.exceptions import IqTimeout
 
-from ...core.errors import ConfigurationError, ConnectionLost
+from ...spi.errors import ConfigurationError, ConnectionLost
 from ._quickack import ack_at_once
 from ._settings import XMPPSettings
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from slixmpp.exceptions import IqError
 
-from ...core.errors import TransportError
+from ...spi.errors import TransportError
 from ._connection import Connection
 from ._settings import XMPPSettings
 from ._stanzas import NODE_CONFIG, PUBSUB, form, iq_error, read_config

@@ -15,7 +15,7 @@ from typing import Any
 
 from slixmpp.exceptions import IqError, IqTimeout
 
-from ...core.errors import ConnectionLost, QueueFull
+from ...spi.errors import ConnectionLost, QueueFull
 from ._connection import Connection
 from ._nodes import Nodes, NodeState
 from ._settings import XMPPSettings, encode_payload

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from ...core.errors import TransportClosed
+from ...spi.errors import TransportClosed
 from ._acks import Acks
 from ._connection import Connection
 from ._consuming import QueueReader

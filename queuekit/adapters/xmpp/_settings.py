@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from ...core.errors import ConfigurationError, MalformedMessage
-from ...core.urls import TransportURL
+from ...spi.errors import ConfigurationError, MalformedMessage
+from ...spi.urls import TransportURL
 
 NS = "urn:queuekit:xmpp:0"
 _M, _H, _B = f"{{{NS}}}m", f"{{{NS}}}h", f"{{{NS}}}b"

@@ -16,7 +16,7 @@ from xml.etree import ElementTree as ET
 from slixmpp.exceptions import IqError
 from slixmpp.plugins import xep_0004
 
-from ...core.errors import ConnectionLost, MalformedMessage, TransportError
+from ...spi.errors import ConnectionLost, MalformedMessage, TransportError
 from ._settings import decode_payload
 
 _FORM: Any = xep_0004.Form  # slixmpp's data forms are untyped

@@ -26,16 +26,16 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from ...core.capabilities import Capabilities
-from ...core.errors import (
+from ...spi.capabilities import Capabilities
+from ...spi.errors import (
     MessageTooLarge,
     QueuekitError,
     TransportClosed,
     TransportError,
     Unsupported,
 )
-from ...core.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
-from ...core.urls import TransportURL
+from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...spi.urls import TransportURL
 from ._loop import LoopThread
 from ._queue_consumer import QueueConsumer
 from ._session import Session

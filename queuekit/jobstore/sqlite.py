@@ -4,7 +4,7 @@ Writers take the file's write lock up front (``BEGIN IMMEDIATE``), so concurrent
 from any number of threads and processes on one host queue instead of failing, and a claim
 (``UPDATE ... RETURNING``) runs alone: no row is handed to two claimers. One connection
 per store, shared by its threads under a lock. The contract:
-:class:`queuekit.core.jobstore.JobStore`.
+:class:`queuekit.jobstore.base.JobStore`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from ..core.errors import ConfigurationError
-from ..core.jobstore import (
+from ..spi.errors import ConfigurationError
+from ..spi.sqlitedb import connect_database, immediate
+from ..spi.transport import Outgoing
+from ..spi.urls import TransportURL
+from .base import (
     FORWARD_LEASE,
     KEY_GRACE,
     FailedMessage,
@@ -35,10 +38,7 @@ from ..core.jobstore import (
     to_record,
     to_schedule,
 )
-from ..core.records import FINISHED, JobRecord, JobUpdate
-from ..core.sqlitedb import connect_database, immediate
-from ..core.transport import Outgoing
-from ..core.urls import TransportURL
+from .records import FINISHED, JobRecord, JobUpdate
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queuekit_failed (
@@ -147,7 +147,7 @@ class SQLiteJobStore(JobStore):
     ``sqlite:///:memory:?share=NAME``: one in-memory database for every store of this
     process that names it (what ``memory://NAME`` connections use, so they share one failed
     store, one set of keys and groups, as they share one broker). ``?synchronous=full``
-    also survives power loss (see :func:`queuekit.core.sqlitedb.connect_database`)."""
+    also survives power loss (see :func:`queuekit.spi.sqlitedb.connect_database`)."""
 
     def __init__(self, url: str | TransportURL) -> None:
         parsed = url if isinstance(url, TransportURL) else TransportURL.parse(url)

@@ -96,10 +96,10 @@ class JobRecord:
         if connection is not None:
             found: JobRecord | None = connection.jobs.get_job(job_id)
             return found
-        from .config import resolve_jobstore, resolve_url
-        from .connection import default_jobstore
-        from .jobstore import open_jobstore
-        from .urls import TransportURL
+        from ..client.config import resolve_jobstore, resolve_url
+        from ..client.connection import default_jobstore
+        from ..spi.urls import TransportURL
+        from .base import open_jobstore
 
         url = resolve_jobstore() or default_jobstore(TransportURL.parse(resolve_url()))
         store = open_jobstore(url)

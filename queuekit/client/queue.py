@@ -1,6 +1,6 @@
 """Queues and topics: the publishing side of the core.
 
-``Connection.queue(name)`` (:mod:`queuekit.core.connection`) gives a :class:`Queue` that
+``Connection.queue(name)`` (:mod:`queuekit.client.connection`) gives a :class:`Queue` that
 wraps payloads in envelopes and applies the publishing policies: a delay becomes the
 broker's own ``not_before`` where the adapter declares ``delay``, and otherwise waits in the
 job store's durable delayed store until a worker's scheduler forwards it. Other options the
@@ -8,8 +8,8 @@ adapter cannot honour raise :class:`Unsupported`, never silently do nothing.
 
 ``publish(..., record=True)`` also writes a ``queued`` (or, delayed, ``waiting``) job record
 in the job store before the message is sent; ``connection.job(id)`` reads it back.
-``bulk()`` buffers publishes (:mod:`queuekit.core.bulk`), ``job()`` starts the fluent form
-(:mod:`queuekit.core.fluent`).
+``bulk()`` buffers publishes (:mod:`queuekit.features.bulk`), ``job()`` starts the fluent form
+(:mod:`queuekit.client.fluent`).
 """
 
 from __future__ import annotations
@@ -20,22 +20,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from . import groups, keys
-from .bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
-from .delays import Delay, due_time
-from .envelope import Message, Metadata, encode
-from .errors import MessageTooLarge, ReplyTimeout, Unsupported
+from ..features import groups, keys
+from ..features.bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
+from ..features.delays import Delay, due_time
+from ..features.envelope import Message, Metadata, encode
+from ..features.hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
+from ..features.retry import RetryStrategy
+from ..features.rpc import Reply, new_correlation_id
+from ..jobstore.records import QUEUED, WAITING, JobUpdate
+from ..spi.errors import MessageTooLarge, ReplyTimeout, Unsupported
+from ..spi.priorities import MAX_PRIORITY, PriorityRange
+from ..spi.transport import Delivery, Outgoing, SendOptions, Transport
 from .fluent import PendingJob
-from .hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
-from .priorities import MAX_PRIORITY, PriorityRange
-from .records import QUEUED, WAITING, JobUpdate
-from .retry import RetryStrategy
-from .rpc import Reply, new_correlation_id
-from .transport import Delivery, Outgoing, SendOptions, Transport
 
 if TYPE_CHECKING:
+    from ..worker.pipeline import Handler
     from .connection import Connection
-    from .processing import Handler
 
 log = logging.getLogger("queuekit")
 
@@ -77,9 +77,9 @@ class Queue:
         """Send one message; return its id once the broker (or the job store) holds it.
 
         ``key`` drops this message if another with the key is pending (``dedup="pending"``)
-        or was ever published (``dedup="ever"``); see :mod:`queuekit.core.keys`. A dropped
+        or was ever published (``dedup="ever"``); see :mod:`queuekit.features.keys`. A dropped
         duplicate's id never runs. ``group`` runs it after the group's earlier messages, one
-        at a time (:mod:`queuekit.core.groups`). Inside a ``bulk()`` block of this thread the
+        at a time (:mod:`queuekit.features.groups`). Inside a ``bulk()`` block of this thread the
         message is buffered and sent with the block's next batch. ``record=True`` keeps a job
         record of it.
         """
@@ -152,7 +152,7 @@ class Queue:
     def bulk(self, size: int = DEFAULT_BULK_SIZE) -> Bulk:
         """``with queue.bulk(500): ...``: buffer this thread's publishes, send in batches.
 
-        See :mod:`queuekit.core.bulk` (what an exception in the block does, threads, nesting).
+        See :mod:`queuekit.features.bulk` (what an exception in the block does, threads, nesting).
         """
         return Bulk(self, size)
 
@@ -201,7 +201,7 @@ class Queue:
     ) -> list[Reply | None]:
         """Publish each payload as a request (one batch) and gather the replies that come
         within ``timeout`` seconds: one :class:`Reply` per request, in order, ``None`` for
-        those without one. See :mod:`queuekit.core.rpc`."""
+        those without one. See :mod:`queuekit.features.rpc`."""
         replies = self.connection.replies
         requests = list(payloads)
         ids = [new_correlation_id() for _ in requests]
@@ -250,16 +250,16 @@ class Queue:
 
         ``work`` is a callable or an object with ``work``/``validate`` (an AbstractQueue).
         SIGTERM, SIGINT and SIGHUP finish the message in hand, settle it, and return; the
-        limits end the loop the same way. See :class:`queuekit.core.worker.Worker`.
+        limits end the loop the same way. See :class:`queuekit.worker.loop.Worker`.
         ``record=True`` keeps a job record of every message (not only those published with
-        ``record=True``). The hooks are described in :mod:`queuekit.core.hooks`; given here,
+        ``record=True``). The hooks are described in :mod:`queuekit.features.hooks`; given here,
         they replace the handler's own; ``on_failed_attempts`` fires when a message has
         failed ``notify_after`` attempts. ``priorities`` (``"20-40"``, ``"25-"``, a
         :class:`PriorityRange`) takes only messages with a priority in that range.
         """
-        from .hooks import hooks_of
-        from .processing import FunctionHandler
-        from .worker import Limits, Worker
+        from ..features.hooks import hooks_of
+        from ..worker.loop import Limits, Worker
+        from ..worker.pipeline import FunctionHandler
 
         handler = work if not callable(work) else FunctionHandler(work, validate, retry)
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
@@ -336,7 +336,7 @@ class Queue:
 
     def _send_prepared(self, batch: Sequence[_Prepared]) -> None:
         """Send prepared messages with their own options, dropping duplicates whose key the
-        job store holds (see :mod:`queuekit.core.keys`)."""
+        job store holds (see :mod:`queuekit.features.keys`)."""
         keyed = [p for p in batch if p.keyed]
         if not keyed:
             self._send_options(batch)

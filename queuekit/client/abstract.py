@@ -12,8 +12,8 @@
     EmailQueue().dispatch(max_messages=100)          # worker side (or: worker run app.EmailQueue)
 
 Hooks (``before_process``, ``after_process``, ``on_error``, ``on_failed_attempts``) are
-methods to override; see :mod:`queuekit.core.hooks`. ``keep_records = True`` keeps a job
-record of every message of the class (:mod:`queuekit.core.records`).
+methods to override; see :mod:`queuekit.features.hooks`. ``keep_records = True`` keeps a job
+record of every message of the class (:mod:`queuekit.jobstore.records`).
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from .bulk import DEFAULT_BULK_SIZE, Bulk
+from ..features.bulk import DEFAULT_BULK_SIZE, Bulk
+from ..features.envelope import Message
+from ..features.hooks import DEFAULT_NOTIFY_AFTER, default_hook
+from ..features.retry import DEFAULT_RETRY, RetryStrategy
+from ..spi.priorities import PriorityRange
+from ..worker.loop import Limits, Worker
 from .config import resolve_url
 from .connection import Connection, connect
-from .envelope import Message
 from .fluent import PendingJob
-from .hooks import DEFAULT_NOTIFY_AFTER, default_hook
-from .priorities import PriorityRange
 from .queue import Queue
-from .retry import DEFAULT_RETRY, RetryStrategy
-from .worker import Limits, Worker
 
 
 class AbstractQueue(ABC):
@@ -105,7 +105,7 @@ class AbstractQueue(ABC):
 
     def call(self, payload: Any, *, timeout: float = 30.0, **options: Any) -> Any:
         """Publish a request to this queue and wait for what ``work()`` returns for it
-        (:meth:`queuekit.core.queue.Queue.call`)."""
+        (:meth:`queuekit.client.queue.Queue.call`)."""
         return self.messages.call(payload, timeout=timeout, **self._defaults(options))
 
     def _defaults(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +127,7 @@ class AbstractQueue(ABC):
 
     def bulk(self, size: int = DEFAULT_BULK_SIZE) -> Bulk:
         """``with EmailQueue(conn).bulk(500) as q: ...``: buffer this thread's publishes on
-        this instance's connection; see :mod:`queuekit.core.bulk`."""
+        this instance's connection; see :mod:`queuekit.features.bulk`."""
         return self.messages.bulk(size)
 
     def dispatch(
@@ -139,7 +139,7 @@ class AbstractQueue(ABC):
         handle_signals: bool = True,
         priorities: str | None = None,
     ) -> int:
-        """Run the worker loop on this queue; see :class:`queuekit.core.worker.Worker`.
+        """Run the worker loop on this queue; see :class:`queuekit.worker.loop.Worker`.
 
         ``priorities`` (e.g. ``"20-40"``) overrides the class's range."""
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)

@@ -3,7 +3,7 @@
 Everything above it (envelopes, retries, delays the broker lacks, dedup, the failed store,
 the dispatch loop) lives in the core; an adapter only moves opaque bytes plus a few string
 headers between a named queue and a broker, and says what it guarantees in
-:class:`~queuekit.core.capabilities.Capabilities`.
+:class:`~queuekit.spi.capabilities.Capabilities`.
 
 Contract, for every adapter:
 
@@ -30,7 +30,7 @@ Contract, for every adapter:
   has already written it to the failed store). Settling a delivery twice is a no-op.
 - **Close.** ``close`` is idempotent. Un-acked deliveries go back to the broker (where
   ``redelivery`` is declared). Any other call after ``close`` raises :class:`TransportClosed`.
-- **Errors.** Only :mod:`queuekit.core.errors` types escape; :class:`ConnectionLost` marks
+- **Errors.** Only :mod:`queuekit.spi.errors` types escape; :class:`ConnectionLost` marks
   what a reconnect may fix.
 """
 

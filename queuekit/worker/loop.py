@@ -1,7 +1,7 @@
 """The dispatch loop: receive, process, repeat; until told to stop.
 
 What happens to each message (decode, validate, work, retry, fail, settle) is
-:mod:`queuekit.core.processing`; this module is the loop around it.
+:mod:`queuekit.worker.pipeline`; this module is the loop around it.
 
 Signals (SIGTERM, SIGINT, SIGHUP) only set a flag; the loop finishes the message in hand,
 settles it, and returns. A second SIGINT aborts at once: the un-acked message then goes
@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from . import groups, schedules
-from .errors import ConnectionLost, QueuekitError, Unsupported
-from .hooks import Hooks, hooks_of
-from .priorities import PriorityRange
-from .processing import Handler, Processor
-from .transport import Transport
+from ..features import groups, schedules
+from ..features.hooks import Hooks, hooks_of
+from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
+from ..spi.priorities import PriorityRange
+from ..spi.transport import Transport
+from .pipeline import Handler, Processor
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from ..client.queue import Queue
 
 log = logging.getLogger("queuekit.worker")
 

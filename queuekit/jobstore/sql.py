@@ -74,8 +74,10 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from ..core.errors import ConfigurationError
-from ..core.jobstore import (
+from ..spi.errors import ConfigurationError
+from ..spi.transport import Outgoing
+from ..spi.urls import TransportURL
+from .base import (
     FORWARD_LEASE,
     KEY_GRACE,
     FailedMessage,
@@ -94,9 +96,7 @@ from ..core.jobstore import (
     to_record,
     to_schedule,
 )
-from ..core.records import FINISHED, JobRecord, JobUpdate
-from ..core.transport import Outgoing
-from ..core.urls import TransportURL
+from .records import FINISHED, JobRecord, JobUpdate
 
 T = TypeVar("T")
 _DRIVERS = {

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .queue import Queue, _Prepared
+    from ..client.queue import Queue, _Prepared
 
 DEFAULT_BULK_SIZE = 500
 

@@ -1,8 +1,8 @@
 """Connections: a transport plus the job store beside it, opened by URL.
 
 ``connect(url)`` opens one (the URL by ``--url`` > ``QUEUEKIT_URL`` > ``queuekit.toml`` >
-``sqlite:///queuekit.db``, see :mod:`queuekit.core.config`); ``queue(name)`` and
-``topic(name)`` publish through it (:mod:`queuekit.core.queue`).
+``sqlite:///queuekit.db``, see :mod:`queuekit.client.config`); ``queue(name)`` and
+``topic(name)`` publish through it (:mod:`queuekit.client.queue`).
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..features.failed import FailedStore
+from ..features.rpc import ReplyQueue
+from ..features.schedules import add as add_schedule
+from ..jobstore.base import Schedule, open_jobstore
+from ..jobstore.records import JobRecord
+from ..spi.errors import QueuekitError
+from ..spi.registry import open_transport
+from ..spi.transport import Transport
+from ..spi.urls import TransportURL
 from .config import resolve_jobstore, resolve_url
-from .errors import QueuekitError
-from .failed import FailedStore
-from .jobstore import Schedule, open_jobstore
 from .queue import Queue, Topic
-from .records import JobRecord
-from .registry import open_transport
-from .rpc import ReplyQueue
-from .schedules import add as add_schedule
-from .transport import Transport
-from .urls import TransportURL
 
 log = logging.getLogger("queuekit")
 
@@ -28,7 +28,7 @@ log = logging.getLogger("queuekit")
 def connect(
     url: str | None = None, *, jobstore: str | None = None, prefetch: int = 16
 ) -> Connection:
-    """Open a connection to ``url`` (or the configured one; see :mod:`queuekit.core.config`)."""
+    """Open a connection to ``url`` (or the configured one; see :mod:`queuekit.client.config`)."""
     return Connection(resolve_url(url), jobstore=jobstore, prefetch=prefetch)
 
 
@@ -82,7 +82,7 @@ class Connection:
             return self._replies
 
     #: ``schedule(name, queue, payload, every, *, start=, job_name=, priority=, headers=)``:
-    #: create or replace a recurring job (see :mod:`queuekit.core.schedules`).
+    #: create or replace a recurring job (see :mod:`queuekit.features.schedules`).
     schedule = add_schedule
 
     def unschedule(self, name: str) -> bool:

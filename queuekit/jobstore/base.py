@@ -7,17 +7,17 @@
   ever held un-acked in worker memory (where it would run twice past a broker timeout);
 - **dedup keys** for brokers without native dedup, and "ever" keys (never run twice);
 - **serial groups**: the messages of a group line up here and go to the broker one at a
-  time, the next when the one before is settled (see :mod:`queuekit.core.groups`);
-- **job records** (opt-in, see :mod:`queuekit.core.records`): state, attempts, result,
+  time, the next when the one before is settled (see :mod:`queuekit.features.groups`);
+- **job records** (opt-in, see :mod:`queuekit.jobstore.records`): state, attempts, result,
   error, timings, worker pid and memory of each recorded message;
 - **schedules** of recurring jobs: each due run is written to the delayed store in the
   transaction that moves the schedule on, so a run is neither lost nor fired twice (see
-  :mod:`queuekit.core.schedules`).
+  :mod:`queuekit.features.schedules`).
 
 :func:`open_jobstore` picks the backend by URL: ``sqlite:///path`` (the default, an SQLite
-file, :mod:`queuekit.jobstores.sqlite`) or any PostgreSQL or MySQL/MariaDB URL that
+file, :mod:`queuekit.jobstore.sqlite`) or any PostgreSQL or MySQL/MariaDB URL that
 SQLAlchemy understands (``postgresql+psycopg://``, ``mysql+pymysql://``,
-``mariadb+pymysql://``; :mod:`queuekit.jobstores.sql`, extra ``queuekit[sql]``), for
+``mariadb+pymysql://``; :mod:`queuekit.jobstore.sql`, extra ``queuekit[sql]``), for
 workers on many hosts. Both keep the contract of :class:`JobStore`.
 """
 
@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MissingDependency, QueuekitError
+from ..spi.errors import MissingDependency, QueuekitError
+from ..spi.transport import Outgoing, SendOptions
+from ..spi.urls import TransportURL
 from .records import JobRecord, JobUpdate, decode_result
-from .transport import Outgoing, SendOptions
-from .urls import TransportURL
 
 #: Seconds a forwarder or group-head claimer may take before another one takes the claim over.
 FORWARD_LEASE = 60.0
@@ -323,11 +323,11 @@ def open_jobstore(url: str | TransportURL) -> JobStore:
     the SQLAlchemy one (``MissingDependency`` naming ``queuekit[sql]`` without it)."""
     parsed = url if isinstance(url, TransportURL) else TransportURL.parse(url)
     if parsed.scheme == "sqlite":
-        from ..jobstores.sqlite import SQLiteJobStore
+        from .sqlite import SQLiteJobStore
 
         return SQLiteJobStore(parsed)
     try:
-        from ..jobstores.sql import SQLJobStore
+        from .sql import SQLJobStore
     except ImportError as exc:
         raise MissingStoreDependency(parsed.scheme, "sql", exc.name or str(exc)) from None
     return SQLJobStore(parsed)

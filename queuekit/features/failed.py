@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..jobstore.base import FailedMessage
+from ..jobstore.records import QUEUED, JobUpdate
+from ..spi.errors import MalformedMessage
 from .envelope import decode
-from .errors import MalformedMessage
-from .jobstore import FailedMessage
-from .records import QUEUED, JobUpdate
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from ..client.connection import Connection
 
 
 class FailedStore:

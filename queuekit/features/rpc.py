@@ -24,12 +24,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..spi.errors import ConnectionLost, MalformedMessage, QueuekitError, RemoteError
 from .envelope import Message, Metadata, decode, encode
-from .errors import ConnectionLost, MalformedMessage, QueuekitError, RemoteError
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .transport import Transport
+    from ..client.connection import Connection
+    from ..spi.transport import Transport
 
 log = logging.getLogger("queuekit")
 

@@ -23,13 +23,13 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..jobstore.base import Schedule
+from ..spi.transport import Outgoing, SendOptions
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
-from .jobstore import Schedule
-from .transport import Outgoing, SendOptions
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from ..client.connection import Connection
 
 
 def make_run(schedule: Schedule, run_time: float) -> Outgoing:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .topics import topic_matches
+from ..spi.topics import topic_matches
 
 Listener = Callable[["Event"], object]
 

@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigurationError
+from ..spi.errors import ConfigurationError
 
 DEFAULT_URL = "sqlite:///queuekit.db"
 CONFIG_FILE = "queuekit.toml"

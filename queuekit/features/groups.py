@@ -19,12 +19,12 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .errors import QueuekitError
-from .jobstore import GroupHead
-from .transport import Outgoing
+from ..jobstore.base import GroupHead
+from ..spi.errors import QueuekitError
+from ..spi.transport import Outgoing
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from ..client.connection import Connection
 
 log = logging.getLogger("queuekit")
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .delays import Delay, due_time
-from .retry import RetryStrategy
+from ..features.delays import Delay, due_time
+from ..features.retry import RetryStrategy
 
 if TYPE_CHECKING:
     from .abstract import AbstractQueue

@@ -13,9 +13,10 @@ recorded, never lost:
   ``StopWorker`` records the message and asks the loop to end.
 
 Settled for good (done, or failed), a message frees its "while pending" key and lets the
-next message of its serial group go (:mod:`queuekit.core.keys`, :mod:`queuekit.core.groups`).
+next message of its serial group go (:mod:`queuekit.features.keys`,
+:mod:`queuekit.features.groups`).
 
-Job records and hooks (:mod:`queuekit.core.records`, :mod:`queuekit.core.hooks`) are looked
+Job records and hooks (:mod:`queuekit.jobstore.records`, :mod:`queuekit.features.hooks`) are looked
 at only for a message that asks for a record or a handler that has hooks or keeps records;
 every other message takes the plain path, which costs what it cost without them.
 """
@@ -29,17 +30,17 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from . import groups, keys
-from .envelope import Message, decode, encode_json
-from .errors import MalformedMessage, PermanentError, QueuekitError, RetryLater, StopWorker
-from .hooks import Hooks
-from .records import DONE, FAILED, RUNNING, WAITING, JobUpdate, encode_result, peak_memory
-from .retry import DEFAULT_RETRY, RetryStrategy, strategy_from_json
-from .rpc import send_reply
-from .transport import Delivery
+from ..features import groups, keys
+from ..features.envelope import Message, decode, encode_json
+from ..features.hooks import Hooks
+from ..features.retry import DEFAULT_RETRY, RetryStrategy, strategy_from_json
+from ..features.rpc import send_reply
+from ..jobstore.records import DONE, FAILED, RUNNING, WAITING, JobUpdate, encode_result, peak_memory
+from ..spi.errors import MalformedMessage, PermanentError, QueuekitError, RetryLater, StopWorker
+from ..spi.transport import Delivery
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from ..client.queue import Queue
 
 log = logging.getLogger("queuekit.worker")
 

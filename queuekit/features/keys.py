@@ -21,10 +21,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from .capabilities import Capabilities
+from ..jobstore.base import JobStore
+from ..spi.capabilities import Capabilities
+from ..spi.errors import Unsupported
 from .envelope import Metadata
-from .errors import Unsupported
-from .jobstore import JobStore
 
 log = logging.getLogger("queuekit")
 
