@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import sqlalchemy
 
-from queuekit.jobstore.base import JobStore, open_jobstore
+from queuekit.jobstore import JobStore, open_jobstore
 from queuekit.jobstore.records import JobUpdate
 from queuekit.spi.transport import Outgoing
 

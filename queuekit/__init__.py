@@ -1,6 +1,8 @@
 """queuekit: background jobs and messaging, one small interface over many real brokers.
 
 Start with :func:`connect` and :class:`AbstractQueue`; adapters are chosen by URL scheme.
+This module exports what an application uses; adapter authors import :mod:`queuekit.spi`.
+The layers beneath are drawn in docs/architecture.md.
 """
 
 from .client.abstract import AbstractQueue
@@ -13,7 +15,7 @@ from .features.envelope import Message, Metadata
 from .features.hooks import Hooks
 from .features.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
 from .features.rpc import Reply
-from .jobstore.base import FailedMessage
+from .jobstore.base import FailedMessage, JobStoreError, Schedule
 from .jobstore.records import JobRecord
 from .spi.capabilities import Capabilities
 from .spi.errors import (
@@ -35,8 +37,6 @@ from .spi.errors import (
     Unsupported,
 )
 from .spi.priorities import PriorityRange
-from .spi.registry import register_transport
-from .spi.transport import Delivery, Outgoing, SendOptions, Transport
 
 __all__ = [
     "AbstractQueue",
@@ -45,7 +45,6 @@ __all__ = [
     "ConfigurationError",
     "Connection",
     "ConnectionLost",
-    "Delivery",
     "Event",
     "EventManager",
     "Exponential",
@@ -53,13 +52,13 @@ __all__ = [
     "Hooks",
     "Intervals",
     "JobRecord",
+    "JobStoreError",
     "MalformedMessage",
     "Message",
     "MessageTooLarge",
     "Metadata",
     "MissingDependency",
     "NoRetry",
-    "Outgoing",
     "PendingJob",
     "PermanentError",
     "PriorityRange",
@@ -72,15 +71,13 @@ __all__ = [
     "ReplyTimeout",
     "RetryLater",
     "RetryStrategy",
-    "SendOptions",
+    "Schedule",
     "StopWorker",
     "Topic",
-    "Transport",
     "TransportClosed",
     "TransportError",
     "UnknownScheme",
     "Unsupported",
     "bridge",
     "connect",
-    "register_transport",
 ]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from queuekit import AbstractQueue, Connection, Message, Outgoing, connect
+from queuekit import AbstractQueue, Connection, Message, connect
+from queuekit.spi import Outgoing
 from tests.workers.transports import NODELAY
 
 SAFETY = 20.0

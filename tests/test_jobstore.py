@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from queuekit.jobstore.base import FORWARD_LEASE, KEY_GRACE, JobStore, open_jobstore
+from queuekit.jobstore import open_jobstore
+from queuekit.jobstore.base import FORWARD_LEASE, KEY_GRACE, JobStore
 from queuekit.jobstore.records import JobUpdate
 from queuekit.spi.errors import ConfigurationError, MissingDependency
 from queuekit.spi.transport import Outgoing, SendOptions

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from queuekit import Message, PermanentError, connect
-from queuekit.jobstore.base import open_jobstore
+from queuekit.jobstore import open_jobstore
 from tests.support import GroupLog, work_in_threads
 from tests.workers.transports import NODELAY
 

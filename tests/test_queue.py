@@ -110,7 +110,7 @@ def test_resend_keeps_the_identity(conn: Connection) -> None:
     queue.publish("x", name="n")
     message = received(conn, "q")
     message.metadata.attempts = 4
-    queue.resend(message)
+    conn.broker.resend("q", message)
     again = received(conn, "q")
     assert (again.id, again.metadata.name, again.metadata.attempts) == (message.id, "n", 4)
 

@@ -115,7 +115,7 @@ def test_a_retry_is_waiting_with_the_error_then_failed_with_the_traceback(
     message = Message("x")
     message.metadata.id, message.metadata.record, message.metadata.attempts = job_id, True, 1
     message.metadata.retry = Repeat(times=1, every=60).to_json()
-    queue.resend(message)
+    conn.broker.resend(queue.name, message)
     assert queue.dispatch(boom, max_messages=1, max_seconds=SAFETY) == 1
     failed = conn.job(job_id)
     assert failed is not None

@@ -13,7 +13,8 @@ import pytest
 
 from queuekit import Connection, Message, Unsupported, connect
 from queuekit.features.schedules import make_run
-from queuekit.jobstore.base import JobStore, Schedule, next_run_after, open_jobstore
+from queuekit.jobstore import open_jobstore
+from queuekit.jobstore.base import JobStore, Schedule, next_run_after
 from tests.support import FEATURE_BROKERS, feature_connection
 from tests.workers.harness import run_worker
 

@@ -1,0 +1,3 @@
+"""The application's API: connections (:mod:`.connection`, configured by :mod:`.config`),
+queues and topics (:mod:`.queue`), ``AbstractQueue`` (:mod:`.abstract`), the fluent form
+(:mod:`.fluent`) and the event-manager bridge (:mod:`.events`). ``queuekit`` re-exports it."""

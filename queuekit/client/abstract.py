@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from ..features.bulk import DEFAULT_BULK_SIZE, Bulk
 from ..features.envelope import Message
-from ..features.hooks import DEFAULT_NOTIFY_AFTER, default_hook
+from ..features.hooks import DEFAULT_NOTIFY_AFTER, Hooks, default_hook, hooks_of
 from ..features.retry import DEFAULT_RETRY, RetryStrategy
 from ..spi.priorities import PriorityRange
 from ..worker.loop import Limits, Worker
@@ -76,6 +76,10 @@ class AbstractQueue(ABC):
         """Process one message. Return normally to ack it; raise to retry or fail it."""
 
     # -- hooks: override what you need; the defaults do nothing and cost nothing ----------
+
+    def hooks(self) -> Hooks:
+        """The hook methods this class overrides, for the worker."""
+        return hooks_of(self)
 
     @default_hook
     def before_process(self, message: Message) -> None:
@@ -146,8 +150,9 @@ class AbstractQueue(ABC):
         text = priorities or self.priorities
         taken = PriorityRange.parse(text) if text else None
         try:
-            return Worker(self.messages, self, limits=limits, handle_signals=handle_signals,
-                          priorities=taken).run()  # fmt: skip
+            worker = Worker(self.connection.broker, self.queue_name(), self, limits=limits,
+                            handle_signals=handle_signals, priorities=taken)  # fmt: skip
+            return worker.run()
         finally:
             if self._owns_connection:
                 self.close()

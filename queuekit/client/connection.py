@@ -7,22 +7,22 @@
 
 from __future__ import annotations
 
-import logging
 import threading
+from datetime import datetime
+from typing import Any
 
+from ..features import schedules
+from ..features.broker import Broker
+from ..features.delays import Delay
 from ..features.failed import FailedStore
 from ..features.rpc import ReplyQueue
-from ..features.schedules import add as add_schedule
-from ..jobstore.base import Schedule, open_jobstore
+from ..jobstore import open_jobstore
+from ..jobstore.base import JobStore, Schedule
 from ..jobstore.records import JobRecord
-from ..spi.errors import QueuekitError
-from ..spi.registry import open_transport
 from ..spi.transport import Transport
 from ..spi.urls import TransportURL
 from .config import resolve_jobstore, resolve_url
 from .queue import Queue, Topic
-
-log = logging.getLogger("queuekit")
 
 
 def connect(
@@ -43,29 +43,33 @@ def default_jobstore(url: TransportURL) -> str:
 
 
 class Connection:
-    """A transport plus the job store beside it. Thread-safe; close it when done."""
+    """A broker and the job store beside it, for an application. Thread-safe; close it
+    when done."""
 
     def __init__(self, url: str, *, jobstore: str | None = None, prefetch: int = 16) -> None:
         self.url = TransportURL.parse(url)
-        self._prefetch = prefetch
-        self.transport: Transport = open_transport(self.url, prefetch=prefetch)
-        self.jobs = open_jobstore(resolve_jobstore(jobstore) or default_jobstore(self.url))
-        self.failed = FailedStore(self)
-        self._local = threading.local()  # per-thread state: the open bulk() buffers
+        jobs = open_jobstore(resolve_jobstore(jobstore) or default_jobstore(self.url))
+        try:
+            self.broker = Broker(self.url, jobs, prefetch=prefetch)
+        except BaseException:
+            jobs.close()
+            raise
+        self.failed = FailedStore(self.broker)
         self._replies: ReplyQueue | None = None
         self._replies_lock = threading.Lock()
 
-    def reconnect(self) -> None:
-        """Replace the transport with a freshly opened one (after ``ConnectionLost``).
+    @property
+    def transport(self) -> Transport:
+        """The adapter in use (a new one after a reconnect)."""
+        return self.broker.transport
 
-        The new transport is opened first, so a failed attempt leaves the connection as it
-        was; deliveries not yet settled on the old one are the broker's to redeliver.
-        """
-        old, self.transport = self.transport, open_transport(self.url, prefetch=self._prefetch)
-        try:
-            old.close()
-        except QueuekitError as exc:
-            log.debug("closing the lost transport failed: %s", exc)
+    @property
+    def jobs(self) -> JobStore:
+        return self.broker.jobs
+
+    def reconnect(self) -> None:
+        """Reopen the transport (after ``ConnectionLost``); see :meth:`Broker.reconnect`."""
+        self.broker.reconnect()
 
     def queue(self, name: str) -> Queue:
         return Queue(self, name)
@@ -78,12 +82,24 @@ class Connection:
         """This connection's reply queue for ``call``/``gather`` (made on first use)."""
         with self._replies_lock:
             if self._replies is None:
-                self._replies = ReplyQueue(self)
+                self._replies = ReplyQueue(self.broker)
             return self._replies
 
-    #: ``schedule(name, queue, payload, every, *, start=, job_name=, priority=, headers=)``:
-    #: create or replace a recurring job (see :mod:`queuekit.features.schedules`).
-    schedule = add_schedule
+    def schedule(
+        self,
+        name: str,
+        queue: str,
+        payload: Any,
+        every: Delay,
+        *,
+        start: datetime | None = None,
+        job_name: str = "",
+        priority: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Schedule:
+        """Create or replace the recurring job ``name`` (see :mod:`queuekit.features.schedules`)."""
+        return schedules.add(self.broker, name, queue, payload, every, start=start,
+                             job_name=job_name, priority=priority, headers=headers)  # fmt: skip
 
     def unschedule(self, name: str) -> bool:
         """Delete the recurring job ``name``; False when there was none."""
@@ -100,9 +116,8 @@ class Connection:
         try:
             if self._replies is not None:
                 self._replies.delete()
-            self.transport.close()
         finally:
-            self.jobs.close()
+            self.broker.close()
 
     def __enter__(self) -> Connection:
         return self

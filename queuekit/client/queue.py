@@ -1,51 +1,48 @@
-"""Queues and topics: the publishing side of the core.
+"""Queues and topics: what an application publishes to and works off.
 
-``Connection.queue(name)`` (:mod:`queuekit.client.connection`) gives a :class:`Queue` that
-wraps payloads in envelopes and applies the publishing policies: a delay becomes the
-broker's own ``not_before`` where the adapter declares ``delay``, and otherwise waits in the
-job store's durable delayed store until a worker's scheduler forwards it. Other options the
-adapter cannot honour raise :class:`Unsupported`, never silently do nothing.
-
-``publish(..., record=True)`` also writes a ``queued`` (or, delayed, ``waiting``) job record
-in the job store before the message is sent; ``connection.job(id)`` reads it back.
-``bulk()`` buffers publishes (:mod:`queuekit.features.bulk`), ``job()`` starts the fluent form
-(:mod:`queuekit.client.fluent`).
+``Connection.queue(name)`` (:mod:`queuekit.client.connection`) gives a :class:`Queue`:
+``publish`` wraps a payload in an envelope and hands it to the connection's
+:class:`~queuekit.features.broker.Broker`, which applies the publishing rules (native or
+emulated delays, priorities, dedup keys, serial groups, records); ``dispatch`` runs a worker
+(:mod:`queuekit.worker`) on it. ``bulk()`` buffers publishes (:mod:`queuekit.features.bulk`),
+``job()`` starts the fluent form (:mod:`queuekit.client.fluent`), ``call``/``gather`` wait
+for replies (:mod:`queuekit.features.rpc`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..features import groups, keys
+from ..features import keys
+from ..features.broker import future
 from ..features.bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
-from ..features.delays import Delay, due_time
+from ..features.delays import Delay
 from ..features.envelope import Message, Metadata, encode
-from ..features.hooks import DEFAULT_NOTIFY_AFTER, AfterHook, BeforeHook, ErrorHook, Hooks
+from ..features.hooks import (
+    DEFAULT_NOTIFY_AFTER,
+    AfterHook,
+    BeforeHook,
+    ErrorHook,
+    Hooks,
+)
 from ..features.retry import RetryStrategy
 from ..features.rpc import Reply, new_correlation_id
 from ..jobstore.records import QUEUED, WAITING, JobUpdate
-from ..spi.errors import MessageTooLarge, ReplyTimeout, Unsupported
-from ..spi.priorities import MAX_PRIORITY, PriorityRange
-from ..spi.transport import Delivery, Outgoing, SendOptions, Transport
+from ..spi.errors import ReplyTimeout
+from ..spi.priorities import PriorityRange
+from ..spi.transport import Outgoing
+from ..worker.loop import Limits, Worker
+from ..worker.pipeline import FunctionHandler, Handler
 from .fluent import PendingJob
 
 if TYPE_CHECKING:
-    from ..worker.pipeline import Handler
+    from ..features.broker import Broker
     from .connection import Connection
 
 log = logging.getLogger("queuekit")
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    message: Message
-    outgoing: Outgoing
-    due: float | None
-    keyed: bool = False  # its dedup key is held in the job store
 
 
 class Queue:
@@ -55,8 +52,8 @@ class Queue:
         self.connection, self.name = connection, name
 
     @property
-    def transport(self) -> Transport:
-        return self.connection.transport
+    def _broker(self) -> Broker:
+        return self.connection.broker
 
     def publish(
         self,
@@ -87,20 +84,21 @@ class Queue:
             raise ValueError(f"dedup must be one of {', '.join(keys.MODES)}, not {dedup!r}")
         if dedup == keys.EVER and key is None:
             raise ValueError("dedup='ever' needs a key")
-        prepared = self._prepare(
+        broker = self._broker
+        prepared = broker.prepare(
             payload, Metadata(name=name, key=key, once=dedup == keys.EVER, group=group,
                               headers=dict(headers or {}), correlation_id=correlation_id,
                               reply_to=reply_to, retry=retry.to_json() if retry else None,
                               record=record),
             delay, priority,
         )  # fmt: skip
-        buffer = active_bulk(self.connection._local, self.name)
+        buffer = active_bulk(broker, self.name)
         if buffer is not None:
             buffer.add(prepared)
         elif record or prepared.keyed or group is not None:
-            self._send_prepared([prepared])
+            broker.send_prepared(self.name, [prepared])
         else:
-            self._send([prepared.outgoing], prepared.due)
+            broker.send(self.name, [prepared.outgoing], prepared.due)
         return prepared.message.id
 
     def publish_many(
@@ -118,35 +116,30 @@ class Queue:
 
         Inside a ``bulk()`` block, what the block buffered is sent first (order is kept).
         """
-        buffer = active_bulk(self.connection._local, self.name)
+        broker = self._broker
+        buffer = active_bulk(broker, self.name)
         if buffer is not None:
             buffer.flush()
-        due = None if delay is None else due_time(delay)
-        if due is not None and due <= time.time():
-            due = None
-        self.check_priority(priority)
-        caps = self.transport.capabilities
-        options = SendOptions(not_before=due if caps.delay else None, priority=priority)
+        due = future(delay)
+        broker.check_priority(priority)
+        options = broker.send_options(due, priority)
         retry_json = retry.to_json() if retry else None
         ids: list[str] = []
         outgoing: list[Outgoing] = []
         for payload in payloads:  # the loop is lean on purpose: bulk publishing is hot
             meta = Metadata(name=name, not_before=due, priority=priority, record=record,
                             headers=dict(headers) if headers else {}, retry=retry_json)  # fmt: skip
-            body = encode(Message(payload, meta))
-            if caps.max_message_size is not None and len(body) > caps.max_message_size:
-                raise MessageTooLarge(len(body), caps.max_message_size, self.transport.name)
             ids.append(meta.id)
-            outgoing.append(Outgoing(body, {}, options))
+            outgoing.append(Outgoing(broker.encode(Message(payload, meta)), {}, options))
         if outgoing and record:
             state = QUEUED if due is None else WAITING
             created = time.time()
             updates = [
                 JobUpdate(i, self.name, name or None, state, created_at=created) for i in ids
             ]
-            self._recorded_send(updates, lambda: self._send(outgoing, due))
+            broker.send_recorded(updates, lambda: broker.send(self.name, outgoing, due))
         elif outgoing:
-            self._send(outgoing, due)
+            broker.send(self.name, outgoing, due)
         return ids
 
     def bulk(self, size: int = DEFAULT_BULK_SIZE) -> Bulk:
@@ -154,38 +147,11 @@ class Queue:
 
         See :mod:`queuekit.features.bulk` (what an exception in the block does, threads, nesting).
         """
-        return Bulk(self, size)
+        return Bulk(self._broker, self.name, size)
 
     def job(self, payload: Any) -> PendingJob:
         """The fluent form: ``queue.job(payload).delay("1 hour").priority(20).publish()``."""
         return PendingJob(payload, target=self)
-
-    def resend(self, message: Message, *, delay: float | None = None) -> None:
-        """Publish ``message`` again as it is (same id), e.g. for a retry.
-
-        The copy keeps its place: it carries no dedup key (the original still holds it
-        until it is settled after this send, and a broker deduplicating on it would drop
-        the copy) and does not line up in its group again (the group waits for it).
-        """
-        meta = message.metadata
-        prepared = self._prepare(message.payload, meta, delay, meta.priority, fresh=False)
-        self._send([prepared.outgoing], prepared.due)
-
-    def retry(self, delivery: Delivery, message: Message, *, delay: float | None) -> None:
-        """Put ``delivery`` back as ``message``'s next attempt, due after ``delay`` seconds.
-
-        Where the broker can wait, the adapter requeues it in place (``Transport.requeue``,
-        so a native dedup key stays taken); otherwise it waits in the delayed store and
-        the delivery is acked.
-        """
-        meta = message.metadata
-        prepared = self._prepare(message.payload, meta, delay, meta.priority, fresh=False)
-        outgoing = prepared.outgoing
-        if prepared.due is not None and not self.transport.capabilities.delay:
-            self._send([outgoing], prepared.due)
-            self.transport.ack(delivery)
-        else:
-            self.transport.requeue(delivery, outgoing.body, options=outgoing.options)
 
     def call(self, payload: Any, *, timeout: float = 30.0, **options: Any) -> Any:
         """Publish ``payload`` as a request and wait for its reply: what the worker's
@@ -210,7 +176,7 @@ class Queue:
             with self.bulk():
                 for payload, cid in zip(requests, ids, strict=True):
                     self.publish(payload, reply_to=replies.name, correlation_id=cid, **options)
-                buffer = active_bulk(self.connection._local, self.name)
+                buffer = active_bulk(self._broker, self.name)
                 if buffer is not None:  # inside a caller's own bulk(): send the requests now
                     buffer.flush()
         except BaseException:
@@ -218,15 +184,6 @@ class Queue:
             raise
         got = replies.wait(ids, timeout)
         return [got.get(cid) for cid in ids]
-
-    def forward(self, outgoing: Outgoing, due: float | None) -> None:
-        """Send an already encoded message, due at ``due`` (the broker's delay or the
-        delayed store), e.g. the next message of a serial group."""
-        if due is not None and due <= time.time():
-            due = None
-        if due is not None and self.transport.capabilities.delay:
-            outgoing = replace(outgoing, options=replace(outgoing.options, not_before=due))
-        self._send([outgoing], due)
 
     def dispatch(
         self,
@@ -257,14 +214,10 @@ class Queue:
         failed ``notify_after`` attempts. ``priorities`` (``"20-40"``, ``"25-"``, a
         :class:`PriorityRange`) takes only messages with a priority in that range.
         """
-        from ..features.hooks import hooks_of
-        from ..worker.loop import Limits, Worker
-        from ..worker.pipeline import FunctionHandler
-
         handler = work if not callable(work) else FunctionHandler(work, validate, retry)
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
         given = (before_process, after_process, on_error, on_failed_attempts)
-        hooks = hooks_of(handler)
+        hooks = handler.hooks()
         if any(h is not None for h in given) or notify_after != DEFAULT_NOTIFY_AFTER:
             hooks = Hooks(
                 before=before_process or hooks.before,
@@ -275,135 +228,16 @@ class Queue:
             )
         if isinstance(priorities, str):
             priorities = PriorityRange.parse(priorities)
-        worker = Worker(self, handler, limits=limits, handle_signals=handle_signals,
-                        hooks=hooks, record=record, priorities=priorities)  # fmt: skip
+        worker = Worker(self.connection.broker, self.name, handler, limits=limits,
+                        handle_signals=handle_signals, hooks=hooks, record=record,
+                        priorities=priorities)  # fmt: skip
         return worker.run()
 
     def depth(self) -> int:
-        return self.transport.depth(self.name)
+        return self._broker.transport.depth(self.name)
 
     def purge(self) -> int:
-        return self.transport.purge(self.name)
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _prepare(
-        self,
-        payload: Any,
-        metadata: Metadata,
-        delay: Delay | None,
-        priority: int | None,
-        *,
-        fresh: bool = True,
-    ) -> _Prepared:
-        """Encode and check a message. ``fresh=False`` (a resend of a message already
-        published) skips its key and its group: the original holds both."""
-        caps = self.transport.capabilities
-        due = None if delay is None else due_time(delay)
-        if due is not None and due <= time.time():
-            due = None
-        self.check_priority(priority)
-        keyed = fresh and keys.held_in_store(metadata, caps)
-        if keyed:
-            keys.check(metadata, caps, self.transport.name)
-        if fresh and metadata.group is not None and not caps.redelivery:
-            raise Unsupported(
-                "serial groups", self.transport.name,
-                "a message lost with its worker would stop its group for ever",
-            )  # fmt: skip
-        metadata.not_before, metadata.priority = due, priority
-        message = Message(payload, metadata)
-        body = encode(message)
-        limit = caps.max_message_size
-        if limit is not None and len(body) > limit:
-            raise MessageTooLarge(len(body), limit, self.transport.name)
-        options = SendOptions(
-            not_before=due if caps.delay else None,
-            priority=priority,
-            dedup_key=metadata.key if fresh and caps.dedup else None,
-        )
-        return _Prepared(message, Outgoing(body, {}, options), due, keyed)
-
-    def check_priority(self, priority: int | None) -> None:
-        """Refuse a priority out of range, or one this queue's broker cannot honour."""
-        if priority is None:
-            return
-        if not 0 <= priority <= MAX_PRIORITY:
-            raise ValueError(f"priority must be 0-{MAX_PRIORITY}, not {priority}")
-        if not self.transport.capabilities.priority:
-            alternative = "use sqlite://, amqp://, stomp:// or gearman://"
-            raise Unsupported("priority", self.transport.name, alternative)
-
-    def _send_prepared(self, batch: Sequence[_Prepared]) -> None:
-        """Send prepared messages with their own options, dropping duplicates whose key the
-        job store holds (see :mod:`queuekit.features.keys`)."""
-        keyed = [p for p in batch if p.keyed]
-        if not keyed:
-            self._send_options(batch)
-            return
-        jobs = self.connection.jobs
-        held = keys.hold(jobs, self.name, [p.message.metadata for p in keyed])
-        holders = [p.message.metadata for p in keyed if p.message.id in held]
-        try:
-            self._send_options([p for p in batch if not p.keyed or p.message.id in held])
-        except BaseException:
-            keys.abandon(jobs, self.name, holders)
-            raise
-        keys.confirm(jobs, self.name, holders)
-
-    def _send_options(self, batch: Sequence[_Prepared]) -> None:
-        """One ``send_many`` for what the broker takes now, one delayed-store write per due
-        time, serial groups lined up in the job store; records written first."""
-        emulated = not self.transport.capabilities.delay
-        now: list[Outgoing] = []
-        later: dict[float, list[Outgoing]] = {}
-        grouped: dict[str, list[tuple[str, Outgoing, float | None]]] = {}
-        for item in batch:
-            group = item.message.metadata.group
-            if group is not None:
-                grouped.setdefault(group, []).append((item.message.id, item.outgoing, item.due))
-            elif emulated and item.due is not None:
-                later.setdefault(item.due, []).append(item.outgoing)
-            else:
-                now.append(item.outgoing)
-
-        def send() -> None:
-            if now:
-                self._send(now, None)
-            for due, outgoing in later.items():
-                self._send(outgoing, due)
-            if grouped:
-                groups.line_up(self.connection, self.name, grouped)
-
-        updates = [
-            JobUpdate(p.message.id, self.name, p.message.metadata.name or None,
-                      QUEUED if p.due is None else WAITING,
-                      created_at=p.message.metadata.created_at)
-            for p in batch if p.message.metadata.record
-        ]  # fmt: skip
-        if updates:
-            self._recorded_send(updates, send)
-        else:
-            send()
-
-    def _recorded_send(self, updates: list[JobUpdate], send: Callable[[], None]) -> None:
-        """Write the records first (a fast worker's ``running`` must not be overwritten by
-        ``queued``), send, and take the records back if the send failed."""
-        self.connection.jobs.write_jobs(updates)
-        try:
-            send()
-        except BaseException:
-            self.connection.jobs.delete_jobs([u.id for u in updates])
-            raise
-
-    def _send(self, outgoing: Sequence[Outgoing], due: float | None) -> None:
-        if due is not None and not self.transport.capabilities.delay:
-            self.connection.jobs.add_delayed(self.name, due, outgoing)
-        elif len(outgoing) == 1:
-            item = outgoing[0]
-            self.transport.send(self.name, item.body, item.headers, options=item.options)
-        else:
-            self.transport.send_many(self.name, outgoing)
+        return self._broker.transport.purge(self.name)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r} on {self.connection.url.redacted()}>"
@@ -419,5 +253,5 @@ class Topic:
         self, payload: Any, *, name: str = "", headers: dict[str, str] | None = None
     ) -> str:
         message = Message(payload, Metadata(name=name, headers=dict(headers or {})))
-        self.connection.transport.broadcast(self.name, encode(message), {})
+        self.connection.broker.transport.broadcast(self.name, encode(message), {})
         return message.id

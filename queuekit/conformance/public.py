@@ -48,7 +48,8 @@ class _WorkerThread(Consumer):
         super().__init__()
         self._conn = connect(ctx.url.render(reveal=True), jobstore="sqlite:///:memory:")
         self.worker = Worker(
-            self._conn.queue(queue),
+            self._conn.broker,
+            queue,
             FunctionHandler(_work(self.record, work_seconds)),
             limits=Limits(max_seconds=ctx.settings.stop_timeout),
             handle_signals=False,

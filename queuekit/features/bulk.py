@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..client.queue import Queue, _Prepared
+    from .broker import Broker, Prepared
 
 DEFAULT_BULK_SIZE = 500
 
@@ -28,15 +28,15 @@ DEFAULT_BULK_SIZE = 500
 class Bulk:
     """The buffer of one ``bulk()`` block. ``sent`` counts messages handed to the broker."""
 
-    def __init__(self, queue: Queue, size: int = DEFAULT_BULK_SIZE) -> None:
+    def __init__(self, broker: Broker, queue: str, size: int = DEFAULT_BULK_SIZE) -> None:
         if size < 1:
             raise ValueError(f"bulk size must be at least 1, not {size}")
-        self.queue, self.size = queue, size
-        self.pending: list[_Prepared] = []
+        self.broker, self.queue, self.size = broker, queue, size
+        self.pending: list[Prepared] = []
         self.sent = 0
         self._depth = 0
 
-    def add(self, prepared: _Prepared) -> None:
+    def add(self, prepared: Prepared) -> None:
         self.pending.append(prepared)
         if len(self.pending) >= self.size:
             self.flush()
@@ -45,18 +45,18 @@ class Bulk:
         """Send what is buffered now (the block does this when full and at its end)."""
         batch, self.pending = self.pending, []
         if batch:
-            self.queue._send_prepared(batch)
+            self.broker.send_prepared(self.queue, batch)
             self.sent += len(batch)
 
     # -- the context manager -------------------------------------------------------------
 
     def __enter__(self) -> Bulk:
-        buffers = _buffers(self.queue.connection._local)
-        current = buffers.get(self.queue.name)
+        buffers = _buffers(self.broker.bulk_buffers)
+        current = buffers.get(self.queue)
         if current is not None and current is not self:  # nested: join the outer block
             current._depth += 1
             return current
-        buffers[self.queue.name] = self
+        buffers[self.queue] = self
         self._depth += 1
         return self
 
@@ -66,12 +66,12 @@ class Bulk:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        buffers = _buffers(self.queue.connection._local)
-        active = buffers.get(self.queue.name, self)
+        buffers = _buffers(self.broker.bulk_buffers)
+        active = buffers.get(self.queue, self)
         active._depth -= 1
         if active._depth > 0:
             return
-        buffers.pop(self.queue.name, None)
+        buffers.pop(self.queue, None)
         active.flush()
 
 
@@ -82,7 +82,7 @@ def _buffers(local: threading.local) -> dict[str, Bulk]:
     return found
 
 
-def active_bulk(local: threading.local, queue: str) -> Bulk | None:
+def active_bulk(broker: Broker, queue: str) -> Bulk | None:
     """The buffer this thread publishes ``queue`` into, if it is inside a ``bulk()`` block."""
-    buffers: dict[str, Bulk] | None = getattr(local, "bulk", None)
+    buffers: dict[str, Bulk] | None = getattr(broker.bulk_buffers, "bulk", None)
     return buffers.get(queue) if buffers else None

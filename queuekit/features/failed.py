@@ -14,42 +14,42 @@ from ..spi.errors import MalformedMessage
 from .envelope import decode
 
 if TYPE_CHECKING:
-    from ..client.connection import Connection
+    from .broker import Broker
 
 
 class FailedStore:
     """The dead letters of a connection's job store, and putting them back to work."""
 
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
 
     def list(self, queue: str | None = None, *, limit: int = 1000) -> list[FailedMessage]:
-        return self._connection.jobs.failed(queue, limit=limit)
+        return self._broker.jobs.failed(queue, limit=limit)
 
     def get(self, failed_id: int) -> FailedMessage | None:
-        return self._connection.jobs.get_failed(failed_id)
+        return self._broker.jobs.get_failed(failed_id)
 
     def retry(self, failed_id: int) -> bool:
         """Put a dead letter back on its queue with attempts reset; ``False`` if unknown.
 
         A body that never decoded goes back as it was, for a fixed worker to judge.
         """
-        entry = self._connection.jobs.get_failed(failed_id)
+        entry = self._broker.jobs.get_failed(failed_id)
         if entry is None:
             return False
         try:
             message = decode(entry.body)
         except MalformedMessage:
-            self._connection.transport.send(entry.queue, entry.body, entry.headers)
+            self._broker.transport.send(entry.queue, entry.body, entry.headers)
         else:
             message.metadata.attempts = 0
             if message.metadata.record:
                 update = JobUpdate(message.id, entry.queue, message.metadata.name or None,
                                    QUEUED, created_at=message.metadata.created_at)  # fmt: skip
-                self._connection.jobs.write_jobs([update])
-            self._connection.queue(entry.queue).resend(message)
-        self._connection.jobs.remove_failed(failed_id)
+                self._broker.jobs.write_jobs([update])
+            self._broker.resend(entry.queue, message)
+        self._broker.jobs.remove_failed(failed_id)
         return True
 
     def purge(self, queue: str | None = None) -> int:
-        return self._connection.jobs.purge_failed(queue)
+        return self._broker.jobs.purge_failed(queue)

@@ -24,50 +24,50 @@ from ..spi.errors import QueuekitError
 from ..spi.transport import Outgoing
 
 if TYPE_CHECKING:
-    from ..client.connection import Connection
+    from .broker import Broker
 
 log = logging.getLogger("queuekit")
 
 
 def line_up(
-    connection: Connection,
+    broker: Broker,
     queue: str,
     grouped: dict[str, list[tuple[str, Outgoing, float | None]]],
 ) -> None:
     """Store each group's new messages behind its earlier ones; send heads now free."""
-    jobs = connection.jobs
+    jobs = broker.jobs
     heads: list[GroupHead] = []
     for group, items in grouped.items():
         jobs.add_grouped(queue, group, items)
         heads.extend(jobs.claim_group_heads(queue, group))
-    send_heads(connection, heads)
+    send_heads(broker, heads)
 
 
-def advance(connection: Connection, queue: str, group: str, message_id: str) -> None:
+def advance(broker: Broker, queue: str, group: str, message_id: str) -> None:
     """``message_id`` is settled for good: send the next message of its group."""
-    jobs = connection.jobs
+    jobs = broker.jobs
     jobs.finish_grouped(queue, group, message_id)
-    send_heads(connection, jobs.claim_group_heads(queue, group))
+    send_heads(broker, jobs.claim_group_heads(queue, group))
 
 
-def sweep(connection: Connection, queue: str) -> int:
+def sweep(broker: Broker, queue: str) -> int:
     """Send heads of ``queue``'s groups that nobody sent (a publisher or worker died, or
     the broker refused); return how many."""
-    heads = connection.jobs.claim_group_heads(queue)
-    send_heads(connection, heads)
+    heads = broker.jobs.claim_group_heads(queue)
+    send_heads(broker, heads)
     return len(heads)
 
 
-def send_heads(connection: Connection, heads: Sequence[GroupHead]) -> None:
+def send_heads(broker: Broker, heads: Sequence[GroupHead]) -> None:
     """Send claimed heads; one that fails stays claimed until the sweep tries it again."""
     sent = []
     for head in heads:
         try:
-            connection.queue(head.queue).forward(head.outgoing, head.due)
+            broker.forward(head.queue, head.outgoing, head.due)
         except QueuekitError as exc:
             log.warning("message %s of group %r not sent yet (%s); a worker retries it",
                         head.message_id, head.group, exc)  # fmt: skip
             continue
         sent.append(head)
     if sent:
-        connection.jobs.mark_sent(sent)
+        broker.jobs.mark_sent(sent)

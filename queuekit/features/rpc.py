@@ -28,8 +28,8 @@ from ..spi.errors import ConnectionLost, MalformedMessage, QueuekitError, Remote
 from .envelope import Message, Metadata, decode, encode
 
 if TYPE_CHECKING:
-    from ..client.connection import Connection
     from ..spi.transport import Transport
+    from .broker import Broker
 
 log = logging.getLogger("queuekit")
 
@@ -63,8 +63,8 @@ def new_correlation_id() -> str:
 class ReplyQueue:
     """A connection's reply queue; see the module docstring."""
 
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
         self.name = f"queuekit-replies-{os.urandom(8).hex()}"
         self._receiving = threading.Lock()
         self._changed = threading.Condition()
@@ -105,7 +105,7 @@ class ReplyQueue:
         return got
 
     def _receive_one(self, timeout: float) -> None:
-        transport = self.connection.transport
+        transport = self.broker.transport
         delivery = transport.receive(self.name, timeout)
         if delivery is None:
             return
@@ -125,7 +125,7 @@ class ReplyQueue:
 
     def delete(self) -> None:
         try:
-            self.connection.transport.delete(self.name)
+            self.broker.transport.delete(self.name)
         except QueuekitError as exc:
             log.debug("could not delete reply queue %s: %s", self.name, exc)
 

@@ -29,7 +29,8 @@ from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
 
 if TYPE_CHECKING:
-    from ..client.connection import Connection
+    from ..jobstore.base import JobStore
+    from .broker import Broker
 
 
 def make_run(schedule: Schedule, run_time: float) -> Outgoing:
@@ -45,7 +46,7 @@ def make_run(schedule: Schedule, run_time: float) -> Outgoing:
 
 
 def add(
-    connection: Connection,
+    broker: Broker,
     name: str,
     queue: str,
     payload: Any,
@@ -65,16 +66,16 @@ def add(
         raise ValueError(f"every must be more than 0 seconds, not {every!r}")
     if isinstance(payload, bytes | bytearray | memoryview):
         raise TypeError("a schedule's payload must be JSON (bytes are not kept in schedules)")
-    connection.queue(queue).check_priority(priority)
+    broker.check_priority(priority)
     template = {"payload": payload, "name": job_name, "priority": priority,
                 "headers": dict(headers or {})}  # fmt: skip
     first = time.time() if start is None else due_time(start)
     schedule = Schedule(name, queue, interval, first, template)
     make_run(schedule, first)  # a payload JSON cannot carry is refused here, not at a run
-    connection.jobs.set_schedule(schedule)
+    broker.jobs.set_schedule(schedule)
     return schedule
 
 
-def fire(connection: Connection, queue: str) -> int:
+def fire(jobs: JobStore, queue: str) -> int:
     """Fire ``queue``'s due runs into the delayed store (a worker's periodic work)."""
-    return connection.jobs.fire_schedules(queue, make_run)
+    return jobs.fire_schedules(queue, make_run)

@@ -14,9 +14,9 @@
   transaction that moves the schedule on, so a run is neither lost nor fired twice (see
   :mod:`queuekit.features.schedules`).
 
-:func:`open_jobstore` picks the backend by URL: ``sqlite:///path`` (the default, an SQLite
-file, :mod:`queuekit.jobstore.sqlite`) or any PostgreSQL or MySQL/MariaDB URL that
-SQLAlchemy understands (``postgresql+psycopg://``, ``mysql+pymysql://``,
+:func:`queuekit.jobstore.open_jobstore` picks the backend by URL: ``sqlite:///path`` (the
+default, an SQLite file, :mod:`queuekit.jobstore.sqlite`) or any PostgreSQL or MySQL/MariaDB
+URL that SQLAlchemy understands (``postgresql+psycopg://``, ``mysql+pymysql://``,
 ``mariadb+pymysql://``; :mod:`queuekit.jobstore.sql`, extra ``queuekit[sql]``), for
 workers on many hosts. Both keep the contract of :class:`JobStore`.
 """
@@ -316,21 +316,6 @@ class JobStore(ABC):
     @abstractmethod
     def end_delivery(self, message_id: str) -> None:
         """The attempt ended (settled, retried or failed): forget its starts."""
-
-
-def open_jobstore(url: str | TransportURL) -> JobStore:
-    """The job store at ``url``: ``sqlite:`` URLs open the SQLite store, any other scheme
-    the SQLAlchemy one (``MissingDependency`` naming ``queuekit[sql]`` without it)."""
-    parsed = url if isinstance(url, TransportURL) else TransportURL.parse(url)
-    if parsed.scheme == "sqlite":
-        from .sqlite import SQLiteJobStore
-
-        return SQLiteJobStore(parsed)
-    try:
-        from .sql import SQLJobStore
-    except ImportError as exc:
-        raise MissingStoreDependency(parsed.scheme, "sql", exc.name or str(exc)) from None
-    return SQLJobStore(parsed)
 
 
 class MissingStoreDependency(MissingDependency):

@@ -90,23 +90,11 @@ class JobRecord:
         return self.finished_at - self.started_at
 
     @classmethod
-    def load(cls, job_id: str, *, connection: Any = None) -> JobRecord | None:
-        """The record of ``job_id`` (``None`` if none), from ``connection``'s job store or,
-        without one, from the configured job store."""
-        if connection is not None:
-            found: JobRecord | None = connection.jobs.get_job(job_id)
-            return found
-        from ..client.config import resolve_jobstore, resolve_url
-        from ..client.connection import default_jobstore
-        from ..spi.urls import TransportURL
-        from .base import open_jobstore
-
-        url = resolve_jobstore() or default_jobstore(TransportURL.parse(resolve_url()))
-        store = open_jobstore(url)
-        try:
-            return store.get_job(job_id)
-        finally:
-            store.close()
+    def load(cls, job_id: str, *, connection: Any) -> JobRecord | None:
+        """The record of ``job_id`` (``None`` if none) from ``connection``'s job store: the
+        store that wrote it (``connection.job(job_id)`` says the same)."""
+        found: JobRecord | None = connection.jobs.get_job(job_id)
+        return found
 
 
 def encode_result(value: object) -> tuple[str | None, str | None]:

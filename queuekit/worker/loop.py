@@ -22,17 +22,14 @@ import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from ..features import groups, schedules
-from ..features.hooks import Hooks, hooks_of
+from ..features.broker import Broker, needs
+from ..features.hooks import Hooks
 from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
 from ..spi.priorities import PriorityRange
 from ..spi.transport import Transport
-from .pipeline import Handler, Processor
-
-if TYPE_CHECKING:
-    from ..client.queue import Queue
+from .pipeline import Handler, Pipeline
 
 log = logging.getLogger("queuekit.worker")
 
@@ -64,11 +61,13 @@ def resident_memory() -> int:
 
 
 class Worker:
-    """Runs ``handler`` over ``queue``; see the module docstring. ``stop()`` is thread-safe."""
+    """Runs ``handler`` over ``queue`` of ``broker``; see the module docstring. ``stop()`` is
+    thread-safe."""
 
     def __init__(
         self,
-        queue: Queue,
+        broker: Broker,
+        queue: str,
         handler: Handler,
         *,
         limits: Limits = Limits(),
@@ -77,29 +76,28 @@ class Worker:
         record: bool = False,
         priorities: PriorityRange | None = None,
     ) -> None:
-        self.queue, self.handler, self.limits = queue, handler, limits
+        self.broker, self.queue, self.handler, self.limits = broker, queue, handler, limits
         #: Take only messages with a priority in this range (capability ``priority_range``).
         self.priorities = priorities
         self.handle_signals = handle_signals
-        self.hooks = hooks if hooks is not None else hooks_of(handler)
+        self.hooks = hooks if hooks is not None else handler.hooks()
         #: Keep a record of every message, not only those published with ``record=True``.
-        self.record_all = record or getattr(handler, "keep_records", False) is True
-        self._processor = Processor(queue, handler, self.hooks, record_all=self.record_all,
-                                    stop=self.stop)  # fmt: skip
+        self.record_all = record or handler.keep_records
+        self._pipeline = Pipeline(broker, queue, handler, hooks=self.hooks,
+                                  record_all=self.record_all, stop=self.stop)  # fmt: skip
         self.processed = 0
         self._stop_reason: str | None = None
         self._signals_seen = 0
-        self._connection = queue.connection
-        self._jobs = self._connection.jobs
-        caps = queue.transport.capabilities
+        self._jobs = broker.jobs
+        caps = broker.transport.capabilities
         if priorities is not None and not caps.priority_range:
-            raise Unsupported("priority ranges", queue.transport.name, "use sqlite://")
+            raise Unsupported("priority ranges", broker.transport.name, needs("priority_range"))
         self._sweeps_groups = caps.redelivery  # groups are refused on other adapters
         self._next_sweep = 0.0
 
     @property
     def _transport(self) -> Transport:
-        return self._connection.transport  # replaced by a fresh one after a reconnect
+        return self.broker.transport  # replaced by a fresh one after a reconnect
 
     def stop(self, reason: str = "stop() called") -> None:
         self._stop_reason = self._stop_reason or reason
@@ -110,8 +108,8 @@ class Worker:
         previous = self._install_signals()
         started = time.monotonic()
         next_check = 0.0
-        log.info("worker %d consuming %r on %s", os.getpid(), self.queue.name,
-                 self._connection.url.redacted())  # fmt: skip
+        log.info("worker %d consuming %r on %s", os.getpid(), self.queue,
+                 self.broker.url.redacted())  # fmt: skip
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
             self.stop("max_messages is 0")
         try:
@@ -124,14 +122,14 @@ class Worker:
                         break
                 try:
                     if self.priorities is None:
-                        delivery = self._transport.receive(self.queue.name, _HEARTBEAT)
+                        delivery = self._transport.receive(self.queue, _HEARTBEAT)
                     else:
                         delivery = self._transport.receive_priorities(
-                            self.queue.name, _HEARTBEAT, self.priorities
+                            self.queue, _HEARTBEAT, self.priorities
                         )
                     if delivery is None:
                         continue
-                    self._processor.process(delivery)
+                    self._pipeline.process(delivery)
                 except ConnectionLost as exc:
                     # Un-acked work on the lost connection is the broker's to redeliver.
                     self._reconnect(exc)
@@ -161,16 +159,16 @@ class Worker:
         """Fire this queue's due recurring jobs, then send what the job store holds for the
         broker: due delayed messages (and fired runs), and heads of serial groups nobody
         sent. Each is one cheap read when there is nothing to do."""
-        schedules.fire(self._connection, self.queue.name)
+        schedules.fire(self._jobs, self.queue)
         self._jobs.forward_due(self._transport.send_many)
         if self._sweeps_groups and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + _GROUP_SWEEP_EVERY
-            groups.sweep(self._connection, self.queue.name)
+            groups.sweep(self.broker, self.queue)
 
     def _release(self) -> None:
         """Hand prefetched, unstarted messages back for other workers (best effort)."""
         try:
-            self._transport.release(self.queue.name)
+            self._transport.release(self.queue)
         except QueuekitError as exc:
             log.warning("could not give back prefetched messages: %s", exc)
 
@@ -183,12 +181,12 @@ class Worker:
             while self._stop_reason is None and time.monotonic() < deadline:
                 time.sleep(0.05)  # short naps: a stop signal is noticed promptly
             try:
-                self._connection.reconnect()
+                self.broker.reconnect()
             except ConnectionLost as exc:
                 pause = min(pause * 2, _RECONNECT_CAP)
                 log.warning("reconnect failed (%s); next try in %gs", exc, pause)
             else:
-                log.info("reconnected to %s", self._connection.url.redacted())
+                log.info("reconnected to %s", self.broker.url.redacted())
                 return
 
     # -- signals -------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from queuekit import register_transport
 from queuekit.adapters.memory import MemoryTransport
+from queuekit.spi import register_transport
 
 
 class NoDelayTransport(MemoryTransport):

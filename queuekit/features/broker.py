@@ -1,0 +1,271 @@
+"""The broker as the core sees it: where an encoded message goes, for every part of queuekit.
+
+A :class:`Broker` is the transport (reopened after a lost connection) and the job store
+beside it. Everything that sends a message goes through it, so the rules live in one place:
+
+- a delay becomes the broker's own ``not_before`` where the adapter declares ``delay``, and
+  otherwise the message waits in the job store's durable delayed store until a worker
+  forwards it;
+- a priority out of range, or on a broker that cannot honour it, is refused
+  (:class:`Unsupported` names the capability), never ignored;
+- a body above the adapter's ``max_message_size`` is refused before anything is sent;
+- a dedup key the broker cannot keep is held in the job store (:mod:`.keys`), a serial group
+  lines up there (:mod:`.groups`), and a job record is written before the send and taken
+  back if the send fails.
+
+The client's ``Queue.publish``, the worker's retries, serial-group heads, the failed store's
+retries and recurring runs all use it; none of them reaches into another's internals.
+Thread-safe as far as the transport and the job store are (both are, by their contracts).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..jobstore.base import JobStore
+from ..jobstore.records import QUEUED, WAITING, JobUpdate
+from ..spi.errors import MessageTooLarge, QueuekitError, Unsupported
+from ..spi.priorities import MAX_PRIORITY
+from ..spi.registry import open_transport
+from ..spi.transport import Delivery, Outgoing, SendOptions, Transport
+from ..spi.urls import TransportURL
+from . import groups, keys
+from .delays import Delay, due_time
+from .envelope import Message, Metadata, encode
+
+log = logging.getLogger("queuekit")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message encoded and checked for its queue, ready to send."""
+
+    message: Message
+    outgoing: Outgoing
+    due: float | None
+    keyed: bool = False  # its dedup key is held in the job store
+
+
+class Broker:
+    """The transport and the job store of one connection; see the module docstring."""
+
+    def __init__(self, url: TransportURL, jobs: JobStore, *, prefetch: int = 16) -> None:
+        self.url, self.jobs = url, jobs
+        self._prefetch = prefetch
+        self.transport: Transport = open_transport(url, prefetch=prefetch)
+        #: Per-thread open ``bulk()`` buffers (:mod:`.bulk`), by queue name.
+        self.bulk_buffers = threading.local()
+
+    def reconnect(self) -> None:
+        """Replace the transport with a freshly opened one (after ``ConnectionLost``).
+
+        The new transport is opened first, so a failed attempt leaves things as they were;
+        deliveries not yet settled on the old one are the broker's to redeliver.
+        """
+        old, self.transport = self.transport, open_transport(self.url, prefetch=self._prefetch)
+        try:
+            old.close()
+        except QueuekitError as exc:
+            log.debug("closing the lost transport failed: %s", exc)
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        finally:
+            self.jobs.close()
+
+    # -- checks and encoding -------------------------------------------------------------
+
+    def check_priority(self, priority: int | None) -> None:
+        """Refuse a priority out of range, or one this broker cannot honour."""
+        if priority is None:
+            return
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"priority must be an int 0-{MAX_PRIORITY}, not {priority!r}")
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be 0-{MAX_PRIORITY}, not {priority}")
+        if not self.transport.capabilities.priority:
+            raise Unsupported("priority", self.transport.name, needs("priority"))
+
+    def encode(self, message: Message) -> bytes:
+        """The envelope of ``message``, refused when the broker could not take it."""
+        body = encode(message)
+        limit = self.transport.capabilities.max_message_size
+        if limit is not None and len(body) > limit:
+            raise MessageTooLarge(len(body), limit, self.transport.name)
+        return body
+
+    def send_options(
+        self, due: float | None, priority: int | None, key: str | None = None
+    ) -> SendOptions:
+        """What the adapter is told natively; the rest the core emulates or refused."""
+        caps = self.transport.capabilities
+        return SendOptions(
+            not_before=due if caps.delay else None,
+            priority=priority,
+            dedup_key=key if caps.dedup else None,
+        )
+
+    def prepare(
+        self,
+        payload: Any,
+        metadata: Metadata,
+        delay: Delay | None,
+        priority: int | None,
+        *,
+        fresh: bool = True,
+    ) -> Prepared:
+        """Encode and check a message. ``fresh=False`` (a resend of a message already
+        published) skips its key and its group: the original holds both."""
+        caps = self.transport.capabilities
+        due = future(delay)
+        self.check_priority(priority)
+        keyed = fresh and keys.held_in_store(metadata, caps)
+        if keyed:
+            keys.check(metadata, caps, self.transport.name)
+        if fresh and metadata.group is not None and not caps.redelivery:
+            raise Unsupported(
+                "serial groups", self.transport.name,
+                f"a message lost with its worker would stop its group for ever; "
+                f"{needs('redelivery')}",
+            )  # fmt: skip
+        metadata.not_before, metadata.priority = due, priority
+        message = Message(payload, metadata)
+        body = self.encode(message)
+        options = self.send_options(due, priority, metadata.key if fresh else None)
+        return Prepared(message, Outgoing(body, {}, options), due, keyed)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send_prepared(self, queue: str, batch: Sequence[Prepared]) -> None:
+        """Send prepared messages with their own options, dropping duplicates whose key the
+        job store holds (see :mod:`.keys`)."""
+        keyed = [p for p in batch if p.keyed]
+        if not keyed:
+            self._send_routed(queue, batch)
+            return
+        held = keys.hold(self.jobs, queue, [p.message.metadata for p in keyed])
+        holders = [p.message.metadata for p in keyed if p.message.id in held]
+        try:
+            self._send_routed(queue, [p for p in batch if not p.keyed or p.message.id in held])
+        except BaseException:
+            keys.abandon(self.jobs, queue, holders)
+            raise
+        keys.confirm(self.jobs, queue, holders)
+
+    def _send_routed(self, queue: str, batch: Sequence[Prepared]) -> None:
+        """One ``send_many`` for what the broker takes now, one delayed-store write per due
+        time, serial groups lined up in the job store; records written first."""
+        emulated = not self.transport.capabilities.delay
+        now: list[Outgoing] = []
+        later: dict[float, list[Outgoing]] = {}
+        grouped: dict[str, list[tuple[str, Outgoing, float | None]]] = {}
+        for item in batch:
+            group = item.message.metadata.group
+            if group is not None:
+                grouped.setdefault(group, []).append((item.message.id, item.outgoing, item.due))
+            elif emulated and item.due is not None:
+                later.setdefault(item.due, []).append(item.outgoing)
+            else:
+                now.append(item.outgoing)
+
+        def send() -> None:
+            if now:
+                self.send(queue, now, None)
+            for due, outgoing in later.items():
+                self.send(queue, outgoing, due)
+            if grouped:
+                groups.line_up(self, queue, grouped)
+
+        updates = [
+            JobUpdate(p.message.id, queue, p.message.metadata.name or None,
+                      QUEUED if p.due is None else WAITING,
+                      created_at=p.message.metadata.created_at)
+            for p in batch if p.message.metadata.record
+        ]  # fmt: skip
+        if updates:
+            self.send_recorded(updates, send)
+        else:
+            send()
+
+    def send_recorded(self, updates: list[JobUpdate], send: Callable[[], None]) -> None:
+        """Write the records first (a fast worker's ``running`` must not be overwritten by
+        ``queued``), send, and take the records back if the send failed."""
+        self.jobs.write_jobs(updates)
+        try:
+            send()
+        except BaseException:
+            self.jobs.delete_jobs([u.id for u in updates])
+            raise
+
+    def send(self, queue: str, outgoing: Sequence[Outgoing], due: float | None) -> None:
+        """Hand encoded messages to the broker, or to the delayed store when they are due
+        later and the broker cannot wait."""
+        if due is not None and not self.transport.capabilities.delay:
+            self.jobs.add_delayed(queue, due, outgoing)
+        elif len(outgoing) == 1:
+            item = outgoing[0]
+            self.transport.send(queue, item.body, item.headers, options=item.options)
+        else:
+            self.transport.send_many(queue, outgoing)
+
+    def forward(self, queue: str, outgoing: Outgoing, due: float | None) -> None:
+        """Send an already encoded message, due at ``due`` (the broker's delay or the
+        delayed store), e.g. the next message of a serial group."""
+        if due is not None and due <= time.time():
+            due = None
+        if due is not None and self.transport.capabilities.delay:
+            outgoing = replace(outgoing, options=replace(outgoing.options, not_before=due))
+        self.send(queue, [outgoing], due)
+
+    def resend(self, queue: str, message: Message, *, delay: float | None = None) -> None:
+        """Publish ``message`` again as it is (same id), e.g. a dead letter put back.
+
+        The copy keeps its place: it carries no dedup key (the original still holds it
+        until it is settled after this send, and a broker deduplicating on it would drop
+        the copy) and does not line up in its group again (the group waits for it).
+        """
+        meta = message.metadata
+        prepared = self.prepare(message.payload, meta, delay, meta.priority, fresh=False)
+        self.send(queue, [prepared.outgoing], prepared.due)
+
+    def requeue(
+        self, queue: str, delivery: Delivery, message: Message, *, delay: float | None
+    ) -> None:
+        """Put ``delivery`` (of ``queue``) back as ``message``'s next attempt, due after
+        ``delay`` seconds.
+
+        Where the broker can wait, the adapter requeues it in place (``Transport.requeue``,
+        so a native dedup key stays taken); otherwise it waits in the delayed store and
+        the delivery is acked.
+        """
+        meta = message.metadata
+        prepared = self.prepare(message.payload, meta, delay, meta.priority, fresh=False)
+        outgoing = prepared.outgoing
+        if prepared.due is not None and not self.transport.capabilities.delay:
+            self.send(queue, [outgoing], prepared.due)
+            self.transport.ack(delivery)
+        else:
+            self.transport.requeue(delivery, outgoing.body, options=outgoing.options)
+
+    def __repr__(self) -> str:
+        return f"<Broker {self.url.redacted()}>"
+
+
+def future(delay: Delay | None) -> float | None:
+    """The Unix time ``delay`` ends, or ``None`` when it is already over (send now)."""
+    due = None if delay is None else due_time(delay)
+    return None if due is None or due <= time.time() else due
+
+
+def needs(capability: str) -> str:
+    """The hint of an :class:`Unsupported`: what a broker must declare to serve it."""
+    return (
+        f"use a broker whose adapter declares {capability!r} "
+        "(`worker conformance URL` shows what one declares)"
+    )
