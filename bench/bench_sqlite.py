@@ -194,11 +194,16 @@ CREATE UNIQUE INDEX queuekit_dedup ON queuekit_messages (queue, dedup_key)
 
 
 def claim_many() -> str:
-    """The adapter's claim statement: up to ``?`` rows (lease, queue, limit)."""
-    from queuekit.adapters.sqlite import _CLAIM
+    """The adapter's claim statement without a priority range: up to ``?`` rows (lease,
+    queue, limit). Prepared here once, so a change to the adapter's statement fails loudly
+    before any measurement instead of in the middle of a run."""
+    from queuekit.adapters.sqlite import _CLAIM_ANY
 
-    assert _CLAIM.count("?") == 3, "the adapter's claim statement changed shape"
-    return _CLAIM
+    assert _CLAIM_ANY.count("?") == 3, "the adapter's claim statement changed shape"
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(_FULL_INDEX_SCHEMA)
+        db.execute(_CLAIM_ANY, (0.0, "bench", 1)).fetchall()
+    return _CLAIM_ANY
 
 
 _DELETE = "DELETE FROM queuekit_messages WHERE id = ?"
