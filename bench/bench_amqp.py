@@ -3,6 +3,7 @@
 Run by hand (scripts/brokers up rabbitmq first)::
 
     .venv/bin/python bench/bench_amqp.py [--messages 10000] [--runs 5] [--prefetch 64]
+    .venv/bin/python bench/bench_amqp.py --quick      # smoke run: 300 messages, one run
 
 Prints messages per second, the median of ``--runs`` runs per row. Every row uses durable
 queues and persistent 100-byte messages; consumers ack each message. Publishing rows wait
@@ -31,10 +32,10 @@ from collections.abc import Callable
 from typing import Any
 
 import kombu
+import report
 
-from queuekit import connect
+from queuekit import Outgoing, connect
 from queuekit.adapters.amqp import AMQPTransport
-from queuekit.spi.transport import Outgoing
 from queuekit.spi.urls import TransportURL
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -226,12 +227,6 @@ class JobClock:
         return self.last - self.first
 
 
-def installed(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 def drop_amqp(queues: list[str], exchanges: tuple[str, ...] = ()) -> None:
     with kombu.Connection(URL) as conn:
         channel = conn.default_channel
@@ -363,14 +358,14 @@ if __name__ != "__main__" and os.environ.get("QK_BENCH_WORKER"):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--prefetch", type=int, default=64)
     parser.add_argument("--no-peers", action="store_true", help="skip the Celery/dramatiq rows")
-    args = parser.parse_args()
+    args = report.parse_args(parser, {"messages": 300, "runs": 1})
     n, p = args.messages, args.prefetch
-    slow = max(1000, n // 5)  # one-by-one confirmed publishing is ~10x slower
+    slow = max(min(n, 1000), n // 5)  # one-by-one confirmed publishing is ~10x slower
     rows: list[tuple[str, Callable[[], float]]] = [
         ("raw kombu publish, no confirms", lambda: kombu_publish(n, False)),
         ("raw kombu publish, confirmed one by one", lambda: kombu_publish(slow, True)),
@@ -382,7 +377,8 @@ def main() -> None:
         (f"queuekit receive + ack (prefetch {p})", lambda: qk_receive(n, p)),
         (f"queuekit Queue.dispatch no-op (prefetch {p})", lambda: qk_dispatch(n, p)),
     ]
-    if installed("celery") and not args.no_peers:
+    absent = [] if args.no_peers else report.missing("celery", "dramatiq")
+    if "celery" not in absent and not args.no_peers:
         rows += [
             (f"Celery worker no-op, acks_late (prefetch {p})", lambda: celery_worker(n, p, True)),
             (
@@ -390,30 +386,35 @@ def main() -> None:
                 lambda: celery_worker(n, p, False),
             ),
         ]
-    if installed("dramatiq") and not args.no_peers:
+    if "dramatiq" not in absent and not args.no_peers:
         rows += [(f"dramatiq worker no-op (prefetch {p})", lambda: dramatiq_worker(n, p))]
-    print(f"RabbitMQ at {URL.replace('guest:guest', 'guest:***')}, {n} messages, {args.runs} runs")
     # rows interleave run by run, so a load change on the machine hits every row alike
     rates: dict[str, list[float]] = {label: [] for label, _ in rows}
     for _ in range(args.runs):
         for label, function in rows:
             rates[label].append(function())
-    print(f"{'benchmark':55} {'median msg/s':>12}   runs")
-    results: dict[str, float] = {}
-    for label, _ in rows:
-        results[label] = median = statistics.median(rates[label])
-        print(f"{label:55} {median:12,.0f}   {', '.join(f'{r:,.0f}' for r in rates[label])}")
+    results = {label: statistics.median(runs) for label, runs in rates.items()}
+    report.heading(
+        "AMQP benchmark",
+        f"RabbitMQ at {URL.replace('guest:guest', 'guest:***')}, {n:,} messages "
+        f"({slow:,} for one-by-one confirmed rows), median of {args.runs} runs. "
+        + ("Peer rows skipped (--no-peers)." if args.no_peers else report.skipped(absent)),
+    )
+    report.table(
+        ["benchmark", "median msg/s", "runs"],
+        [[label, results[label], ", ".join(f"{r:,.0f}" for r in rates[label])] for label in rates],
+    )
     bulk = results["queuekit send_many (confirmed batch of 1000)"]
     one = results["raw kombu publish, confirmed one by one"]
     worker = results[f"queuekit Queue.dispatch no-op (prefetch {p})"]
     receive = results[f"queuekit receive + ack (prefetch {p})"]
     raw = results[f"raw kombu consume + ack (prefetch {p})"]
-    print(f"\nconfirmed bulk / raw kombu confirmed one by one: {bulk / one:.1f}x (target >= 3x)")
-    print(f"receive+ack / raw kombu consume+ack: {receive / raw:.2f}x")
-    print(f"dispatch worker / raw kombu consume+ack: {worker / raw:.2f}x (target >= 0.8x)")
+    print(f"- bulk / kombu confirmed one by one: {report.ratio(bulk, one)} (target >= 3x)")
+    print(f"- receive+ack / kombu consume+ack: {report.ratio(receive, raw)}")
+    print(f"- dispatch worker / kombu consume+ack: {report.ratio(worker, raw)} (target >= 0.8x)")
     for label, rate in results.items():
         if label.startswith(("Celery", "dramatiq")):
-            print(f"dispatch worker / {label}: {worker / rate:.2f}x (target > 1x)")
+            print(f"- dispatch worker / {label}: {report.ratio(worker, rate)} (target > 1x)")
 
 
 if __name__ == "__main__":

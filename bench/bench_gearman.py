@@ -1,6 +1,7 @@
 """Raw pygearman against queuekit's gearman:// on both gearmand modes, in one run.
 
     .venv/bin/python bench/bench_gearman.py [--runs 5] [--messages 5000] [--persistent 1000]
+    .venv/bin/python bench/bench_gearman.py --quick   # smoke run: 300 / 50 messages, one run
 
 Rows (messages per second, median of ``--runs``; the same encoded envelope bytes in every
 row; background jobs; one connection each):
@@ -28,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import report
 from gearman.client import GearmanClient
 from gearman.worker import GearmanWorker
 
@@ -210,7 +212,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--messages", type=int, default=5000, help="per run, in-memory gearmand")
     parser.add_argument("--persistent", type=int, default=1000, help="per run, libsqlite3")
-    args = parser.parse_args()
+    args = report.parse_args(parser, {"runs": 1, "messages": 300, "persistent": 50})
     counts = {"memory": args.messages, "sqlite": args.persistent}
     rates: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,20 +223,24 @@ def main() -> None:
                     rate = bench(port, counts[mode], Path(tmp))
                     rates.setdefault((mode, label), []).append(rate)
     results = {key: statistics.median(values) for key, values in rates.items()}
-    print(f"messages/s, median of {args.runs} runs ({counts['memory']} msgs in memory, "
-          f"{counts['sqlite']} with libsqlite3); ratio: queuekit / raw of its group")  # fmt: skip
-    print(f"{'row':<20} {'client':<30} {'memory':>9} {'ratio':>6} {'sqlite':>9} {'ratio':>6}")
+    report.heading(
+        "Gearman benchmark",
+        f"msg/s, median of {args.runs} runs ({counts['memory']:,} messages with gearmand in "
+        f"memory, {counts['sqlite']:,} with libsqlite3); ratio: queuekit / raw of its group.",
+    )
     baseline: dict[tuple[str, str], float] = {}
+    rows: list[list[report.Cell]] = []
     for group, label, _ in ROWS:
-        cells = []
+        row: list[report.Cell] = [group, label]
         for mode in MODES:
             rate = results[(mode, label)]
             if label.startswith("raw"):
                 baseline[(group, mode)] = rate
-                cells.append(f"{rate:>9.0f} {'':>6}")
+                row += [rate, ""]
             else:
-                cells.append(f"{rate:>9.0f} {rate / baseline[(group, mode)]:>5.2f}x")
-        print(f"{group:<20} {label:<30} {' '.join(cells)}")
+                row += [rate, report.ratio(rate, baseline[(group, mode)])]
+        rows.append(row)
+    report.table(["row", "client", "memory msg/s", "ratio", "sqlite msg/s", "ratio"], rows)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Rows (operations per second, median of ``--reps`` runs, each on fresh tables):
 
 Run: ``.venv/bin/python bench/bench_jobstore.py`` (PostgreSQL and MariaDB from
 ``QUEUEKIT_TEST_POSTGRES`` / ``QUEUEKIT_TEST_MARIADB`` or the machine's defaults; a database
-that does not answer is left out).
+that does not answer is left out); ``--quick`` for a smoke run.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import report
 import sqlalchemy
 
 from queuekit.jobstore import JobStore, open_jobstore
@@ -103,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000, help="operations per row")
     parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
+    args = report.parse_args(parser, {"count": 50, "reps": 1})
     backends = ["sqlite"] + [b for b, url in DATABASES.items() if answers(url)]
     results: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory() as directory:
@@ -120,10 +121,16 @@ def main() -> None:
                         store.close()
                         drop()
                 results[row, backend] = statistics.median(rates)
-    print("| operation | " + " | ".join(f"{b}/s" for b in backends) + " |")
-    print("|---|" + "---:|" * len(backends))
-    for row in ROWS:
-        print(f"| {row} | " + " | ".join(f"{results[row, b]:,.0f}" for b in backends) + " |")
+    absent = [b for b in DATABASES if b not in backends]
+    report.heading(
+        "Job store benchmark",
+        f"{args.count:,} operations per row, median of {args.reps} runs, one thread."
+        + (f" Not answering, left out: {', '.join(absent)}." if absent else ""),
+    )
+    report.table(
+        ["operation", *(f"{b}/s" for b in backends)],
+        [[row, *(results[row, b] for b in backends)] for row in ROWS],
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Rows (messages per second, median of ``--reps`` runs, each on a fresh file, NORM
   writes per message); with a no-op ``before_process`` hook;
 - ``Queue.publish`` one by one; inside ``with queue.bulk(500)``; ``publish(record=True)``.
 
-Run: ``.venv/bin/python bench/bench_records.py`` (about 20 s; ``--count`` messages per row).
+Run: ``.venv/bin/python bench/bench_records.py`` (about 20 s; ``--count`` messages per row;
+``--quick`` for a smoke run).
 Set ``PYTHONPATH`` to another checkout to measure its plain rows for comparison (rows it
 lacks are skipped).
 """
@@ -19,6 +20,8 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+
+import report
 
 from queuekit import Message, connect
 
@@ -50,10 +53,10 @@ def produce(path: str, count: int, mode: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
+    args = report.parse_args(parser, {"count": 200, "reps": 1})
 
     def noop(message: Message) -> None:
         return None
@@ -76,11 +79,14 @@ def main() -> None:
                 pass
             finally:
                 shutil.rmtree(directory)
-    print(f"| operation ({args.count} messages, median of {args.reps}) | msg/s |")
-    print("|---|---:|")
-    for name, rates in results.items():
-        if rates:
-            print(f"| {name} | {statistics.median(rates):,.0f} |")
+    report.heading(
+        "Job records benchmark",
+        f"SQLite, synchronous=NORMAL, {args.count:,} messages per row, median of {args.reps}.",
+    )
+    report.table(
+        ["operation", "msg/s"],
+        [[name, statistics.median(rates)] for name, rates in results.items() if rates],
+    )
 
 
 if __name__ == "__main__":

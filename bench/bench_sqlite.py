@@ -12,7 +12,8 @@ What is measured (messages per second, the median of ``--reps`` runs, each on a 
   (put; pop + done);
 - every row at ``synchronous=NORMAL`` and ``FULL`` (WAL everywhere). A peer whose API has no
   such setting gets the PRAGMA on its own connection; the notes column says so;
-- queue-depth sensitivity: queuekit's worker rate with 1k and 100k messages waiting;
+- queue-depth sensitivity: queuekit's worker rate with 1k and 100k (``--quick``: 10k)
+  messages waiting;
 - two consumer processes on one file (queuekit workers, persist-queue consumers): throughput,
   and every message id checked to be processed exactly once.
 
@@ -22,7 +23,8 @@ measured level). Measurements run round-robin, one round per repetition, so a no
 on a shared machine hits every subject alike.
 
 Run: ``.venv/bin/pip install -r bench/requirements.txt`` once, then
-``.venv/bin/python bench/bench_sqlite.py`` (4-5 minutes; ``--quick`` for a smoke run,
+``.venv/bin/python bench/bench_sqlite.py`` (4-5 minutes; ``--quick`` for a smoke run of one
+round at small sizes, not a measurement;
 ``--profile`` to print where queuekit's worker spends its time). Files go to a fresh
 directory under ``--dir`` (default ``$QUEUEKIT_VAR`` or ``/tmp``), removed afterwards.
 """
@@ -32,10 +34,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import datetime
 import json
 import os
-import platform
 import pstats
 import shutil
 import signal
@@ -48,9 +48,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
 
+import report
+
 LEVELS = ("normal", "full")
+# The peers' distribution names (as in bench/requirements.txt) and the modules they install;
+# their rows are left out, and the heading says so, when one is not installed.
+PEERS = {"huey": "huey", "persist-queue": "persistqueue", "litequeue": "litequeue"}
 BATCH = 1000
 # After a pre-fill: move the WAL into the database file, so the consume run measured next
 # does not pay for checkpointing the fill.
@@ -66,6 +72,7 @@ class Sizes:
     waiting: int = 10_000
     consume: dict[str, int] = field(default_factory=lambda: {"normal": 3_000, "full": 1_000})
     depth_consume: int = 1_000
+    deep: int = 100_000  # the deep queue of the depth rows (the shallow one holds 1,000)
     pair: int = 3_000
 
 
@@ -75,6 +82,7 @@ QUICK = Sizes(
     waiting=2_000,
     consume={"normal": 500, "full": 150},
     depth_consume=300,
+    deep=10_000,
     pair=500,
 )
 
@@ -323,12 +331,12 @@ def wal_pages(sizes: Sizes, root: str) -> list[str]:
         "WAL pages (4 KiB) written per consumed message, raw statements, checkpoints off "
         f"(counted over {sizes.depth_consume:,} messages):",
         "",
-        "| consume statements | 1,000 waiting | 100,000 waiting |",
+        f"| consume statements | 1,000 waiting | {sizes.deep:,} waiting |",
         "|---|---:|---:|",
     ]
     for label, schema, consume in RAW_CONSUMERS:
         cells = []
-        for waiting in (1_000, 100_000):
+        for waiting in (1_000, sizes.deep):
             with tempfile.TemporaryDirectory(dir=root) as directory:
                 db = raw_db(directory, "normal", schema)
                 raw_fill(db, waiting)
@@ -700,7 +708,7 @@ def plan(bench: Bench, only: set[str] | None) -> None:
         bench.measure(
             "queuekit", "Transport.receive + ack", lambda d, lv: qk_receive_ack(d, lv, sizes)
         )
-    if wanted("peers"):
+    if wanted("peers") and not report.missing(*PEERS.values()):
         bench.measure(
             "huey",
             "SqliteHuey enqueue",
@@ -730,7 +738,7 @@ def plan(bench: Bench, only: set[str] | None) -> None:
         bench.measure("litequeue", "pop + done", lambda d, lv: lite_pop_done(d, lv, sizes))
     if wanted("depth"):
         n = sizes.depth_consume
-        for waiting in (1_000, 100_000):
+        for waiting in (1_000, sizes.deep):
             bench.measure(
                 "queuekit",
                 f"{waiting:,} waiting",
@@ -783,7 +791,8 @@ def render(bench: Bench) -> list[str]:
 def pairs(bench: Bench) -> list[str]:
     """Two consumer processes per library on one file, round-robin over the reps."""
     n = bench.sizes.pair
-    results: dict[str, list[PairResult]] = {"queuekit": [], "persist-queue": []}
+    kinds = ["queuekit"] + ([] if report.missing("persistqueue") else ["persist-queue"])
+    results: dict[str, list[PairResult]] = {kind: [] for kind in kinds}
     for _ in range(bench.reps):
         for kind, runs in results.items():
             with bench.scratch() as directory:
@@ -840,18 +849,19 @@ def targets(bench: Bench) -> list[str]:
                     f"(target 100,000/s): {verdict}"
                 )
     depth = [r for r in bench.rows if r.table == "depth"]
+    deep = f"{bench.sizes.deep // 1000}k"
     if len(depth) == 2:
         for level in LEVELS:
             sc, lc = depth[0].cpu_median(level), depth[1].cpu_median(level)
             if sc and lc:
                 lines.append(
-                    f"- 100k vs 1k waiting at {level.upper()}, msg per CPU-second: {lc / sc:.2f}x"
+                    f"- {deep} vs 1k waiting at {level.upper()}, msg per CPU-second: {lc / sc:.2f}x"
                 )
             s, large = depth[0].median(level), depth[1].median(level)
             if s and large:
                 verdict = "met" if large >= 0.9 * s else "MISSED"
                 lines.append(
-                    f"- 100k vs 1k waiting at {level.upper()}: {large / s:.2f}x "
+                    f"- {deep} vs 1k waiting at {level.upper()}: {large / s:.2f}x "
                     f"(target: not falling, >= 0.9x allowing noise): {verdict}"
                 )
     return lines
@@ -887,7 +897,6 @@ def main() -> None:
         default=os.environ.get("QUEUEKIT_VAR") or "/tmp",
         help="where the scratch files go (default $QUEUEKIT_VAR or /tmp)",
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
         "--only",
         action="append",
@@ -896,7 +905,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the queuekit worker")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = report.parse_args(parser, {"reps": 1})
     if args.child:
         child(*args.child)
         return
@@ -920,18 +929,13 @@ def main() -> None:
         elapsed = time.monotonic() - started
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    versions = []
-    for dist in ("huey", "persist-queue", "litequeue"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            versions.append(f"{dist} {version(dist)}")
-    print(f"## SQLite benchmark, {datetime.date.today().isoformat()}\n")
-    print(
-        f"`{' '.join(['python', 'bench/bench_sqlite.py', *sys.argv[1:]])}`: WAL, "
-        f"files under {args.dir}, median of {args.reps} runs, {elapsed:.0f} s in all. "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-        f"{', '.join(versions)}; {os.cpu_count()} CPUs.\n"
+    absent = [dist for dist, module in PEERS.items() if report.missing(module)]
+    versions = [f"{dist} {version(dist)}" for dist in PEERS if dist not in absent]
+    report.heading(
+        "SQLite benchmark",
+        f"WAL, files under {args.dir}, median of {args.reps} runs, {elapsed:.0f} s in all. "
+        f"SQLite {sqlite3.sqlite_version}, {', '.join(versions) or 'no peers'}. "
+        f"{report.skipped(absent)}".rstrip(),
     )
     print("\n".join(lines))
     checks = targets(bench)

@@ -1,6 +1,7 @@
 """Raw stomp.py against queuekit's stomp:// on each STOMP server, in one run.
 
     .venv/bin/python bench/bench_stomp.py [--runs 5] [--messages 5000] [--confirmed 1000]
+    .venv/bin/python bench/bench_stomp.py --quick     # smoke run: 300 / 50 messages, one run
 
 Rows (messages per second and this process's CPU time per message, medians of ``--runs``;
 the same encoded envelope bytes in every row, persistent, one connection each; an untimed
@@ -30,6 +31,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
+import report
 import stomp
 
 import queuekit
@@ -231,24 +233,26 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--confirmed", type=int, default=1000)
-    args = parser.parse_args()
+    args = report.parse_args(parser, {"runs": 1, "messages": 300, "confirmed": 50})
     results = {
         name: bench_server(name, port, args.runs, args.messages, args.confirmed)
         for name, port in SERVERS.items()
     }
-    print(
-        f"\nmedians of {args.runs} runs, {args.messages} messages "
-        f"({args.confirmed} for receipt-each rows), {len(BODY)}-byte envelope, "
-        f"prefetch {PREFETCH}; msgs/s and this process's CPU (user+sys) us per message"
+    report.heading(
+        "STOMP benchmark",
+        f"Medians of {args.runs} runs, {args.messages:,} messages ({args.confirmed:,} for "
+        f"receipt-each rows), {len(BODY)}-byte envelope, prefetch {PREFETCH}; msg/s and this "
+        "process's CPU (user+sys) us per message.",
     )
+    header = ["row"]
+    for name in results:
+        header += [f"{name} msg/s", f"{name} us/msg"]
     rows = list(next(iter(results.values())))
-    print(f"{'':34}" + "".join(f"{name + ' msg/s':>16}{'us/msg':>8}" for name in results))
-    for row in rows:
-        cells = "".join(
-            f"{results[name][row][0]:16.0f}{results[name][row][1]:8.0f}" for name in results
-        )
-        print(f"{row:34}{cells}")
-    print("ratios (msgs/s)")
+    report.table(
+        header,
+        [[row, *(v for name in results for v in results[name][row])] for row in rows],
+    )
+    ratios: list[list[report.Cell]] = []
     for label, top, bottom in (
         ("worker / raw consume", "qk dispatch (worker)", "raw consume + ack"),
         ("transport / raw consume", "qk transport receive + ack", "raw consume + ack"),
@@ -265,10 +269,10 @@ def main() -> None:
         ),
         ("publish / raw receipt each", "qk publish (receipt each)", "raw publish, receipt each"),
     ):
-        ratios = "".join(
-            f"{results[name][top][0] / results[name][bottom][0]:15.2f}x{'':8}" for name in results
+        ratios.append(
+            [label, *(report.ratio(results[n][top][0], results[n][bottom][0]) for n in results)]
         )
-        print(f"{label:34}{ratios}")
+    report.table(["ratio (msg/s)", *results], ratios)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     scripts/brokers up prosody
     .venv/bin/python bench/bench_xmpp.py [--messages 2000] [--runs 5] [--size 200]
+    .venv/bin/python bench/bench_xmpp.py --quick      # smoke run: 100 messages, one run
 
 Three workloads, each measured for raw slixmpp (one asyncio client, the same XEP-0060 calls,
 up to 256 IQs in flight) and for queuekit's transport, alternating, medians of --runs:
@@ -33,6 +34,7 @@ from xml.etree import ElementTree as ET
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import report
 import slixmpp
 from slixmpp.plugins.xep_0004 import Form
 
@@ -226,11 +228,11 @@ def qk_round(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", type=int, default=200)
-    args = parser.parse_args()
+    args = report.parse_args(parser, {"messages": 100, "runs": 1})
     raw = Raw()
     url = TransportURL.parse(URL)
     producer, consumer = XMPPTransport(url), XMPPTransport(url, prefetch=64)
@@ -248,12 +250,16 @@ def main() -> None:
         producer.close()
         consumer.close()
         raw.close()
-    print(f"\n{args.messages} messages of ~{args.size} B, median of {args.runs} runs (msg/s)")
-    print(f"{'workload':<10} {'raw slixmpp':>12} {'queuekit':>10} {'ratio':>7}")
+    report.heading(
+        "XMPP benchmark",
+        f"Prosody, {args.messages:,} messages of ~{args.size} B, median of {args.runs} runs.",
+    )
+    rows: list[list[report.Cell]] = []
     for key in ("publish", "consume", "fanout", "broadcast"):
         r = statistics.median(results["raw slixmpp"][key])
         q = statistics.median(results["queuekit"][key])
-        print(f"{key:<10} {r:>12.0f} {q:>10.0f} {q / r:>6.2f}x")
+        rows.append([key, r, q, report.ratio(q, r)])
+    report.table(["workload", "raw slixmpp msg/s", "queuekit msg/s", "ratio"], rows)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_zmq.py [--messages 200000] [--runs 3] [--prefetch 256]
                                         [--profile]
+    .venv/bin/python bench/bench_zmq.py --quick       # smoke run: 5000 messages, one run
 
 Every case runs a producer process and a consumer process (the queuekit cases also run the
 routing device, a third process, as `worker zmq-proxy` would). End-to-end rate = messages /
@@ -40,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import report  # noqa: E402
 import zmq  # noqa: E402
 
 from queuekit import Message, connect  # noqa: E402
@@ -362,7 +364,7 @@ def main() -> int:
     parser.add_argument("--prefetch", type=int, default=256)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", nargs="*", default=None, help="case name prefixes")
-    args = parser.parse_args()
+    args = report.parse_args(parser, {"messages": 5000, "runs": 1})
     n, prefetch = args.messages, args.prefetch
     body = encode(Message(payload(0)))
     tmp = tempfile.mkdtemp(prefix="bench-zmq-")
@@ -385,9 +387,6 @@ def main() -> int:
     if args.only:
         cases = [c for c in cases if any(c[0].startswith(p) for p in args.only)]
 
-    print(f"zmq bench: {n} messages of {len(body)} bytes, prefetch {prefetch}, "
-          f"{args.runs} runs, {os.cpu_count()} CPUs, pyzmq {zmq.__version__} "
-          f"(libzmq {zmq.zmq_version()}), Python {sys.version.split()[0]}")  # fmt: skip
     rows = []
     for name, needs_device, bodies, spec in cases:
         runs = []
@@ -410,20 +409,24 @@ def main() -> int:
                 statistics.median(r.device_us for r in runs),
             )
         )
-    print()
-    header = (f"{'case':40} {'end-to-end msg/s':>16} {'send msg/s':>11} "
-              f"{'prod µs/msg':>11} {'cons µs/msg':>11} {'device µs/msg':>13}")  # fmt: skip
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r.case:40} {r.rate:16,.0f} {r.producer_rate:11,.0f} {r.producer_us:11.2f} "
-              f"{r.consumer_us:11.2f} {r.device_us:13.2f}")  # fmt: skip
-    print("\nin-process cost per message (median of 3):")
-    samples = [micro(50_000) for _ in range(3)]
+    samples = [micro(min(n, 50_000)) for _ in range(3)]
     costs = {label: statistics.median(s[i][1] for s in samples)
              for i, (label, _) in enumerate(samples[0])}  # fmt: skip
+    report.heading(
+        "ZeroMQ benchmark",
+        f"{n:,} messages of {len(body)} bytes, prefetch {prefetch}, median of {args.runs} "
+        f"runs, pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()}).",
+    )
+    raw = next((r.rate for r in rows if r.case.startswith("raw")), None)
+    report.table(
+        ["case", "end-to-end msg/s", "/ raw pyzmq", "send msg/s", "prod µs/msg", "cons µs/msg",
+         "device µs/msg"],
+        [[r.case, r.rate, report.ratio(r.rate, raw) if raw else "", r.producer_rate,
+          f"{r.producer_us:.2f}", f"{r.consumer_us:.2f}", f"{r.device_us:.2f}"] for r in rows],
+    )  # fmt: skip
+    print("In-process cost per message (median of 3):\n")
     for label, value in costs.items():
-        print(f"  {label:40} {value:6.2f} µs")
+        print(f"- {label}: {value:.2f} µs")
     print_overhead({r.case: r for r in rows}, costs["envelope decode"])
     if args.profile:
         device = Device()
