@@ -34,8 +34,9 @@ from typing import Any
 import kombu
 import report
 
-from queuekit import Outgoing, connect
+from queuekit import connect
 from queuekit.adapters.amqp import AMQPTransport
+from queuekit.spi import Outgoing
 from queuekit.spi.urls import TransportURL
 
 URL = "amqp://guest:guest@127.0.0.1:5672/"

@@ -34,7 +34,8 @@ from gearman.client import GearmanClient
 from gearman.worker import GearmanWorker
 
 import queuekit
-from queuekit.features.envelope import Message, Metadata, encode
+from queuekit import Message, Metadata
+from queuekit.features.envelope import encode
 from queuekit.spi.registry import open_transport
 
 MODES = {"memory": 4731, "sqlite": 4730}

@@ -28,7 +28,7 @@ import sqlalchemy
 
 from queuekit.jobstore import JobStore, open_jobstore
 from queuekit.jobstore.records import JobUpdate
-from queuekit.spi.transport import Outgoing
+from queuekit.spi import Outgoing
 
 DATABASES = {
     "postgresql": os.environ.get(

@@ -218,7 +218,8 @@ _DELETE = "DELETE FROM queuekit_messages WHERE id = ?"
 
 
 def envelope(i: int) -> bytes:
-    from queuekit.features.envelope import Message, encode
+    from queuekit import Message
+    from queuekit.features.envelope import encode
 
     return encode(Message(payload(i)))
 
@@ -395,8 +396,7 @@ def qk_publish_many(directory: str, level: str, sizes: Sizes) -> float:
 
 
 def qk_send_many(directory: str, level: str, sizes: Sizes) -> float:
-    from queuekit import connect
-    from queuekit.spi.transport import Outgoing
+    from queuekit import Outgoing, connect
 
     n = sizes.bulk
     with contextlib.closing(connect(qk_url(directory, level))) as conn:

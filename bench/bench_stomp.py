@@ -35,7 +35,8 @@ import report
 import stomp
 
 import queuekit
-from queuekit.features.envelope import Message, Metadata, encode
+from queuekit import Message, Metadata
+from queuekit.features.envelope import encode
 
 SERVERS = {"RabbitMQ": 61613, "ActiveMQ": 61623}
 PREFETCH = 64

@@ -39,7 +39,7 @@ import slixmpp
 from slixmpp.plugins.xep_0004 import Form
 
 from queuekit.adapters.xmpp import XMPPTransport
-from queuekit.spi.transport import Outgoing
+from queuekit.spi import Outgoing
 from queuekit.spi.urls import TransportURL
 
 URL = (

@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT))
 import report  # noqa: E402
 import zmq  # noqa: E402
 
-from queuekit import Message, connect  # noqa: E402
-from queuekit.features.envelope import Metadata, decode, encode  # noqa: E402
-from queuekit.spi.transport import Outgoing  # noqa: E402
+from queuekit import Message, Metadata, connect  # noqa: E402
+from queuekit.features.envelope import decode, encode  # noqa: E402
+from queuekit.spi import Outgoing  # noqa: E402
 from queuekit.spi.urls import TransportURL  # noqa: E402
 
 CHUNK = 1000
