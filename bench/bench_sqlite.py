@@ -396,7 +396,8 @@ def qk_publish_many(directory: str, level: str, sizes: Sizes) -> float:
 
 
 def qk_send_many(directory: str, level: str, sizes: Sizes) -> float:
-    from queuekit import Outgoing, connect
+    from queuekit import connect
+    from queuekit.spi import Outgoing
 
     n = sizes.bulk
     with contextlib.closing(connect(qk_url(directory, level))) as conn:

@@ -35,6 +35,7 @@ import report
 import stomp
 
 import queuekit
+import queuekit.spi
 from queuekit import Message, Metadata
 from queuekit.features.envelope import encode
 
@@ -143,7 +144,7 @@ def qk_publish_many(url: str, queue: str, n: int) -> float:
 
 def qk_transport_send_many(url: str, queue: str, n: int) -> float:
     conn = queuekit.connect(url, prefetch=PREFETCH)
-    batch = [queuekit.Outgoing(BODY)] * n
+    batch = [queuekit.spi.Outgoing(BODY)] * n
     start = time.perf_counter()
     conn.transport.send_many(queue, batch)
     elapsed = time.perf_counter() - start
