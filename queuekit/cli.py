@@ -65,6 +65,16 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * scale)
 
 
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return number
+
+
 def _priority_range(text: str) -> str:
     try:
         PriorityRange.parse(text)
@@ -81,15 +91,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.queue:
         cls = type(cls.__name__, (cls,), {"queue": args.queue, "__module__": cls.__module__})
     url = resolve_url(args.url or cls.url, queue=cls.queue_name())
-    with connect(url, prefetch=args.prefetch) as conn:  # closed on an abort too: un-acked
-        processed = cls(conn).dispatch(  # work goes back to the broker at once
+    concurrency = args.concurrency or cls.concurrency
+    prefetch = max(args.prefetch, concurrency)  # a free thread never waits on the broker
+    with connect(url, prefetch=prefetch) as conn:  # closed on an abort too: un-acked work
+        worker = cls(conn).worker(  # goes back to the broker at once
             max_messages=args.max_messages,
             max_seconds=args.max_seconds,
             max_memory=args.max_memory,
             priorities=args.priorities,
+            concurrency=concurrency,
+            shutdown_timeout=args.shutdown_timeout,
         )
+        processed = worker.run()
     print(f"worker: processed {processed} message(s) from {cls.queue_name()!r}", file=sys.stderr)
-    return 0
+    return 1 if worker.handed_back else 0  # the worker logged what it handed back
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -261,7 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("queue_class", metavar="CLASS", help="module.Class or module:Class")
     run.add_argument("--url", help="broker URL (default: configured, see above)")
     run.add_argument("--queue", help="queue name (default: the class's `queue`)")
-    run.add_argument("--prefetch", type=int, default=16, help="messages buffered ahead")
+    run.add_argument("--prefetch", type=int, default=16,
+                     help="messages buffered ahead (at least the concurrency)")  # fmt: skip
+    run.add_argument("-c", "--concurrency", type=_positive, metavar="N",
+                     help="messages in flight at once: N threads, or N tasks for an "
+                     "`async def work` (default: the class's, else 1)")  # fmt: skip
+    run.add_argument("--shutdown-timeout", type=float, metavar="S",
+                     help="on SIGTERM, let work in flight finish for S seconds, then hand "
+                     "the rest back to the broker and exit 1 (default: wait)")  # fmt: skip
     run.add_argument("--max-messages", type=int, metavar="N", help="exit after N messages")
     run.add_argument("--max-seconds", type=float, metavar="S", help="exit after S seconds")
     run.add_argument("--max-memory", type=parse_size, metavar="SIZE",

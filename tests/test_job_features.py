@@ -65,9 +65,9 @@ class Setup:
         return run_worker("run", f"tests.workers.queues.{cls}", "--url", self.url,
                           "--queue", self.queue, *args, cwd=self.tmp, env=self.env)  # fmt: skip
 
-    def start(self, cls: str) -> subprocess.Popen[str]:
+    def start(self, cls: str, *args: str) -> subprocess.Popen[str]:
         return start_worker("run", f"tests.workers.queues.{cls}", "--url", self.url,
-                            "--queue", self.queue, cwd=self.tmp, env=self.env)  # fmt: skip
+                            "--queue", self.queue, *args, cwd=self.tmp, env=self.env)  # fmt: skip
 
 
 @pytest.fixture(params=[None, *BROKERS], ids=lambda b: "sqlite" if b is None else str(b))

@@ -21,7 +21,6 @@ from queuekit import (
     AbstractQueue,
     Connection,
     ConnectionLost,
-    Delivery,
     Message,
     PermanentError,
     Repeat,
@@ -29,10 +28,10 @@ from queuekit import (
     StopWorker,
     Unsupported,
     connect,
-    register_transport,
 )
 from queuekit.adapters.memory import MemoryTransport
 from queuekit.jobstore.base import JobStoreError
+from queuekit.spi import Delivery, register_transport
 from queuekit.worker.loop import Worker
 from queuekit.worker.pipeline import FunctionHandler
 from tests.support import wait_until
@@ -213,7 +212,7 @@ def test_max_memory_ends_the_worker_before_it_takes_work(conn: Connection, name:
 def test_stop_from_another_thread(conn: Connection, name: str) -> None:
     queue = conn.queue(name)
     work = Calls()
-    worker = Worker(queue, FunctionHandler(work), handle_signals=False)
+    worker = Worker(conn.broker, name, FunctionHandler(work), handle_signals=False)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:

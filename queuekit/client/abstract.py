@@ -41,7 +41,9 @@ class AbstractQueue(ABC):
     (default: the configured one for this queue), ``retry`` (the strategy for failures),
     ``keep_records`` (a job record of every message), ``notify_after`` (the failed attempts
     after which ``on_failed_attempts`` is called), ``priority`` (of a message published
-    without one), ``priorities`` (the range this class's workers take, e.g. ``"200-"``).
+    without one), ``priorities`` (the range this class's workers take, e.g. ``"200-"``),
+    ``concurrency`` (messages in flight per worker: threads, or tasks when ``work`` is
+    ``async def``).
     Without a ``connection`` the instance opens its own and closes it when ``dispatch``
     returns or on ``close()``.
     """
@@ -53,6 +55,7 @@ class AbstractQueue(ABC):
     notify_after: ClassVar[int] = DEFAULT_NOTIFY_AFTER
     priority: ClassVar[int | None] = None
     priorities: ClassVar[str | None] = None
+    concurrency: ClassVar[int] = 1
 
     def __init__(self, connection: Connection | None = None, *, url: str | None = None) -> None:
         self._owns_connection = connection is None
@@ -134,6 +137,29 @@ class AbstractQueue(ABC):
         this instance's connection; see :mod:`queuekit.features.bulk`."""
         return self.messages.bulk(size)
 
+    def worker(
+        self,
+        *,
+        max_messages: int | None = None,
+        max_seconds: float | None = None,
+        max_memory: int | None = None,
+        handle_signals: bool = True,
+        priorities: str | None = None,
+        concurrency: int | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> Worker:
+        """A worker for this queue (``run()`` it); see :class:`queuekit.worker.loop.Worker`.
+
+        ``priorities`` (e.g. ``"20-40"``) overrides the class's range, ``concurrency`` the
+        class's; ``shutdown_timeout`` bounds how long a stop waits for work in flight."""
+        limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
+        text = priorities or self.priorities
+        return Worker(self.connection.broker, self.queue_name(), self, limits=limits,
+                      handle_signals=handle_signals,
+                      priorities=PriorityRange.parse(text) if text else None,
+                      concurrency=concurrency or self.concurrency,
+                      shutdown_timeout=shutdown_timeout)  # fmt: skip
+
     def dispatch(
         self,
         *,
@@ -142,16 +168,16 @@ class AbstractQueue(ABC):
         max_memory: int | None = None,
         handle_signals: bool = True,
         priorities: str | None = None,
+        concurrency: int | None = None,
+        shutdown_timeout: float | None = None,
     ) -> int:
-        """Run the worker loop on this queue; see :class:`queuekit.worker.loop.Worker`.
-
-        ``priorities`` (e.g. ``"20-40"``) overrides the class's range."""
-        limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
-        text = priorities or self.priorities
-        taken = PriorityRange.parse(text) if text else None
+        """Run :meth:`worker` until it stops; return how many messages it processed.
+        Closes the connection this instance opened."""
         try:
-            worker = Worker(self.connection.broker, self.queue_name(), self, limits=limits,
-                            handle_signals=handle_signals, priorities=taken)  # fmt: skip
+            worker = self.worker(max_messages=max_messages, max_seconds=max_seconds,
+                                 max_memory=max_memory, handle_signals=handle_signals,
+                                 priorities=priorities, concurrency=concurrency,
+                                 shutdown_timeout=shutdown_timeout)  # fmt: skip
             return worker.run()
         finally:
             if self._owns_connection:

@@ -202,6 +202,8 @@ class Queue:
         on_failed_attempts: ErrorHook | None = None,
         notify_after: int = DEFAULT_NOTIFY_AFTER,
         priorities: PriorityRange | str | None = None,
+        concurrency: int = 1,
+        shutdown_timeout: float | None = None,
     ) -> int:
         """Work this queue off until stopped; return how many messages were processed.
 
@@ -213,6 +215,9 @@ class Queue:
         they replace the handler's own; ``on_failed_attempts`` fires when a message has
         failed ``notify_after`` attempts. ``priorities`` (``"20-40"``, ``"25-"``, a
         :class:`PriorityRange`) takes only messages with a priority in that range.
+        ``concurrency`` N runs up to N messages at once (threads, or tasks for an ``async def
+        work``); ``shutdown_timeout`` bounds how long a stop waits for them before handing
+        what still runs back to the broker.
         """
         handler = work if not callable(work) else FunctionHandler(work, validate, retry)
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
@@ -230,7 +235,8 @@ class Queue:
             priorities = PriorityRange.parse(priorities)
         worker = Worker(self.connection.broker, self.name, handler, limits=limits,
                         handle_signals=handle_signals, hooks=hooks, record=record,
-                        priorities=priorities)  # fmt: skip
+                        priorities=priorities, concurrency=concurrency,
+                        shutdown_timeout=shutdown_timeout)  # fmt: skip
         return worker.run()
 
     def depth(self) -> int:

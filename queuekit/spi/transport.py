@@ -8,8 +8,11 @@ headers between a named queue and a broker, and says what it guarantees in
 Contract, for every adapter:
 
 - **Threads.** ``send``/``send_many``/``broadcast`` are thread-safe. ``receive``, ``ack`` and
-  ``nack`` are called from one consumer thread at a time. ``close`` may be called from any
-  thread; a ``receive`` blocked in another thread then returns ``None`` promptly.
+  ``nack`` (and ``requeue``, ``complete``, ``release``) are called from one consumer thread at
+  a time. A worker with concurrency keeps this: its loop thread alone receives and settles,
+  while ``work()`` runs in other threads or tasks that only publish (``send``). ``close`` may
+  be called from any thread; a ``receive`` blocked in another thread then returns ``None``
+  promptly.
 - **Publishing.** ``send`` returns once the broker holds the message as far as the protocol
   can tell (publisher confirms, receipts, a committed row). ``send_many`` gives the same
   guarantee for the whole batch when it returns, and should pay one round trip per batch,

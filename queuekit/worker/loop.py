@@ -1,11 +1,16 @@
 """The dispatch loop: receive, process, repeat; until told to stop.
 
 What happens to each message (decode, validate, work, retry, fail, settle) is
-:mod:`queuekit.worker.pipeline`; this module is the loop around it.
+:mod:`queuekit.worker.pipeline`; this module is the loop around it. With ``concurrency``
+N, up to N messages are in flight: ``work()`` runs in N threads, or as N tasks on an event
+loop for an ``async def work()`` (:mod:`.runners`), while this loop alone receives and
+settles, so adapters keep their one-consumer-thread contract. Prefetch is at least N.
 
-Signals (SIGTERM, SIGINT, SIGHUP) only set a flag; the loop finishes the message in hand,
-settles it, and returns. A second SIGINT aborts at once: the un-acked message then goes
-back to the broker (redelivery). ``receive`` returns ``None`` when idle, which is the
+Signals (SIGTERM, SIGINT, SIGHUP) only set a flag; the loop stops taking messages, lets
+those in flight finish and settles them, and returns. With a ``shutdown_timeout`` it waits
+that long, then hands what is still running back to the broker (nothing acked that did not
+finish; ``handed_back`` counts them). A second SIGINT aborts at once: un-acked messages then
+go back to the broker (redelivery). ``receive`` returns ``None`` when idle, which is the
 loop's heartbeat for noticing the flag and the limits. A ``ConnectionLost`` that the
 adapter could not hide makes the loop reopen the transport, with capped backoff, and go on.
 Every half second the loop also fires its queue's due recurring jobs and forwards what the
@@ -29,12 +34,14 @@ from ..features.hooks import Hooks
 from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
 from ..spi.priorities import PriorityRange
 from ..spi.transport import Transport
-from .pipeline import Handler, Pipeline
+from .pipeline import Attempt, Handler, Outcome, Pipeline
+from .runners import Runner, runner_for
 
 log = logging.getLogger("queuekit.worker")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEARTBEAT = 0.5  # seconds a receive may block before the loop checks flags and limits
+_BUSY_RECEIVE = 0.02  # ... while messages are in flight, whose outcomes wait to be settled
 _SCHEDULER_EVERY = 0.5  # seconds between forwards of due messages from the delayed store
 _GROUP_SWEEP_EVERY = 5.0  # seconds between sweeps for serial-group heads nobody sent
 _RECONNECT_CAP = 5.0  # longest wait between reconnect attempts
@@ -75,8 +82,13 @@ class Worker:
         hooks: Hooks | None = None,
         record: bool = False,
         priorities: PriorityRange | None = None,
+        concurrency: int = 1,
+        shutdown_timeout: float | None = None,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self.broker, self.queue, self.handler, self.limits = broker, queue, handler, limits
+        self.concurrency, self.shutdown_timeout = concurrency, shutdown_timeout
         #: Take only messages with a priority in this range (capability ``priority_range``).
         self.priorities = priorities
         self.handle_signals = handle_signals
@@ -86,6 +98,8 @@ class Worker:
         self._pipeline = Pipeline(broker, queue, handler, hooks=self.hooks,
                                   record_all=self.record_all, stop=self.stop)  # fmt: skip
         self.processed = 0
+        #: Messages still running when the shutdown timeout passed, given back to the broker.
+        self.handed_back = 0
         self._stop_reason: str | None = None
         self._signals_seen = 0
         self._jobs = broker.jobs
@@ -108,8 +122,10 @@ class Worker:
         previous = self._install_signals()
         started = time.monotonic()
         next_check = 0.0
-        log.info("worker %d consuming %r on %s", os.getpid(), self.queue,
-                 self.broker.url.redacted())  # fmt: skip
+        runner = runner_for(self._pipeline, self.concurrency,
+                            threaded=self.shutdown_timeout is not None)  # fmt: skip
+        log.info("worker %d consuming %r on %s (concurrency %d)", os.getpid(), self.queue,
+                 self.broker.url.redacted(), self.concurrency)  # fmt: skip
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
             self.stop("max_messages is 0")
         try:
@@ -120,28 +136,82 @@ class Worker:
                     self._periodic(started)
                     if self._stop_reason is not None:
                         break
-                try:
-                    if self.priorities is None:
-                        delivery = self._transport.receive(self.queue, _HEARTBEAT)
-                    else:
-                        delivery = self._transport.receive_priorities(
-                            self.queue, _HEARTBEAT, self.priorities
-                        )
-                    if delivery is None:
-                        continue
-                    self._pipeline.process(delivery)
-                except ConnectionLost as exc:
-                    # Un-acked work on the lost connection is the broker's to redeliver.
-                    self._reconnect(exc)
+                self._settle(runner.collect(0))
+                if runner.full or self._enough_taken(runner):
+                    self._settle(runner.collect(_HEARTBEAT))
                     continue
-                self.processed += 1
-                if self.limits.max_messages and self.processed >= self.limits.max_messages:
-                    self.stop(f"processed {self.processed} messages")
+                self._take(runner)
+            self._finish(runner)
         finally:
+            runner.close()
             self._restore_signals(previous)
             self._release()
         log.info("worker %d stopped: %s", os.getpid(), self._stop_reason)
         return self.processed
+
+    def _take(self, runner: Runner) -> None:
+        """Receive one message and start it (or settle it, when it cannot start)."""
+        wait = _BUSY_RECEIVE if runner.in_flight else _HEARTBEAT
+        try:
+            if self.priorities is None:
+                delivery = self._transport.receive(self.queue, wait)
+            else:
+                delivery = self._transport.receive_priorities(self.queue, wait, self.priorities)
+            if delivery is None:
+                return
+            attempt = self._pipeline.begin(delivery)
+        except ConnectionLost as exc:
+            # Un-acked work on the lost connection is the broker's to redeliver.
+            self._reconnect(exc)
+            return
+        if attempt is None:  # settled already (malformed)
+            self._count()
+        else:
+            runner.submit(attempt)
+
+    def _enough_taken(self, runner: Runner) -> bool:
+        """``max_messages`` is near: take no more than it leaves room for."""
+        most = self.limits.max_messages
+        return most is not None and self.processed + len(runner.in_flight) >= most
+
+    def _settle(self, done: list[tuple[Attempt, Outcome]]) -> None:
+        for attempt, outcome in done:
+            try:
+                self._pipeline.settle(attempt, outcome)
+            except ConnectionLost as exc:
+                self._reconnect(exc)
+            self._count()
+
+    def _count(self) -> None:
+        self.processed += 1
+        if self.limits.max_messages and self.processed >= self.limits.max_messages:
+            self.stop(f"processed {self.processed} messages")
+
+    def _finish(self, runner: Runner) -> None:
+        """Stopping: let what is in flight finish (for ``shutdown_timeout`` s at most),
+        settle it, and hand back to the broker what is still running after that."""
+        deadline = (
+            None if self.shutdown_timeout is None else (time.monotonic() + self.shutdown_timeout)
+        )
+        if runner.in_flight:
+            log.info("worker %d finishing %d message(s) in flight", os.getpid(),
+                     len(runner.in_flight))  # fmt: skip
+        while runner.in_flight:
+            left = _HEARTBEAT if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._settle(runner.collect(min(left, _HEARTBEAT)))
+        unfinished = list(runner.in_flight.values())
+        for attempt in unfinished:
+            try:
+                self._pipeline.hand_back(attempt)
+            except QueuekitError as exc:  # the broker redelivers it when the link closes
+                log.warning("could not hand back message %s: %s", attempt.message.id, exc)
+        if unfinished:
+            self.handed_back = len(unfinished)
+            log.warning("worker %d handed %d unfinished message(s) back after the %gs "
+                        "shutdown timeout", os.getpid(), len(unfinished),
+                        self.shutdown_timeout)  # fmt: skip
 
     def _periodic(self, started: float) -> None:
         try:

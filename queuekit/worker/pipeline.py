@@ -25,7 +25,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..features.broker import Broker
 from ..features.envelope import Message, decode, encode_json
@@ -39,7 +39,7 @@ from ..spi.errors import (
     RetryLater,
     StopWorker,
 )
-from ..spi.transport import Delivery
+from ..spi.transport import Delivery, Transport
 from .observers import GroupRelease, HookCalls, KeyRelease, Observer, Records, Replies
 
 log = logging.getLogger("queuekit.worker")
@@ -111,6 +111,10 @@ class Attempt:
 
     delivery: Delivery
     message: Message
+    #: The transport the delivery came from: it is settled there or, after a reconnect
+    #: replaced it, not at all (the broker redelivers what the lost connection held).
+    transport: Transport
+    observers: Sequence[Observer] = ()
     started: float = field(default_factory=time.time)
     #: What went wrong around the attempt without changing its outcome (a hook raised).
     notes: list[str] = field(default_factory=list)
@@ -118,10 +122,33 @@ class Attempt:
     failed_record: JobUpdate | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How ``work()`` ended, for :meth:`Pipeline.settle`: ``done`` (with ``result``),
+    ``later`` (``RetryLater`` after ``delay`` s), ``raised`` (``exc``, counted as an
+    attempt) or ``rejected`` (``validate()`` said no or raised: ``reason``)."""
+
+    kind: Literal["done", "later", "raised", "rejected"]
+    result: object = None
+    exc: BaseException | None = None
+    delay: float = 0.0
+    reason: str = ""
+    trace: str | None = None
+
+
 class Pipeline:
-    """Processes deliveries of ``queue`` with ``handler``; ``stop(reason)`` is how a
-    ``StopWorker`` reaches the loop. The transport is looked up on the broker for each
-    settle, so a reconnect (which replaces it) needs nothing here."""
+    """Processes deliveries of ``queue`` with ``handler`` in three steps, so a worker can
+    run the middle one elsewhere (a thread, an event loop) while the loop thread keeps the
+    transport to itself:
+
+    - :meth:`begin` (loop thread): decode; a malformed body is settled at once;
+    - :meth:`work` or :meth:`work_async` (anywhere): validate, hooks, ``work()``; no
+      transport call, so it is safe beside the loop's receive;
+    - :meth:`settle` (loop thread): retry or fail or ack, and what comes with it.
+
+    :meth:`process` runs the three in a row. ``stop(reason)`` is how a ``StopWorker``
+    reaches the loop.
+    """
 
     def __init__(
         self,
@@ -153,16 +180,26 @@ class Pipeline:
         self._counts_starts = caps.redelivery and not caps.marks_redelivery
 
     def process(self, delivery: Delivery) -> None:
+        """All three steps in this thread (a worker without concurrency)."""
+        attempt = self.begin(delivery)
+        if attempt is not None:
+            self.settle(attempt, self.work(attempt))
+
+    # -- begin (loop thread) -------------------------------------------------------------
+
+    def begin(self, delivery: Delivery) -> Attempt | None:
+        """The attempt to work on, or ``None`` when the delivery was settled already (a
+        body that does not decode; on gearmand, a message whose workers died too often)."""
+        transport = self.broker.transport
         try:
             message = decode(delivery.body)
         except MalformedMessage as exc:
-            self._drop_malformed(delivery, exc.reason)
-            return
-        attempt = Attempt(delivery, message)
-        if self._counts_starts:
-            self._run_counted(attempt)
-        else:
-            self._run(attempt)
+            self._drop_malformed(transport, delivery, exc.reason)
+            return None
+        attempt = Attempt(delivery, message, transport, self._observers_for(message))
+        if self._counts_starts and self._died_too_often(attempt):
+            return None
+        return attempt
 
     def _observers_for(self, message: Message) -> Sequence[Observer]:
         """The observers that apply to ``message``. Those of a worker without hooks or
@@ -173,99 +210,138 @@ class Pipeline:
             return [o for o in self.observers if o.applies(message)]
         return ()
 
-    def _run_counted(self, attempt: Attempt) -> None:
+    def _died_too_often(self, attempt: Attempt) -> bool:
         """For brokers that redeliver without saying so (gearmand): note each start in the
         job store, so an attempt that died with its worker counts, and a message that keeps
-        killing workers ends in the failed store instead of coming back for ever."""
+        killing workers ends in the failed store instead of coming back for ever. The note
+        is dropped when the attempt is settled."""
         message, delivery = attempt.message, attempt.delivery
         died = self._jobs.begin_delivery(message.id) - 1
-        try:
-            if died:
-                message.metadata.attempts += died
-                delivery.redelivered, delivery.delivery_count = True, died + 1
-                if self._next_wait(message) is None:
-                    reason = f"its worker died during {died} attempt(s); no attempts left"
-                    self._fail(attempt, self._observers_for(message), reason)
-                    return
-            self._run(attempt)
-        finally:
-            self._jobs.end_delivery(message.id)
+        if not died:
+            return False
+        message.metadata.attempts += died
+        delivery.redelivered, delivery.delivery_count = True, died + 1
+        if self._next_wait(message) is not None:
+            return False
+        reason = f"its worker died during {died} attempt(s); no attempts left"
+        self._fail(attempt, reason)
+        self._jobs.end_delivery(message.id)
+        return True
 
-    def _run(self, attempt: Attempt) -> None:
-        message, handler = attempt.message, self.handler
-        observers = self._observers_for(message)
-        for observer in observers:
+    # -- work (any thread) ---------------------------------------------------------------
+
+    def work(self, attempt: Attempt) -> Outcome:
+        """Validate and run a sync ``work()``; never raises (what went wrong is the outcome)."""
+        early = self._prelude(attempt)
+        if early is not None:
+            return early
+        try:
+            result = self.handler.work(attempt.message)
+        except Exception as exc:
+            return self._raised(attempt, exc)
+        return self._returned(attempt, result)
+
+    async def work_async(self, attempt: Attempt) -> Outcome:
+        """:meth:`work` for an ``async def work()``, on the worker's event loop."""
+        early = self._prelude(attempt)
+        if early is not None:
+            return early
+        try:
+            result = await self.handler.work(attempt.message)  # type: ignore[misc]
+        except Exception as exc:
+            return self._raised(attempt, exc)
+        return self._returned(attempt, result)
+
+    def _prelude(self, attempt: Attempt) -> Outcome | None:
+        """Everything before ``work()``; an outcome when it must not run."""
+        for observer in attempt.observers:
             observer.started(attempt)
         try:
-            valid = handler.validate(message)
+            valid = self.handler.validate(attempt.message)
         except Exception as exc:
-            self._fail(attempt, observers, f"validate() raised {exc!r}", traceback.format_exc())
-            return
+            return Outcome("rejected", reason=f"validate() raised {exc!r}",
+                           trace=traceback.format_exc())  # fmt: skip
         if not valid:
-            self._fail(attempt, observers, "rejected by validate()")
-            return
+            return Outcome("rejected", reason="rejected by validate()")
         try:
-            for observer in observers:
+            for observer in attempt.observers:
                 observer.before_work(attempt)
-            result = handler.work(message)
-        except RetryLater as exc:  # not an attempt: the count stays as it was
-            self._retry(attempt, observers, exc.delay, f"retry later: {exc}", None)
         except Exception as exc:
-            message.metadata.attempts += 1
-            for observer in observers:
-                observer.raised(attempt, exc)
-            self._after_failure(attempt, observers, exc)
-        else:
-            for observer in observers:
-                observer.succeeded(attempt, result)
-            self._succeeded(attempt, observers, result)
+            return self._raised(attempt, exc)
+        return None
 
-    def _succeeded(self, attempt: Attempt, observers: Sequence[Observer], result: object) -> None:
+    def _raised(self, attempt: Attempt, exc: Exception) -> Outcome:
+        if isinstance(exc, RetryLater):  # not an attempt: the count stays as it was
+            return Outcome("later", exc=exc, delay=exc.delay)
+        trace = traceback.format_exc()
+        attempt.message.metadata.attempts += 1
+        for observer in attempt.observers:
+            observer.raised(attempt, exc)
+        return Outcome("raised", exc=exc, trace=trace)
+
+    def _returned(self, attempt: Attempt, result: object) -> Outcome:
+        for observer in attempt.observers:
+            observer.succeeded(attempt, result)
+        return Outcome("done", result=result)
+
+    # -- settle (loop thread) ------------------------------------------------------------
+
+    def settle(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Ack, retry or fail the delivery as ``outcome`` says, on the transport it came
+        from; after a reconnect replaced that, the broker redelivers it instead."""
+        try:
+            if attempt.transport is not self.broker.transport:
+                log.info("message %s was received on a lost connection: the broker "
+                         "delivers it again", attempt.message.id)  # fmt: skip
+            elif outcome.kind == "done":
+                self._succeeded(attempt, outcome.result)
+            elif outcome.kind == "later":
+                self._retry(attempt, outcome.delay, f"retry later: {outcome.exc}", None)
+            elif outcome.kind == "rejected":
+                self._fail(attempt, outcome.reason, outcome.trace)
+            else:
+                assert isinstance(outcome.exc, Exception)
+                self._after_failure(attempt, outcome.exc, outcome.trace)
+        finally:
+            if self._counts_starts:
+                self._jobs.end_delivery(attempt.message.id)
+
+    def _succeeded(self, attempt: Attempt, result: object) -> None:
         """Ack; a result goes along (as JSON, bytes as they are) for a caller waiting on it."""
-        for observer in observers:
+        for observer in attempt.observers:
             observer.finished(attempt, result=result, error=None)
-        delivery = attempt.delivery
+        delivery, transport = attempt.delivery, attempt.transport
         if result is None:
-            self.broker.transport.ack(delivery)
+            transport.ack(delivery)
             return
         try:
             reply = result if isinstance(result, bytes) else encode_json(result).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             log.warning("the result of message %s is not JSON (%s): acked without it",
                         attempt.message.id, exc)  # fmt: skip
-            self.broker.transport.ack(delivery)
+            transport.ack(delivery)
             return
-        self.broker.transport.complete(delivery, reply)
+        transport.complete(delivery, reply)
 
-    def _after_failure(
-        self, attempt: Attempt, observers: Sequence[Observer], exc: Exception
-    ) -> None:
+    def _after_failure(self, attempt: Attempt, exc: Exception, trace: str | None) -> None:
         meta = attempt.message.metadata
-        trace = traceback.format_exc()
         if isinstance(exc, PermanentError):
-            self._fail(attempt, observers, f"permanent error: {exc}", trace)
+            self._fail(attempt, f"permanent error: {exc}", trace)
             return
         if isinstance(exc, StopWorker):
-            self._fail(attempt, observers, f"worker stopped: {exc}", trace)
+            self._fail(attempt, f"worker stopped: {exc}", trace)
             self.stop(f"StopWorker: {exc}")
             return
         wait = self._next_wait(attempt.message)
         if wait is None:
-            self._fail(attempt, observers, f"{type(exc).__name__}: {exc}", trace)
+            self._fail(attempt, f"{type(exc).__name__}: {exc}", trace)
             return
         log.warning("message %s failed (attempt %d), retrying in %gs: %r",
                     meta.id, meta.attempts, wait, exc)  # fmt: skip
-        self._retry(attempt, observers, wait, f"{type(exc).__name__}: {exc}", trace)
+        self._retry(attempt, wait, f"{type(exc).__name__}: {exc}", trace)
 
-    def _retry(
-        self,
-        attempt: Attempt,
-        observers: Sequence[Observer],
-        delay: float,
-        error: str,
-        trace: str | None,
-    ) -> None:
-        for observer in observers:
+    def _retry(self, attempt: Attempt, delay: float, error: str, trace: str | None) -> None:
+        for observer in attempt.observers:
             observer.retrying(attempt, error, trace)
         self.broker.requeue(self.queue, attempt.delivery, attempt.message, delay=delay)
 
@@ -283,15 +359,9 @@ class Pipeline:
                 log.warning("message %s: ignoring its retry strategy: %r", meta.id, bad)
         return self.retry.delay_for(meta.attempts)
 
-    def _fail(
-        self,
-        attempt: Attempt,
-        observers: Sequence[Observer],
-        reason: str,
-        trace: str | None = None,
-    ) -> None:
+    def _fail(self, attempt: Attempt, reason: str, trace: str | None = None) -> None:
         """Record the message in the failed store, then drop it from the queue."""
-        for observer in observers:
+        for observer in attempt.observers:
             observer.failing(attempt, reason, trace)
         message, delivery = attempt.message, attempt.delivery
         self._jobs.add_failed(
@@ -306,12 +376,20 @@ class Pipeline:
             job=attempt.failed_record,
         )
         log.warning("message %s failed for good: %s", message.id, reason)
-        for observer in observers:
+        for observer in attempt.observers:
             observer.finished(attempt, result=None, error=reason)
-        self.broker.transport.nack(delivery, requeue=False)
+        attempt.transport.nack(delivery, requeue=False)
 
-    def _drop_malformed(self, delivery: Delivery, reason: str) -> None:
+    def _drop_malformed(self, transport: Transport, delivery: Delivery, reason: str) -> None:
         """A body that is not an envelope: to the failed store with its raw bytes."""
         self._jobs.add_failed(self.queue, delivery.body, reason, headers=dict(delivery.headers))
         log.warning("a malformed message failed for good: %s", reason)
-        self.broker.transport.nack(delivery, requeue=False)
+        transport.nack(delivery, requeue=False)
+
+    def hand_back(self, attempt: Attempt) -> None:
+        """Give an unfinished attempt back to the broker (a stop's deadline passed): it
+        runs again, on this worker or another; nothing was acked that did not finish."""
+        if attempt.transport is self.broker.transport:
+            attempt.transport.nack(attempt.delivery, requeue=True)
+        if self._counts_starts:
+            self._jobs.end_delivery(attempt.message.id)

@@ -11,11 +11,12 @@ on a line appearing instead of sleeping:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
 
-from queuekit import AbstractQueue, Message, PermanentError
+from queuekit import AbstractQueue, Message, PermanentError, Repeat
 
 
 def _append(variable: str, line: str) -> None:
@@ -103,3 +104,39 @@ class DoublingQueue(AbstractQueue):
 
 class NotAQueue:
     """A class that is not an AbstractQueue (for the CLI's error path)."""
+
+
+class SlowQueue(AbstractQueue):
+    """Appends ``n`` to ``$QK_OUT`` after waiting ``$QK_SLOW`` seconds (I/O-bound work)."""
+
+    queue = "slow"
+
+    def work(self, message: Message) -> None:
+        time.sleep(float(os.environ.get("QK_SLOW", "0.05")))
+        _append("QK_OUT", str(message.payload["n"]))
+
+
+class AsyncRecordingQueue(AbstractQueue):
+    """``RecordingQueue`` with an ``async def work`` that waits ``$QK_SLOW`` seconds first."""
+
+    queue = "async-records"
+
+    async def work(self, message: Message) -> None:
+        await asyncio.sleep(float(os.environ.get("QK_SLOW", "0")))
+        _append("QK_OUT", str(message.payload["n"]))
+
+
+class AsyncDoublingQueue(AbstractQueue):
+    """``DoublingQueue`` with an ``async def work``; fails once on ``n == 5`` (a retry)."""
+
+    queue = "async-doubling"
+    retry = Repeat(times=1, every=0)
+
+    async def work(self, message: Message) -> dict[str, int]:
+        await asyncio.sleep(0)
+        n = message.payload["n"]
+        if n < 0:
+            raise PermanentError(f"{n} is negative")
+        if n == 5 and message.metadata.attempts == 0:
+            raise RuntimeError("the first attempt at 5 fails")
+        return {"doubled": 2 * n}

@@ -1,0 +1,300 @@
+"""Concurrency: ``-c N`` threads and ``async def work`` tasks, with every promise kept.
+
+In process first (the overlap itself, async handlers, a stop that waits for what is in
+flight, a deadline that hands work back), then with real ``worker run -c 8`` processes on
+every landed broker: nothing lost, SIGTERM finishes what is in flight, SIGKILL loses
+nothing, serial groups stay in order, a priority range is kept, async handlers reply and
+retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queuekit import AbstractQueue, Connection, Message, NoRetry, RetryLater, connect
+from queuekit.worker.loop import Worker
+from queuekit.worker.pipeline import FunctionHandler
+from tests.support import wait_until
+from tests.test_job_features import Setup, out, setup  # noqa: F401 - the broker matrix
+from tests.workers.harness import lines, sqlite_url, wait_for_line
+
+SAFETY = 60  # seconds a dispatch may run at most, so a broken test ends
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[Connection]:
+    with connect(sqlite_url(tmp_path / "q.db")) as connection:
+        yield connection
+
+
+def test_eight_threads_work_at_once(conn: Connection) -> None:
+    queue = conn.queue("overlap")
+    queue.publish_many([{"n": n} for n in range(16)])
+    together = threading.Barrier(8, timeout=30)  # breaks unless 8 run at the same time
+    done: list[int] = []
+
+    def work(message: Message) -> None:
+        together.wait()
+        done.append(message.payload["n"])
+
+    assert queue.dispatch(work, concurrency=8, max_messages=16, max_seconds=SAFETY) == 16
+    assert sorted(done) == list(range(16))
+    assert queue.depth() == 0
+
+
+class AsyncOverlap(AbstractQueue):
+    """Eight ``async def work`` tasks must be waiting at once for any to go on."""
+
+    queue = "async-overlap"
+    seen: list[int]
+    running = 0
+    gate: asyncio.Event | None = None
+
+    async def work(self, message: Message) -> int:
+        type(self).running += 1
+        if type(self).gate is None:
+            type(self).gate = asyncio.Event()
+        if type(self).running >= 8:
+            type(self).gate.set()  # type: ignore[union-attr]
+        await asyncio.wait_for(type(self).gate.wait(), 30)  # type: ignore[union-attr]
+        type(self).seen.append(message.payload)
+        return int(message.payload) * 2
+
+
+def test_async_work_runs_as_tasks_on_one_loop(conn: Connection) -> None:
+    AsyncOverlap.seen = []
+    queue = conn.queue(AsyncOverlap.queue)
+    ids = queue.publish_many(list(range(8)), record=True)
+    handler = AsyncOverlap(conn)
+    assert handler.dispatch(concurrency=8, max_messages=8, max_seconds=SAFETY) == 8
+    assert sorted(AsyncOverlap.seen) == list(range(8))
+    results = [conn.job(i) for i in ids]
+    assert [r.result if r else None for r in results] == [n * 2 for n in range(8)]
+
+
+def test_a_stop_lets_what_is_in_flight_finish(conn: Connection) -> None:
+    queue = conn.queue("finish")
+    queue.publish_many([{"n": n} for n in range(12)])
+    started, release = threading.Semaphore(0), threading.Event()
+    done: list[int] = []
+
+    def work(message: Message) -> None:
+        started.release()
+        release.wait(30)
+        done.append(message.payload["n"])
+
+    worker = Worker(conn.broker, "finish", FunctionHandler(work), handle_signals=False,
+                    concurrency=4)  # fmt: skip
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    for _ in range(4):
+        assert started.acquire(timeout=30)
+    worker.stop("test")
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(done) == 4  # the four in flight finished; nothing more was taken
+    assert (worker.processed, worker.handed_back) == (4, 0)
+    assert queue.depth() == 8
+
+
+def test_a_deadline_hands_unfinished_work_back(conn: Connection) -> None:
+    queue = conn.queue("deadline")
+    queue.publish({"n": 1})
+    started, release = threading.Event(), threading.Event()
+
+    def work(message: Message) -> None:
+        started.set()
+        release.wait(30)
+
+    worker = Worker(conn.broker, "deadline", FunctionHandler(work), handle_signals=False,
+                    shutdown_timeout=0.2)  # fmt: skip
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert started.wait(30)
+        worker.stop("test")
+        thread.join(30)
+        assert not thread.is_alive()
+        assert (worker.processed, worker.handed_back) == (0, 1)
+        assert queue.depth() == 1  # back on the queue, not acked
+    finally:
+        release.set()
+    again: list[object] = []
+    assert queue.dispatch(lambda m: again.append(m.payload), max_messages=1,
+                          max_seconds=SAFETY) == 1  # fmt: skip
+    assert again == [{"n": 1}]
+
+
+def test_retry_later_and_failures_settle_from_threads(conn: Connection) -> None:
+    queue = conn.queue("mixed")
+    queue.publish_many([{"n": n} for n in range(6)])
+    tries: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def work(message: Message) -> None:
+        n = message.payload["n"]
+        with lock:
+            tries[n] = tries.get(n, 0) + 1
+        if n % 3 == 1 and tries[n] == 1:
+            raise RetryLater(0)
+        if n % 3 == 2:
+            raise ValueError("broken")
+
+    processed = queue.dispatch(work, retry=NoRetry(), concurrency=4, max_seconds=SAFETY,
+                               max_messages=8)  # fmt: skip
+    assert processed == 8  # 6 first attempts + 2 that came back from RetryLater
+    assert tries == {0: 1, 1: 2, 2: 1, 3: 1, 4: 2, 5: 1}
+    assert sorted(f.message_id is not None for f in conn.failed.list("mixed")) == [True, True]
+
+
+# -- real worker processes on every landed broker -------------------------------------------
+
+
+def test_c8_processes_every_message(setup: Setup) -> None:  # noqa: F811
+    count = 400
+    with setup.connect() as conn:
+        conn.queue(setup.queue).publish_many([{"n": n} for n in range(count)])
+    done = setup.run("SlowQueue", "-c", "8", "--max-messages", str(count),
+                     "--max-seconds", "120")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert set(out(setup)) == {str(n) for n in range(count)}  # at least once each
+
+
+def _gated(setup: Setup, count: int) -> tuple[Path, Path]:  # noqa: F811
+    events, release = setup.tmp / "events.txt", setup.tmp / "release"
+    setup.env.update(QK_EVENTS=str(events), QK_RELEASE=str(release))
+    with setup.connect() as conn:
+        conn.queue(setup.queue).publish_many([{"n": n} for n in range(count)])
+    return events, release
+
+
+def _started(events: Path) -> list[str]:
+    return [line.split()[1] for line in lines(events) if line.startswith("started")]
+
+
+def test_sigterm_with_eight_in_flight_finishes_them(setup: Setup) -> None:  # noqa: F811
+    events, release = _gated(setup, 12)
+    worker = setup.start("GatedQueue", "-c", "8", "--prefetch", "8", "-v")
+    try:
+        wait_until(lambda: len(_started(events)) >= 8, 60, "eight messages in flight")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.stderr is not None
+        wait_for_line(worker.stderr, "finishing 8 message(s) in flight")  # taking no more
+        release.touch()
+        _, errors = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, errors
+    finished = out(setup)
+    assert sorted(finished) == sorted(_started(events))  # every started message finished
+    assert len(finished) == 8
+    rest = setup.run("RecordingQueue", "--max-messages", "4", "--max-seconds", "60")
+    assert rest.returncode == 0, rest.stderr
+    assert sorted(out(setup), key=int) == [str(n) for n in range(12)]
+
+
+def test_sigkill_with_eight_in_flight_loses_nothing(setup: Setup) -> None:  # noqa: F811
+    with setup.connect() as conn:
+        if not conn.transport.capabilities.redelivery:
+            pytest.skip(f"{conn.transport.name} does not redeliver (declared)")
+    events, release = _gated(setup, 8)
+    worker = setup.start("GatedQueue", "-c", "8", "--prefetch", "8")
+    try:
+        wait_until(lambda: len(_started(events)) >= 8, 60, "eight messages in flight")
+    finally:
+        worker.kill()
+        worker.communicate(timeout=60)
+    release.touch()
+    again = setup.run("RecordingQueue", "-c", "8", "--max-messages", "8", "--max-seconds", "90")
+    assert again.returncode == 0, again.stderr
+    assert sorted(out(setup), key=int) == [str(n) for n in range(8)]
+
+
+def test_a_shutdown_timeout_hands_a_slow_message_back(setup: Setup) -> None:  # noqa: F811
+    events, release = _gated(setup, 1)
+    worker = setup.start("GatedQueue", "--shutdown-timeout", "2")
+    try:
+        wait_until(lambda: _started(events) == ["0"], 60, "the message to start")
+        worker.send_signal(signal.SIGTERM)
+        _, errors = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode != 0
+    assert "handed 1 unfinished message(s) back" in errors, errors
+    assert out(setup) == []
+    release.touch()
+    again = setup.run("RecordingQueue", "--max-messages", "1", "--max-seconds", "90")
+    assert again.returncode == 0, again.stderr
+    assert out(setup) == ["0"]
+
+
+def test_serial_groups_keep_order_with_c8_workers(setup: Setup) -> None:  # noqa: F811
+    with setup.connect() as conn:
+        if not conn.transport.capabilities.redelivery:
+            pytest.skip("serial groups need redelivery")
+        for n in range(6):
+            for group in ("a", "b", "c"):
+                conn.queue(setup.queue).publish([group, n], group=group)
+    workers = [setup.start("SerialQueue", "-c", "8") for _ in range(3 if setup.competing else 1)]
+    try:
+        wait_until(lambda: len(out(setup)) >= 36, 120, "18 grouped messages to run")
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            _, errors = worker.communicate(timeout=60)
+            assert worker.returncode == 0, errors
+    events = out(setup)
+    for group in ("a", "b", "c"):
+        mine = [e.split()[0] + " " + e.split()[2] for e in events if e.split()[1] == group]
+        assert mine == [f"{edge} {n}" for n in range(6) for edge in ("start", "end")], mine
+
+
+def test_a_priority_range_with_c8_takes_nothing_outside_it(setup: Setup) -> None:  # noqa: F811
+    with setup.connect() as conn:
+        if not conn.transport.capabilities.priority_range:
+            pytest.skip(f"{conn.transport.name} has no priority ranges (declared)")
+        for n in range(40):
+            conn.queue(setup.queue).publish({"n": n}, priority=90 if n % 2 else 10)
+    done = setup.run("RecordingQueue", "-p", "50-", "-c", "8", "--max-messages", "20",
+                     "--max-seconds", "60")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(out(setup), key=int) == [str(n) for n in range(1, 40, 2)]
+
+
+def test_async_work_replies_and_retries(setup: Setup) -> None:  # noqa: F811
+    worker = setup.start("AsyncDoublingQueue", "-c", "4")
+    try:
+        with setup.connect() as conn:
+            queue = conn.queue(setup.queue)
+            assert queue.call({"n": 21}, timeout=60) == {"doubled": 42}
+            replies = queue.gather([{"n": 1}, {"n": -1}, {"n": 5}], timeout=60)
+    finally:
+        worker.terminate()
+        _, errors = worker.communicate(timeout=60)
+    assert worker.returncode == 0, errors
+    assert [r.value if r and r.ok else (r and r.error) for r in replies] == [
+        {"doubled": 2},
+        "permanent error: -1 is negative",
+        {"doubled": 10},  # after a retry
+    ]
+
+
+def test_async_work_processes_every_message(setup: Setup) -> None:  # noqa: F811
+    count = 200
+    setup.env["QK_SLOW"] = "0.05"
+    with setup.connect() as conn:
+        conn.queue(setup.queue).publish_many([{"n": n} for n in range(count)])
+    done = setup.run("AsyncRecordingQueue", "-c", "8", "--max-messages", str(count),
+                     "--max-seconds", "120")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert set(out(setup)) == {str(n) for n in range(count)}
