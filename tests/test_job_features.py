@@ -46,6 +46,7 @@ BROKERS = [
     Broker("gearman", 4730, "gearman://127.0.0.1:4730?durable=1"),
     Broker("gearman", 4731, "gearman://127.0.0.1:4731"),
     Broker("prosody", 5222, XMPP, competing=False),
+    Broker("ejabberd", 5322, XMPP.replace(":5222/", ":5322/"), competing=False),
     Broker("zmq", 5560, "zmq://127.0.0.1:5560"),
 ]
 

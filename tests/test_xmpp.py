@@ -1,4 +1,4 @@
-"""The xmpp:// adapter against a real Prosody (scripts/brokers up prosody).
+"""The xmpp:// adapter against real Prosody and ejabberd (scripts/brokers up prosody ejabberd).
 
 The conformance suite proves the declared capabilities; these tests pin what is specific to
 XMPP pub/sub: the URL's TLS opt-in, the payload codec, the full-node refusal, take marks,
@@ -35,8 +35,16 @@ from queuekit.adapters.xmpp import QueueFull, XMPPSettings, XMPPTransport
 from queuekit.adapters.xmpp._settings import decode_payload, encode_payload
 
 ROOT = Path(__file__).resolve().parent.parent
-PORT = int(os.environ.get("QUEUEKIT_PROSODY_PORT", "5222"))
-BASE = f"xmpp://queuekit:queuekit@127.0.0.1:{PORT}/?domain=localhost&pubsub=pubsub.localhost"
+VAR = Path(os.environ.get("QUEUEKIT_VAR", ROOT / "var"))
+#: Each server scripts/brokers starts: port, and where its self-signed certificate is.
+SERVERS = {
+    "prosody": (
+        int(os.environ.get("QUEUEKIT_PROSODY_PORT", "5222")),
+        "prosody/certs/localhost.crt",
+    ),
+    "ejabberd": (int(os.environ.get("QUEUEKIT_EJABBERD_PORT", "5322")), "ejabberd/localhost.crt"),
+}
+BASE = "xmpp://queuekit:queuekit@127.0.0.1:5222/?domain=localhost&pubsub=pubsub.localhost"
 URL = BASE + "&tls=off&allow_plaintext=1"
 
 
@@ -44,17 +52,28 @@ def name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def opened() -> Iterator[list[XMPPTransport]]:
-    transports: list[XMPPTransport] = []
+class Opened(list[XMPPTransport]):
+    """The transports a test opened on one server (closed after it), and that server."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__()
+        self.server = server
+        self.port = SERVERS[server][0]
+        self.cert = VAR / SERVERS[server][1]
+        self.url = URL.replace(":5222/", f":{self.port}/")
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def opened(request: pytest.FixtureRequest) -> Iterator[Opened]:
+    transports = Opened(request.param)
+    require_broker(transports.server, "127.0.0.1", transports.port)
     yield transports
     for transport in transports:
         transport.close()
 
 
-def open_transport(opened: list[XMPPTransport], url: str = URL, **kw: Any) -> XMPPTransport:
-    require_broker("prosody", "127.0.0.1", PORT)
-    transport = XMPPTransport(TransportURL.parse(url), **kw)
+def open_transport(opened: Opened, url: str | None = None, **kw: Any) -> XMPPTransport:
+    transport = XMPPTransport(TransportURL.parse(url or opened.url), **kw)
     opened.append(transport)
     return transport
 
@@ -114,7 +133,7 @@ def test_payload_codec_round_trips_bytes_exactly(body: bytes) -> None:
 # -- against Prosody --------------------------------------------------------------------------
 
 
-def test_send_many_arrives_in_order_and_ack_removes(opened: list[XMPPTransport]) -> None:
+def test_send_many_arrives_in_order_and_ack_removes(opened: Opened) -> None:
     producer, consumer = open_transport(opened), open_transport(opened)
     queue = name("order")
     bodies = [f"m{i:04d}".encode() for i in range(300)]
@@ -132,7 +151,7 @@ def test_send_many_arrives_in_order_and_ack_removes(opened: list[XMPPTransport])
 
 
 def test_unacked_items_come_back_marked_to_the_next_consumer(
-    opened: list[XMPPTransport],
+    opened: Opened,
 ) -> None:
     producer = open_transport(opened)
     queue = name("redeliver")
@@ -151,7 +170,7 @@ def test_unacked_items_come_back_marked_to_the_next_consumer(
     assert second.receive(queue, 0.5) is None
 
 
-def test_marking_ahead_keeps_at_most_prefetch_items_taken(opened: list[XMPPTransport]) -> None:
+def test_marking_ahead_keeps_at_most_prefetch_items_taken(opened: Opened) -> None:
     """The consumer records the next batch as taken while it still works on the current
     one; a consumer that goes away still leaves at most ``prefetch`` unacked items marked,
     each marked once, and acked items never come back."""
@@ -178,8 +197,8 @@ def test_marking_ahead_keeps_at_most_prefetch_items_taken(opened: list[XMPPTrans
     producer.delete(queue)
 
 
-def test_a_full_node_is_refused_never_truncated(opened: list[XMPPTransport]) -> None:
-    transport = open_transport(opened, URL + "&max_items=5")
+def test_a_full_node_is_refused_never_truncated(opened: Opened) -> None:
+    transport = open_transport(opened, opened.url + "&max_items=5")
     queue = name("full")
     transport.send_many(queue, [Outgoing(f"{i}".encode()) for i in range(4)])
     transport.send(queue, b"4", {})
@@ -188,7 +207,7 @@ def test_a_full_node_is_refused_never_truncated(opened: list[XMPPTransport]) -> 
     with pytest.raises(QueueFull):
         transport.send_many(queue, [Outgoing(b"x"), Outgoing(b"y")])
     # Then nothing was dropped: the first item is still there
-    consumer = open_transport(opened, URL + "&max_items=5", prefetch=1)
+    consumer = open_transport(opened, opened.url + "&max_items=5", prefetch=1)
     first = consumer.receive(queue, 5.0)
     assert first is not None and first.body == b"0"
     consumer.ack(first)
@@ -199,7 +218,7 @@ def test_a_full_node_is_refused_never_truncated(opened: list[XMPPTransport]) -> 
 
 
 def test_fanout_reaches_every_subscriber_only_after_subscribe_returns(
-    opened: list[XMPPTransport],
+    opened: Opened,
 ) -> None:
     topic = f"orders.{uuid.uuid4().hex[:8]}"
     a, b, publisher = open_transport(opened), open_transport(opened), open_transport(opened)
@@ -217,7 +236,7 @@ def test_fanout_reaches_every_subscriber_only_after_subscribe_returns(
     assert last is not None and last.body == b"after"
 
 
-def test_wildcard_subscriptions_are_unsupported(opened: list[XMPPTransport]) -> None:
+def test_wildcard_subscriptions_are_unsupported(opened: Opened) -> None:
     transport = open_transport(opened)
     for pattern in ("orders.*", "#", "a.#.b"):
         with pytest.raises(Unsupported):
@@ -225,7 +244,7 @@ def test_wildcard_subscriptions_are_unsupported(opened: list[XMPPTransport]) -> 
 
 
 def test_close_wakes_a_blocked_receive_and_leaves_nothing_behind(
-    opened: list[XMPPTransport], caplog: pytest.LogCaptureFixture
+    opened: Opened, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="asyncio")
     transport = open_transport(opened)
@@ -250,21 +269,22 @@ def test_close_wakes_a_blocked_receive_and_leaves_nothing_behind(
     assert not [r for r in caplog.records if "destroyed" in r.getMessage()]
 
 
-def test_bad_password_and_dead_port_fail_clearly() -> None:
-    require_broker("prosody", "127.0.0.1", PORT)
-    bad = URL.replace("queuekit:queuekit@", "queuekit:wrong@")
+def test_bad_password_and_dead_port_fail_clearly(opened: Opened) -> None:
+    bad = opened.url.replace("queuekit:queuekit@", "queuekit:wrong@")
     with pytest.raises(ConfigurationError, match="authentication"):
         XMPPTransport(TransportURL.parse(bad))
-    dead = URL.replace(f":{PORT}/", ":1/") + "&timeout=3"
+    dead = opened.url.replace(f":{opened.port}/", ":1/") + "&timeout=3"
     with pytest.raises(ConnectionLost):
         XMPPTransport(TransportURL.parse(dead))
 
 
-def test_tls_with_the_servers_certificate(opened: list[XMPPTransport]) -> None:
-    cert = Path(os.environ.get("QUEUEKIT_VAR", ROOT / "var")) / "prosody/certs/localhost.crt"
+def test_tls_with_the_servers_certificate(opened: Opened) -> None:
+    cert = opened.cert
     if not cert.exists():
-        pytest.skip("no prosody certificate (scripts/brokers up prosody writes one)")
-    url = f"xmpp://queuekit:queuekit@localhost:{PORT}/?pubsub=pubsub.localhost&cafile={cert}"
+        pytest.skip(
+            f"no {opened.server} certificate (scripts/brokers up {opened.server} writes one)"
+        )
+    url = f"xmpp://queuekit:queuekit@localhost:{opened.port}/?pubsub=pubsub.localhost&cafile={cert}"
     transport = open_transport(opened, url)
     queue = name("tls")
     transport.send(queue, b"secret", {})
@@ -274,15 +294,14 @@ def test_tls_with_the_servers_certificate(opened: list[XMPPTransport]) -> None:
     transport.delete(queue)
 
 
-def test_event_bridge_is_seen_live_by_a_plain_xmpp_client(opened: list[XMPPTransport]) -> None:
+def test_event_bridge_is_seen_live_by_a_plain_xmpp_client(opened: Opened) -> None:
     from queuekit import EventManager, bridge, connect
 
-    require_broker("prosody", "127.0.0.1", PORT)
     topic = f"service.events.{uuid.uuid4().hex[:8]}"
     seen: list[str] = []
     ready, done = threading.Event(), threading.Event()
-    client = threading.Thread(target=_plain_client, args=(topic, ready, done, seen))
-    conn = connect(URL)
+    client = threading.Thread(target=_plain_client, args=(opened.port, topic, ready, done, seen))
+    conn = connect(opened.url)
     try:
         conn.topic(topic).publish("warm-up")  # creates the node (only admins may, on Prosody)
         client.start()
@@ -301,7 +320,7 @@ def test_event_bridge_is_seen_live_by_a_plain_xmpp_client(opened: list[XMPPTrans
 
 
 def _plain_client(
-    topic: str, ready: threading.Event, done: threading.Event, seen: list[str]
+    port: int, topic: str, ready: threading.Event, done: threading.Event, seen: list[str]
 ) -> None:
     """An ordinary slixmpp client (a chat bot, a dashboard) watching the bridge's node."""
     from xml.etree import ElementTree as ET
@@ -327,7 +346,7 @@ def _plain_client(
             done.set()
 
         client.add_event_handler("pubsub_publish", on_item)
-        client.connect("127.0.0.1", PORT)
+        client.connect("127.0.0.1", port)
         await asyncio.wait_for(started.wait(), 10)
         node = f"queuekit/topic/{topic}"
         pubsub = client.plugin["xep_0060"]
@@ -341,13 +360,13 @@ def _plain_client(
     asyncio.run(main())
 
 
-def test_next_operation_reconnects_after_a_server_restart(opened: list[XMPPTransport]) -> None:
+def test_next_operation_reconnects_after_a_server_restart(opened: Opened) -> None:
     if os.environ.get("QUEUEKIT_SKIP_RESTART"):
         pytest.skip("QUEUEKIT_SKIP_RESTART is set")
     transport = open_transport(opened)
     queue = name("restart")
     transport.send(queue, b"survives", {})
-    subprocess.run([str(ROOT / "scripts/brokers"), "restart", "prosody"], check=True)
+    subprocess.run([str(ROOT / "scripts/brokers"), "restart", opened.server], check=True)
     got = None
     for _ in range(3):  # the first call may report the lost connection
         try:
@@ -361,7 +380,7 @@ def test_next_operation_reconnects_after_a_server_restart(opened: list[XMPPTrans
 
 
 def test_a_purge_by_another_connection_drops_what_a_consumer_listed(
-    opened: list[XMPPTransport],
+    opened: Opened,
 ) -> None:
     producer = open_transport(opened)
     consumer = open_transport(opened, prefetch=1)
@@ -376,3 +395,29 @@ def test_a_purge_by_another_connection_drops_what_a_consumer_listed(
     fresh = consumer.receive(queue, 5.0)
     assert fresh is not None and fresh.body == b"fresh"
     consumer.ack(fresh)
+
+
+def test_a_cap_the_config_form_does_not_state_is_found(opened: Opened) -> None:
+    """ejabberd does not state max_items_node in the form but refuses more: the adapter
+    finds that bound and configures queue nodes to it; Prosody states its bound."""
+    transport = open_transport(opened)
+    queue = name("cap")
+    transport.send(queue, b"x", {})
+    state = transport._session.nodes.states[transport.settings.queue_node(queue)]
+    env = f"QUEUEKIT_{opened.server.upper()}_MAX_ITEMS"
+    assert state.cap == int(os.environ.get(env, "100000"))
+    assert state.max_items == ("max" if opened.server == "prosody" else str(state.cap))
+    transport.delete(queue)
+
+
+def test_a_deleted_queue_leaves_nothing_for_the_next_node(opened: Opened) -> None:
+    """Given a queue deleted with items on it, new queues start empty (ejabberd reuses a
+    deleted node's index and showed its leftover items before the adapter retracted them)."""
+    producer = open_transport(opened)
+    old = name("old")
+    producer.send_many(old, [Outgoing(f"{i}".encode()) for i in range(20)])
+    producer.delete(old)
+    for _ in range(3):
+        fresh = name("fresh")
+        assert producer.depth(fresh) == 0
+        producer.delete(fresh)

@@ -17,8 +17,9 @@ from ..spi.capabilities import FLAGS, Capabilities
 from ..spi.registry import GROUP
 
 #: Adapters known to refine their class-level declaration per connection, from what the
-#: server reports (a STOMP broker's product, gearmand's queue backend).
-SERVER_DEPENDENT = frozenset({"stomp", "gearman"})
+#: server reports (a STOMP broker's product, gearmand's queue backend, an XMPP pub/sub
+#: service's features).
+SERVER_DEPENDENT = frozenset({"stomp", "gearman", "xmpp"})
 _SERVER_NOTE = (
     "¹ set per connection, from the URL's options or what the server reports; the row shows "
     "the class-level default. Run `worker conformance URL` against your server for the real set."

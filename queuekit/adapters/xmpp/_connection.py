@@ -4,7 +4,9 @@ One slixmpp client at a time. Every operation starts with :meth:`Connection.ensu
 next call after a lost connection connects again (same resource, so server-side
 subscriptions still apply) and then lets the session restore what it listens to. IQs go
 through :meth:`Connection.iq` (or join :attr:`Connection.iqs`), so a dropped stream fails
-them at once instead of after the IQ timeout. Everything here runs on the loop thread.
+them at once instead of after the IQ timeout. On every (re)connect it reads the pub/sub
+service's features (XEP-0030), which decide what the transport declares (``_service``).
+Everything here runs on the loop thread.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import slixmpp
-from slixmpp.exceptions import IqTimeout
+from slixmpp.exceptions import IqError, IqTimeout
 
 from ...spi.errors import ConfigurationError, ConnectionLost
 from ._quickack import ack_at_once
@@ -38,6 +40,7 @@ class Connection:
         self.connected = False
         self.closing = False
         self.iqs: set[asyncio.Future[Any]] = set()  # outstanding: failed when the stream drops
+        self.features: frozenset[str] = frozenset()  # the pub/sub service's, from disco#info
         self._restore = restore  # after (re)connecting: subscribe again
         self._notifications = notifications  # slixmpp event name -> handler
         self._connecting: asyncio.Future[None] | None = None
@@ -94,7 +97,27 @@ class Connection:
                 raise ConfigurationError(f"xmpp: authentication as {s.jid} failed at {where}")
             raise ConnectionLost(f"xmpp: cannot reach {where} ({result})")
         self.connected = True
+        self.features = await self._discover()
         await self._restore()
+
+    async def _discover(self) -> frozenset[str]:
+        """The pub/sub service's features; a JID that is no pub/sub service is a
+        configuration error (a typo in ``pubsub=`` would otherwise fail on first use)."""
+        s = self.settings
+        try:
+            info = await self.iq(
+                self.client.plugin["xep_0030"].get_info(jid=s.pubsub, timeout=s.timeout)
+            )
+        except IqError as exc:
+            raise ConfigurationError(
+                f"xmpp: {s.pubsub} does not answer service discovery ({exc.condition}); "
+                "set pubsub= in the URL to the server's pub/sub service"
+            ) from None
+        disco = info["disco_info"]
+        features = frozenset(disco["features"])
+        if not any(identity[0] == "pubsub" for identity in disco["identities"]):
+            raise ConfigurationError(f"xmpp: {s.pubsub} is not a pub/sub service")
+        return features
 
     def _on_disconnected(self, client: Any) -> None:
         if client is not self.client:

@@ -15,9 +15,10 @@ from xml.etree import ElementTree as ET
 from slixmpp.exceptions import IqError
 
 from ._connection import Connection
+from ._nodes import Nodes
 from ._queue_consumer import QueueConsumer
 from ._settings import NS, XMPPSettings
-from ._stanzas import PUBSUB, iq_error, new_id, publish_options
+from ._stanzas import PUBSUB, iq_error, new_id
 
 _TAKEN = f"{{{NS}}}taken"
 
@@ -25,8 +26,9 @@ _TAKEN = f"{{{NS}}}taken"
 class TakenJournal:
     """Runs on the loop thread."""
 
-    def __init__(self, connection: Connection, settings: XMPPSettings) -> None:
+    def __init__(self, connection: Connection, nodes: Nodes, settings: XMPPSettings) -> None:
         self.connection = connection
+        self.nodes = nodes
         self.settings = settings
 
     async def mark(self, consumer: QueueConsumer) -> None:
@@ -49,18 +51,7 @@ class TakenJournal:
         entry = new_id()
         payload = ET.Element(_TAKEN)
         payload.text = " ".join(item.id for item in todo)
-        future = self.connection.pubsub.publish(
-            self.settings.pubsub,
-            consumer.journal,
-            id=entry,
-            payload=payload,
-            options=publish_options(self.settings.max_items),
-            timeout=self.settings.timeout,
-        )
-        try:
-            await self.connection.iq(future)
-        except IqError as exc:
-            raise iq_error(exc, f"record taken items of {consumer.node}") from None
+        await self.nodes.publish_one(consumer.journal, entry, payload)
         if consumer.generation != generation:  # purged meanwhile: those items are gone
             await self.retract_quietly(consumer.journal, entry)
             return

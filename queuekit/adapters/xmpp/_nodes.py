@@ -1,27 +1,53 @@
 """Pub/sub nodes: created and configured the way queuekit relies on, and subscribed to.
 
-A queue node must persist its items and keep ``max_items`` of them; an existing node is
-reconfigured to that, and its cap (how many items the server keeps before it drops the
-oldest) is learnt once per connection so publishing can refuse to overflow it. Subscribing
-is per full JID and done here for queue consumers and fan-out alike.
+A queue node must persist its items and keep as many as the server allows; an existing node
+is reconfigured to that, and its cap (how many items the server keeps before it drops the
+oldest) is learnt once per connection so publishing can refuse to overflow it. Servers
+differ here (docs/xmpp.md, "Servers"): Prosody states its bound in the config form
+(an XEP-0122 range on ``pubsub#max_items``); ejabberd does not, but refuses a larger value
+than its ``max_items_node``, so the bound is found by asking. Which publish-options a server
+checks is learnt on the first publish. Nodes never send their last item on subscribe
+(ejabberd's default does): a topic subscriber is owed only what is published after
+``subscribe`` returns. Subscribing is per full JID and done here for queue consumers and
+fan-out alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Any
+from xml.etree import ElementTree as ET
 
 from slixmpp.exceptions import IqError
 
 from ...spi.errors import TransportError
 from ._connection import Connection
+from ._service import PUBSUB_FEATURE
 from ._settings import XMPPSettings
-from ._stanzas import NODE_CONFIG, PUBSUB, form, iq_error, read_config
+from ._stanzas import (
+    NODE_CONFIG,
+    PUBSUB,
+    NodeConfig,
+    form,
+    iq_error,
+    precondition_failed,
+    publish_options,
+    read_config,
+)
+
+#: Conditions a server answers a max_items it will not keep with (ejabberd:
+#: resource-constraint; Prosody: bad-request).
+_REFUSED = frozenset({"bad-request", "not-acceptable", "resource-constraint", "policy-violation"})
+#: Stop looking for a bound past this many items: a server accepting it keeps "enough".
+PROBE_LIMIT = 1 << 30
 
 
 @dataclass(slots=True)
 class NodeState:
     cap: int | None  # max items the node keeps (None: not persisted)
+    max_items: str = "max"  # what the node is configured to (its publish precondition)
     depth: int = 0
     sent_since: int = 0
     counted_at: float = 0.0
@@ -34,6 +60,11 @@ class Nodes:
         self.connection = connection
         self.settings = settings
         self.states: dict[str, NodeState] = {}
+        self.service_cap: int | None = None  # found by asking, where the form does not say
+        #: Whether the server checks max_items as a publish precondition (known after the
+        #: first publish; see ``publish_one``). When it does not, publishers re-read it.
+        self.checks_max_items = True
+        self.preconditions_known = False
 
     async def ensure(self, node: str, *, persist: bool) -> NodeState:
         """Create ``node`` if needed with the config queuekit relies on; learn its cap."""
@@ -42,7 +73,11 @@ class Nodes:
         if state is not None:
             return state
         s = self.settings
-        config = {"pubsub#persist_items": persist, "pubsub#access_model": "open"}
+        config: dict[str, Any] = {
+            "pubsub#persist_items": persist,
+            "pubsub#access_model": "open",
+            "pubsub#send_last_published_item": "never",
+        }
         if persist:
             config["pubsub#max_items"] = s.max_items
         try:
@@ -52,42 +87,164 @@ class Nodes:
         except IqError as exc:
             if exc.condition != "conflict":
                 raise iq_error(exc, f"create node {node}") from None
-        cap = None
+        state = NodeState(cap=None)
         if persist:
-            cap = await self._configure_queue_node(node)
-        state = self.states[node] = NodeState(cap=cap)
+            state.cap, state.max_items = await self._configure_queue_node(node)
+        self.states[node] = state
         return state
 
-    async def _configure_queue_node(self, node: str) -> int:
-        """Make sure an existing node persists and keeps max_items; return the number."""
-        s, connection = self.settings, self.connection
+    async def read_config(self, node: str) -> NodeConfig:
+        connection = self.connection
         try:
-            reply = await connection.iq(connection.pubsub.get_node_config(s.pubsub, node))
+            reply = await connection.iq(
+                connection.pubsub.get_node_config(self.settings.pubsub, node)
+            )
         except IqError as exc:
             raise iq_error(exc, f"read the config of node {node}") from None
-        persist, max_items, range_max = read_config(reply.xml)
-        if not persist or max_items != s.max_items:
-            config = {"pubsub#persist_items": True, "pubsub#max_items": s.max_items}
-            try:
-                await connection.iq(
-                    connection.pubsub.set_node_config(s.pubsub, node, form(NODE_CONFIG, config))
-                )
-            except IqError as exc:
-                raise iq_error(exc, f"configure node {node} to persist items") from None
+        return read_config(reply.xml)
+
+    async def _configure_queue_node(self, node: str) -> tuple[int, str]:
+        """Make sure an existing node persists, keeps as many items as asked (or as the
+        server allows) and sends no last item; return its cap and max_items value."""
+        s = self.settings
+        found = await self.read_config(node)
         if s.max_items != "max":
-            return int(s.max_items)
-        if range_max is None:
+            cap, value = int(s.max_items), s.max_items
+        elif found.range_max is not None:
+            cap, value = found.range_max, "max"
+        else:  # "max" would mean a bound the server does not tell: find it, and use it
+            cap = self.service_cap = self.service_cap or await self._find_cap(node)
+            value = str(cap)
+        wanted: dict[str, Any] = {}
+        if not found.persist:
+            wanted["pubsub#persist_items"] = True
+        if found.max_items != value:
+            wanted["pubsub#max_items"] = value
+        if found.send_last not in (None, "never"):
+            wanted["pubsub#send_last_published_item"] = "never"
+        if wanted:
+            await self._set_config(node, wanted, "persist items")
+        return cap, value
+
+    async def _set_config(self, node: str, values: dict[str, Any], why: str) -> None:
+        connection = self.connection
+        try:
+            await connection.iq(
+                connection.pubsub.set_node_config(
+                    self.settings.pubsub, node, form(NODE_CONFIG, values)
+                )
+            )
+        except IqError as exc:
+            raise iq_error(exc, f"configure node {node} to {why}") from None
+
+    async def _find_cap(self, node: str) -> int:
+        """The largest max_items the server accepts for ``node``: its bound on how many items
+        a node keeps (ejabberd's ``max_items_node``), which its config form does not state.
+        Doubling from 1024, then bisecting: a few dozen config IQs, once per connection."""
+        low, high = 0, 1024
+        while high <= PROBE_LIMIT and await self._accepts(node, high):
+            low, high = high, high * 2
+        if low >= PROBE_LIMIT:
+            return low
+        while high - low > 1:
+            middle = (low + high) // 2
+            if await self._accepts(node, middle):
+                low = middle
+            else:
+                high = middle
+        if low == 0:
             raise TransportError(
-                f"xmpp: {s.pubsub} does not say how many items node {node} keeps; "
+                f"xmpp: {self.settings.pubsub} accepts no max_items for node {node}; "
                 "set max_items=N in the URL to the server's limit"
             )
-        return range_max
+        return low
+
+    async def _accepts(self, node: str, max_items: int) -> bool:
+        connection = self.connection
+        values = form(NODE_CONFIG, {"pubsub#max_items": str(max_items)})
+        try:
+            await connection.iq(
+                connection.pubsub.set_node_config(self.settings.pubsub, node, values)
+            )
+        except IqError as exc:
+            if exc.condition in _REFUSED:
+                return False
+            raise iq_error(exc, f"configure node {node}") from None
+        return True
+
+    def publish_options(self, node: str) -> Any:
+        """The preconditions for a queue item on ``node``: persisted, and its max_items if
+        the server checks that (otherwise publishers re-read it, see ``Publisher``)."""
+        if PUBSUB_FEATURE + "publish-options" not in self.connection.features:
+            self.checks_max_items = False
+            return None
+        preconditions: dict[str, Any] = {"pubsub#persist_items": True}
+        if self.checks_max_items:
+            state = self.states.get(node)
+            preconditions["pubsub#max_items"] = state.max_items if state else "max"
+        return publish_options(preconditions)
+
+    async def publish_one(self, node: str, item_id: str, payload: ET.Element) -> None:
+        """Publish one queue item; the first time, learn which preconditions the server takes.
+
+        XEP-0060 lets publish-options name any node config field, but a server may check
+        only some: ejabberd 23.01 refuses ``pubsub#max_items`` there (resource-constraint,
+        "Unknown field"). A refusal other than a failed precondition is retried once without
+        max_items; if that is stored, the server checks persist_items only (nothing was
+        stored by the refused publish). Else the first refusal is raised.
+        """
+        pubsub, s = self.connection.pubsub, self.settings
+
+        def publish() -> Any:
+            return pubsub.publish(
+                s.pubsub, node, id=item_id, payload=payload,
+                options=self.publish_options(node), timeout=s.timeout,
+            )  # fmt: skip
+
+        try:
+            await self.connection.iq(publish())
+        except IqError as exc:
+            if (
+                self.preconditions_known
+                or precondition_failed(exc)
+                or exc.condition not in _REFUSED
+            ):
+                raise iq_error(exc, f"publish to {node}") from None
+            self.checks_max_items = False
+            try:
+                await self.connection.iq(publish())
+            except IqError:
+                self.checks_max_items = True
+                raise iq_error(exc, f"publish to {node}") from None
+        self.preconditions_known = True
+
+    async def check_max_items(self, node: str, state: NodeState) -> None:
+        """Where the server does not check max_items on publish: has an owner changed it?"""
+        if self.checks_max_items:
+            return
+        found = await self.read_config(node)
+        if found.max_items != state.max_items or not found.persist:
+            raise TransportError(
+                f"xmpp: node {node} was reconfigured (max_items {found.max_items}, not "
+                f"{state.max_items}); the server would drop items queuekit has not counted"
+            )
 
     async def delete(self, node: str) -> None:
+        """Retract every item, then delete the node.
+
+        ejabberd 23.01 (Mnesia) can leave items of a deleted node behind and then show them
+        in a new node that reuses its index (seen here: a fresh node listing another queue's
+        items); retracting them one by one first removes each item record itself.
+        """
         await self.connection.ensure()
         self.states.pop(node, None)
+        connection, service = self.connection, self.settings.pubsub
         try:
-            await self.connection.iq(self.connection.pubsub.delete_node(self.settings.pubsub, node))
+            ids = await self.item_ids(node)
+            await asyncio.gather(
+                *(connection.iq(connection.pubsub.retract(service, node, i)) for i in ids)
+            )
+            await connection.iq(connection.pubsub.delete_node(service, node))
         except IqError as exc:
             if exc.condition != "item-not-found":
                 raise iq_error(exc, f"delete node {node}") from None

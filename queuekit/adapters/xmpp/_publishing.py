@@ -3,7 +3,8 @@
 ``publish`` keeps up to ``inflight`` publish IQs outstanding and returns when the server
 answered every one. Before publishing to a queue node it checks the node's room: a server
 silently drops the oldest items of a full node, so a publish that would overflow it is
-refused with ``QueueFull`` instead (docs/xmpp.md, "full nodes").
+refused with ``QueueFull`` instead (docs/xmpp.md, "full nodes"). The first queue publish of
+a connection goes alone, to learn which publish-options the server checks (``Nodes``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ...spi.errors import ConnectionLost, QueueFull
 from ._connection import Connection
 from ._nodes import Nodes, NodeState
 from ._settings import XMPPSettings, encode_payload
-from ._stanzas import iq_error, new_id, publish_options
+from ._stanzas import iq_error, new_id
 
 #: Re-count a queue node at least this often while publishing to it (other publishers).
 RECOUNT_SECONDS = 5.0
@@ -40,12 +41,17 @@ class Publisher:
         state = await self.nodes.ensure(node, persist=queue or self.settings.persist_topics)
         if queue and state.cap is not None:
             await self._check_room(node, state, len(messages))
-        options = publish_options(self.settings.max_items) if queue else None
+        first = 0
+        if queue and not self.nodes.preconditions_known:
+            body, headers = messages[0]
+            await self.nodes.publish_one(node, new_id(), encode_payload(body, headers))
+            first = 1
+        options = self.nodes.publish_options(node) if queue else None
         pubsub, service = self.connection.pubsub, self.settings.pubsub
         outstanding = self.connection.iqs
         window: set[asyncio.Future[Any]] = set()
         try:
-            for body, headers in messages:
+            for body, headers in messages[first:]:
                 if len(window) >= self.settings.inflight:
                     done, window = await asyncio.wait(window, return_when=asyncio.FIRST_COMPLETED)
                     outstanding.difference_update(done)
@@ -74,12 +80,14 @@ class Publisher:
         """Refuse to publish past the node's cap: the server would drop the oldest items.
 
         The depth is re-counted when this publisher's estimate passes half the cap and at
-        least every RECOUNT_SECONDS (other publishers add items too).
+        least every RECOUNT_SECONDS (other publishers add items too); where the server does
+        not check max_items on publish, the node's config is re-read then as well.
         """
         assert state.cap is not None
         now = time.monotonic()
         estimate = state.depth + state.sent_since + count
         if estimate * 2 > state.cap or now - state.counted_at > RECOUNT_SECONDS:
+            await self.nodes.check_max_items(node, state)
             state.depth = len(await self.nodes.item_ids(node))
             state.sent_since, state.counted_at = 0, now
         if state.depth + state.sent_since + count > state.cap:

@@ -48,7 +48,7 @@ class Session:
         )
         self.nodes = Nodes(self.connection, settings)
         self.publisher = Publisher(self.connection, self.nodes, settings)
-        self.journal = TakenJournal(self.connection, settings)
+        self.journal = TakenJournal(self.connection, self.nodes, settings)
         self.acks = Acks(self.connection, self.journal, settings)
         self.reader = QueueReader(self.connection, self.nodes, self.journal, settings, prefetch)
         self.consumers = self.reader.consumers  # by queue name

@@ -25,6 +25,7 @@ PUBSUB = "http://jabber.org/protocol/pubsub"
 EVENT = "{http://jabber.org/protocol/pubsub#event}"
 NODE_CONFIG = "http://jabber.org/protocol/pubsub#node_config"
 PUBLISH_OPTIONS = "http://jabber.org/protocol/pubsub#publish-options"
+_PUBSUB_ERRORS = "{http://jabber.org/protocol/pubsub#errors}"
 _XDATA = "{jabber:x:data}"
 _VALIDATE = "{http://jabber.org/protocol/xdata-validate}"
 
@@ -64,36 +65,60 @@ def form(form_type: str, values: dict[str, Any]) -> Any:
     return submitted
 
 
-def publish_options(max_items: str) -> Any:
-    """Publish-options for queue items: the server refuses if the node was reconfigured."""
-    return form(PUBLISH_OPTIONS, {"pubsub#persist_items": True, "pubsub#max_items": max_items})
+def publish_options(preconditions: dict[str, Any]) -> Any:
+    """Publish-options: the server refuses the publish if the node's config differs."""
+    return form(PUBLISH_OPTIONS, preconditions)
 
 
-def read_config(xml: ET.Element) -> tuple[bool, str, int | None]:
-    """A node configuration form: (persist_items, max_items, the server's max_items cap)."""
-    persist, max_items, range_max = False, "", None
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """What queuekit reads of a node's configuration form."""
+
+    persist: bool
+    max_items: str
+    #: The server's bound on max_items when the form states it (XEP-0122 range), else None.
+    range_max: int | None
+    #: None when the server has no such field (then it sends no last item on subscribe).
+    send_last: str | None
+
+
+def read_config(xml: ET.Element) -> NodeConfig:
+    persist, max_items, range_max, send_last = False, "", None, None
     for f in xml.iter(f"{_XDATA}field"):
         value = f.findtext(f"{_XDATA}value") or ""
         if f.get("var") == "pubsub#persist_items":
             persist = value in ("1", "true")
+        elif f.get("var") == "pubsub#send_last_published_item":
+            send_last = value
         elif f.get("var") == "pubsub#max_items":
             max_items = value
             limit = f.find(f"{_VALIDATE}validate/{_VALIDATE}range")
             if limit is not None and (limit.get("max") or "").isdigit():
                 range_max = int(limit.get("max") or 0)
-    return persist, max_items, range_max
+    return NodeConfig(persist, max_items, range_max, send_last)
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def precondition_failed(exc: IqError) -> bool:
+    """A publish refused because the node's config differs from its publish-options."""
+    error = exc.iq.xml.find("{jabber:client}error")
+    if error is not None and error.find(f"{_PUBSUB_ERRORS}precondition-not-met") is not None:
+        return True
+    return exc.condition == "conflict" and "Field does not match" in (exc.text or "")
+
+
 def iq_error(exc: IqError, what: str) -> TransportError:
     condition, text = exc.condition, exc.text or ""
     detail = f"xmpp: cannot {what}: {condition}" + (f" ({text})" if text else "")
     if condition == "forbidden":
-        detail += "; on Prosody only admins may create nodes (add the account to admins)"
-    if condition in ("conflict",) and "Field does not match" in text:
+        detail += (
+            "; on Prosody only admins may create nodes (add the account to admins), on "
+            "ejabberd mod_pubsub's access_createnode decides"
+        )
+    if precondition_failed(exc):
         detail += "; the node's configuration changed under us (precondition-not-met)"
     if condition in ("remote-server-timeout", "service-unavailable", "internal-server-error"):
         return ConnectionLost(detail)

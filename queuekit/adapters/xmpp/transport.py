@@ -9,7 +9,9 @@
 Not declared, and why (docs/xmpp.md has the long form): ``competing_consumers``, because
 every subscriber of a node is notified of every item and a retract can only settle an item
 after the work is done, so two consumers of one queue may both run it; ``topics``, because
-XEP-0060 on Prosody has no wildcard subscriptions; ``delay``, ``priority``, ``dedup``.
+XEP-0060 has no wildcard subscriptions; ``delay``, ``priority``, ``dedup``. The class-level
+declaration is what XEP-0060 servers with the optional features queues need (Prosody,
+ejabberd) back; each connection declares what its pub/sub service advertises (``_service``).
 
 Threads: one asyncio loop per transport in a background thread (slixmpp is asyncio-only);
 the blocking methods hand coroutines to it. Thread safety follows the contract.
@@ -20,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import threading
 import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from ...spi.capabilities import Capabilities
 from ...spi.errors import (
     MessageTooLarge,
     QueuekitError,
@@ -38,29 +38,25 @@ from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOption
 from ...spi.urls import TransportURL
 from ._loop import LoopThread
 from ._queue_consumer import QueueConsumer
+from ._service import (
+    FANOUT_FEATURES,
+    INSPECT_FEATURES,
+    PUBSUB_FEATURE,
+    QUEUE_FEATURES,
+    capabilities,
+    queue_gap,
+)
 from ._session import Session
 from ._settings import XMPPSettings
 from ._stanzas import Item
 
 T = TypeVar("T")
 
-CAPABILITIES = Capabilities(
-    durable=True,
-    redelivery=True,
-    nack_requeue=True,
-    fifo=True,
-    fanout=True,
-    inspect=True,
-    reasons={
-        "competing_consumers": "pub/sub notifies every subscriber of a node and a retract "
-        "(the ack) can only follow the work, so two consumers of one queue may both run an "
-        "item; run one consumer per queue",
-        "topics": "XEP-0060 on Prosody has no wildcard subscriptions (no collection nodes)",
-        "delay": "XMPP pub/sub has no delayed publish; the core's delayed store serves",
-        "priority": "items are kept in publish order only",
-        "priority_range": "items are kept in publish order only",
-        "dedup": "no server-side dedup; the core's job store serves",
-    },
+CAPABILITIES = capabilities(
+    frozenset(
+        PUBSUB_FEATURE + name for name in {*QUEUE_FEATURES, *FANOUT_FEATURES, *INSPECT_FEATURES}
+    ),
+    max_message_size=150_000,
 )
 
 
@@ -71,9 +67,6 @@ class XMPPTransport(Transport):
     def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
         super().__init__(url, prefetch=prefetch)
         self.settings = XMPPSettings.from_url(url)
-        self.capabilities = dataclasses.replace(
-            CAPABILITIES, max_message_size=self.settings.max_message_size
-        )
         self._loop = LoopThread(f"queuekit-xmpp-{self.settings.resource}")
         self._session = Session(self.settings, prefetch)
         self._closed = False
@@ -84,6 +77,13 @@ class XMPPTransport(Transport):
         except BaseException:
             self.close()
             raise
+        features = self._session.connection.features
+        self.capabilities = capabilities(features, self.settings.max_message_size)
+        self._queue_gap = queue_gap(features)
+
+    def _require_queues(self) -> None:
+        if self._queue_gap is not None:
+            raise Unsupported("queues", self.name, f"{self.settings.pubsub}: {self._queue_gap}")
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -112,11 +112,13 @@ class XMPPTransport(Transport):
         self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
     ) -> None:
         self.require(options)
+        self._require_queues()
         self._check_size(body)
         node = self.settings.queue_node(queue)
         self._call(self._session.publisher.publish(node, [(body, headers)], queue=True))
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
+        self._require_queues()
         for message in messages:
             self.require(message.options)
             self._check_size(message.body)
@@ -131,6 +133,7 @@ class XMPPTransport(Transport):
         try:
             if queue in self._subscriptions:
                 return self._notification(queue, timeout)
+            self._require_queues()
             if self._closed:
                 return None
             got = self._session.reader.take_ready(queue, self._loop.loop)
@@ -199,10 +202,17 @@ class XMPPTransport(Transport):
 
     # -- inspection --------------------------------------------------------------------------
 
+    def _require_inspect(self) -> None:
+        if not self.capabilities.inspect:
+            reason = self.capabilities.reasons.get("inspect", "")
+            raise Unsupported("inspect (depth/purge)", self.name, reason)
+
     def depth(self, queue: str) -> int:
+        self._require_inspect()
         return self._call(self._session.inspection.depth(queue, self.settings.queue_node(queue)))
 
     def purge(self, queue: str) -> int:
+        self._require_inspect()
         return self._call(self._session.inspection.purge(queue, self.settings.queue_node(queue)))
 
     def delete(self, queue: str) -> None:
