@@ -65,6 +65,8 @@ class AMQPTransport(Transport):
         )
         self._publisher = Publisher(settings, url.redacted())
         self._consumer = Consumer(settings, prefetch, url.redacted())
+        #: The broker queues a receive reads, by queue (and range): worked out once.
+        self._sources_of: dict[tuple[str, PriorityRange | None], list[str]] = {}
 
     # -- publishing -------------------------------------------------------------------
 
@@ -100,15 +102,23 @@ class AMQPTransport(Transport):
     ) -> Delivery | None:
         """``receive`` from the queues of the bands ``priorities`` covers, highest first; a
         range that cuts a band is :class:`Unsupported` (naming ``?priority_bands=``)."""
-        bands = self.settings.bands
-        starts = bands.starts_within(priorities, self.name)
-        return self._consumer.receive(queue, [bands.queue_for(queue, s) for s in starts], timeout)
+        sources = self._sources_of.get((queue, priorities))
+        if sources is None:
+            bands = self.settings.bands
+            starts = bands.starts_within(priorities, self.name)
+            sources = self._sources_of[queue, priorities] = [
+                bands.queue_for(queue, start) for start in starts
+            ]
+        return self._consumer.receive(queue, sources, timeout)
 
     def _sources(self, queue: str) -> list[str]:
         """The broker queues that hold ``queue``'s messages, highest band first."""
-        if queue.startswith(SUBSCRIPTION_PREFIX):
-            return [queue]
-        return self.settings.bands.queues(queue)
+        sources = self._sources_of.get((queue, None))
+        if sources is None:
+            plain = queue.startswith(SUBSCRIPTION_PREFIX)
+            sources = [queue] if plain else self.settings.bands.queues(queue)
+            self._sources_of[queue, None] = sources
+        return sources
 
     def ack(self, delivery: Delivery) -> None:
         self._consumer.ack(delivery)
@@ -157,6 +167,8 @@ class AMQPTransport(Transport):
     def delete(self, queue: str) -> None:
         """Delete every band's queue of ``queue``."""
         sources = self._sources(queue)
+        for key in [key for key in self._sources_of if key[0] == queue]:
+            del self._sources_of[key]
         self._consumer.stop(sources)
         for source in sources:
             self._publisher.admin("delete", partial(_delete, source), None)
