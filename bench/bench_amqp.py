@@ -47,8 +47,13 @@ def fresh_queue() -> str:
     return f"bench-amqp-{uuid.uuid4().hex}"
 
 
-def transport(prefetch: int = 64) -> AMQPTransport:
-    return AMQPTransport(TransportURL.parse(URL), prefetch=prefetch)
+#: A single priority band: one broker queue per queue, as before priority bands; the rows
+#: with it measure what the default bands cost a queue that never sees a priority.
+ONE_BAND = "?priority_bands="
+
+
+def transport(prefetch: int = 64, query: str = "") -> AMQPTransport:
+    return AMQPTransport(TransportURL.parse(URL + query), prefetch=prefetch)
 
 
 def fill(queue: str, count: int) -> None:
@@ -159,10 +164,10 @@ def qk_send_threads(count: int, threads: int = 4) -> float:
     return each * threads / seconds
 
 
-def qk_receive(count: int, prefetch: int) -> float:
+def qk_receive(count: int, prefetch: int, query: str = "") -> float:
     queue = fresh_queue()
     fill(queue, count)
-    t = transport(prefetch)
+    t = transport(prefetch, query)
     started = time.perf_counter()
     for _ in range(count):
         delivery = t.receive(queue, 10)
@@ -187,8 +192,8 @@ def qk_publish_many(count: int, batch: int = 1000) -> float:
     return count / seconds
 
 
-def qk_dispatch(count: int, prefetch: int) -> float:
-    conn = connect(URL, prefetch=prefetch)
+def qk_dispatch(count: int, prefetch: int, query: str = "") -> float:
+    conn = connect(URL + query, prefetch=prefetch)
     q = conn.queue(fresh_queue())
     for start in range(0, count, 1000):
         q.publish_many([{"n": i} for i in range(start, min(count, start + 1000))])
@@ -379,7 +384,12 @@ def main() -> None:
         ("queuekit Queue.publish_many (envelope, batch 1000)", lambda: qk_publish_many(n)),
         (f"raw kombu consume + ack (prefetch {p})", lambda: kombu_consume(n, p)),
         (f"queuekit receive + ack (prefetch {p})", lambda: qk_receive(n, p)),
+        (f"queuekit receive + ack, one band (prefetch {p})", lambda: qk_receive(n, p, ONE_BAND)),
         (f"queuekit Queue.dispatch no-op (prefetch {p})", lambda: qk_dispatch(n, p)),
+        (
+            f"queuekit Queue.dispatch no-op, one band (prefetch {p})",
+            lambda: qk_dispatch(n, p, ONE_BAND),
+        ),
     ]
     absent = [] if args.no_peers else report.missing("celery", "dramatiq")
     if "celery" not in absent and not args.no_peers:

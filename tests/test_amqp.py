@@ -13,7 +13,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import kombu
 import pytest
+from amqp import exceptions as amqp_errors
 
 from queuekit.adapters.amqp import AMQPTransport, delays
 from queuekit.adapters.amqp.messages import priority_level
@@ -24,6 +26,7 @@ from queuekit.spi.errors import (
     TransportClosed,
     Unsupported,
 )
+from queuekit.spi.priorities import PriorityRange
 from queuekit.spi.transport import Outgoing, SendOptions
 from queuekit.spi.urls import TransportURL
 from tests.support import require_broker, wait_until
@@ -223,6 +226,94 @@ def test_delay_and_priority_can_be_turned_off(amqp: Open) -> None:
         transport.send(queue, b"x", {}, options=SendOptions(not_before=time.time() + 5))
     with pytest.raises(Unsupported):
         transport.send(queue, b"x", {}, options=SendOptions(priority=3))
+
+
+# -- priority bands ------------------------------------------------------------------------
+
+BANDED = (None, 49, 50, 120, 199, 200, 255)  # every default band: 0, 50, 100, 150, 200
+
+
+def send_banded(transport: AMQPTransport, queue: str) -> None:
+    for priority in BANDED:
+        transport.send(queue, str(priority).encode(), {}, options=SendOptions(priority=priority))
+
+
+def broker_has(queue: str) -> bool:
+    """Whether RabbitMQ has ``queue`` (a passive declare, on a connection of its own)."""
+    with kombu.Connection(URL) as connection:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(queue, passive=True)
+        except amqp_errors.NotFound:
+            return False
+        return True
+
+
+def test_the_publisher_declares_a_bands_queue_only_once_a_priority_needs_it(amqp: Open) -> None:
+    producer, queue = amqp(), new_queue("bands")
+    producer.send_many(queue, [Outgoing(b"plain"), Outgoing(b"low", {}, SendOptions(priority=9))])
+    assert broker_has(queue) and not broker_has(f"{queue}#200")
+    producer.send(queue, b"urgent", {}, options=SendOptions(priority=230))
+    assert broker_has(f"{queue}#200") and not broker_has(f"{queue}#50")
+    assert producer.depth(queue) == 3
+
+
+def test_a_range_consumer_takes_its_bands_a_requeue_and_a_delay_keep_the_band(
+    amqp: Open,
+) -> None:
+    # Given messages in every band, and one of 120 due in a second
+    producer, queue = amqp(), new_queue("range")
+    send_banded(producer, queue)
+    due = time.time() + 1
+    producer.send(queue, b"later", {}, options=SendOptions(priority=120, not_before=due))
+    # When a strict 50-199 consumer takes what it can, putting the first back once
+    urgent, only = amqp(prefetch=1), PriorityRange(50, 199)
+    first = urgent.receive_priorities(queue, 5, only)
+    assert first is not None and first.body == b"199"
+    urgent.nack(first, requeue=True)
+    taken = []
+    while (delivery := urgent.receive_priorities(queue, 3, only)) is not None:
+        taken.append(delivery.body)
+        urgent.ack(delivery)
+    # Then it took only its bands, highest band first, the delayed one into its band
+    assert taken == [b"199", b"120", b"50", b"later"] and time.time() >= due
+    rest = amqp(prefetch=1)
+    got = [rest.receive(queue, 5) for _ in range(4)]
+    assert [d.body for d in got if d] == [b"255", b"200", b"49", b"None"]
+
+
+def test_a_range_across_bands_is_refused_naming_the_option(amqp: Open) -> None:
+    transport, queue = amqp(), new_queue("cut")
+    with pytest.raises(Unsupported, match=r"set \?priority_bands=10,41,50,100,150,200"):
+        transport.receive_priorities(queue, 0, PriorityRange(10, 40))
+    custom = amqp("?priority_bands=10,41")
+    custom.send(queue, b"25", {}, options=SendOptions(priority=25))
+    delivery = custom.receive_priorities(queue, 5, PriorityRange(10, 40))
+    assert delivery is not None and delivery.body == b"25"
+
+
+def test_a_streaming_consumer_holds_at_most_prefetch_per_band(amqp: Open) -> None:
+    # Given 20 messages waiting in each of the five bands, and a consumer with prefetch 2
+    producer, consumer = amqp(), amqp(prefetch=2)
+    queue = new_queue("held")
+    for priority in (0, 50, 100, 150, 200):
+        producer.send_many(queue, [Outgoing(b"x", {}, SendOptions(priority=priority))] * 20)
+    # When it receives one
+    delivery = consumer.receive(queue, 5)
+    assert delivery is not None
+    # Then the broker sent it two per band, no more: 90 still wait
+    wait_until(lambda: producer.depth(queue) == 90, what="90 waiting (2 per band sent)")
+    assert consumer.depth(queue) == 99  # its own 9 buffered ones count there
+
+
+def test_depth_purge_delete_cover_every_band(amqp: Open) -> None:
+    transport, queue = amqp(), new_queue("all")
+    send_banded(transport, queue)
+    assert transport.depth(queue) == len(BANDED)
+    assert transport.purge(queue) == len(BANDED)
+    assert transport.depth(queue) == 0
+    transport.delete(queue)
+    assert not any(broker_has(name) for name in (queue, f"{queue}#50", f"{queue}#200"))
 
 
 # -- publish/subscribe -------------------------------------------------------------------

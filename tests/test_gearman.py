@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from queuekit import Message, Repeat, connect
+from queuekit import Message, Repeat, Unsupported, connect
 from queuekit.adapters.gearman import CallFailed, GearmanTransport, frame
 from queuekit.adapters.gearman.link import SUBMIT_BG, Link, Refused
 from queuekit.features.envelope import encode
 from queuekit.spi.errors import ConfigurationError, ConnectionLost, TransportClosed
+from queuekit.spi.priorities import PriorityBands, PriorityRange
 from queuekit.spi.registry import open_transport
 from queuekit.spi.transport import Delivery, Outgoing, SendOptions
 from tests.support import require_broker, wait_until
@@ -82,7 +83,7 @@ def drain(transport: GearmanTransport, queue: str, count: int, timeout: float = 
         (b"", {}, 0),
         (frame.MAGIC + b"looks framed", {}, 0),
         (b"\x00\xff binary \x00", {"trace": "t-1", "ünï": "cödé"}, 0),
-        (b"prio", {}, 11),
+        (b"prio", {}, 2),
     ],
 )
 def test_job_data_round_trips_every_body_exactly(
@@ -98,14 +99,16 @@ def test_a_plain_message_is_sent_as_its_bare_body_for_other_gearman_clients() ->
     assert frame.decode(b"from a php client").body == b"from a php client"
 
 
-def test_priorities_map_onto_twelve_ordered_levels() -> None:
-    assert frame.level_for(None) == frame.level_for(0) == 0
-    assert frame.level_for(255) == frame.LEVELS - 1
-    levels = [frame.level_for(p) for p in range(256)]
-    assert levels == sorted(levels)
-    assert len(set(levels)) == frame.LEVELS
-    assert frame.function_for("q", 2) == b"q" and frame.function_for("q", 3) == b"q#1"
-    assert frame.band_for(0) == "LOW" and frame.band_for(1) is None and frame.band_for(2) == "HIGH"
+def test_priorities_go_to_their_bands_function_in_ordered_native_thirds() -> None:
+    bands = PriorityBands()  # 0-49, 50-99, 100-149, 150-199, 200-255
+    placed = [frame.place("q", p, bands) for p in range(256)]
+    assert frame.place("q", None, bands) == placed[0] == frame.Placement(b"q", 0)
+    assert [p.function for p in placed[48:52]] == [b"q", b"q", b"q#50", b"q#50"]
+    assert placed[255] == frame.Placement(b"q#200", 2) and placed[200].native == "LOW"
+    order = [(int(p.function.partition(b"#")[2] or 0), p.level) for p in placed]
+    assert order == sorted(order) and len(set(order)) == 15
+    assert frame.functions("q", bands) == [b"q", b"q#50", b"q#100", b"q#150", b"q#200"]
+    assert frame.functions("q", bands, [200, 150]) == [b"q#150", b"q#200"]
 
 
 def test_long_or_binary_dedup_keys_become_a_short_unique() -> None:
@@ -169,6 +172,34 @@ def test_higher_priority_waiting_is_received_first(gearman: Open) -> None:
     got = drain(gearman(prefetch=1), queue, len(levels))
     expected = sorted(levels, key=lambda p: -(p or 0))
     assert got == [str(p).encode() for p in expected]
+
+
+def test_a_range_worker_takes_only_its_bands_and_a_requeue_keeps_the_band(
+    gearman: Open,
+) -> None:
+    # Given jobs in every default band
+    queue, producer = new_queue("range"), gearman()
+    for priority in (None, 49, 50, 120, 199, 200, 255):
+        producer.send(queue, str(priority).encode(), {}, options=SendOptions(priority=priority))
+    # When a worker for 50-199 takes what it can, requeueing the first once
+    urgent = gearman(prefetch=1)  # grabs one at a time: strict order
+    first = urgent.receive_priorities(queue, 5, PriorityRange(50, 199))
+    assert first is not None and first.body == b"199"
+    urgent.nack(first, requeue=True)
+    taken = drain_range(urgent, queue, PriorityRange(50, 199))
+    # Then it got its bands' jobs, highest band first, the requeued one again
+    assert taken == [b"199", b"120", b"50"]
+    assert sorted(drain(gearman(), queue, 4)) == sorted([b"None", b"49", b"200", b"255"])
+    with pytest.raises(Unsupported, match="priority_bands=10,50,100"):
+        urgent.receive_priorities(queue, 0, PriorityRange(10, 99))
+
+
+def drain_range(transport: GearmanTransport, queue: str, only: PriorityRange) -> list[bytes]:
+    got = []
+    while (delivery := transport.receive_priorities(queue, 0.5, only)) is not None:
+        got.append(delivery.body)
+        transport.ack(delivery)
+    return got
 
 
 def test_same_dedup_key_while_pending_or_running_is_delivered_once(gearman: Open) -> None:

@@ -2,8 +2,9 @@
 
 Dedup (while pending, and "ever" across a worker restart), serial groups kept in order by
 three workers, the failed store and ``worker failed retry`` round trip, priority ranges (kept
-on SQLite, refused with a clear error elsewhere), a delayed job with its record,
-request/response (``call``, ``gather``) and a recurring job. Each broker is started by
+where the capability is declared, on brokers through one queue per band; refused with a clear
+error elsewhere), a delayed job with its record, request/response (``call``, ``gather``) and
+a recurring job. Each broker is started by
 ``scripts/brokers up``; without it a test skips by hand and fails under ``CI``.
 """
 
@@ -164,17 +165,25 @@ def test_the_failed_store_and_worker_failed_retry_round_trip(setup: Setup) -> No
 
 def test_a_priority_range_is_kept_or_refused(setup: Setup) -> None:
     with setup.connect() as conn:
-        native = conn.transport.capabilities.priority_range
-        if native:
-            for n, priority in enumerate((1, 80, 2, 90)):
+        caps = conn.transport.capabilities
+        if caps.priority_range:
+            for n, priority in enumerate((1, 60, 2, 90)):
                 conn.queue(setup.queue).publish({"n": n}, priority=priority)
     done = setup.run("RecordingQueue", "-p", "50-", "--max-seconds", "2")
-    if not native:
+    if not caps.priority_range:
         assert done.returncode != 0
         assert "does not support priority ranges" in done.stderr, done.stderr
+        assert "declares 'priority_range'" in done.stderr, done.stderr
         return
     assert done.returncode == 0, done.stderr
     assert out(setup) == ["3", "1"]
+    # the rest waited for a worker without a range
+    done = setup.run("RecordingQueue", "--max-messages", "2", "--max-seconds", "60")
+    assert done.returncode == 0, done.stderr
+    assert sorted(out(setup)[2:]) == ["0", "2"]
+    if caps.priority_bands is not None:  # a range must fall on the bands the URL sets
+        cut = setup.run("RecordingQueue", "-p", "60-", "--max-seconds", "2")
+        assert cut.returncode != 0 and "priority_bands=50,60,100" in cut.stderr, cut.stderr
 
 
 def test_a_delayed_recorded_job_runs_when_due_and_its_record_says_so(setup: Setup) -> None:

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from queuekit import Connection, Message, PriorityRange, Unsupported, connect
+from queuekit.spi.errors import ConfigurationError
+from queuekit.spi.priorities import PriorityBands
+from queuekit.spi.urls import TransportURL
 from tests.workers.harness import lines, run_worker, sqlite_url
 from tests.workers.transports import NODELAY
 
@@ -30,6 +33,36 @@ def test_ranges_read_as_the_cli_writes_them(text: str, expected: tuple[int, int]
 def test_a_bad_range_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="priority range"):
         PriorityRange.parse(text)
+
+
+def test_bands_partition_the_scale_and_a_range_must_fall_on_them() -> None:
+    bands = PriorityBands()
+    assert [str(b) for b in bands.ranges] == ["0-49", "50-99", "100-149", "150-199", "200-255"]
+    assert [bands.start_of(p) for p in (None, 0, 49, 50, 199, 200, 255)] == [0, 0, 0, 50, 150,
+                                                                            200, 200]  # fmt: skip
+    assert bands.queues("q") == ["q#200", "q#150", "q#100", "q#50", "q"]
+    assert bands.starts_within(PriorityRange(50, 255), "x") == [200, 150, 100, 50]
+    assert bands.starts_within(PriorityRange(0, 49), "x") == [0]
+    for cut in (PriorityRange(10, 40), PriorityRange(50, 120), PriorityRange(60)):
+        with pytest.raises(Unsupported, match=r"x does not support the priority range .*"
+                                              r"set \?priority_bands="):  # fmt: skip
+            bands.starts_within(cut, "x")
+
+
+@pytest.mark.parametrize(
+    ("query", "starts"),
+    [("", (50, 100, 150, 200)), ("?priority_bands=100,200", (100, 200)),
+     ("?priority_bands=", ()), ("?priority_bands=0", ())],
+)  # fmt: skip
+def test_bands_come_from_the_url(query: str, starts: tuple[int, ...]) -> None:
+    assert PriorityBands.from_url(TransportURL.parse(f"amqp://h/{query}")).starts == starts
+
+
+@pytest.mark.parametrize("text", ["200,100", "50,50", "x", "256", "-5"])
+def test_bad_bands_are_a_configuration_error(text: str) -> None:
+    url = TransportURL.parse(f"amqp://h/?priority_bands={text}")
+    with pytest.raises(ConfigurationError, match="priority_bands"):
+        PriorityBands.from_url(url)
 
 
 def test_a_restricted_worker_takes_only_its_range(conn: Connection, name: str) -> None:

@@ -15,6 +15,7 @@ from queuekit import Connection, Message, Unsupported, connect
 from queuekit.features.schedules import make_run
 from queuekit.jobstore import open_jobstore
 from queuekit.jobstore.base import JobStore, Schedule, next_run_after
+from queuekit.spi.transport import SendOptions
 from tests.support import FEATURE_BROKERS, feature_connection
 from tests.workers.harness import run_worker
 
@@ -101,6 +102,8 @@ def test_next_run_after_skips_to_the_first_future_run() -> None:
     assert next_run_after(item, 105.0) == 110.0
     assert next_run_after(item, 195.0) == 200.0
     assert make_run(item, 100.0).body.startswith(b'{"payload":1,')
+    urgent = Schedule("s", "q", 10.0, 100.0, {"payload": 1, "priority": 200})
+    assert make_run(urgent, 100.0).options == SendOptions(priority=200)  # its band, at once
 
 
 def test_firing_races_on_every_job_store(store_url: str) -> None:

@@ -26,6 +26,7 @@ from queuekit.spi.errors import (
     TransportError,
     Unsupported,
 )
+from queuekit.spi.priorities import PriorityRange
 from queuekit.spi.registry import open_transport
 from queuekit.spi.transport import Delivery, Outgoing, SendOptions, Transport
 from tests.support import require_broker, wait_until
@@ -218,6 +219,34 @@ def test_priority_serves_higher_first(server: str, connect) -> None:  # type: ig
         producer.send(queue, body, {}, options=SendOptions(priority=priority))
     consumer = connect(prefetch=1)
     assert drain(consumer, queue, 3) == [b"high", b"mid", b"low"]
+
+
+def test_a_range_consumer_takes_only_its_bands_and_a_requeue_keeps_the_band(
+    server: str, connect
+) -> None:  # type: ignore[no-untyped-def]
+    # Given messages in every default band
+    queue, producer = fresh("range"), connect()
+    for priority in (None, 49, 50, 120, 199, 200, 255):
+        producer.send(queue, str(priority).encode(), {}, options=SendOptions(priority=priority))
+    # When a consumer of 50-199 takes what it can, putting the first back once
+    urgent = connect(prefetch=1)
+    first = urgent.receive_priorities(queue, 10, PriorityRange(50, 199))
+    assert first is not None and first.body == b"199"
+    urgent.nack(first, requeue=True)
+    taken = []
+    while (delivery := urgent.receive_priorities(queue, 1, PriorityRange(50, 199))) is not None:
+        taken.append(delivery.body)
+        urgent.ack(delivery)
+    # Then it got only its bands, highest first, the requeued one again in its band
+    assert taken == [b"199", b"120", b"50"]
+    rest = drain(connect(prefetch=1), queue, 4)
+    # (ActiveMQ ranks no priority as 4, above 49's 2: the bands' order is what counts here)
+    assert rest[:2] == [b"255", b"200"] and sorted(rest[2:]) == [b"49", b"None"]
+    with pytest.raises(Unsupported, match="priority_bands=10,41,50"):
+        urgent.receive_priorities(queue, 0, PriorityRange(10, 40))
+    # (a URL with those bands serves that range)
+    custom = connect(priority_bands="10,41")
+    assert custom.receive_priorities(queue, 0.2, PriorityRange(10, 40)) is None
 
 
 def test_delay_is_native_on_activemq_and_refused_on_rabbitmq(server: str, connect) -> None:  # type: ignore[no-untyped-def]

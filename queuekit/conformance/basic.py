@@ -186,20 +186,34 @@ def priority(ctx: Context) -> None:
 def priority_range(ctx: Context) -> None:
     """A consumer restricted to a priority range takes only those; the rest stay waiting."""
     queue = ctx.queue("priority-range")
-    levels = [0, 9, 10, 25, 40, 41, 255]
+    only, levels = _range_and_levels(ctx.capabilities.priority_bands)
     producer = ctx.open()
     for level in levels:
         producer.send(queue, str(level).encode(), {}, options=SendOptions(priority=level))
     restricted = ctx.open(prefetch=4)
     taken: list[int] = []
     while (delivery := restricted.receive_priorities(
-        queue, ctx.settings.quiet, PriorityRange(10, 40)
+        queue, ctx.settings.quiet, only
     )) is not None:  # fmt: skip
         taken.append(int(delivery.body))
         restricted.ack(delivery)
-    check(sorted(taken) == [10, 25, 40], f"a 10-40 consumer took priorities {taken}")
-    rest = [int(d.body) for d in drain(producer, queue, 4, ctx.settings.receive_timeout)]
-    check(sorted(rest) == [0, 9, 41, 255], f"an unrestricted consumer then got {rest}")
+    inside = sorted(level for level in levels if level in only)
+    check(sorted(taken) == inside, f"a {only} consumer took priorities {taken}")
+    outside = sorted(level for level in levels if level not in only)
+    rest = [int(d.body) for d in drain(producer, queue, len(outside), ctx.settings.receive_timeout)]
+    check(sorted(rest) == outside, f"an unrestricted consumer then got {rest}")
+
+
+def _range_and_levels(bands: tuple[int, ...] | None) -> tuple[PriorityRange, list[int]]:
+    """10-40, or the second band where an adapter serves ranges on band boundaries; levels on
+    and next to both ends of it, and the extremes."""
+    if bands is None:
+        return PriorityRange(10, 40), [0, 9, 10, 25, 40, 41, 255]
+    if not bands:  # a single band: only the whole scale is a range
+        return PriorityRange(0, 255), [0, 128, 255]
+    low, high = bands[0], (bands[1] - 1 if len(bands) > 1 else 255)
+    levels = [0, low - 1, low, (low + high) // 2, high, high + 1, 255]
+    return PriorityRange(low, high), sorted({level for level in levels if 0 <= level <= 255})
 
 
 @case(11, "dedup", needs="dedup")

@@ -42,7 +42,8 @@ def make_run(schedule: Schedule, run_time: float) -> Outgoing:
         headers=dict(template.get("headers") or {}),
         created_at=run_time,
     )
-    return Outgoing(encode(Message(template["payload"], meta)), {}, SendOptions(meta.priority))
+    options = SendOptions(priority=meta.priority)
+    return Outgoing(encode(Message(template["payload"], meta)), {}, options)
 
 
 def add(

@@ -36,6 +36,9 @@ class Capabilities:
     - ``delay``: ``SendOptions.not_before`` is honoured by the broker.
     - ``priority``: with several waiting, higher ``SendOptions.priority`` is received first.
     - ``priority_range``: ``receive_priorities`` takes only messages in a priority range.
+    - ``priority_bands``: where ranges must fall on band boundaries (the adapter keeps one
+      broker queue per band: :class:`~queuekit.spi.priorities.PriorityBands`), where each
+      band but the first starts; ``None`` when any range is served.
     - ``dedup``: a second send with a pending ``SendOptions.dedup_key`` is dropped.
     - ``inspect``: ``depth`` and ``purge`` work.
     - ``max_message_size``: bytes of an encoded message, ``None`` when the broker sets no limit.
@@ -55,6 +58,7 @@ class Capabilities:
     priority_range: bool = False
     dedup: bool = False
     inspect: bool = False
+    priority_bands: tuple[int, ...] | None = None
     max_message_size: int | None = None
     #: Whether a redelivery says so (``Delivery.redelivered`` or ``delivery_count``). When an
     #: adapter declares ``redelivery`` but cannot mark it (gearmand), the worker counts starts

@@ -32,7 +32,7 @@ from ..features import groups, schedules
 from ..features.broker import Broker, needs
 from ..features.hooks import Hooks
 from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
-from ..spi.priorities import PriorityRange
+from ..spi.priorities import PriorityBands, PriorityRange
 from ..spi.transport import Transport
 from .pipeline import Attempt, Handler, Outcome, Pipeline
 from .runners import Runner, runner_for
@@ -106,6 +106,9 @@ class Worker:
         caps = broker.transport.capabilities
         if priorities is not None and not caps.priority_range:
             raise Unsupported("priority ranges", broker.transport.name, needs("priority_range"))
+        if priorities is not None and caps.priority_bands is not None:
+            # refuse a range across bands before starting, not at the first receive
+            PriorityBands(caps.priority_bands).starts_within(priorities, broker.transport.name)
         self._sweeps_groups = caps.redelivery  # groups are refused on other adapters
         self._next_sweep = 0.0
 

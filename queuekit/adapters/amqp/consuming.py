@@ -6,6 +6,11 @@ delays an ack. Streaming (``prefetch > 1``): one ``basic.consume`` per queue kee
 ``prefetch`` deliveries in flight, un-acked, buffered here. Strict (``prefetch <= 1``):
 ``basic.get``, and on an empty queue a consumer that lives only until its one delivery.
 
+A work queue is one broker queue per priority band (``Settings.bands``): ``receive`` is
+given the band queues to take from, highest band first, and hands out what is buffered of
+the highest band first. Each band's consumer has its own prefetch, so a full lower band never
+holds back a higher one; a worker thus holds at most ``prefetch`` deliveries per band.
+
 A delivery belongs to the connection it came on: after a reconnect the broker has requeued
 it, so the buffers are emptied and settling it is dropped with a warning (it comes again).
 """
@@ -63,30 +68,32 @@ class Consumer:
         self.closing = False
         self._lock = threading.RLock()
         self._link = Link(settings, "consumer", on_channel=self._on_channel)
-        #: By queue: the consumer tag of its ``basic.consume`` ("" while strict mode reads it).
+        #: By broker queue: the tag of its ``basic.consume`` ("" while strict mode reads it).
         self.consumers: dict[str, str] = {}
         self._buffers: dict[str, deque[Delivery]] = {}
         self._failing_since: float | None = None
         self._attempt = 0
 
-    def receive(self, queue: str, timeout: float) -> Delivery | None:
+    def receive(self, queue: str, sources: list[str], timeout: float) -> Delivery | None:
+        """One delivery of ``queue`` from its broker queues ``sources``, highest band first."""
         deadline = time.monotonic() + max(0.0, timeout)
         strict = self.prefetch <= 1
         with self._lock:
             self._check_open()
             while True:
-                buffer = self._buffers.get(queue)
-                if buffer:
-                    return buffer.popleft()
+                got = self._buffered(sources)
+                if got is not None:
+                    return got
                 if self.closing:
                     return None
                 try:
-                    self._ensure_consumer(queue, start=not strict)
+                    for source in sources:
+                        self._ensure_consumer(queue, source, start=not strict)
                     if strict:
-                        got = self._pull(queue, deadline)
+                        got = self._pull(queue, sources, deadline)
                         self._failing_since, self._attempt = None, 0
                         return got
-                    if not self._buffers[queue]:
+                    if not any(self._buffers[source] for source in sources):
                         slice_ = max(0.0, min(deadline - time.monotonic(), _SLICE))
                         self._link.drain(slice_)
                     self._failing_since, self._attempt = None, 0
@@ -95,21 +102,32 @@ class Consumer:
                     raise map_channel_error(exc, f"amqp receive from {queue!r}") from None
                 except RECOVERABLE as exc:
                     self._after_failure(exc, deadline)
-                if not self._buffers.get(queue) and time.monotonic() >= deadline:
+                if time.monotonic() >= deadline and not any(
+                    self._buffers.get(source) for source in sources
+                ):
                     return None
 
-    def _ensure_consumer(self, queue: str, *, start: bool) -> None:
-        """Declare ``queue`` once per connection; with ``start``, consume it into its buffer."""
-        if queue in self.consumers:
+    def _buffered(self, sources: list[str]) -> Delivery | None:
+        """The first buffered delivery of the highest band that has one."""
+        for source in sources:
+            buffer = self._buffers.get(source)
+            if buffer:
+                return buffer.popleft()
+        return None
+
+    def _ensure_consumer(self, queue: str, source: str, *, start: bool) -> None:
+        """Declare ``source`` (a broker queue of ``queue``) once per connection; with
+        ``start``, consume it into its buffer."""
+        if source in self.consumers:
             return
         channel = self._link.channel()
-        if not queue.startswith(SUBSCRIPTION_PREFIX):
-            declare_queue(channel, queue, self.settings)
-        self._buffers.setdefault(queue, deque())
-        self.consumers[queue] = self._consume(channel, queue) if start else ""
+        if not source.startswith(SUBSCRIPTION_PREFIX):
+            declare_queue(channel, source, self.settings)
+        self._buffers.setdefault(source, deque())
+        self.consumers[source] = self._consume(channel, queue, source) if start else ""
 
-    def _consume(self, channel: Any, queue: str) -> str:
-        buffer = self._buffers[queue]
+    def _consume(self, channel: Any, queue: str, source: str) -> str:
+        buffer = self._buffers[source]
         generation = self._link.generation
         headers_of = user_headers
 
@@ -127,37 +145,35 @@ class Consumer:
             )
 
         def on_cancel(tag: str) -> None:  # the broker ended it (queue deleted elsewhere)
-            if self.consumers.get(queue) == tag:
-                del self.consumers[queue]
+            if self.consumers.get(source) == tag:
+                del self.consumers[source]
 
-        tag: str = channel.basic_consume(queue, callback=on_message, on_cancel=on_cancel)
+        tag: str = channel.basic_consume(source, callback=on_message, on_cancel=on_cancel)
         return tag
 
-    def _pull(self, queue: str, deadline: float) -> Delivery | None:
-        """Strict mode: take one waiting message, or wait for one with a one-shot consumer."""
+    def _pull(self, queue: str, sources: list[str], deadline: float) -> Delivery | None:
+        """Strict mode: take one waiting message, highest band first, or wait for one with
+        one-shot consumers (one per band: a delivery racing the cancels stays buffered)."""
         channel = self._link.channel()
-        message = channel.basic_get(queue)
-        if message is not None:
-            self._buffers[queue].append(
-                Delivery(
+        for source in sources:
+            message = channel.basic_get(source)
+            if message is not None:
+                return Delivery(
                     queue=queue,
                     body=as_bytes(message.body),
                     headers=user_headers(message.properties.get("application_headers")),
                     redelivered=bool(message.delivery_info["redelivered"]),
                     handle=_Handle(self._link.generation, message.delivery_info["delivery_tag"]),
                 )
-            )
-        else:
-            tag = self._consume(channel, queue)
-            buffer = self._buffers[queue]
-            while not buffer and not self.closing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._link.drain(min(remaining, _SLICE))
-            channel.basic_cancel(tag)  # a delivery racing the cancel lands in the buffer too
-        buffer = self._buffers[queue]
-        return buffer.popleft() if buffer else None
+        tags = [self._consume(channel, queue, source) for source in sources]
+        while not self.closing and not any(self._buffers[source] for source in sources):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._link.drain(min(remaining, _SLICE))
+        for tag in tags:
+            channel.basic_cancel(tag)
+        return self._buffered(sources)
 
     def _on_channel(self, channel: Any) -> None:
         """A fresh channel: earlier deliveries are void (the broker requeued them)."""
@@ -219,28 +235,29 @@ class Consumer:
 
     # -- what this consumer holds of a queue, for depth, purge and delete ------------------
 
-    def prefetched(self, queue: str) -> int:
-        """Deliveries of ``queue`` sent to this consumer and not yet handed out."""
+    def prefetched(self, sources: list[str]) -> int:
+        """Deliveries of the broker queues ``sources`` sent here and not yet handed out."""
         with self._lock:
             self._read_prefetched()
-            return len(self._buffers.get(queue, ()))
+            return sum(len(self._buffers.get(source, ())) for source in sources)
 
-    def reject_prefetched(self, queue: str) -> int:
-        """Drop the deliveries of ``queue`` not yet handed out; how many were dropped."""
+    def reject_prefetched(self, sources: list[str]) -> int:
+        """Drop the deliveries of ``sources`` not yet handed out; how many were dropped."""
         dropped = 0
         with self._lock:
             self._read_prefetched()
-            buffer = self._buffers.get(queue)
-            channel = self._link.current
-            while buffer and channel is not None:
-                delivery = buffer.popleft()
-                delivery.handle.settled = True
-                try:
-                    channel.basic_reject(delivery.handle.tag, requeue=False)
-                except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
-                    self._drop_connection()  # un-acked ones go back to the queue
-                    break
-                dropped += 1
+            for source in sources:
+                buffer = self._buffers.get(source)
+                channel = self._link.current
+                while buffer and channel is not None:
+                    delivery = buffer.popleft()
+                    delivery.handle.settled = True
+                    try:
+                        channel.basic_reject(delivery.handle.tag, requeue=False)
+                    except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
+                        self._drop_connection()  # un-acked ones go back to the queue
+                        return dropped
+                    dropped += 1
         return dropped
 
     def _read_prefetched(self) -> None:
@@ -253,21 +270,23 @@ class Consumer:
         except RECOVERABLE:
             self._drop_connection()  # their deliveries go back to the broker's queues
 
-    def stop(self, queue: str) -> None:
-        """Stop consuming ``queue`` and give back what was prefetched of it."""
+    def stop(self, sources: list[str]) -> None:
+        """Stop consuming the broker queues ``sources``; give back what was prefetched."""
         with self._lock:
             self._check_open()
-            tag = self.consumers.pop(queue, None)
-            buffered = self._buffers.pop(queue, deque())
-            channel = self._link.current
-            if tag and channel is not None:
-                try:
-                    channel.basic_cancel(tag)
-                    for delivery in buffered:
-                        delivery.handle.settled = True
-                        channel.basic_reject(delivery.handle.tag, requeue=True)
-                except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
-                    self._drop_connection()
+            for source in sources:
+                tag = self.consumers.pop(source, None)
+                buffered = self._buffers.pop(source, deque())
+                channel = self._link.current
+                if tag and channel is not None:
+                    try:
+                        channel.basic_cancel(tag)
+                        for delivery in buffered:
+                            delivery.handle.settled = True
+                            channel.basic_reject(delivery.handle.tag, requeue=True)
+                    except (*CONNECTION_ERRORS, *CHANNEL_ERRORS):
+                        self._drop_connection()
+                        return
 
     def close(self) -> None:
         """Close the connection; un-acked deliveries go back to their queues."""

@@ -1,9 +1,10 @@
 """queuekit's messages as AMQP messages and back: properties, priority levels, delay routes.
 
 Outbound, a body with headers and options becomes a ``Publication``: a persistent py-amqp
-message plus the exchange and routing key it goes to (the queue itself, the delay cascade,
-or the topic exchange). Inbound, the user's headers are what is left once the headers of the
-delay cascade and of RabbitMQ's dead-lettering are taken out.
+message plus the exchange and routing key it goes to (the work queue of its priority's band,
+the delay cascade, which delivers into that queue, or the topic exchange). Inbound, the
+user's headers are what is left once the headers of the delay cascade and of RabbitMQ's
+dead-lettering are taken out.
 """
 
 from __future__ import annotations
@@ -41,14 +42,19 @@ class Publication:
     routing_key: str
     message: Any  # amqp.Message
     mandatory: bool
+    #: The work queue it ends in (its band's), declared before publishing; None: a broadcast.
+    destination: str | None
 
 
 def for_queue(
     queue: str, body: bytes, headers: Headers, options: SendOptions, settings: Settings
 ) -> Publication:
-    """``body`` for ``queue``: straight to it, or into the delay cascade when not yet due.
-    The caller has checked that ``options`` asks only for declared capabilities."""
+    """``body`` for the work queue of ``queue``'s band for its priority: straight to it, or
+    into the delay cascade when not yet due. The caller has checked that ``options`` asks
+    only for declared capabilities."""
     _check_size(body, settings)
+    bands = settings.bands
+    queue = bands.queue_for(queue, bands.start_of(options.priority))
     wait = 0
     if options.not_before is not None:
         wait = delays.seconds_until(options.not_before, time.time())
@@ -59,15 +65,15 @@ def for_queue(
     message = amqp.Message(body, **_properties(headers, options.priority, settings))
     if wait:
         exchange, key = delays.route(wait)
-        return Publication(exchange, key, message, True)
-    return Publication("", queue, message, True)
+        return Publication(exchange, key, message, True, queue)
+    return Publication("", queue, message, True, queue)
 
 
 def for_topic(topic: str, body: bytes, headers: Headers, settings: Settings) -> Publication:
     """``body`` for every subscription whose pattern matches ``topic``; none is no error."""
     _check_size(body, settings)
     message = amqp.Message(body, **_properties(headers, None, settings))
-    return Publication(settings.exchange, topic, message, False)
+    return Publication(settings.exchange, topic, message, False, None)
 
 
 def _check_size(body: bytes, settings: Settings) -> None:
@@ -82,6 +88,14 @@ def _properties(headers: Headers, priority: int | None, settings: Settings) -> d
     if priority is not None:
         properties["priority"] = priority_level(priority, settings.max_priority)
     return properties
+
+
+def returned(exchange: str, routing_key: str, message: Any) -> Publication:
+    """A message the broker sent back as unroutable, ready to publish again. Only work
+    queue messages are mandatory: straight to their queue, or named by the delay header."""
+    headers = message.properties.get("application_headers") or {}
+    destination = routing_key if not exchange else headers.get(delays.DESTINATION_HEADER)
+    return Publication(exchange, routing_key, message, True, destination)
 
 
 def as_bytes(body: Any) -> bytes:

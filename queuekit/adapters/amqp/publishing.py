@@ -24,7 +24,7 @@ from amqp import spec
 
 from ...spi.errors import ConnectionLost, TransportClosed, TransportError
 from .link import CHANNEL_ERRORS, RECOVERABLE, Link, backoff, map_channel_error
-from .messages import Publication
+from .messages import Publication, returned
 from .settings import Settings
 from .topology import Declarations
 
@@ -67,7 +67,7 @@ class Publisher:
                 self._check_open()
                 try:
                     channel = self._link.channel()
-                    self._declarations.prepare(channel, queue, pending)
+                    self._declarations.prepare(channel, pending)
                     pending = self._publish_on(channel, pending)
                     self._failing_since, self._attempt = None, 0
                 except CHANNEL_ERRORS as exc:
@@ -106,10 +106,11 @@ class Publisher:
                     self._after_failure(exc, [])
             self._wait_for_broker(what)
 
-    def forget(self, queue: str) -> None:
-        """``queue`` was deleted: declare it again before publishing to it."""
+    def forget(self, queues: list[str]) -> None:
+        """``queues`` were deleted: declare them again before publishing to them."""
         with self._lock:
-            self._declarations.forget(queue)
+            for queue in queues:
+                self._declarations.forget(queue)
 
     def close(self) -> None:
         with self._lock:
@@ -210,4 +211,4 @@ class Publisher:
         return settled
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
-        self._returned.append(Publication(exchange, routing_key, message, True))
+        self._returned.append(returned(exchange, routing_key, message))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...spi.errors import ConfigurationError
+from ...spi.priorities import BANDS_OPTION, PriorityBands
 from ...spi.urls import Host, TransportURL
 
 #: RabbitMQ 3.x's default ``max_message_size`` (128 MiB; checked: 3.10.8 reports 134217728).
@@ -22,6 +23,7 @@ _OPTIONS = frozenset(
     {
         "confirm",
         "max_priority",
+        BANDS_OPTION,
         "delay",
         "heartbeat",
         "connect_timeout",
@@ -47,6 +49,8 @@ class Settings:
     tls: dict[str, Any] | None  # py-amqp's ssl options (it takes a dict, not a context)
     confirm: bool
     max_priority: int
+    #: One work queue per band (a single band when priorities are off): see docs/amqp.md.
+    bands: PriorityBands
     delay: bool
     heartbeat: int
     connect_timeout: float
@@ -78,6 +82,7 @@ class Settings:
             tls=_tls(url) if secure else None,
             confirm=url.flag("confirm", True),
             max_priority=max_priority,
+            bands=PriorityBands.from_url(url) if max_priority else PriorityBands(()),
             delay=url.flag("delay", True),
             heartbeat=_int(url, "heartbeat", 0),
             connect_timeout=_float(url, "connect_timeout", 5.0),

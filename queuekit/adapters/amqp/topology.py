@@ -57,25 +57,28 @@ class Declarations:
         self._declared.clear()
         self._delay_ready = self._exchange_ready = False
 
-    def prepare(self, channel: Any, queue: str | None, items: Iterable[Publication]) -> None:
-        """Declare what ``items`` need: the topic exchange for a broadcast (``queue`` None),
-        else ``queue``, and the delay cascade bound to it when an item goes through it."""
-        if queue is None:
-            if not self._exchange_ready:
-                declare_topic_exchange(channel, self._settings)
-                self._exchange_ready = True
-            return
-        if queue not in self._declared:
-            declare_queue(channel, queue, self._settings)
-            self._declared.add(queue)
-        if any(item.exchange for item in items):
-            if not self._delay_ready:
-                delays.declare_topology(channel)
-                self._delay_ready = True
-            bound = _delay_binding(queue)
-            if bound not in self._declared:
-                delays.bind_destination(channel, queue)
-                self._declared.add(bound)
+    def prepare(self, channel: Any, items: Iterable[Publication]) -> None:
+        """Declare what ``items`` need: the topic exchange for a broadcast, else the work
+        queue each goes to (its band's: only bands a message was sent to exist), and the
+        delay cascade bound to that queue when an item goes through it."""
+        for item in items:
+            queue = item.destination
+            if queue is None:
+                if not self._exchange_ready:
+                    declare_topic_exchange(channel, self._settings)
+                    self._exchange_ready = True
+                continue
+            if queue not in self._declared:
+                declare_queue(channel, queue, self._settings)
+                self._declared.add(queue)
+            if item.exchange:
+                if not self._delay_ready:
+                    delays.declare_topology(channel)
+                    self._delay_ready = True
+                bound = _delay_binding(queue)
+                if bound not in self._declared:
+                    delays.bind_destination(channel, queue)
+                    self._declared.add(bound)
 
     def forget_queues(self) -> None:
         """Declare queues (and their delay bindings) again: one was deleted elsewhere."""

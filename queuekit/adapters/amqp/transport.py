@@ -4,15 +4,20 @@ Two connections, each made on first use: the ``Publisher`` (``send``, ``send_man
 ``broadcast``, declarations, ``depth``/``purge``/``delete``) behind a lock, so any thread may
 publish; and the ``Consumer`` (``receive``/``ack``/``nack``) for the one consumer thread. A
 receive loop draining its socket therefore never delays a publish, and a publish waiting for
-confirms never delays an ack. See docs/amqp.md for the guarantees and what is lost when.
+confirms never delays an ack. A work queue is one broker queue per priority band
+(``?priority_bands=``), which serves priority ranges. See docs/amqp.md for the guarantees
+and what is lost when.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 from ...spi.capabilities import Capabilities
+from ...spi.priorities import PriorityRange
 from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import TransportURL
 from . import messages
@@ -41,15 +46,18 @@ class AMQPTransport(Transport):
             topics=True,
             delay=settings.delay,
             priority=settings.max_priority > 0,
+            priority_range=settings.max_priority > 0,
+            priority_bands=settings.bands.starts,
             inspect=True,
             max_message_size=settings.max_message_size,
             reasons={
                 "dedup": "RabbitMQ keeps no dedup keys; the core's job store does",
-                "priority_range": "a consumer gets the head of a queue; RabbitMQ cannot "
-                "select by priority",
                 **({"delay": "turned off by ?delay=0"} if not settings.delay else {}),
                 **(
-                    {"priority": "turned off by ?max_priority=0"}
+                    {
+                        "priority": "turned off by ?max_priority=0",
+                        "priority_range": "turned off by ?max_priority=0",
+                    }
                     if not settings.max_priority
                     else {}
                 ),
@@ -57,6 +65,8 @@ class AMQPTransport(Transport):
         )
         self._publisher = Publisher(settings, url.redacted())
         self._consumer = Consumer(settings, prefetch, url.redacted())
+        #: The broker queues a receive reads, by queue (and range): worked out once.
+        self._sources_of: dict[tuple[str, PriorityRange | None], list[str]] = {}
 
     # -- publishing -------------------------------------------------------------------
 
@@ -83,8 +93,32 @@ class AMQPTransport(Transport):
         """Streaming (``prefetch > 1``): one consumer per queue keeps up to ``prefetch``
         deliveries in flight. Strict (``prefetch <= 1``): ``basic.get``, and when the queue is
         empty a consumer that lives only until its one delivery, so this worker never holds a
-        message it did not ask for (``depth``/``purge`` elsewhere see every waiting one)."""
-        return self._consumer.receive(queue, timeout)
+        message it did not ask for (``depth``/``purge`` elsewhere see every waiting one).
+        Every band's queue is consumed, highest band first."""
+        return self._consumer.receive(queue, self._sources(queue), timeout)
+
+    def receive_priorities(
+        self, queue: str, timeout: float, priorities: PriorityRange
+    ) -> Delivery | None:
+        """``receive`` from the queues of the bands ``priorities`` covers, highest first; a
+        range that cuts a band is :class:`Unsupported` (naming ``?priority_bands=``)."""
+        sources = self._sources_of.get((queue, priorities))
+        if sources is None:
+            bands = self.settings.bands
+            starts = bands.starts_within(priorities, self.name)
+            sources = self._sources_of[queue, priorities] = [
+                bands.queue_for(queue, start) for start in starts
+            ]
+        return self._consumer.receive(queue, sources, timeout)
+
+    def _sources(self, queue: str) -> list[str]:
+        """The broker queues that hold ``queue``'s messages, highest band first."""
+        sources = self._sources_of.get((queue, None))
+        if sources is None:
+            plain = queue.startswith(SUBSCRIPTION_PREFIX)
+            sources = [queue] if plain else self.settings.bands.queues(queue)
+            self._sources_of[queue, None] = sources
+        return sources
 
     def ack(self, delivery: Delivery) -> None:
         self._consumer.ack(delivery)
@@ -111,26 +145,34 @@ class AMQPTransport(Transport):
     # -- inspection -------------------------------------------------------------------
 
     def depth(self, queue: str) -> int:
-        """Messages waiting in the broker's queue plus those prefetched here and not yet
-        handed out by ``receive`` (other consumers' prefetched messages are not counted)."""
-        result = self._publisher.admin(
-            "depth", lambda channel: channel.queue_declare(queue, passive=True), None
-        )
-        buffered = self._consumer.prefetched(queue)
-        return buffered + (0 if result is None else int(result.message_count))
+        """Messages waiting in the broker's queues (every band's) plus those prefetched here
+        and not yet handed out by ``receive`` (other consumers' prefetched ones are not
+        counted). A band's queue that was never declared counts 0."""
+        sources = self._sources(queue)
+        waiting = 0
+        for source in sources:
+            result = self._publisher.admin("depth", partial(_waiting, source), None)
+            waiting += result or 0
+        return waiting + self._consumer.prefetched(sources)
 
     def purge(self, queue: str) -> int:
         """Drop what waits in the broker's queue, then what this consumer prefetched of it
-        (in that order, so the broker sends nothing new in between)."""
-        dropped = int(
-            self._publisher.admin("purge", lambda channel: channel.queue_purge(queue), 0) or 0
-        )
-        return dropped + self._consumer.reject_prefetched(queue)
+        (in that order, so the broker sends nothing new in between), for every band."""
+        sources = self._sources(queue)
+        dropped = 0
+        for source in sources:
+            dropped += self._publisher.admin("purge", partial(_purge, source), 0) or 0
+        return dropped + self._consumer.reject_prefetched(sources)
 
     def delete(self, queue: str) -> None:
-        self._consumer.stop(queue)
-        self._publisher.admin("delete", lambda channel: channel.queue_delete(queue), None)
-        self._publisher.forget(queue)
+        """Delete every band's queue of ``queue``."""
+        sources = self._sources(queue)
+        for key in [key for key in self._sources_of if key[0] == queue]:
+            del self._sources_of[key]
+        self._consumer.stop(sources)
+        for source in sources:
+            self._publisher.admin("delete", partial(_delete, source), None)
+        self._publisher.forget(sources)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -142,6 +184,18 @@ class AMQPTransport(Transport):
         self._consumer.closing = self._publisher.closing = True
         self._consumer.close()
         self._publisher.close()
+
+
+def _waiting(queue: str, channel: Any) -> int:
+    return int(channel.queue_declare(queue, passive=True).message_count)
+
+
+def _purge(queue: str, channel: Any) -> int:
+    return int(channel.queue_purge(queue) or 0)
+
+
+def _delete(queue: str, channel: Any) -> None:
+    channel.queue_delete(queue)
 
 
 __all__ = ["AMQPTransport"]

@@ -2,17 +2,21 @@
 
 Gearman jobs carry a function name, a ``unique`` id and opaque data; nothing else.
 
-**Priorities.** gearmand has three native bands (high, normal, low), too few for queuekit's
-0-255 scale, so a queue is served by :data:`GROUPS` functions: ``name`` and ``name#1`` ...
-``name#3``, each with the three bands, which gives :data:`LEVELS` ordered levels. A worker
-registers the functions lowest group first; gearmand hands a grabbing worker a job of its
-most recently registered function first (then by band), so the highest level wins. Without
-a priority a message is level 0, on the plain function name in the low band, like the
+**Priorities.** gearmand has three native priorities per function (high, normal, low), too
+few for queuekit's 0-255 scale and no use for a worker that wants only some priorities. So a
+queue is served by one function per priority band (:class:`~queuekit.spi.priorities.
+PriorityBands`: ``name`` for the lowest band, ``name#50`` ... ``name#200`` by default), and
+within a band the three native priorities split it in thirds. A worker registers the
+functions of its bands lowest first; gearmand hands a grabbing worker a job of its most
+recently registered function first (then by native priority), so the highest band wins.
+A worker with a priority range registers only the functions of the bands inside it. Without
+a priority a message goes to the plain function name in the low native priority, like the
 other adapters where no priority means 0.
 
 **Data.** A message with no headers and no priority goes out as its body, byte for byte,
 so plain Gearman workers and clients interoperate. Otherwise the data is
-``MAGIC + u32 length + JSON {"h": headers, "l": level, "fg": 1} + body``; a body that happens
+``MAGIC + u32 length + JSON {"h": headers, "l": native level, "fg": 1} + body`` (the level
+lets a requeue resubmit at the same native priority); a body that happens
 to start with ``MAGIC`` is always framed, so every body round-trips exactly.
 """
 
@@ -23,37 +27,45 @@ import json
 import struct
 from dataclasses import dataclass, field
 
+from ...spi.priorities import PriorityBands
+
 MAGIC = b"\x00QK\x01"
 _LENGTH = struct.Struct("!I")
-#: Functions per queue and levels in all (three native bands per function).
-GROUPS = 4
-LEVELS = GROUPS * 3
-#: Native bands, lowest first, as pygearman names them (``None`` is the normal band).
-BANDS: tuple[str | None, ...] = ("LOW", None, "HIGH")
+#: Native priorities, lowest first, as pygearman names them (``None`` is the normal one).
+NATIVE: tuple[str | None, ...] = ("LOW", None, "HIGH")
 #: gearmand refuses a ``unique`` longer than this (ARGUMENT_TOO_LARGE).
 MAX_UNIQUE = 64
-_SUFFIX = "#"
 
 
-def level_for(priority: int | None) -> int:
-    """queuekit's 0-255 priority onto the 12 Gearman levels (``None`` is 0)."""
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a message of some priority goes: its band's function, and ``level``, the index
+    in :data:`NATIVE` of the native priority it is submitted with."""
+
+    function: bytes
+    level: int
+
+    @property
+    def native(self) -> str | None:
+        return NATIVE[self.level]
+
+
+def place(queue: str, priority: int | None, bands: PriorityBands) -> Placement:
+    """The function of ``priority``'s band, and the third of the band it falls in."""
+    start = bands.start_of(priority)
+    function = bands.queue_for(queue, start).encode()
     if priority is None:
-        return 0
-    return max(0, min(255, priority)) * LEVELS // 256
+        return Placement(function, 0)
+    band = next(b for b in bands.ranges if b.lowest == start)
+    width = band.highest - band.lowest + 1
+    return Placement(function, (priority - band.lowest) * len(NATIVE) // width)
 
 
-def function_for(queue: str, level: int) -> bytes:
-    group = level // 3
-    return (queue if group == 0 else f"{queue}{_SUFFIX}{group}").encode()
-
-
-def band_for(level: int) -> str | None:
-    return BANDS[level % 3]
-
-
-def functions(queue: str) -> list[bytes]:
-    """Every function that serves ``queue``, lowest group first (the CAN_DO order)."""
-    return [function_for(queue, group * 3) for group in range(GROUPS)]
+def functions(queue: str, bands: PriorityBands, starts: list[int] | None = None) -> list[bytes]:
+    """The functions of the bands starting at ``starts`` (every band when None), lowest
+    band first: the CAN_DO order that makes gearmand hand out the highest band first."""
+    chosen = sorted(b.lowest for b in bands.ranges) if starts is None else sorted(starts)
+    return [bands.queue_for(queue, start).encode() for start in chosen]
 
 
 def unique_for(dedup_key: str) -> bytes:
@@ -109,6 +121,6 @@ def decode(data: bytes) -> Job:
     return Job(
         body=data[start + length :],
         headers={str(k): str(v) for k, v in headers.items()},
-        level=level if 0 <= level < LEVELS else 0,
+        level=level if 0 <= level < len(NATIVE) else 0,
         foreground=bool(meta.get("fg")),
     )

@@ -2,7 +2,8 @@
 
 How the contract maps onto Gearman (docs/gearman.md says more):
 
-- a queue is a Gearman function (four, for priority levels: see :mod:`.frame`);
+- a queue is a Gearman function per priority band (see :mod:`.frame`); a worker with a
+  priority range registers only the functions of its bands;
 - ``send`` is ``SUBMIT_JOB_BG`` (or its high/low variants, pipelined for a batch on a
   :class:`~.link.Link`) and returns on ``JOB_CREATED``: gearmand holds the job (with a
   persistent queue, it has written it); a dedup key becomes the job's ``unique``, which
@@ -42,6 +43,7 @@ from ...spi.errors import (
     TransportClosed,
     TransportError,
 )
+from ...spi.priorities import PriorityBands, PriorityRange
 from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import TransportURL
 from . import frame
@@ -66,7 +68,7 @@ class _Ticket:
     """``Delivery.handle``: the assignment plus what settling it needs."""
 
     assignment: Assignment
-    queue: str
+    consumer: _Consumer
     level: int
     foreground: bool
     settled: bool = False
@@ -74,8 +76,9 @@ class _Ticket:
 
 @dataclass(slots=True)
 class _Consumer:
-    """The worker links (one per host) and prefetched jobs of one queue."""
+    """The worker links (one per host) and prefetched jobs of one queue's bands."""
 
+    queue: str
     links: list[Link]
     buffer: deque[Assignment] = field(default_factory=deque)
     unsettled: int = 0
@@ -97,7 +100,8 @@ class GearmanTransport(Transport):
             self._io_timeout = float(url.option("timeout", "30") or "30")
         except ValueError:
             raise ConfigurationError(f"{url.redacted()}: timeout must be seconds") from None
-        self.capabilities = _capabilities(url.flag("durable"))
+        self._bands = PriorityBands.from_url(url)
+        self.capabilities = _capabilities(url.flag("durable"), self._bands)
         self._closed = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._send_lock = threading.Lock()
@@ -106,7 +110,8 @@ class GearmanTransport(Transport):
         ]
         self._callers = Callers(self._host_list)
         self._consume_lock = threading.Lock()
-        self._consumers: dict[str, _Consumer] = {}
+        #: By queue and the starts of the bands consumed (``None``: all of them).
+        self._consumers: dict[tuple[str, tuple[int, ...] | None], _Consumer] = {}
         #: ``unique`` of every job received here and not yet settled (see ``send_many``).
         self._held: dict[bytes, int] = {}
 
@@ -125,7 +130,7 @@ class GearmanTransport(Transport):
         jobs = []
         for message in messages:
             self.require(message.options)
-            level = frame.level_for(message.options.priority)
+            placed = frame.place(queue, message.options.priority, self._bands)
             key = message.options.dedup_key
             unique = frame.unique_for(key) if key is not None else None
             if unique is None or unique in self._held:
@@ -135,10 +140,8 @@ class GearmanTransport(Transport):
                 # (the core resends, then acks): sharing the unique would fold the copy
                 # into the job the ack is about to complete, and lose it.
                 unique = _fresh_unique()
-            data = frame.encode(message.body, dict(message.headers), level)
-            jobs.append(
-                (SUBMIT_BG[frame.band_for(level)], frame.function_for(queue, level), unique, data)
-            )
+            data = frame.encode(message.body, dict(message.headers), placed.level)
+            jobs.append((SUBMIT_BG[placed.native], placed.function, unique, data))
         self._submit(jobs)
 
     def _submit(self, jobs: list[tuple[int, bytes, bytes, bytes]]) -> None:
@@ -180,16 +183,30 @@ class GearmanTransport(Transport):
     # -- consuming --------------------------------------------------------------------
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
+        """A job of any of ``queue``'s bands, highest band first."""
+        return self._receive(queue, None, timeout)
+
+    def receive_priorities(
+        self, queue: str, timeout: float, priorities: PriorityRange
+    ) -> Delivery | None:
+        """A job of the bands ``priorities`` covers: this worker registers only their
+        functions. A range that cuts a band is :class:`Unsupported`."""
+        starts = self._bands.starts_within(priorities, self.name)
+        return self._receive(queue, tuple(sorted(starts)), timeout)
+
+    def _receive(
+        self, queue: str, starts: tuple[int, ...] | None, timeout: float
+    ) -> Delivery | None:
         with self._consume_lock:
             self._check_open()
-            consumer = self._consumer(queue)
+            consumer = self._consumer(queue, starts)
             deadline = time.monotonic() + max(0.0, timeout)
             try:
                 while True:
                     if consumer.buffer:
                         job = consumer.buffer.popleft()
                         if job.link.generation == job.generation and job.link.alive():
-                            return self._deliver(queue, consumer, job)
+                            return self._deliver(consumer, job)
                         continue  # its connection is gone: gearmand hands it out again
                     if self._grab(consumer, max(1, self.prefetch - consumer.unsettled)):
                         continue
@@ -199,16 +216,19 @@ class GearmanTransport(Transport):
             except Woken:
                 return None
 
-    def _consumer(self, queue: str) -> _Consumer:
-        consumer = self._consumers.get(queue)
+    def _consumer(self, queue: str, starts: tuple[int, ...] | None) -> _Consumer:
+        consumer = self._consumers.get((queue, starts))
         if consumer is None:
-            functions = frame.functions(queue)
+            functions = frame.functions(queue, self._bands, None if starts is None else [*starts])
             links = [
                 Link(h, p, functions, self._wake_r, io_timeout=self._io_timeout)
                 for h, p in self._hosts
             ]
-            consumer = self._consumers[queue] = _Consumer(links)
+            consumer = self._consumers[queue, starts] = _Consumer(queue, links)
         return consumer
+
+    def _consumers_of(self, queue: str) -> list[_Consumer]:
+        return [c for (name, _), c in list(self._consumers.items()) if name == queue]
 
     def _grab(self, consumer: _Consumer, want: int) -> bool:
         """Grab up to ``want`` jobs from the first host that has some; False if none has."""
@@ -257,12 +277,14 @@ class GearmanTransport(Transport):
                     link.take_noop()
         return bool(ready)
 
-    def _deliver(self, queue: str, consumer: _Consumer, job: Assignment) -> Delivery:
+    def _deliver(self, consumer: _Consumer, job: Assignment) -> Delivery:
         decoded = frame.decode(job.data)
         consumer.unsettled += 1
         self._held[job.unique] = self._held.get(job.unique, 0) + 1
-        ticket = _Ticket(job, queue, decoded.level, decoded.foreground)
-        return Delivery(queue=queue, body=decoded.body, headers=decoded.headers, handle=ticket)
+        ticket = _Ticket(job, consumer, decoded.level, decoded.foreground)
+        return Delivery(
+            queue=consumer.queue, body=decoded.body, headers=decoded.headers, handle=ticket
+        )
 
     # -- settling ---------------------------------------------------------------------
 
@@ -283,8 +305,9 @@ class GearmanTransport(Transport):
         elif requeue and not ticket.foreground:
             # gearmand drops a failed background job, so a requeue is a new submission of
             # the same data (a fresh unique: the original still holds its own), then done.
-            band = SUBMIT_BG[frame.band_for(ticket.level)]
-            self._submit([(band, job.function, _fresh_unique(), job.data)])
+            # it keeps its band (the function) and its native priority in it
+            native = SUBMIT_BG[frame.NATIVE[ticket.level]]
+            self._submit([(native, job.function, _fresh_unique(), job.data)])
             self._settle(delivery, "complete")
         else:
             # A foreground job cannot be resubmitted for its caller: it fails, and the
@@ -304,9 +327,7 @@ class GearmanTransport(Transport):
                 return
             self._check_open()
             ticket.settled = True
-            consumer = self._consumers.get(ticket.queue)
-            if consumer is not None:
-                consumer.unsettled -= 1
+            ticket.consumer.unsettled -= 1
             job = ticket.assignment
             left = self._held.pop(job.unique, 1) - 1
             if left:
@@ -344,19 +365,17 @@ class GearmanTransport(Transport):
         :meth:`complete`; empty after a plain ``ack``). Raises :class:`CallFailed` when the
         worker fails it (``nack``) or nothing comes back within ``timeout`` seconds."""
         self._check_open()
-        level = frame.level_for(priority)
-        data = frame.encode(body, dict(headers or {}), level, foreground=True)
-        return self._callers.call(
-            queue, frame.function_for(queue, level), data, frame.band_for(level), timeout
-        )
+        placed = frame.place(queue, priority, self._bands)
+        data = frame.encode(body, dict(headers or {}), placed.level, foreground=True)
+        return self._callers.call(queue, placed.function, data, placed.native, timeout)
 
     # -- inspection --------------------------------------------------------------------
 
     def depth(self, queue: str) -> int:
-        """Waiting jobs (gearmand's queued minus running) plus this transport's prefetched
-        ones, over every reachable host."""
+        """Waiting jobs (gearmand's queued minus running) of every band plus this
+        transport's prefetched ones, over every reachable host."""
         self._check_open()
-        names = {f.decode() for f in frame.functions(queue)}
+        names = {f.decode() for f in frame.functions(queue, self._bands)}
         total, reachable = 0, 0
         for host in self._host_list:
             try:
@@ -371,8 +390,8 @@ class GearmanTransport(Transport):
             total += sum(int(r["queued"]) - int(r["running"]) for r in rows if r["task"] in names)
         if not reachable:
             raise ConnectionLost(f"gearman {self._where()}: no gearmand answers")
-        consumer = self._consumers.get(queue)  # no lock: a receive may block holding it
-        return total + (len(consumer.buffer) if consumer else 0)
+        # no lock: a receive may block holding it
+        return total + sum(len(c.buffer) for c in self._consumers_of(queue))
 
     def purge(self, queue: str) -> int:
         """Complete every waiting job of ``queue`` unprocessed (jobs other workers are
@@ -380,15 +399,14 @@ class GearmanTransport(Transport):
         with self._consume_lock:
             self._check_open()
             dropped = 0
-            consumer = self._consumers.get(queue)
-            if consumer is not None:
+            for consumer in self._consumers_of(queue):
                 while consumer.buffer:
                     job = consumer.buffer.popleft()
                     if job.link.connected and job.link.generation == job.generation:
                         with contextlib.suppress(LinkDown):
                             job.link.complete(job.handle)
                             dropped += 1
-            functions = frame.functions(queue)
+            functions = frame.functions(queue, self._bands)
             reachable = 0
             for host, port in self._hosts:
                 link = Link(host, port, functions, self._wake_r, io_timeout=self._io_timeout)
@@ -415,12 +433,11 @@ class GearmanTransport(Transport):
         other workers are connected for; it then stays listed, empty."""
         self.purge(queue)
         with self._consume_lock:
-            consumer = self._consumers.pop(queue, None)
-            if consumer is not None:
-                for link in consumer.links:
+            for key in [key for key in self._consumers if key[0] == queue]:
+                for link in self._consumers.pop(key).links:
                     link.drop()
         for host, port in self._hosts:
-            for function in frame.functions(queue):
+            for function in frame.functions(queue, self._bands):
                 with contextlib.suppress(OSError):
                     _admin_command(host, port, b"drop function " + function, self._io_timeout)
 
@@ -476,12 +493,10 @@ def _fresh_unique() -> bytes:
     return uuid.uuid4().hex.encode()
 
 
-def _capabilities(durable: bool) -> Capabilities:
+def _capabilities(durable: bool, bands: PriorityBands) -> Capabilities:
     reasons = {
         "fanout": "Gearman has no fan-out: each job goes to one worker",
         "topics": "Gearman has no fan-out: each job goes to one worker",
-        "priority_range": "gearmand hands a worker the next job of its functions; it cannot "
-        "select by priority",
         "delay": (
             "gearmand 1.1.20 accepts SUBMIT_JOB_EPOCH but never runs the job when due "
             "(gearmand issue 101): the core's delayed store serves delays"
@@ -500,6 +515,8 @@ def _capabilities(durable: bool) -> Capabilities:
         fifo=True,
         competing_consumers=True,
         priority=True,
+        priority_range=True,
+        priority_bands=bands.starts,
         dedup=True,
         inspect=True,
         reasons=reasons,

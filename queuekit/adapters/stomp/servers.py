@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...spi.capabilities import Capabilities
+from ...spi.priorities import PriorityBands
 from ...spi.urls import TransportURL
 
 #: Bytes of one message body, below both servers' own limits (RabbitMQ refuses bodies over
@@ -50,30 +51,27 @@ def profile_for(server: str, url: TransportURL) -> ServerProfile:
     """The profile for the CONNECTED frame's ``server`` header (e.g. ``RabbitMQ/3.10.8``)."""
     product = server.split("/", 1)[0].strip().lower()
     priority = url.flag("priority", True)
+    bands = PriorityBands.from_url(url) if priority else PriorityBands(())
     if product == "rabbitmq":
-        return _rabbitmq(priority)
+        return _rabbitmq(priority, bands)
     if product == "activemq":
-        return _activemq(priority, url.flag("scheduler", True))
+        return _activemq(priority, bands, url.flag("scheduler", True))
     return _generic(server or "unknown")
 
 
 _NO_DEDUP = "STOMP has no deduplication; the core's job store keeps dedup keys"
 _NO_INSPECT = "STOMP cannot count or purge a queue"
-_NO_RANGE = (
-    "a subscription gets the head of a queue (ActiveMQ selectors on JMSPriority could "
-    "select by priority: not built)"
-)
 
 
-def _rabbitmq(priority: bool) -> ServerProfile:
+def _rabbitmq(priority: bool, bands: PriorityBands) -> ServerProfile:
     reasons = {
         "delay": "RabbitMQ's STOMP ignores AMQ_SCHEDULED_DELAY; the core's delayed store serves",
         "dedup": _NO_DEDUP,
         "inspect": _NO_INSPECT,
-        "priority_range": _NO_RANGE,
     }
     if not priority:
         reasons["priority"] = "disabled by ?priority=0 (no x-max-priority on queues)"
+        reasons["priority_range"] = "disabled by ?priority=0"
     return ServerProfile(
         product="RabbitMQ",
         prefetch_header="prefetch-count",
@@ -90,16 +88,19 @@ def _rabbitmq(priority: bool) -> ServerProfile:
             fanout=True,
             topics=True,
             priority=priority,
+            priority_range=priority,
+            priority_bands=bands.starts,
             max_message_size=MAX_MESSAGE_SIZE,
             reasons=reasons,
         ),
     )
 
 
-def _activemq(priority: bool, scheduler: bool) -> ServerProfile:
-    reasons = {"dedup": _NO_DEDUP, "inspect": _NO_INSPECT, "priority_range": _NO_RANGE}
+def _activemq(priority: bool, bands: PriorityBands, scheduler: bool) -> ServerProfile:
+    reasons = {"dedup": _NO_DEDUP, "inspect": _NO_INSPECT}
     if not priority:
         reasons["priority"] = "disabled by ?priority=0"
+        reasons["priority_range"] = "disabled by ?priority=0"
     if not scheduler:
         reasons["delay"] = "disabled by ?scheduler=0 (broker without schedulerSupport)"
     return ServerProfile(
@@ -119,6 +120,8 @@ def _activemq(priority: bool, scheduler: bool) -> ServerProfile:
             topics=True,
             delay=scheduler,
             priority=priority,
+            priority_range=priority,
+            priority_bands=bands.starts,
             max_message_size=MAX_MESSAGE_SIZE,
             reasons=reasons,
         ),
@@ -140,9 +143,17 @@ def _generic(server: str) -> ServerProfile:
             redelivery=True,
             reasons={
                 name: unknown
-                for name in ("durable", "nack_requeue", "fifo", "topics", "delay", "priority")
+                for name in (
+                    "durable",
+                    "nack_requeue",
+                    "fifo",
+                    "topics",
+                    "delay",
+                    "priority",
+                    "priority_range",
+                )
             }
-            | {"dedup": _NO_DEDUP, "inspect": _NO_INSPECT, "priority_range": _NO_RANGE},
+            | {"dedup": _NO_DEDUP, "inspect": _NO_INSPECT},
         ),
     )
 

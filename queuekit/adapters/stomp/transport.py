@@ -1,9 +1,12 @@
 """``stomp://`` and ``stomp+ssl://``: the transport contract over STOMP 1.2 (stomp.py).
 
-Work queues are ``/queue/<name>``, fan-out is ``/topic/<topic>``. Every subscription uses
-``ack: client-individual`` with the server's own prefetch header, so the broker never has
-more than ``prefetch`` un-acked messages in this process: that bounds the local inbox that
-stomp.py's listener feeds and :meth:`StompTransport.receive` reads.
+Work queues are ``/queue/<name>``, one per priority band (``/queue/<name>#200`` for the band
+from 200: :class:`~queuekit.spi.priorities.PriorityBands`), fan-out is ``/topic/<topic>``.
+``receive`` subscribes to every band's queue, ``receive_priorities`` to those of its range,
+and hands out the highest band's messages first. Every subscription uses ``ack:
+client-individual`` with the server's own prefetch header, so the broker never has more than
+``prefetch`` un-acked messages per subscription in this process: that bounds the local
+inboxes that stomp.py's listener feeds and :meth:`StompTransport.receive` reads.
 
 What the server does natively (prefetch, delay, priority, NACK, wildcards) comes from the
 CONNECTED frame's ``server`` header through :mod:`.servers`; ``capabilities`` is set per
@@ -12,9 +15,10 @@ up to 1000 frames of ``send_many`` (on its last frame; a server handles one conn
 frames in order).
 
 Threads: stomp.py's I/O thread calls ``_on_message``/``_on_lost``; it only puts into the
-inboxes (lock-free :class:`queue.SimpleQueue`) and never takes ``_connect_lock``, under which
-connecting does blocking I/O. A lost connection or ``close`` puts a wake-up marker into every
-inbox; deliveries of a dead connection are dropped when read (the server redelivers them).
+inboxes (lock-free :class:`queue.SimpleQueue`), rings the bell the receiver of that inbox
+waits on, and never takes ``_connect_lock``, under which connecting does blocking I/O. A lost
+connection or ``close`` rings every bell; deliveries of a dead connection are dropped when
+read (the server redelivers them).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ...spi.errors import (
     TransportError,
     Unsupported,
 )
+from ...spi.priorities import PriorityBands, PriorityRange
 from ...spi.topics import topic_matches
 from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import Host, TransportURL
@@ -67,17 +72,28 @@ _SERVER_SET = frozenset(
 _BATCH = 1000  # frames per receipt in send_many: bounds what a reconnect re-sends
 _MAX_RESENDS = 5  # connections a batch may lose before the publish gives up
 _WRITE_SIZE = 256 * 1024  # encoded frames are written to the socket in pieces of this size
+#: How long a receive waits for a higher band's next message after settling one of that band,
+#: before it hands out a lower band's buffered one. STOMP cannot ask whether a queue is
+#: empty: freed credit is the only sign, and the server answers it within a round trip.
+_REFILL_GRACE = 0.1
 
 
 @dataclass(eq=False)
 class _Subscription:
-    name: str  # what receive() is called with: the queue name, or subscribe()'s answer
+    name: str  # a band's queue name (``emails#200``), or subscribe()'s answer
+    queue: str  # what receive() is called with: the queue name, or subscribe()'s answer
     sub_id: str
     destination: str
     headers: dict[str, str]
+    #: Rung (a None put) on every delivery and wake-up; shared by a queue's band subscriptions,
+    #: so one receive waits on all of them.
+    bell: SimpleQueue[None]
     topic_filter: str | None = None  # pattern to match locally (ActiveMQ, # not last)
     generation: int = 0  # the session it was last subscribed on
-    inbox: SimpleQueue[Delivery | None] = field(default_factory=SimpleQueue)  # None: wake up
+    inbox: SimpleQueue[Delivery] = field(default_factory=SimpleQueue)
+    #: When one of its deliveries was settled, freeing credit for the next; None once that
+    #: came (or none was waiting). Written by the consumer and stomp.py's I/O threads.
+    refilling_since: float | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -117,6 +133,7 @@ class StompTransport(Transport):
         self._subs_lock = threading.Lock()
         self._subs: dict[str, _Subscription] = {}  # by name
         self._by_id: dict[str, _Subscription] = {}  # by STOMP subscription id
+        self._bells: dict[str, SimpleQueue[None]] = {}  # by queue, for its bands
         self._session: Session | None = None
         self._down_since: float | None = None
         self._closed = False
@@ -127,7 +144,9 @@ class StompTransport(Transport):
                 f"no STOMP server answered at {url.redacted()} (last: {self._last_failure})"
             )
         self._profile: ServerProfile = profile_for(session.server, url)
-        self.capabilities = self._profile.capabilities
+        self.capabilities = caps = self._profile.capabilities
+        #: Fixed at connect, like the capabilities: producers and workers must agree.
+        self._bands = PriorityBands(caps.priority_bands or ())
 
     # -- options ------------------------------------------------------------------------
 
@@ -276,27 +295,28 @@ class StompTransport(Transport):
     def send(
         self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
     ) -> None:
-        self._check_open()
-        self.require(options)
-        self._check_size(body)
-        self._publish("/queue/" + queue, [(body, self._frame_headers(headers, options))])
+        self.send_many(queue, [Outgoing(body, headers, options)])
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         self._check_open()
         frames = []
+        bands = self._bands
         for message in messages:
             self.require(message.options)
             self._check_size(message.body)
-            frames.append((message.body, self._frame_headers(message.headers, message.options)))
-        self._publish("/queue/" + queue, frames)
+            band = bands.queue_for(queue, bands.start_of(message.options.priority))
+            headers = self._frame_headers(message.headers, message.options)
+            frames.append(("/queue/" + band, message.body, headers))
+        self._publish(frames)
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
         self._check_open()
         self._check_size(body)
-        self._publish("/topic/" + topic, [(body, wire_headers(headers))])
+        self._publish([("/topic/" + topic, body, wire_headers(headers))])
 
-    def _publish(self, destination: str, frames: Sequence[tuple[bytes, dict[str, str]]]) -> None:
-        """Send ``frames`` with a receipt on the last frame of every chunk, then wait.
+    def _publish(self, frames: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
+        """Send ``frames`` (destination, body, headers) with a receipt on the last frame of
+        every chunk, then wait.
 
         Frames are encoded here and written many at a time (stomp.py would write each with
         its own system call); everything else on the connection stays stomp.py's.
@@ -319,7 +339,7 @@ class StompTransport(Transport):
                 for chunk in chunks:
                     receipts.append(session.new_receipt())
                     last = len(chunk) - 1
-                    for index, (body, headers) in enumerate(chunk):
+                    for index, (destination, body, headers) in enumerate(chunk):
                         frame = dict(headers, receipt=receipts[-1]) if index == last else headers
                         pending.append(encode_send(destination, body, frame))
                         size += len(pending[-1])
@@ -366,21 +386,36 @@ class StompTransport(Transport):
         header = self._profile.prefetch_header
         return {header: str(self.prefetch)} if header else {}
 
-    def _queue_subscription(self, queue: str) -> _Subscription:
-        sub = self._subs.get(queue)
-        if sub is None:
-            headers = self._subscription_headers()
-            headers.update(self._profile.queue_arguments)
-            sub = _Subscription(queue, f"q-{uuid.uuid4().hex}", "/queue/" + queue, headers)
-            self._subscribe(sub)
-        return sub
+    def _band_subscriptions(self, queue: str, starts: list[int]) -> list[_Subscription]:
+        """The subscriptions to the queues of ``queue``'s bands starting at ``starts``, in
+        that order; made (and waited for) where missing."""
+        subs = []
+        for start in starts:
+            name = self._bands.queue_for(queue, start)
+            sub = self._subs.get(name)
+            if sub is None:
+                headers = self._subscription_headers()
+                headers.update(self._profile.queue_arguments)
+                bell = self._bells.setdefault(queue, SimpleQueue())
+                sub = _Subscription(
+                    name, queue, f"q-{uuid.uuid4().hex}", "/queue/" + name, headers, bell
+                )
+                self._subscribe(sub)
+            subs.append(sub)
+        return subs
 
     def subscribe(self, pattern: str) -> str:
         self._check_open()
         destination, local = topic_destinations(self._profile, pattern)
         name = f"subscription.{uuid.uuid4().hex}"
         sub = _Subscription(
-            name, name, destination, self._subscription_headers(), pattern if local else None
+            name,
+            name,
+            name,
+            destination,
+            self._subscription_headers(),
+            SimpleQueue(),
+            pattern if local else None,
         )
         self._subscribe(sub)
         return name
@@ -397,20 +432,23 @@ class StompTransport(Transport):
                 session.call("unsubscribe", sub.sub_id)
 
     def delete(self, queue: str) -> None:
-        # STOMP cannot delete a queue; stop consuming it so the server forgets this consumer.
-        self.unsubscribe(queue)
+        # STOMP cannot delete a queue; stop consuming its bands so the server forgets this
+        # consumer.
+        for band in self._bands.queues(queue):
+            self.unsubscribe(band)
+        self._bells.pop(queue, None)
 
     def _forget(self, sub: _Subscription) -> None:
         with self._subs_lock:
             self._subs.pop(sub.name, None)
             self._by_id.pop(sub.sub_id, None)
-        sub.inbox.put(None)
+        sub.bell.put(None)
 
     def _wake_all(self) -> None:
         with self._subs_lock:
             subs = list(self._subs.values())
         for sub in subs:
-            sub.inbox.put(None)
+            sub.bell.put(None)
 
     def _on_message(self, session: Session, headers: dict[str, str], body: bytes) -> None:
         # stomp.py's I/O thread.
@@ -428,22 +466,42 @@ class StompTransport(Transport):
                 return
         requeues = headers.get(REQUEUES)
         delivery = Delivery(
-            queue=sub.name,
+            queue=sub.queue,
             body=body,
             headers=user_headers(headers),
             redelivered=headers.get("redelivered") == "true" or requeues is not None,
             handle=_Handle(session.generation, ack_id, sub, headers),
         )
         sub.inbox.put(delivery)
+        sub.refilling_since = None
+        sub.bell.put(None)
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
+        """A message of ``queue``'s bands (highest band first), or of a subscription."""
         self._check_open()
-        deadline = time.monotonic() + max(0.0, timeout)
-        sub = self._subs.get(queue)
-        if sub is None:
-            if queue.startswith("subscription."):
+        if queue.startswith("subscription."):
+            sub = self._subs.get(queue)
+            if sub is None:
                 raise TransportError(f"no subscription {queue!r} on {self!r}")
-            sub = self._queue_subscription(queue)
+            return self._take([sub], timeout)
+        return self._take(self._band_subscriptions(queue, self._all_starts()), timeout)
+
+    def receive_priorities(
+        self, queue: str, timeout: float, priorities: PriorityRange
+    ) -> Delivery | None:
+        """A message of the bands ``priorities`` covers, highest band first; a range that
+        cuts a band is :class:`Unsupported` (it names ``?priority_bands=``)."""
+        self._check_open()
+        starts = self._bands.starts_within(priorities, self.name)
+        return self._take(self._band_subscriptions(queue, starts), timeout)
+
+    def _all_starts(self) -> list[int]:
+        return [band.lowest for band in reversed(self._bands.ranges)]
+
+    def _take(self, subs: list[_Subscription], timeout: float) -> Delivery | None:
+        """The first delivery of the first of ``subs`` that has one, waiting on their bell."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        bell = subs[0].bell
         while True:
             session = self._session
             if session is None or not session.alive:
@@ -455,18 +513,19 @@ class StompTransport(Transport):
                     if time.monotonic() >= deadline and self._within_window():
                         return None
                     raise
-            try:
-                delivery = sub.inbox.get_nowait()
-            except Empty:
-                remaining = deadline - time.monotonic()
+            delivery, held_until = _first(subs)
+            if delivery is None:
+                remaining = min(deadline, held_until or deadline) - time.monotonic()
                 if remaining <= 0:
+                    if held_until and time.monotonic() < deadline:
+                        continue  # the higher band stayed quiet: take the lower band's one
                     return None
                 try:
-                    delivery = sub.inbox.get(timeout=remaining)
+                    bell.get(timeout=remaining)
                 except Empty:
-                    return None
-            if delivery is None:  # woken: closed, lost, or unsubscribed
-                if self._closed or self._subs.get(sub.name) is not sub:
+                    continue  # past the deadline, or the hold is over
+                # a delivery, or woken: closed, lost, or unsubscribed
+                if self._closed or any(self._subs.get(sub.name) is not sub for sub in subs):
                     return None
                 continue
             current = self._session
@@ -487,6 +546,7 @@ class StompTransport(Transport):
         if handle.settled:
             return None
         handle.settled = True
+        handle.subscription.refilling_since = time.monotonic()
         session = self._session
         if session is None or session.generation != handle.generation or not session.alive:
             return None  # the connection that delivered it is gone: the server redelivers it
@@ -541,3 +601,20 @@ class StompTransport(Transport):
         session, self._session = self._session, None
         if session is not None:
             session.close()
+
+
+def _first(subs: list[_Subscription]) -> tuple[Delivery | None, float]:
+    """The oldest delivery of the highest band (first of ``subs``) that holds one; or None
+    and, when a lower band's is held back for a band above that may be refilling, until when
+    (else 0)."""
+    now = time.monotonic()
+    refill_until = 0.0
+    for sub in subs:
+        if not sub.inbox.empty():
+            if refill_until > now:
+                return None, refill_until
+            return sub.inbox.get_nowait(), 0.0
+        since = sub.refilling_since
+        if since is not None:
+            refill_until = max(refill_until, since + _REFILL_GRACE)
+    return None, 0.0
