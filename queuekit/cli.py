@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from . import __version__
 from .client.abstract import AbstractQueue
 from .client.config import resolve_url
 from .client.connection import Connection, connect
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Example: worker run myproject.queues:EmailQueue --max-messages 100"
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

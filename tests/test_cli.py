@@ -7,10 +7,13 @@ import re
 import signal
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+import queuekit
 from queuekit import EventManager, bridge, connect
 from tests.workers.harness import (
     child_env,
@@ -68,6 +71,15 @@ def test_python_dash_m_queuekit_is_the_same_command(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("usage: worker")
+
+
+def test_version_is_the_installed_distributions_one_source_of_truth(tmp_path: Path) -> None:
+    result = run_worker("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"worker {queuekit.__version__}\n"
+    assert queuekit.__version__ == version("queuekit")
+    with (Path(__file__).parents[1] / "pyproject.toml").open("rb") as pyproject:
+        assert queuekit.__version__ == tomllib.load(pyproject)["project"]["version"]
 
 
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
