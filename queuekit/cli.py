@@ -142,6 +142,8 @@ def _failed_show(conn: Connection, args: argparse.Namespace) -> int:
 def _failed_retry(conn: Connection, args: argparse.Namespace) -> int:
     ids = [e.id for e in conn.failed.list(args.queue)] if args.id == "all" else [_failed_id(args)]
     retried = sum(conn.failed.retry(i) for i in ids)
+    if args.id != "all" and not retried:  # as `failed show` says it, not "0 message(s)"
+        raise UsageError(f"no failed message {args.id}")
     print(f"{retried} message(s) back on their queue", file=sys.stderr)
     return 0 if retried == len(ids) else 1
 

@@ -197,6 +197,7 @@ def test_a_wrong_class_path_is_one_line_and_exit_2(
         (["failed", "show"], "needs the numeric id"),
         (["failed", "retry", "abc"], "needs the numeric id"),
         (["failed", "show", "999"], "no failed message 999"),
+        (["failed", "retry", "7"], "no failed message 7"),
     ],
 )
 def test_command_line_mistakes_are_one_line_and_exit_2(
