@@ -87,6 +87,7 @@ class Worker:
                                   record_all=self.record_all, stop=self.stop)  # fmt: skip
         self.processed = 0
         self._stop_reason: str | None = None
+        self._stopped_by_limit = False  # then the exit is logged at WARNING: always shown
         self._signals_seen = 0
         self._jobs = broker.jobs
         caps = broker.transport.capabilities
@@ -102,6 +103,12 @@ class Worker:
     def stop(self, reason: str = "stop() called") -> None:
         self._stop_reason = self._stop_reason or reason
 
+    def _reached_limit(self, reason: str) -> None:
+        """A limit ends the loop: a supervisor restarting the worker should learn why."""
+        if self._stop_reason is None:
+            self._stopped_by_limit = True
+        self.stop(reason)
+
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -111,7 +118,7 @@ class Worker:
         log.info("worker %d consuming %r on %s", os.getpid(), self.queue,
                  self.broker.url.redacted())  # fmt: skip
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
-            self.stop("max_messages is 0")
+            self._reached_limit("max_messages is 0")
         try:
             while self._stop_reason is None:
                 now = time.monotonic()
@@ -136,11 +143,12 @@ class Worker:
                     continue
                 self.processed += 1
                 if self.limits.max_messages and self.processed >= self.limits.max_messages:
-                    self.stop(f"processed {self.processed} messages")
+                    self._reached_limit(f"processed {self.processed} messages")
         finally:
             self._restore_signals(previous)
             self._release()
-        log.info("worker %d stopped: %s", os.getpid(), self._stop_reason)
+        level = logging.WARNING if self._stopped_by_limit else logging.INFO
+        log.log(level, "worker %d stopped: %s", os.getpid(), self._stop_reason)
         return self.processed
 
     def _periodic(self, started: float) -> None:
@@ -151,9 +159,11 @@ class Worker:
         except QueuekitError as exc:  # e.g. the job store is away: try again later
             log.warning("could not forward due or grouped messages: %s", exc)
         if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
-            self.stop(f"ran {self.limits.max_seconds:g}s")
-        if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
-            self.stop(f"resident memory reached {self.limits.max_memory} bytes")
+            self._reached_limit(f"ran {self.limits.max_seconds:g}s")
+        if self.limits.max_memory and (rss := resident_memory()) >= self.limits.max_memory:
+            self._reached_limit(
+                f"resident memory reached {rss} bytes (limit {self.limits.max_memory} bytes)"
+            )
 
     def _forward(self) -> None:
         """Fire this queue's due recurring jobs, then send what the job store holds for the

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from queuekit import AbstractQueue, Message, PermanentError
+from queuekit import AbstractQueue, Message, PermanentError, Repeat
 
 
 def _append(variable: str, line: str) -> None:
@@ -63,6 +63,22 @@ class PickyQueue(AbstractQueue):
 
     def work(self, message: Message) -> None:
         _append("QK_OUT", str(message.payload["to"]))
+
+
+class FlakyQueue(AbstractQueue):
+    """Rejects payloads without ``n``; fails the first attempt at the rest, retried at once;
+    records ``n`` on the second."""
+
+    queue = "flaky"
+    retry = Repeat(times=1, every=0)
+
+    def validate(self, message: Message) -> bool:
+        return isinstance(message.payload, dict) and "n" in message.payload
+
+    def work(self, message: Message) -> None:
+        if message.metadata.attempts == 0:
+            raise RuntimeError("the first attempt fails")
+        _append("QK_OUT", str(message.payload["n"]))
 
 
 class SerialQueue(AbstractQueue):
