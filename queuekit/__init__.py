@@ -5,6 +5,8 @@ This module exports what an application uses; adapter authors import :mod:`queue
 The layers beneath are drawn in docs/architecture.md.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .client.abstract import AbstractQueue
 from .client.connection import Connection, connect
 from .client.events import Event, EventManager, bridge
@@ -37,6 +39,11 @@ from .spi.errors import (
     Unsupported,
 )
 from .spi.priorities import PriorityRange
+
+try:  # the installed distribution's version: pyproject.toml is the one place it is written
+    __version__ = version("queuekit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AbstractQueue",

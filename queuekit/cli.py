@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from . import __version__
 from .client.abstract import AbstractQueue
 from .client.config import resolve_url
 from .client.connection import Connection, connect
@@ -29,6 +30,9 @@ _DELEGATED = {
     "conformance": ("queuekit.conformance.cli", "command", "check a broker against the contract"),
     "zmq-proxy": ("queuekit.adapters.zmq_proxy", "main", "run the ZeroMQ routing device"),
 }
+#: ``-v`` is the worker command's own flag: it may stand before or after the subcommand.
+_VERBOSE = ("-v", "--verbose")
+_VERBOSE_HELP = "log every message received, done, retried or failed"
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)b?$", re.IGNORECASE)
 
 
@@ -156,6 +160,8 @@ def _failed_show(conn: Connection, args: argparse.Namespace) -> int:
 def _failed_retry(conn: Connection, args: argparse.Namespace) -> int:
     ids = [e.id for e in conn.failed.list(args.queue)] if args.id == "all" else [_failed_id(args)]
     retried = sum(conn.failed.retry(i) for i in ids)
+    if args.id != "all" and not retried:  # as `failed show` says it, not "0 message(s)"
+        raise UsageError(f"no failed message {args.id}")
     print(f"{retried} message(s) back on their queue", file=sys.stderr)
     return 0 if retried == len(ids) else 1
 
@@ -269,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Example: worker run myproject.queues:EmailQueue --max-messages 100"
         ),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every message")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(*_VERBOSE, action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="process a queue with an AbstractQueue subclass")
@@ -328,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--jobstore", help="job store URL (default: configured)")
     job.set_defaults(func=cmd_job)
 
+    for command in sub.choices.values():  # SUPPRESS: absent here keeps the value given before
+        command.add_argument(*_VERBOSE, action="store_true", default=argparse.SUPPRESS,
+                             help=_VERBOSE_HELP)  # fmt: skip
     for name, (_, _, summary) in _DELEGATED.items():
         sub.add_parser(name, help=summary, add_help=False)
     return parser
@@ -339,14 +349,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if first in _DELEGATED:
         module, function, _ = _DELEGATED[first]
         rest = args_list[args_list.index(first) + 1 :]
+        if any(a in _VERBOSE for a in args_list):
+            # Otherwise left unconfigured: the conformance table keeps its own output clean.
+            _configure_logging(verbose=True)
+            rest = [a for a in rest if a not in _VERBOSE]
         delegate: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
         return _guarded(lambda: delegate(rest))
     args = build_parser().parse_args(args_list)
+    _configure_logging(verbose=args.verbose)
+    return _guarded(lambda: int(args.func(args)))
+
+
+def _configure_logging(*, verbose: bool) -> None:
+    """Warnings, and a worker's exit on a limit, always; with ``-v`` every message event."""
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return _guarded(lambda: int(args.func(args)))
 
 
 def _guarded(call: Callable[[], int]) -> int:

@@ -7,10 +7,13 @@ import re
 import signal
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+import queuekit
 from queuekit import EventManager, bridge, connect
 from tests.workers.harness import (
     child_env,
@@ -68,6 +71,15 @@ def test_python_dash_m_queuekit_is_the_same_command(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("usage: worker")
+
+
+def test_version_is_the_installed_distributions_one_source_of_truth(tmp_path: Path) -> None:
+    result = run_worker("--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"worker {queuekit.__version__}\n"
+    assert queuekit.__version__ == version("queuekit")
+    with (Path(__file__).parents[1] / "pyproject.toml").open("rb") as pyproject:
+        assert queuekit.__version__ == tomllib.load(pyproject)["project"]["version"]
 
 
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
@@ -136,12 +148,67 @@ def test_publish_options_priority_delay_and_dedup_key(tmp_path: Path, url: str) 
         assert conn.queue("records").depth() == 2  # the two delayed ones
 
 
-def test_run_stops_by_itself_on_time_and_memory_limits(tmp_path: Path, url: str) -> None:
-    for limit in (["--max-seconds", "0.2"], ["--max-memory", "1K"]):
-        result = run_worker("run", "tests.workers.queues:RecordingQueue", "--url", url, *limit,
-                            cwd=tmp_path)  # fmt: skip
+def test_run_stops_by_itself_on_limits_and_says_why_without_v(tmp_path: Path, url: str) -> None:
+    limits = {
+        "--max-seconds": ("0.2", "stopped: ran 0.2s"),
+        "--max-memory": ("1K", "stopped: resident memory reached "),
+        "--max-messages": ("0", "stopped: max_messages is 0"),
+    }
+    for option, (value, says) in limits.items():
+        result = run_worker("run", "tests.workers.queues:RecordingQueue", "--url", url,
+                            option, value, cwd=tmp_path)  # fmt: skip
         assert result.returncode == 0, result.stderr
+        assert says in result.stderr
         assert "processed 0 message(s)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("verbose", "where"),
+    [([], "-"), (["-v"], "before"), (["-v"], "after"), (["--verbose"], "after")],
+    ids=["default", "-v before run", "-v after run", "--verbose after run"],
+)
+def test_verbose_logs_every_message_event_before_or_after_the_command(
+    tmp_path: Path, url: str, verbose: list[str], where: str
+) -> None:
+    # Given a message that fails its first attempt and one that validate() rejects
+    def publish(payload: str) -> str:
+        result = run_worker("publish", "flaky", payload, "--url", url, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    flaky, rejected = publish('{"n": 1}'), publish('{"no": "n"}')
+    # When a worker runs with -v before or after `run`, or without it
+    run = ["run", "tests.workers.queues:FlakyQueue", "--url", url, "--max-messages", "3"]
+    args = [*verbose, *run] if where == "before" else [*run, *verbose]
+    result = run_worker(*args, cwd=tmp_path, env={"QK_OUT": str(tmp_path / "out.txt")})
+    assert result.returncode == 0, result.stderr
+    assert lines(tmp_path / "out.txt") == ["1"]
+
+    # Then -v logs one line per event, with the attempt and how long it took; retries,
+    # failures and the reason the worker stopped are logged at the default level too
+    took = r" in \d+\.\dms"
+    said = {
+        "received 1": rf"message {flaky} received on 'flaky' \(attempt 1\)$",
+        "retried": rf"message {flaky} retried on 'flaky' \(attempt 1\){took}: due in 0s "
+        r"after RuntimeError\('the first attempt fails'\)$",
+        "received 2": rf"message {flaky} received on 'flaky' \(attempt 2\)$",
+        "done": rf"message {flaky} done on 'flaky' \(attempt 2\){took}$",
+        "failed": rf"message {rejected} failed on 'flaky' \(attempt 1\){took}: "
+        r"rejected by validate\(\)$",
+        "stopped": r"worker \d+ stopped: processed 3 messages$",
+    }
+    logged = {name for name, line in said.items() if re.search(line, result.stderr, re.M)}
+    always = {"retried", "failed", "stopped"}
+    assert logged == (set(said) if verbose else always), result.stderr
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_is_accepted_around_a_delegated_command(tmp_path: Path, where: str) -> None:
+    command = ["conformance", "memory://verbose", "--only", "round_trip"]
+    result = run_worker(*(["-v", *command] if where == "before" else [*command, "-v"]),
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^round_trip .* pass", result.stdout, re.M), result.stdout
 
 
 def test_an_idle_worker_stops_cleanly_on_sigterm(tmp_path: Path, url: str) -> None:
@@ -185,6 +252,7 @@ def test_a_wrong_class_path_is_one_line_and_exit_2(
         (["failed", "show"], "needs the numeric id"),
         (["failed", "retry", "abc"], "needs the numeric id"),
         (["failed", "show", "999"], "no failed message 999"),
+        (["failed", "retry", "7"], "no failed message 7"),
     ],
 )
 def test_command_line_mistakes_are_one_line_and_exit_2(

@@ -23,7 +23,7 @@ from queuekit.features.envelope import decode
 from queuekit.spi.registry import open_transport
 from queuekit.spi.transport import Delivery
 from tests.support import wait_until
-from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop, wait_for_line
+from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop
 
 SAFETY = 20.0
 
@@ -216,13 +216,17 @@ def test_two_worker_processes_process_2000_messages_exactly_once(
     tmp_path: Path, db: Path, conn: Connection, name: str
 ) -> None:
     outs = [tmp_path / "out-a.txt", tmp_path / "out-b.txt"]
+    logs = [tmp_path / "log-a.txt", tmp_path / "log-b.txt"]
     url = sqlite_url(db)
     args = ["-v", "run", "tests.workers.queues:RecordingQueue", "--url", url, "--queue", name]
-    workers = [start_worker(*args, cwd=tmp_path, env={"QK_OUT": str(out)}) for out in outs]
+    workers = [start_worker(*args, cwd=tmp_path, env={"QK_OUT": str(out)}, log=log)
+               for out, log in zip(outs, logs, strict=True)]  # fmt: skip
     try:
-        for worker in workers:
-            assert worker.stderr is not None
-            wait_for_line(worker.stderr, "consuming")  # both are polling before any message
+        wait_until(  # both are polling before any message
+            lambda: all("consuming" in log.read_text(encoding="utf-8") for log in logs),
+            timeout=30,
+            what="both workers consuming",
+        )
         conn.queue(name).publish_many({"n": n} for n in range(2000))
         wait_until(
             lambda: sum(len(lines(out)) for out in outs) >= 2000,

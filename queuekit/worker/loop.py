@@ -101,6 +101,7 @@ class Worker:
         #: Messages still running when the shutdown timeout passed, given back to the broker.
         self.handed_back = 0
         self._stop_reason: str | None = None
+        self._stopped_by_limit = False  # then the exit is logged at WARNING: always shown
         self._signals_seen = 0
         self._jobs = broker.jobs
         caps = broker.transport.capabilities
@@ -119,6 +120,12 @@ class Worker:
     def stop(self, reason: str = "stop() called") -> None:
         self._stop_reason = self._stop_reason or reason
 
+    def _reached_limit(self, reason: str) -> None:
+        """A limit ends the loop: a supervisor restarting the worker should learn why."""
+        if self._stop_reason is None:
+            self._stopped_by_limit = True
+        self.stop(reason)
+
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -130,7 +137,7 @@ class Worker:
         log.info("worker %d consuming %r on %s (concurrency %d)", os.getpid(), self.queue,
                  self.broker.url.redacted(), self.concurrency)  # fmt: skip
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
-            self.stop("max_messages is 0")
+            self._reached_limit("max_messages is 0")
         try:
             while self._stop_reason is None:
                 now = time.monotonic()
@@ -149,7 +156,8 @@ class Worker:
             runner.close()
             self._restore_signals(previous)
             self._release()
-        log.info("worker %d stopped: %s", os.getpid(), self._stop_reason)
+        level = logging.WARNING if self._stopped_by_limit else logging.INFO
+        log.log(level, "worker %d stopped: %s", os.getpid(), self._stop_reason)
         return self.processed
 
     def _take(self, runner: Runner) -> None:
@@ -188,7 +196,7 @@ class Worker:
     def _count(self) -> None:
         self.processed += 1
         if self.limits.max_messages and self.processed >= self.limits.max_messages:
-            self.stop(f"processed {self.processed} messages")
+            self._reached_limit(f"processed {self.processed} messages")
 
     def _finish(self, runner: Runner) -> None:
         """Stopping: let what is in flight finish (for ``shutdown_timeout`` s at most),
@@ -224,9 +232,11 @@ class Worker:
         except QueuekitError as exc:  # e.g. the job store is away: try again later
             log.warning("could not forward due or grouped messages: %s", exc)
         if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
-            self.stop(f"ran {self.limits.max_seconds:g}s")
-        if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
-            self.stop(f"resident memory reached {self.limits.max_memory} bytes")
+            self._reached_limit(f"ran {self.limits.max_seconds:g}s")
+        if self.limits.max_memory and (rss := resident_memory()) >= self.limits.max_memory:
+            self._reached_limit(
+                f"resident memory reached {rss} bytes (limit {self.limits.max_memory} bytes)"
+            )
 
     def _forward(self) -> None:
         """Fire this queue's due recurring jobs, then send what the job store holds for the

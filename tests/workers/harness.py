@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
@@ -45,16 +46,20 @@ def run_worker(
 
 
 def start_worker(
-    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        worker_command(*args),
-        cwd=cwd,
-        env=child_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """``log``: the child's stderr goes to this file instead of a pipe, for a chatty child
+    (``worker -v`` logs every message) that would block on a full pipe nobody reads."""
+    with contextlib.ExitStack() as files:
+        stderr = files.enter_context(log.open("w", encoding="utf-8")) if log else subprocess.PIPE
+        return subprocess.Popen(
+            worker_command(*args),
+            cwd=cwd,
+            env=child_env(env),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
 
 
 def wait_for_line(stream: IO[str], needle: str, timeout: float = 30) -> str:

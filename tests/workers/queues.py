@@ -66,6 +66,22 @@ class PickyQueue(AbstractQueue):
         _append("QK_OUT", str(message.payload["to"]))
 
 
+class FlakyQueue(AbstractQueue):
+    """Rejects payloads without ``n``; fails the first attempt at the rest, retried at once;
+    records ``n`` on the second."""
+
+    queue = "flaky"
+    retry = Repeat(times=1, every=0)
+
+    def validate(self, message: Message) -> bool:
+        return isinstance(message.payload, dict) and "n" in message.payload
+
+    def work(self, message: Message) -> None:
+        if message.metadata.attempts == 0:
+            raise RuntimeError("the first attempt fails")
+        _append("QK_OUT", str(message.payload["n"]))
+
+
 class SerialQueue(AbstractQueue):
     """Notes ``start G N`` and ``end G N`` around a short ``work()`` on payloads ``[G, N]``,
     so overlapping or reordered members of a serial group show in ``$QK_OUT``."""
