@@ -6,7 +6,9 @@ the per-user SQLite default, see :mod:`queuekit.client.config`); ``queue(name)``
 
 The job store is ``jobstore=`` > ``QUEUEKIT_JOBSTORE`` > ``jobstore =`` in ``queuekit.toml``
 > :func:`default_jobstore`, which never depends on the working directory: the producers and
-workers of one broker on one host share it by construction.
+workers of one broker on one host share it by construction. Across hosts only a configured
+shared database does; a worker that meets a message registered in another store refuses it
+(:mod:`queuekit.features.storeid`).
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ class Connection:
 
     def __init__(self, url: str, *, jobstore: str | None = None, prefetch: int = 16) -> None:
         self.url = TransportURL.parse(url)
-        jobs = open_jobstore(resolve_jobstore(jobstore) or default_jobstore(self.url))
+        store = resolve_jobstore(jobstore) or default_jobstore(self.url)
+        jobs = open_jobstore(store)
+        per_host = store == broker_jobstore(self.url)
         try:
-            self.broker = Broker(self.url, jobs, prefetch=prefetch)
+            self.broker = Broker(self.url, jobs, prefetch=prefetch, per_host=per_host)
         except BaseException:
             jobs.close()
             raise

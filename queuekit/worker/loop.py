@@ -110,6 +110,7 @@ class Worker:
         next_check = 0.0
         log.info("worker %d consuming %r on %s", os.getpid(), self.queue,
                  self.broker.url.redacted())  # fmt: skip
+        self._announce_jobstore()
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
             self.stop("max_messages is 0")
         try:
@@ -142,6 +143,19 @@ class Worker:
             self._release()
         log.info("worker %d stopped: %s", os.getpid(), self._stop_reason)
         return self.processed
+
+    def _announce_jobstore(self) -> None:
+        """Say which job store this worker settles in (it refuses messages registered in
+        another, see :mod:`queuekit.features.storeid`), and warn when other hosts cannot
+        share it. Reading the store's id here also caches it before the first message."""
+        where = self._jobs.url.redacted()
+        try:
+            log.info("job store %s (id %s)", where, self._jobs.identity())
+        except QueuekitError as exc:  # the periodic work retries; messages wait for it
+            log.warning("job store %s cannot be read yet: %s", where, exc)
+        warning = self.broker.jobstore_warning()
+        if warning is not None:
+            log.warning("%s", warning)
 
     def _periodic(self, started: float) -> None:
         try:
