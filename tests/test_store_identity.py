@@ -129,3 +129,13 @@ def test_a_worker_names_its_store_and_warns_when_it_is_per_host_for_a_remote_bro
     with connect(f"{NODELAY}://rabbit.example.com") as conn:
         conn.queue("q").dispatch(lambda m: None, max_messages=0, handle_signals=False)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_schedule_kept_in_a_per_host_store_for_a_remote_broker_is_warned_about(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QUEUEKIT_JOBSTORE", raising=False)
+    with connect(f"{NODELAY}://rabbit.example.com") as conn:
+        conn.schedule("digest", "mail", {"n": 1}, every="1 day")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "schedule 'digest'" in warning and "QUEUEKIT_JOBSTORE" in warning
