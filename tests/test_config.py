@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from queuekit import ConfigurationError
+from queuekit import ConfigurationError, connect
 from queuekit.client.config import (
     broker_jobstore,
     load_config,
@@ -14,6 +14,7 @@ from queuekit.client.config import (
     resolve_url,
     state_dir,
 )
+from queuekit.jobstore import open_jobstore
 from queuekit.spi.urls import TransportURL
 from tests.workers.harness import run_worker
 
@@ -168,3 +169,11 @@ def test_the_cli_follows_the_same_precedence(clean: Path) -> None:
     for db, queue in [("file", "plain"), ("routed", "routed"), ("env", "routed")]:
         with connect(f"sqlite:///{clean}/{db}.db") as conn:
             assert conn.queue(queue).depth() == 1, db
+
+
+def test_a_sqlite_url_naming_no_file_is_refused_not_put_in_the_cwd(clean: Path) -> None:
+    with pytest.raises(ConfigurationError, match="names no file"):
+        connect("sqlite://")
+    with pytest.raises(ConfigurationError, match="names no file"):
+        open_jobstore("sqlite://")
+    assert list(clean.iterdir()) == []

@@ -161,6 +161,11 @@ class SQLiteJobStore(JobStore):
             raise ConfigurationError(
                 f"job store {parsed.redacted()}: only sqlite:///path is supported"
             )
+        if not parsed.path:  # no silent default file in the working directory
+            raise ConfigurationError(
+                f"job store {parsed.redacted()} names no file: use sqlite:///relative.db or"
+                " sqlite:////absolute.db"
+            )
         self.url = parsed
         self._share = parsed.option("share") if parsed.path == ":memory:" else None
         self._lock = threading.RLock()
@@ -175,7 +180,7 @@ class SQLiteJobStore(JobStore):
         with self._lock:
             try:
                 if self._db is None:
-                    path = self.url.path or "queuekit.db"
+                    path = self.url.path
                     synchronous = self.url.option("synchronous") or "normal"
                     self._db = connect_database(path, synchronous=synchronous, schema=_SCHEMA)
                 yield self._db
