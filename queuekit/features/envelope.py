@@ -48,7 +48,7 @@ class Metadata:
     user's own (e.g. trace context); ``record`` asks the worker to keep a job record (state,
     result, timings) in the job store; ``store`` is the identity of the job store a message
     that depends on one (a key held there, a group, a record) was registered in, so a
-    worker on another store can refuse it (:mod:`queuekit.core.storeid`).
+    worker on another store can refuse it (:mod:`queuekit.features.storeid`).
     """
 
     id: str = field(default_factory=lambda: os.urandom(16).hex())

@@ -7,7 +7,7 @@ its head, the record ``queued``. Two stores happen when a producer and a worker 
 configured differently, or run on two hosts with per-host default stores.
 
 So such a message carries the identity of its store (``metadata.store``, see
-:meth:`queuekit.core.jobstore.JobStore.identity`); plain messages carry nothing and cost
+:meth:`queuekit.jobstore.base.JobStore.identity`); plain messages carry nothing and cost
 nothing. A worker whose store is another refuses it to its own failed store, with a reason
 that names the setting to fix. Nothing is lost: retried from that failed store once the
 setting is fixed, a message belongs to the retrying store (:func:`adopt`).
