@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="queuekit: run background-job workers and talk to queues on any broker.",
         epilog=(
             "The broker comes from --url, else $QUEUEKIT_URL, else queuekit.toml, else "
-            "sqlite:///queuekit.db (an embedded queue, no server needed). "
+            "~/.local/state/queuekit/queuekit.db (an embedded queue, no server needed); "
+            "the job store from $QUEUEKIT_JOBSTORE, else a per-broker file beside it. "
             "Example: worker run myproject.queues:EmailQueue --max-messages 100"
         ),
     )

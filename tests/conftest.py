@@ -1,5 +1,5 @@
 """Fixtures shared by the tests: ``conn`` runs a test on memory:// and sqlite://, ``store_url``
-on a job store in SQLite, PostgreSQL and MariaDB."""
+on a job store in SQLite, PostgreSQL and MariaDB; every test has its own state directory."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ import pytest
 
 from queuekit import Connection, connect
 from tests.databases import fresh_store_url
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own per-user state directory (default queue file and job stores), so
+    no test writes into the real ``~/.local/state`` or sees another test's files. Child
+    processes the test starts inherit it."""
+    home = tmp_path / "state-home"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home
 
 
 @pytest.fixture(params=["memory", "sqlite"])

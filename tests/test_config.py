@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from queuekit import ConfigurationError
-from queuekit.client.config import DEFAULT_URL, load_config, resolve_jobstore, resolve_url
+from queuekit import ConfigurationError, connect
+from queuekit.client.config import (
+    broker_jobstore,
+    load_config,
+    resolve_jobstore,
+    resolve_url,
+    state_dir,
+)
+from queuekit.jobstore import open_jobstore
+from queuekit.spi.urls import TransportURL
 from tests.workers.harness import run_worker
 
 CONFIG = """
@@ -28,10 +36,59 @@ def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_nothing_configured_gives_the_embedded_default(clean: Path) -> None:
-    assert resolve_url() == DEFAULT_URL == "sqlite:///queuekit.db"
-    assert resolve_url(queue="reports") == DEFAULT_URL
+def test_nothing_configured_gives_the_embedded_default(clean: Path, state_home: Path) -> None:
+    default = f"sqlite:///{state_home}/queuekit/queuekit.db"
+    assert resolve_url() == default
+    assert resolve_url(queue="reports") == default
     assert resolve_jobstore() is None
+
+
+def test_the_defaults_do_not_depend_on_the_working_directory(
+    clean: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a web app's directory and a worker's directory
+    (clean / "app").mkdir()
+    (clean / "worker").mkdir()
+    amqp = TransportURL.parse("amqp://guest:guest@rabbit:5672/")
+    seen = set()
+    for where in ("app", "worker"):
+        monkeypatch.chdir(clean / where)
+        # When each resolves the defaults, Then both get the same absolute locations
+        seen.add((resolve_url(), broker_jobstore(amqp)))
+    [(url, jobs)] = seen
+    assert url.startswith("sqlite:////") and jobs.startswith("sqlite:////")
+
+
+def test_the_state_directory_follows_xdg(
+    clean: Path, state_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert state_dir() == state_home / "queuekit"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/dir")  # ignored, as the XDG spec says
+    assert state_dir() == Path.home() / ".local" / "state" / "queuekit"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert state_dir() == Path.home() / ".local" / "state" / "queuekit"
+
+
+def test_a_broker_s_job_store_is_named_by_the_broker_never_its_password(clean: Path) -> None:
+    def store(url: str) -> str:
+        return broker_jobstore(TransportURL.parse(url))
+
+    one = store("amqp://app:s3cret@Rabbit:5672/prod")
+    assert "s3cret" not in one and "rabbit" in one
+    # the same broker, however the password or options are spelled: the same store
+    assert store("amqp://app:other@rabbit:5672/prod?heartbeat=10") == one
+    assert store("stomp://u@b:1,a:2") == store("stomp://u@a:2,b:1")  # failover order
+    # another vhost, user, host or protocol: another store
+    others = {
+        store(u)
+        for u in (
+            "amqp://app@rabbit:5672/test",
+            "amqp://ops@rabbit:5672/prod",
+            "amqp://app@rabbit2:5672/prod",
+            "stomp://app@rabbit:5672/prod",
+        )
+    }
+    assert len(others) == 4 and one not in others
 
 
 def test_the_config_file_sets_the_url_and_routes_queues(clean: Path) -> None:
@@ -112,3 +169,11 @@ def test_the_cli_follows_the_same_precedence(clean: Path) -> None:
     for db, queue in [("file", "plain"), ("routed", "routed"), ("env", "routed")]:
         with connect(f"sqlite:///{clean}/{db}.db") as conn:
             assert conn.queue(queue).depth() == 1, db
+
+
+def test_a_sqlite_url_naming_no_file_is_refused_not_put_in_the_cwd(clean: Path) -> None:
+    with pytest.raises(ConfigurationError, match="names no file"):
+        connect("sqlite://")
+    with pytest.raises(ConfigurationError, match="names no file"):
+        open_jobstore("sqlite://")
+    assert list(clean.iterdir()) == []

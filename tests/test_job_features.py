@@ -6,10 +6,17 @@ where the capability is declared, on brokers through one queue per band; refused
 error elsewhere), a delayed job with its record, request/response (``call``, ``gather``) and
 a recurring job. Each broker is started by
 ``scripts/brokers up``; without it a test skips by hand and fails under ``CI``.
+
+Nothing names a job store: the producer (this process, in an ``app`` directory) and the
+workers (in a ``worker`` directory) meet on the broker's default store by construction,
+as a web app and a supervisor-started worker do. The ``default`` case names no broker
+either (the per-user SQLite default). A worker pointed at another store refuses what
+depends on the producer's, loudly, and loses nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
@@ -54,38 +61,66 @@ BROKERS = [
 
 @dataclass
 class Setup:
-    url: str
+    url: str | None  # None: nothing configured, the per-user SQLite default
     queue: str
     tmp: Path
     env: dict[str, str]
     competing: bool
 
-    def connect(self) -> Connection:
-        return connect(self.url, jobstore=self.env["QUEUEKIT_JOBSTORE"])
+    @property
+    def worker_dir(self) -> Path:
+        """Where workers start: not the producer's directory (that is ``tmp / "app"``)."""
+        return self.tmp / "worker"
 
-    def run(self, cls: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_worker("run", f"tests.workers.queues.{cls}", "--url", self.url,
-                          "--queue", self.queue, *args, cwd=self.tmp, env=self.env)  # fmt: skip
+    def url_args(self) -> list[str]:
+        return [] if self.url is None else ["--url", self.url]
+
+    def connect(self) -> Connection:
+        return connect(self.url)
+
+    def run(
+        self, cls: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return run_worker("run", f"tests.workers.queues.{cls}", *self.url_args(),
+                          "--queue", self.queue, *args, cwd=self.worker_dir,
+                          env=env or self.env)  # fmt: skip
 
     def start(self, cls: str, *args: str) -> subprocess.Popen[str]:
-        return start_worker("run", f"tests.workers.queues.{cls}", "--url", self.url,
-                            "--queue", self.queue, *args, cwd=self.tmp, env=self.env)  # fmt: skip
+        return start_worker("run", f"tests.workers.queues.{cls}", *self.url_args(),
+                            "--queue", self.queue, *args, cwd=self.worker_dir,
+                            env=self.env)  # fmt: skip
+
+    def admin(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``worker ARGS`` run from the producer's directory (``failed list``, ...)."""
+        return run_worker(*args, *self.url_args(), cwd=Path.cwd(), env=env or self.env)
 
 
-@pytest.fixture(params=[None, *BROKERS], ids=lambda b: "sqlite" if b is None else str(b))
-def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
-    broker: Broker | None = request.param
-    if broker is None:
+@pytest.fixture(
+    params=["default", None, *BROKERS],
+    ids=lambda b: "sqlite" if b is None else str(b),
+)
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Setup]:
+    broker: Broker | str | None = request.param
+    url: str | None
+    if broker == "default":
+        url = None
+    elif broker is None:
         url = sqlite_url(tmp_path / "queues.db", lease="2")
     else:
+        assert isinstance(broker, Broker)
         require_broker(broker.name, "127.0.0.1", broker.port)
         url = broker.url
-    env = {
-        "QUEUEKIT_JOBSTORE": sqlite_url(tmp_path / "jobs.db"),
-        "QK_OUT": str(tmp_path / "out.txt"),
-        "QK_FIXED": str(tmp_path / "fixed"),
-    }
-    competing = broker is None or broker.competing
+    for directory in ("app", "worker"):
+        (tmp_path / directory).mkdir()
+    monkeypatch.chdir(tmp_path / "app")  # the producer's directory; workers start elsewhere
+    for name in ("QUEUEKIT_URL", "QUEUEKIT_JOBSTORE", "QUEUEKIT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    env = {"QK_OUT": str(tmp_path / "out.txt"), "QK_FIXED": str(tmp_path / "fixed")}
+    competing = not isinstance(broker, Broker) or broker.competing
     setup = Setup(url, f"features-{uuid.uuid4().hex[:10]}", tmp_path, env, competing)
     yield setup
     with setup.connect() as conn:
@@ -107,16 +142,20 @@ def test_keys_hold_while_pending_and_for_ever_across_worker_restarts(setup: Setu
             queue.publish({"n": 2}, key="pending-1")
         queue.publish({"n": 3}, key="welcome-1", dedup="ever")
         queue.publish({"n": 4}, key="welcome-1", dedup="ever")
-    expected = ["3"] if setup.url.startswith("zmq") else ["1", "3"]
+    expected = ["3"] if setup.url and setup.url.startswith("zmq") else ["1", "3"]
     done = setup.run("RecordingQueue", "--max-messages", str(len(expected)), "--max-seconds", "60")
     assert done.returncode == 0, done.stderr
     assert sorted(out(setup)) == expected
     with setup.connect() as conn:  # a new publisher, after the first worker exited
         conn.queue(setup.queue).publish({"n": 5}, key="welcome-1", dedup="ever")
         conn.queue(setup.queue).publish({"n": 6}, key="welcome-2", dedup="ever")
-    done = setup.run("RecordingQueue", "--max-messages", "1", "--max-seconds", "60")
+        again = [] if setup.url and setup.url.startswith("zmq") else ["7"]
+        if again:  # the worker freed the pending key in the store the publisher holds it in
+            conn.queue(setup.queue).publish({"n": 7}, key="pending-1")
+    done = setup.run("RecordingQueue", "--max-messages", str(1 + len(again)),
+                     "--max-seconds", "60")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert sorted(out(setup)) == sorted([*expected, "6"])
+    assert sorted(out(setup)) == sorted([*expected, "6", *again])
 
 
 def test_serial_groups_keep_order_with_three_workers(setup: Setup) -> None:
@@ -149,12 +188,10 @@ def test_the_failed_store_and_worker_failed_retry_round_trip(setup: Setup) -> No
         conn.queue(setup.queue).publish({"n": 7})
     done = setup.run("BrokenUntilFixedQueue", "--max-messages", "1", "--max-seconds", "60")
     assert done.returncode == 0, done.stderr
-    listed = run_worker("failed", "list", "--queue", setup.queue, "--url", setup.url,
-                        cwd=setup.tmp, env=setup.env)  # fmt: skip
+    listed = setup.admin("failed", "list", "--queue", setup.queue)
     assert "permanent error: not fixed yet" in listed.stdout, listed.stderr
     Path(setup.env["QK_FIXED"]).touch()
-    retried = run_worker("failed", "retry", "all", "--queue", setup.queue, "--url", setup.url,
-                         cwd=setup.tmp, env=setup.env)  # fmt: skip
+    retried = setup.admin("failed", "retry", "all", "--queue", setup.queue)
     assert retried.returncode == 0, retried.stderr
     done = setup.run("BrokenUntilFixedQueue", "--max-messages", "1", "--max-seconds", "60")
     assert done.returncode == 0, done.stderr
@@ -228,6 +265,38 @@ def test_a_recurring_job_is_fired_by_a_worker_of_its_queue(setup: Setup) -> None
     with setup.connect() as conn:
         [schedule] = conn.schedules()
         assert schedule.next_run > time.time() + 3000  # moved on: the next run is in an hour
+
+
+def test_a_worker_on_another_job_store_refuses_what_depends_on_it_and_loses_nothing(
+    setup: Setup,
+) -> None:
+    # Given messages registered in the producer's store (a record, an "ever" key, a group)
+    with setup.connect() as conn:
+        queue = conn.queue(setup.queue)
+        ids = [queue.publish({"n": 1}, record=True),
+               queue.publish({"n": 2}, key="welcome-2", dedup="ever")]  # fmt: skip
+        with contextlib.suppress(Unsupported):  # ZeroMQ refuses groups
+            ids.append(queue.publish({"n": 3}, group="g"))
+        queue.publish({"n": 4})  # needs no store
+    # When a worker pointed at another store works the queue
+    other = {**setup.env, "QUEUEKIT_JOBSTORE": sqlite_url(setup.tmp / "other-jobs.db")}
+    done = setup.run("RecordingQueue", "--max-messages", str(len(ids) + 1),
+                     "--max-seconds", "60", env=other)  # fmt: skip
+    # Then only the plain one runs; the others wait in its failed store, and both the
+    # worker's log and the failed store say why and which setting to fix
+    assert done.returncode == 0, done.stderr
+    assert out(setup) == ["4"]
+    assert done.stderr.count("QUEUEKIT_JOBSTORE") == len(ids), done.stderr
+    listed = setup.admin("failed", "list", "--queue", setup.queue, env=other)
+    assert listed.stdout.count("registered in job store") == len(ids), listed.stdout
+    assert sorted(line.split("\t")[3] for line in listed.stdout.splitlines()) == sorted(ids)
+    # When they are retried from that store, Then they run there: nothing was lost
+    retried = setup.admin("failed", "retry", "all", "--queue", setup.queue, env=other)
+    assert retried.returncode == 0, retried.stderr
+    done = setup.run("RecordingQueue", "--max-messages", str(len(ids)), "--max-seconds", "60",
+                     env=other)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(out(setup)) == sorted(["4", *(str(n) for n in range(1, len(ids) + 1))])
 
 
 def test_the_matrix_covers_every_server_broker() -> None:

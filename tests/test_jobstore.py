@@ -327,6 +327,29 @@ def test_a_closed_store_reopens_on_use_and_another_store_sees_its_rows(store_url
         second.close()
 
 
+def test_a_store_has_one_identity_for_every_opener_and_another_store_another(
+    store_url: str, tmp_path: Path
+) -> None:
+    # Given a store opened by several racing openers (processes, hosts)
+    openers = stores(store_url, 4)
+    seen: list[str] = []
+    try:
+        race(4, lambda i: seen.append(openers[i].identity()))
+        # Then they all read the one id written when the store was created
+        assert len(set(seen)) == 1 and len(seen[0]) == 32
+        later = open_jobstore(store_url)
+        assert later.identity() == seen[0]
+        later.close()
+    finally:
+        for opened in openers:
+            opened.close()
+    other = open_jobstore(f"sqlite:///{tmp_path}/other.db")
+    try:
+        assert other.identity() != seen[0]
+    finally:
+        other.close()
+
+
 # -- concurrency: many stores (connections) on one database ------------------------------------
 
 

@@ -151,7 +151,7 @@ def test_memory_connections_to_one_broker_share_one_job_store() -> None:
 
 
 def test_the_job_store_defaults_beside_the_transport(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, state_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("QUEUEKIT_JOBSTORE", raising=False)
@@ -159,7 +159,9 @@ def test_the_job_store_defaults_beside_the_transport(
     assert default_jobstore(TransportURL.parse(f"sqlite:///{db}?lease=3")) == f"sqlite:///{db}"
     shared = "sqlite:///:memory:?share=memory-x"
     assert default_jobstore(TransportURL.parse("memory://x")) == shared
-    assert default_jobstore(TransportURL.parse("amqp://h/")) == "sqlite:///queuekit-jobs.db"
+    assert default_jobstore(TransportURL.parse("amqp://h/")).startswith(
+        f"sqlite:///{state_home}/queuekit/jobs-amqp-h-"
+    )
 
     with connect(f"sqlite:///{db}") as conn:
         conn.jobs.add_failed("q", b"body", "test")

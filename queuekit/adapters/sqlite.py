@@ -101,7 +101,9 @@ def database_path(url: TransportURL) -> str:
     """The file a ``sqlite://`` URL names (``sqlite:///rel.db``, ``sqlite:////abs.db``)."""
     if url.hosts:
         raise ConfigurationError(f"{url}: use sqlite:///relative.db or sqlite:////absolute.db")
-    return url.path or "queuekit.db"
+    if not url.path:  # no silent default file in the working directory
+        raise ConfigurationError(f"{url} names no file: use sqlite:///relative.db or ...")
+    return url.path
 
 
 class SQLiteTransport(Transport):

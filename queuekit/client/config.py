@@ -1,5 +1,11 @@
 """Where to connect: ``--url`` > ``QUEUEKIT_URL`` > ``queuekit.toml`` > the SQLite default.
 
+Defaults never depend on the working directory: a web app publishing from its directory and
+a worker that supervisor starts in another must meet on one queue and one job store. So the
+default queue file and the default job stores live in the per-user state directory
+(:func:`state_dir`, ``$XDG_STATE_HOME/queuekit`` or ``~/.local/state/queuekit``), the
+job store of a broker in a file named after the broker (:func:`broker_jobstore`).
+
 ``queuekit.toml`` (or the file ``QUEUEKIT_CONFIG`` names)::
 
     url = "sqlite:///var/jobs.db"          # every queue not routed below
@@ -11,15 +17,43 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..spi.errors import ConfigurationError
+from ..spi.urls import TransportURL
 
-DEFAULT_URL = "sqlite:///queuekit.db"
 CONFIG_FILE = "queuekit.toml"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def state_dir() -> Path:
+    """Where queuekit keeps its default files: ``$XDG_STATE_HOME/queuekit``, else
+    ``~/.local/state/queuekit`` (a relative ``XDG_STATE_HOME`` is ignored, as the XDG
+    spec asks: it would depend on the working directory)."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    return root / "queuekit"
+
+
+def default_url() -> str:
+    """The broker when nothing is configured: one SQLite file per user, whatever the cwd."""
+    return f"sqlite:///{state_dir() / 'queuekit.db'}"
+
+
+def broker_jobstore(url: TransportURL) -> str:
+    """The default job store of the broker at ``url``: a file in :func:`state_dir` named by
+    the broker's scheme, hosts, vhost and user (never the password, nor options such as
+    a prefetch), so every process of one broker on this host opens the same file."""
+    hosts = sorted(str(h).lower() for h in url.hosts)
+    identity = "\n".join([url.scheme, *hosts, url.path.strip("/"), url.username or ""])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    label = _UNSAFE.sub("_", f"{url.scheme}-{hosts[0] if hosts else 'local'}")
+    return f"sqlite:///{state_dir() / f'jobs-{label}-{digest}.db'}"
 
 
 @dataclass(frozen=True)
@@ -61,7 +95,7 @@ def resolve_url(explicit: str | None = None, *, queue: str | None = None) -> str
     config = load_config()
     if queue is not None and queue in config.queues:
         return config.queues[queue]
-    return config.url or DEFAULT_URL
+    return config.url or default_url()
 
 
 def resolve_jobstore(explicit: str | None = None) -> str | None:

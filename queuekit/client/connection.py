@@ -1,8 +1,14 @@
 """Connections: a transport plus the job store beside it, opened by URL.
 
 ``connect(url)`` opens one (the URL by ``--url`` > ``QUEUEKIT_URL`` > ``queuekit.toml`` >
-``sqlite:///queuekit.db``, see :mod:`queuekit.client.config`); ``queue(name)`` and
+the per-user SQLite default, see :mod:`queuekit.client.config`); ``queue(name)`` and
 ``topic(name)`` publish through it (:mod:`queuekit.client.queue`).
+
+The job store is ``jobstore=`` > ``QUEUEKIT_JOBSTORE`` > ``jobstore =`` in ``queuekit.toml``
+> :func:`default_jobstore`, which never depends on the working directory: the producers and
+workers of one broker on one host share it by construction. Across hosts only a configured
+shared database does; a worker that meets a message registered in another store refuses it
+(:mod:`queuekit.features.storeid`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from ..jobstore.base import JobStore, Schedule
 from ..jobstore.records import JobRecord
 from ..spi.transport import Transport
 from ..spi.urls import TransportURL
-from .config import resolve_jobstore, resolve_url
+from .config import broker_jobstore, resolve_jobstore, resolve_url
 from .queue import Queue, Topic
 
 
@@ -33,13 +39,15 @@ def connect(
 
 
 def default_jobstore(url: TransportURL) -> str:
-    """Where the job store lives when none is configured."""
+    """Where the job store lives when none is configured: beside the queues of an SQLite
+    or in-process broker, else this host's file for the broker (see
+    :func:`queuekit.client.config.broker_jobstore`)."""
     if url.scheme == "sqlite":
         return url.render(reveal=True).split("?", 1)[0]  # the same file as the queues
     if url.scheme == "memory":  # shared by the connections to the same in-process broker
         name = url.hosts[0].name if url.hosts else url.path or "default"
         return f"sqlite:///:memory:?share=memory-{name}"
-    return "sqlite:///queuekit-jobs.db"
+    return broker_jobstore(url)
 
 
 class Connection:
@@ -48,9 +56,11 @@ class Connection:
 
     def __init__(self, url: str, *, jobstore: str | None = None, prefetch: int = 16) -> None:
         self.url = TransportURL.parse(url)
-        jobs = open_jobstore(resolve_jobstore(jobstore) or default_jobstore(self.url))
+        store = resolve_jobstore(jobstore) or default_jobstore(self.url)
+        jobs = open_jobstore(store)
+        per_host = store == broker_jobstore(self.url)
         try:
-            self.broker = Broker(self.url, jobs, prefetch=prefetch)
+            self.broker = Broker(self.url, jobs, prefetch=prefetch, per_host=per_host)
         except BaseException:
             jobs.close()
             raise

@@ -124,11 +124,13 @@ class Queue:
         broker.check_priority(priority)
         options = broker.send_options(due, priority)
         retry_json = retry.to_json() if retry else None
+        store = broker.jobs.identity() if record else None  # see features.storeid
         ids: list[str] = []
         outgoing: list[Outgoing] = []
         for payload in payloads:  # the loop is lean on purpose: bulk publishing is hot
             meta = Metadata(name=name, not_before=due, priority=priority, record=record,
-                            headers=dict(headers) if headers else {}, retry=retry_json)  # fmt: skip
+                            headers=dict(headers) if headers else {}, retry=retry_json,
+                            store=store)  # fmt: skip
             ids.append(meta.id)
             outgoing.append(Outgoing(broker.encode(Message(payload, meta)), {}, options))
         if outgoing and record:

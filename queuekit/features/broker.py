@@ -11,7 +11,7 @@ beside it. Everything that sends a message goes through it, so the rules live in
 - a body above the adapter's ``max_message_size`` is refused before anything is sent;
 - a dedup key the broker cannot keep is held in the job store (:mod:`.keys`), a serial group
   lines up there (:mod:`.groups`), and a job record is written before the send and taken
-  back if the send fails.
+  back if the send fails; such a message carries the job store's identity (:mod:`.storeid`).
 
 The client's ``Queue.publish``, the worker's retries, serial-group heads, the failed store's
 retries and recurring runs all use it; none of them reaches into another's internals.
@@ -34,7 +34,7 @@ from ..spi.priorities import MAX_PRIORITY
 from ..spi.registry import open_transport
 from ..spi.transport import Delivery, Outgoing, SendOptions, Transport
 from ..spi.urls import TransportURL
-from . import groups, keys
+from . import groups, keys, storeid
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
 
@@ -54,8 +54,12 @@ class Prepared:
 class Broker:
     """The transport and the job store of one connection; see the module docstring."""
 
-    def __init__(self, url: TransportURL, jobs: JobStore, *, prefetch: int = 16) -> None:
+    def __init__(
+        self, url: TransportURL, jobs: JobStore, *, prefetch: int = 16, per_host: bool = False
+    ) -> None:
         self.url, self.jobs = url, jobs
+        #: ``jobs`` is this host's default store for the broker, not a configured one.
+        self.per_host = per_host
         self._prefetch = prefetch
         self.transport: Transport = open_transport(url, prefetch=prefetch)
         #: Per-thread open ``bulk()`` buffers (:mod:`.bulk`), by queue name.
@@ -72,6 +76,10 @@ class Broker:
             old.close()
         except QueuekitError as exc:
             log.debug("closing the lost transport failed: %s", exc)
+
+    def jobstore_warning(self) -> str | None:
+        """Why other hosts cannot share this job store, or ``None`` (:mod:`.storeid`)."""
+        return storeid.host_warning(self.url, self.jobs, per_host=self.per_host)
 
     def close(self) -> None:
         try:
@@ -134,6 +142,8 @@ class Broker:
                 f"a message lost with its worker would stop its group for ever; "
                 f"{needs('redelivery')}",
             )  # fmt: skip
+        if fresh and storeid.needs_store(metadata, keyed=keyed):
+            storeid.stamp(metadata, self.jobs)
         metadata.not_before, metadata.priority = due, priority
         message = Message(payload, metadata)
         body = self.encode(message)

@@ -46,7 +46,9 @@ class Metadata:
     time; ``priority`` 0-255, higher first; ``key`` is the dedup key, held while the message
     is pending, or for ever with ``once``; ``group`` a serial group; ``headers`` are the
     user's own (e.g. trace context); ``record`` asks the worker to keep a job record (state,
-    result, timings) in the job store.
+    result, timings) in the job store; ``store`` is the identity of the job store a message
+    that depends on one (a key held there, a group, a record) was registered in, so a
+    worker on another store can refuse it (:mod:`queuekit.features.storeid`).
     """
 
     id: str = field(default_factory=lambda: os.urandom(16).hex())
@@ -63,6 +65,7 @@ class Metadata:
     retry: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     record: bool = False
+    store: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -92,6 +95,8 @@ class Metadata:
             data["headers"] = self.headers
         if self.record:
             data["record"] = True
+        if self.store is not None:
+            data["store"] = self.store
         return data
 
 
@@ -111,6 +116,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "retry": (dict,),
     "headers": (dict,),
     "record": (bool,),
+    "store": (str,),
 }
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..jobstore.base import FailedMessage
 from ..jobstore.records import QUEUED, JobUpdate
 from ..spi.errors import MalformedMessage
+from . import storeid
 from .envelope import decode
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class FailedStore:
             self._broker.transport.send(entry.queue, entry.body, entry.headers)
         else:
             message.metadata.attempts = 0
+            storeid.adopt(message.metadata, self._broker.jobs)
             if message.metadata.record:
                 update = JobUpdate(message.id, entry.queue, message.metadata.name or None,
                                    QUEUED, created_at=message.metadata.created_at)  # fmt: skip

@@ -19,6 +19,7 @@ failed store and records.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ from .envelope import Message, Metadata, encode
 if TYPE_CHECKING:
     from ..jobstore.base import JobStore
     from .broker import Broker
+
+log = logging.getLogger("queuekit")
 
 
 def make_run(schedule: Schedule, run_time: float) -> Outgoing:
@@ -74,6 +77,10 @@ def add(
     schedule = Schedule(name, queue, interval, first, template)
     make_run(schedule, first)  # a payload JSON cannot carry is refused here, not at a run
     broker.jobs.set_schedule(schedule)
+    warning = broker.jobstore_warning()
+    if warning is not None:  # only workers on this host will ever fire it
+        log.warning("schedule %r is kept where only workers on this host see it: %s",
+                    name, warning)  # fmt: skip
     return schedule
 
 

@@ -12,7 +12,10 @@
   error, timings, worker pid and memory of each recorded message;
 - **schedules** of recurring jobs: each due run is written to the delayed store in the
   transaction that moves the schedule on, so a run is neither lost nor fired twice (see
-  :mod:`queuekit.features.schedules`).
+  :mod:`queuekit.features.schedules`);
+- its own **identity**: a random id written once, when the store is created. Messages that
+  depend on the store carry it, so a worker on another store can tell and refuse them
+  (:mod:`queuekit.features.storeid`).
 
 :func:`queuekit.jobstore.open_jobstore` picks the backend by URL: ``sqlite:///path`` (the
 default, an SQLite file, :mod:`queuekit.jobstore.sqlite`) or any PostgreSQL or MySQL/MariaDB
@@ -35,6 +38,8 @@ from ..spi.transport import Outgoing, SendOptions
 from ..spi.urls import TransportURL
 from .records import JobRecord, JobUpdate, decode_result
 
+#: The name of the store's id in its meta table (see :meth:`JobStore.identity`).
+IDENTITY = "store_id"
 #: Seconds a forwarder or group-head claimer may take before another one takes the claim over.
 FORWARD_LEASE = 60.0
 #: Seconds a publisher may take between holding a key and confirming it.
@@ -117,10 +122,24 @@ class JobStore(ABC):
     """
 
     url: TransportURL
+    _identity: str | None = None
 
     @abstractmethod
     def close(self) -> None:
         """Release the connections (idempotent); a later call reopens them."""
+
+    def identity(self) -> str:
+        """This store's id: written once when the store is created, the same for every
+        process and host that opens it, another for any other store (a recreated one
+        too). Read once per store object, then cached: cheap enough to call per message."""
+        if self._identity is None:
+            self._identity = self._load_identity()
+        return self._identity
+
+    @abstractmethod
+    def _load_identity(self) -> str:
+        """Read the store's id, writing a fresh random one first if it has none. Of
+        racing first callers, on any host, all get the one id that was stored."""
 
     # -- failed store --------------------------------------------------------------------
 

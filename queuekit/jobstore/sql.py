@@ -79,6 +79,7 @@ from ..spi.transport import Outgoing
 from ..spi.urls import TransportURL
 from .base import (
     FORWARD_LEASE,
+    IDENTITY,
     KEY_GRACE,
     FailedMessage,
     GroupHead,
@@ -226,6 +227,13 @@ def _schema(prefix: str) -> MetaData:
         **_MYSQL,
     )
     Table(
+        f"{prefix}meta",
+        meta,
+        Column("name", String(64), primary_key=True),
+        Column("value", _TEXT, nullable=False),
+        **_MYSQL,
+    )
+    Table(
         f"{prefix}starts",
         meta,
         Column("message_id", _NAME, primary_key=True),
@@ -279,6 +287,7 @@ class SQLJobStore(JobStore):
         self._keys, self._groups, self._grouped, self._starts, self._schedules = (
             meta.tables[prefix + n] for n in ("keys", "groups", "grouped", "starts", "schedules")
         )
+        self._meta_table = meta.tables[prefix + "meta"]
         self._created = False
         self._create_lock = threading.Lock()
         _open_stores.add(self)
@@ -333,6 +342,17 @@ class SQLJobStore(JobStore):
     @property
     def _postgres(self) -> bool:
         return self.dialect == "postgresql"
+
+    def _load_identity(self) -> str:
+        t = self._meta_table
+        row = {"name": IDENTITY, "value": os.urandom(16).hex()}
+        if self._postgres:
+            statement: Any = postgresql.insert(t).values(row).on_conflict_do_nothing()
+        else:
+            statement = insert(t).values(row).prefix_with("IGNORE")
+        read = select(t.c.value).where(t.c.name == IDENTITY)
+        self._run(lambda conn: conn.execute(statement))  # its own transaction: then read
+        return str(self._run(lambda conn: conn.execute(read).scalar_one()))
 
     # -- failed store --------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ per store, shared by its threads under a lock. The contract:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -22,6 +23,7 @@ from ..spi.transport import Outgoing
 from ..spi.urls import TransportURL
 from .base import (
     FORWARD_LEASE,
+    IDENTITY,
     KEY_GRACE,
     FailedMessage,
     GroupHead,
@@ -112,6 +114,10 @@ CREATE TABLE IF NOT EXISTS queuekit_schedules (
     template TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queuekit_schedules_due ON queuekit_schedules (queue, next_run);
+CREATE TABLE IF NOT EXISTS queuekit_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS queuekit_starts (
     message_id TEXT PRIMARY KEY,
     starts INTEGER NOT NULL,
@@ -155,6 +161,11 @@ class SQLiteJobStore(JobStore):
             raise ConfigurationError(
                 f"job store {parsed.redacted()}: only sqlite:///path is supported"
             )
+        if not parsed.path:  # no silent default file in the working directory
+            raise ConfigurationError(
+                f"job store {parsed.redacted()} names no file: use sqlite:///relative.db or"
+                " sqlite:////absolute.db"
+            )
         self.url = parsed
         self._share = parsed.option("share") if parsed.path == ":memory:" else None
         self._lock = threading.RLock()
@@ -169,7 +180,7 @@ class SQLiteJobStore(JobStore):
         with self._lock:
             try:
                 if self._db is None:
-                    path = self.url.path or "queuekit.db"
+                    path = self.url.path
                     synchronous = self.url.option("synchronous") or "normal"
                     self._db = connect_database(path, synchronous=synchronous, schema=_SCHEMA)
                 yield self._db
@@ -191,6 +202,15 @@ class SQLiteJobStore(JobStore):
             elif self._db is not None:
                 self._db.close()
             self._db = None
+
+    def _load_identity(self) -> str:
+        with self._connection() as db:
+            row = db.execute(
+                "INSERT INTO queuekit_meta (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value RETURNING value",
+                (IDENTITY, os.urandom(16).hex()),
+            ).fetchone()
+        return str(row[0])
 
     # -- failed store --------------------------------------------------------------------
 

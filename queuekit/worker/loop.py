@@ -136,6 +136,7 @@ class Worker:
                             threaded=self.shutdown_timeout is not None)  # fmt: skip
         log.info("worker %d consuming %r on %s (concurrency %d)", os.getpid(), self.queue,
                  self.broker.url.redacted(), self.concurrency)  # fmt: skip
+        self._announce_jobstore()
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
             self._reached_limit("max_messages is 0")
         try:
@@ -223,6 +224,19 @@ class Worker:
             log.warning("worker %d handed %d unfinished message(s) back after the %gs "
                         "shutdown timeout", os.getpid(), len(unfinished),
                         self.shutdown_timeout)  # fmt: skip
+
+    def _announce_jobstore(self) -> None:
+        """Say which job store this worker settles in (it refuses messages registered in
+        another, see :mod:`queuekit.features.storeid`), and warn when other hosts cannot
+        share it. Reading the store's id here also caches it before the first message."""
+        where = self._jobs.url.redacted()
+        try:
+            log.info("job store %s (id %s)", where, self._jobs.identity())
+        except QueuekitError as exc:  # the periodic work retries; messages wait for it
+            log.warning("job store %s cannot be read yet: %s", where, exc)
+        warning = self.broker.jobstore_warning()
+        if warning is not None:
+            log.warning("%s", warning)
 
     def _periodic(self, started: float) -> None:
         try:

@@ -10,7 +10,9 @@ recorded, never lost:
   adapter can, else published again before the original is acked); when the strategy is
   spent it goes to the failed store;
 - ``PermanentError`` skips retries, ``RetryLater`` comes back without counting an attempt,
-  ``StopWorker`` records the message and asks the loop to end.
+  ``StopWorker`` records the message and asks the loop to end;
+- a message registered in another job store than the worker's is refused to the failed
+  store before anything else (:mod:`queuekit.features.storeid`).
 
 Everything else that happens around a message (job records, hooks, the reply to a caller,
 freeing a dedup key, sending the next message of a serial group) is an
@@ -27,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from ..features import storeid
 from ..features.broker import Broker
 from ..features.envelope import Message, decode, encode_json
 from ..features.hooks import Hooks
@@ -200,6 +203,10 @@ class Pipeline:
             return None
         attempt = Attempt(delivery, message, message.metadata.attempts + 1, transport,
                           self._observers_for(message))  # fmt: skip
+        refused = storeid.refusal(message.metadata, self._jobs)
+        if refused is not None:
+            self._fail(attempt, refused)
+            return None
         if self._counts_starts and self._died_too_often(attempt):
             return None
         if log.isEnabledFor(logging.INFO):  # `worker -v`; one cheap check when it is off
