@@ -1,4 +1,5 @@
-"""The worker registry: the job-store contract on SQLite, PostgreSQL and MariaDB.
+"""The worker registry: the job-store contract on SQLite, PostgreSQL and MariaDB, and the
+features-layer ``Registration`` a worker keeps its row fresh with.
 
 Given workers registering, beating and leaving, the store lists who is alive; given a
 workers limit, racing claimers on separate connections (hosts, in effect) never hold more
@@ -7,15 +8,24 @@ slots than the limit, and a dead worker's slot frees after the timeout.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from queuekit.features.registry import (
+    OVER_LIMIT_EXIT,
+    Registration,
+    WorkersLimitReached,
+    hostname,
+    worker_timeout,
+)
 from queuekit.jobstore import open_jobstore
-from queuekit.jobstore.base import JobStore, WorkerInfo
+from queuekit.jobstore.base import JobStore, JobStoreError, WorkerInfo
 from tests.test_jobstore import clock, race, stores
 
 
@@ -153,3 +163,128 @@ def test_claimers_racing_never_hold_more_slots_than_the_limit(store_url: str) ->
             one.close()
     assert most == limit
     assert turns == [rounds] * len(racers)
+
+
+# -- the features layer: Registration ----------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[JobStore]:
+    opened = open_jobstore(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+class Stops:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def __call__(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def test_the_hostname_and_timeout_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QUEUEKIT_HOSTNAME", "host-b")
+    monkeypatch.setenv("QUEUEKIT_WORKER_TIMEOUT", "4.5")
+    assert (hostname(), worker_timeout()) == ("host-b", 4.5)
+    monkeypatch.setenv("QUEUEKIT_WORKER_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="QUEUEKIT_WORKER_TIMEOUT"):
+        worker_timeout()
+
+
+def test_a_registration_beats_at_most_every_interval_and_leaves(sqlite_store: JobStore) -> None:
+    registration = Registration(sqlite_store, "q", stop=Stops(), timeout=30)
+    registration.register(lambda: False)
+    [row] = sqlite_store.workers("q")
+    assert (row.host, row.slot, row.processed) == (hostname(), False, 0)
+    registration.beat(processed=2, rss=lambda: 500)  # just registered: not written
+    assert sqlite_store.workers("q")[0].processed == 0
+    registration.every = 0.0
+    registration.beat(processed=3, rss=lambda: 1000)
+    registration.every = 60.0
+    registration.beat(processed=4, rss=lambda: 2000)  # within the interval: not written
+    [row] = sqlite_store.workers("q")
+    assert (row.processed, row.rss) == (3, 1000)
+    registration.deregister()
+    assert sqlite_store.workers("q") == []
+
+
+def test_over_the_limit_registering_raises_and_names_the_holders(
+    sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for host, pid in (("host-a", 11), ("host-b", 22)):
+        sqlite_store.register_worker(info(host=host, pid=pid), timeout=30, limit=2)
+    registration = Registration(sqlite_store, "q", stop=Stops(), limit=2, timeout=30)
+    with pytest.raises(WorkersLimitReached) as raised:
+        registration.register(lambda: False)
+    assert raised.value.exit_code == OVER_LIMIT_EXIT
+    assert str(raised.value) == (
+        "queue 'q' has its limit of 2 workers already (host-a pid 11, host-b pid 22)"
+    )
+
+
+def test_waiting_for_a_slot_says_so_once_and_gives_up_when_stopped(
+    sqlite_store: JobStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    sqlite_store.register_worker(info(host="host-a", pid=11), timeout=30, limit=1)
+    registration = Registration(sqlite_store, "q", stop=Stops(), limit=1, wait=True, timeout=30)
+    asked = 0
+
+    def stopping() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 10  # a few polls, then a stop signal
+
+    with caplog.at_level(logging.WARNING, "queuekit"):
+        assert not registration.register(stopping)
+    waiting = [r.getMessage() for r in caplog.records if "waits for a slot" in r.getMessage()]
+    assert waiting == [
+        "queue 'q' has its limit of 1 workers already (host-a pid 11): this worker waits for a slot"
+    ]
+    assert len(sqlite_store.workers("q")) == 1
+
+
+def test_a_worker_presumed_dead_registers_again_or_stops_when_its_slot_is_gone(
+    sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stops = Stops()
+    registration = Registration(sqlite_store, "q", stop=stops, limit=1, timeout=30)
+    registration.register(lambda: False)
+    registration.every = 0.0
+    clock(monkeypatch, 31)  # it seemed dead (a long pause): another worker takes the slot
+    assert sqlite_store.register_worker(info(pid=99), timeout=30, limit=1)
+    registration.beat(processed=1)
+    assert len(stops.reasons) == 1 and "slot" in stops.reasons[0]
+
+    free = Registration(sqlite_store, "r", stop=stops, timeout=30)
+    free.register(lambda: False)
+    free.every = 0.0
+    sqlite_store.deregister_worker(free.info.id)  # cleaned up as dead by someone else
+    free.beat(processed=2)
+    assert [w.processed for w in sqlite_store.workers("r")] == [0]  # registered again
+    assert len(stops.reasons) == 1
+
+
+def test_a_failing_job_store_is_logged_and_never_stops_an_unlimited_worker(
+    sqlite_store: JobStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> bool:
+        raise JobStoreError("database is locked", recoverable=True)
+
+    stops = Stops()
+    registration = Registration(sqlite_store, "q", stop=stops, timeout=30)
+    registration.every = 0.0
+    monkeypatch.setattr(sqlite_store, "register_worker", broken)
+    monkeypatch.setattr(sqlite_store, "heartbeat_worker", broken)
+    with caplog.at_level(logging.WARNING, "queuekit"):
+        assert registration.register(lambda: False)
+        registration.beat(processed=1)
+    assert stops.reasons == []
+    assert [r.getMessage().count("database is locked") for r in caplog.records] == [1, 1]
+    limited = Registration(sqlite_store, "q", stop=stops, limit=1, timeout=30)
+    with pytest.raises(JobStoreError):  # a limit cannot be kept without the store
+        limited.register(lambda: False)
