@@ -20,6 +20,7 @@ from .client.abstract import AbstractQueue
 from .client.config import resolve_url
 from .client.connection import Connection, connect
 from .features.delays import parse_duration
+from .features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from .spi.errors import QueuekitError
 from .spi.priorities import PriorityRange
 from .spi.urls import redact
@@ -73,6 +74,12 @@ def _priority_range(text: str) -> str:
     return text
 
 
+def _workers_limit(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}")
+    return int(text)
+
+
 # -- subcommands ---------------------------------------------------------------------------
 
 
@@ -82,12 +89,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         cls = type(cls.__name__, (cls,), {"queue": args.queue, "__module__": cls.__module__})
     url = resolve_url(args.url or cls.url, queue=cls.queue_name())
     with connect(url, prefetch=args.prefetch) as conn:  # closed on an abort too: un-acked
-        processed = cls(conn).dispatch(  # work goes back to the broker at once
-            max_messages=args.max_messages,
-            max_seconds=args.max_seconds,
-            max_memory=args.max_memory,
-            priorities=args.priorities,
-        )
+        try:  # work goes back to the broker at once
+            processed = cls(conn).dispatch(
+                max_messages=args.max_messages,
+                max_seconds=args.max_seconds,
+                max_memory=args.max_memory,
+                priorities=args.priorities,
+                workers_limit=args.workers_limit,
+                wait_for_slot=args.wait_for_slot,
+            )
+        except WorkersLimitReached as exc:
+            print(f"worker: {exc}; exiting with status {exc.exit_code}", file=sys.stderr)
+            return exc.exit_code
     print(f"worker: processed {processed} message(s) from {cls.queue_name()!r}", file=sys.stderr)
     return 0
 
@@ -257,7 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="process a queue with an AbstractQueue subclass")
+    run = sub.add_parser(
+        "run",
+        help="process a queue with an AbstractQueue subclass",
+        epilog=(
+            "Exit status: 0 stopped cleanly (a signal or a --max-* limit), 1 an error, 2 a "
+            f"usage error, {OVER_LIMIT_EXIT} the queue already has its workers limit of live "
+            "workers (a supervisor should not restart it at once), 130 aborted by a second "
+            "SIGINT. A worker is dead when silent for $QUEUEKIT_WORKER_TIMEOUT seconds "
+            "(default 60); $QUEUEKIT_HOSTNAME names its host in the worker registry."
+        ),
+    )
     run.add_argument("queue_class", metavar="CLASS", help="module.Class or module:Class")
     run.add_argument("--url", help="broker URL (default: configured, see above)")
     run.add_argument("--queue", help="queue name (default: the class's `queue`)")
@@ -268,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit once resident memory reaches SIZE (e.g. 512M)")  # fmt: skip
     run.add_argument("-p", "--priorities", metavar="RANGE", type=_priority_range,
                      help="take only these priorities: 10, 20-40, 25- or -20")  # fmt: skip
+    run.add_argument("--workers-limit", type=_workers_limit, metavar="N",
+                     help="start only if fewer than N workers of the queue are alive on the"
+                          " hosts sharing the job store (default: the class's workers_limit;"
+                          f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
+    run.add_argument("--wait-for-slot", action="store_true",
+                     help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     publish = sub.add_parser("publish", help="publish one JSON payload to a queue")

@@ -26,6 +26,7 @@ from queuekit.features.registry import (
 )
 from queuekit.jobstore import open_jobstore
 from queuekit.jobstore.base import JobStore, JobStoreError, WorkerInfo
+from queuekit.spi.errors import ConfigurationError
 from tests.test_jobstore import clock, race, stores
 
 
@@ -192,7 +193,7 @@ def test_the_hostname_and_timeout_come_from_the_environment(
     monkeypatch.setenv("QUEUEKIT_WORKER_TIMEOUT", "4.5")
     assert (hostname(), worker_timeout()) == ("host-b", 4.5)
     monkeypatch.setenv("QUEUEKIT_WORKER_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="QUEUEKIT_WORKER_TIMEOUT"):
+    with pytest.raises(ConfigurationError, match="QUEUEKIT_WORKER_TIMEOUT"):
         worker_timeout()
 
 

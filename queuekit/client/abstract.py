@@ -13,7 +13,9 @@
 
 Hooks (``before_process``, ``after_process``, ``on_error``, ``on_failed_attempts``) are
 methods to override; see :mod:`queuekit.features.hooks`. ``keep_records = True`` keeps a job
-record of every message of the class (:mod:`queuekit.jobstore.records`).
+record of every message of the class (:mod:`queuekit.jobstore.records`). ``workers_limit = 3``
+runs at most three workers of the queue at once, across every host sharing the job store
+(:mod:`queuekit.features.registry`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class AbstractQueue(ABC):
     (default: the configured one for this queue), ``retry`` (the strategy for failures),
     ``keep_records`` (a job record of every message), ``notify_after`` (the failed attempts
     after which ``on_failed_attempts`` is called), ``priority`` (of a message published
-    without one), ``priorities`` (the range this class's workers take, e.g. ``"200-"``).
+    without one), ``priorities`` (the range this class's workers take, e.g. ``"200-"``),
+    ``workers_limit`` (at most this many workers of the queue at once, on every host
+    sharing the job store; ``None``: no limit).
     Without a ``connection`` the instance opens its own and closes it when ``dispatch``
     returns or on ``close()``.
     """
@@ -53,6 +57,7 @@ class AbstractQueue(ABC):
     notify_after: ClassVar[int] = DEFAULT_NOTIFY_AFTER
     priority: ClassVar[int | None] = None
     priorities: ClassVar[str | None] = None
+    workers_limit: ClassVar[int | None] = None
 
     def __init__(self, connection: Connection | None = None, *, url: str | None = None) -> None:
         self._owns_connection = connection is None
@@ -142,16 +147,23 @@ class AbstractQueue(ABC):
         max_memory: int | None = None,
         handle_signals: bool = True,
         priorities: str | None = None,
+        workers_limit: int | None = None,
+        wait_for_slot: bool = False,
     ) -> int:
         """Run the worker loop on this queue; see :class:`queuekit.worker.loop.Worker`.
 
-        ``priorities`` (e.g. ``"20-40"``) overrides the class's range."""
+        ``priorities`` (e.g. ``"20-40"``) overrides the class's range, ``workers_limit`` the
+        class's limit (``0``: none). Over the limit the worker raises
+        :class:`~queuekit.features.registry.WorkersLimitReached` before taking a message,
+        or with ``wait_for_slot`` waits until a slot frees."""
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
         text = priorities or self.priorities
         taken = PriorityRange.parse(text) if text else None
+        limit = self.workers_limit if workers_limit is None else workers_limit or None
         try:
             worker = Worker(self.connection.broker, self.queue_name(), self, limits=limits,
-                            handle_signals=handle_signals, priorities=taken)  # fmt: skip
+                            handle_signals=handle_signals, priorities=taken,
+                            workers_limit=limit, wait_for_slot=wait_for_slot)  # fmt: skip
             return worker.run()
         finally:
             if self._owns_connection:

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from ..jobstore.base import JobStore, WorkerInfo
-from ..spi.errors import QueuekitError
+from ..spi.errors import ConfigurationError, QueuekitError
 
 log = logging.getLogger("queuekit.worker")
 
@@ -66,7 +66,9 @@ def worker_timeout() -> float:
     except ValueError:
         timeout = 0.0
     if not timeout > 0:
-        raise ValueError(f"QUEUEKIT_WORKER_TIMEOUT must be a number of seconds, not {text!r}")
+        raise ConfigurationError(
+            f"QUEUEKIT_WORKER_TIMEOUT must be a number of seconds, not {text!r}"
+        )
     return timeout
 
 

@@ -10,7 +10,10 @@ loop's heartbeat for noticing the flag and the limits. A ``ConnectionLost`` that
 adapter could not hide makes the loop reopen the transport, with capped backoff, and go on.
 Every half second the loop also fires its queue's due recurring jobs and forwards what the
 job store holds for the broker: due delayed messages (brokers without native delay, and
-fired runs) and serial-group heads nobody sent.
+fired runs) and serial-group heads nobody sent. Before it takes a message the worker
+registers in the job store's worker registry (taking a slot when its queue has a workers
+limit), heartbeats from that periodic work and deregisters when it stops
+(:mod:`queuekit.features.registry`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from types import FrameType
 from ..features import groups, schedules
 from ..features.broker import Broker, needs
 from ..features.hooks import Hooks
+from ..features.registry import Registration
 from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
 from ..spi.priorities import PriorityRange
 from ..spi.transport import Transport
@@ -75,6 +79,8 @@ class Worker:
         hooks: Hooks | None = None,
         record: bool = False,
         priorities: PriorityRange | None = None,
+        workers_limit: int | None = None,
+        wait_for_slot: bool = False,
     ) -> None:
         self.broker, self.queue, self.handler, self.limits = broker, queue, handler, limits
         #: Take only messages with a priority in this range (capability ``priority_range``).
@@ -94,6 +100,9 @@ class Worker:
             raise Unsupported("priority ranges", broker.transport.name, needs("priority_range"))
         self._sweeps_groups = caps.redelivery  # groups are refused on other adapters
         self._next_sweep = 0.0
+        #: At most ``workers_limit`` workers of the queue at once, on every host.
+        self._registration = Registration(broker.jobs, queue, stop=self.stop,
+                                          limit=workers_limit, wait=wait_for_slot)  # fmt: skip
 
     @property
     def _transport(self) -> Transport:
@@ -113,6 +122,7 @@ class Worker:
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
             self.stop("max_messages is 0")
         try:
+            self._registration.register(lambda: self._stop_reason is not None)
             while self._stop_reason is None:
                 now = time.monotonic()
                 if now >= next_check:
@@ -140,6 +150,7 @@ class Worker:
         finally:
             self._restore_signals(previous)
             self._release()
+            self._registration.deregister()
         log.info("worker %d stopped: %s", os.getpid(), self._stop_reason)
         return self.processed
 
@@ -150,6 +161,7 @@ class Worker:
             self._reconnect(exc)
         except QueuekitError as exc:  # e.g. the job store is away: try again later
             log.warning("could not forward due or grouped messages: %s", exc)
+        self._registration.beat(processed=self.processed, rss=resident_memory)
         if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
             self.stop(f"ran {self.limits.max_seconds:g}s")
         if self.limits.max_memory and resident_memory() >= self.limits.max_memory:
