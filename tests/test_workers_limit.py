@@ -4,15 +4,18 @@ Given ``LimitedQueue`` (``workers_limit = 2``) and a job store shared by two "ho
 (processes with their own ``QUEUEKIT_HOSTNAME``): two workers run; a third exits at once
 with one line naming who holds the slots and status 75; a fourth waits for a slot
 (``--wait-for-slot``), and takes the slot of a worker killed with SIGKILL once its heartbeat
-is older than the timeout (``QUEUEKIT_WORKER_TIMEOUT``, 3 s here).
+is older than the timeout (``QUEUEKIT_WORKER_TIMEOUT``, 3 s here). ``--workers-limit``
+overrides the class's limit.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import pytest
 from queuekit import connect
 from queuekit.features.registry import OVER_LIMIT_EXIT
 from queuekit.jobstore import open_jobstore
-from queuekit.jobstore.base import JobStore
+from queuekit.jobstore.base import JobStore, WorkerInfo
 from tests.support import require_broker, wait_until
 from tests.workers.harness import (
     lines,
@@ -134,3 +137,25 @@ def test_a_third_worker_exits_and_a_dead_workers_slot_goes_to_a_waiting_one(
         for process in (first, second, waiting):
             if process is not None:
                 stop(process)
+
+
+def test_the_command_line_overrides_the_class_limit(tmp_path: Path) -> None:
+    hosts = Hosts(sqlite_url(tmp_path / "queues.db"), "limited", tmp_path,
+                  sqlite_url(tmp_path / "jobs.db"))  # fmt: skip
+    with closing(open_jobstore(hosts.jobstore)) as store:
+        # Given one worker elsewhere holding a slot of a queue whose class allows two
+        elsewhere = WorkerInfo("w-1", "limited", "elsewhere", 4242, 1, time.time())
+        assert store.register_worker(elsewhere, timeout=60, limit=2)
+        # When a worker starts with --workers-limit 1, then it is over the limit
+        refused = run_worker(*hosts.args("--workers-limit", "1"), cwd=tmp_path,
+                             env=hosts.env("here"))  # fmt: skip
+        assert refused.returncode == OVER_LIMIT_EXIT, refused.stderr
+        assert "elsewhere pid 4242" in refused.stderr
+        # And given a second holder, --workers-limit 0 lifts the class's limit of two
+        store.register_worker(WorkerInfo("w-2", "limited", "elsewhere", 4343, 1, time.time()),
+                              timeout=60, limit=2)  # fmt: skip
+        store.heartbeat_worker("w-1", processed=0)
+        ran = run_worker(*hosts.args("--workers-limit", "0", "--max-seconds", "0.5"),
+                         cwd=tmp_path, env=hosts.env("here"))  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert [w.pid for w in store.workers("limited")] == [4242, 4343]  # it left again
