@@ -244,7 +244,7 @@ def test_waiting_for_a_slot_says_so_once_and_gives_up_when_stopped(
         assert not registration.register(stopping)
     waiting = [r.getMessage() for r in caplog.records if "waits for a slot" in r.getMessage()]
     assert waiting == [
-        "queue 'q' has its limit of 1 workers already (host-a pid 11): this worker waits for a slot"
+        "queue 'q' has its limit of 1 worker already (host-a pid 11): this worker waits for a slot"
     ]
     assert len(sqlite_store.workers("q")) == 1
 

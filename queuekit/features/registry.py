@@ -80,7 +80,8 @@ class WorkersLimitReached(QueuekitError):
     def __init__(self, queue: str, limit: int, holders: Sequence[WorkerInfo]) -> None:
         self.queue, self.limit, self.holders = queue, limit, tuple(holders)
         who = ", ".join(f"{w.host} pid {w.pid}" for w in holders) or "holders just left"
-        super().__init__(f"queue {queue!r} has its limit of {limit} workers already ({who})")
+        workers = "worker" if limit == 1 else "workers"
+        super().__init__(f"queue {queue!r} has its limit of {limit} {workers} already ({who})")
 
 
 class Registration:
