@@ -21,6 +21,7 @@ from .client.abstract import AbstractQueue
 from .client.config import resolve_url
 from .client.connection import Connection, connect
 from .features.delays import parse_duration
+from .features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from .spi.errors import QueuekitError
 from .spi.priorities import PriorityRange
 from .spi.urls import redact
@@ -87,6 +88,12 @@ def _priority_range(text: str) -> str:
     return text
 
 
+def _workers_limit(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}")
+    return int(text)
+
+
 # -- subcommands ---------------------------------------------------------------------------
 
 
@@ -105,8 +112,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             priorities=args.priorities,
             concurrency=concurrency,
             shutdown_timeout=args.shutdown_timeout,
+            workers_limit=args.workers_limit,
+            wait_for_slot=args.wait_for_slot,
         )
-        processed = worker.run()
+        try:
+            processed = worker.run()
+        except WorkersLimitReached as exc:
+            print(f"worker: {exc}; exiting with status {exc.exit_code}", file=sys.stderr)
+            return exc.exit_code
     print(f"worker: processed {processed} message(s) from {cls.queue_name()!r}", file=sys.stderr)
     return 1 if worker.handed_back else 0  # the worker logged what it handed back
 
@@ -280,7 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(*_VERBOSE, action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="process a queue with an AbstractQueue subclass")
+    run = sub.add_parser(
+        "run",
+        help="process a queue with an AbstractQueue subclass",
+        epilog=(
+            "Exit status: 0 stopped cleanly (a signal or a --max-* limit), 1 an error or "
+            "messages handed back after --shutdown-timeout, 2 a "
+            f"usage error, {OVER_LIMIT_EXIT} the queue already has its workers limit of live "
+            "workers (a supervisor should not restart it at once), 130 aborted by a second "
+            "SIGINT. A worker is dead when silent for $QUEUEKIT_WORKER_TIMEOUT seconds "
+            "(default 60); $QUEUEKIT_HOSTNAME names its host in the worker registry."
+        ),
+    )
     run.add_argument("queue_class", metavar="CLASS", help="module.Class or module:Class")
     run.add_argument("--url", help="broker URL (default: configured, see above)")
     run.add_argument("--queue", help="queue name (default: the class's `queue`)")
@@ -298,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit once resident memory reaches SIZE (e.g. 512M)")  # fmt: skip
     run.add_argument("-p", "--priorities", metavar="RANGE", type=_priority_range,
                      help="take only these priorities: 10, 20-40, 25- or -20")  # fmt: skip
+    run.add_argument("--workers-limit", type=_workers_limit, metavar="N",
+                     help="start only if fewer than N workers of the queue are alive on the"
+                          " hosts sharing the job store (default: the class's workers_limit;"
+                          f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
+    run.add_argument("--wait-for-slot", action="store_true",
+                     help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     publish = sub.add_parser("publish", help="publish one JSON payload to a queue")

@@ -13,7 +13,9 @@
 
 Hooks (``before_process``, ``after_process``, ``on_error``, ``on_failed_attempts``) are
 methods to override; see :mod:`queuekit.features.hooks`. ``keep_records = True`` keeps a job
-record of every message of the class (:mod:`queuekit.jobstore.records`).
+record of every message of the class (:mod:`queuekit.jobstore.records`). ``workers_limit = 3``
+runs at most three workers of the queue at once, across every host sharing the job store
+(:mod:`queuekit.features.registry`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class AbstractQueue(ABC):
     after which ``on_failed_attempts`` is called), ``priority`` (of a message published
     without one), ``priorities`` (the range this class's workers take, e.g. ``"200-"``),
     ``concurrency`` (messages in flight per worker: threads, or tasks when ``work`` is
-    ``async def``).
+    ``async def``), ``workers_limit`` (at most this many workers of the queue at once, on
+    every host sharing the job store; ``None``: no limit).
     Without a ``connection`` the instance opens its own and closes it when ``dispatch``
     returns or on ``close()``.
     """
@@ -56,6 +59,7 @@ class AbstractQueue(ABC):
     priority: ClassVar[int | None] = None
     priorities: ClassVar[str | None] = None
     concurrency: ClassVar[int] = 1
+    workers_limit: ClassVar[int | None] = None
 
     def __init__(self, connection: Connection | None = None, *, url: str | None = None) -> None:
         self._owns_connection = connection is None
@@ -147,18 +151,26 @@ class AbstractQueue(ABC):
         priorities: str | None = None,
         concurrency: int | None = None,
         shutdown_timeout: float | None = None,
+        workers_limit: int | None = None,
+        wait_for_slot: bool = False,
     ) -> Worker:
         """A worker for this queue (``run()`` it); see :class:`queuekit.worker.loop.Worker`.
 
         ``priorities`` (e.g. ``"20-40"``) overrides the class's range, ``concurrency`` the
-        class's; ``shutdown_timeout`` bounds how long a stop waits for work in flight."""
+        class's; ``shutdown_timeout`` bounds how long a stop waits for work in flight.
+        ``workers_limit`` overrides the class's limit (``0``: none); over the limit the
+        worker raises :class:`~queuekit.features.registry.WorkersLimitReached` before taking
+        a message, or with ``wait_for_slot`` waits until a slot frees."""
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
         text = priorities or self.priorities
         return Worker(self.connection.broker, self.queue_name(), self, limits=limits,
                       handle_signals=handle_signals,
                       priorities=PriorityRange.parse(text) if text else None,
                       concurrency=concurrency or self.concurrency,
-                      shutdown_timeout=shutdown_timeout)  # fmt: skip
+                      shutdown_timeout=shutdown_timeout,
+                      workers_limit=self.workers_limit if workers_limit is None
+                      else workers_limit or None,
+                      wait_for_slot=wait_for_slot)  # fmt: skip
 
     def dispatch(
         self,
@@ -170,6 +182,8 @@ class AbstractQueue(ABC):
         priorities: str | None = None,
         concurrency: int | None = None,
         shutdown_timeout: float | None = None,
+        workers_limit: int | None = None,
+        wait_for_slot: bool = False,
     ) -> int:
         """Run :meth:`worker` until it stops; return how many messages it processed.
         Closes the connection this instance opened."""
@@ -177,7 +191,9 @@ class AbstractQueue(ABC):
             worker = self.worker(max_messages=max_messages, max_seconds=max_seconds,
                                  max_memory=max_memory, handle_signals=handle_signals,
                                  priorities=priorities, concurrency=concurrency,
-                                 shutdown_timeout=shutdown_timeout)  # fmt: skip
+                                 shutdown_timeout=shutdown_timeout,
+                                 workers_limit=workers_limit,
+                                 wait_for_slot=wait_for_slot)  # fmt: skip
             return worker.run()
         finally:
             if self._owns_connection:

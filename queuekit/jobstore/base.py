@@ -15,7 +15,10 @@
   :mod:`queuekit.features.schedules`);
 - its own **identity**: a random id written once, when the store is created. Messages that
   depend on the store carry it, so a worker on another store can tell and refuse them
-  (:mod:`queuekit.features.storeid`).
+  (:mod:`queuekit.features.storeid`);
+- the **worker registry**: each running worker (host, pid, queue, concurrency, start, last
+  heartbeat, counts), what ``worker status`` reads, and the slots a queue's workers limit
+  hands out (see :mod:`queuekit.features.registry`).
 
 :func:`queuekit.jobstore.open_jobstore` picks the backend by URL: ``sqlite:///path`` (the
 default, an SQLite file, :mod:`queuekit.jobstore.sqlite`) or any PostgreSQL or MySQL/MariaDB
@@ -75,6 +78,27 @@ MakeRun = Callable[[Schedule, float], Outgoing]
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """One worker process in the registry. ``last_seen`` is when the store last heard from
+    it; ``slot`` whether it holds one of its queue's workers-limit slots; ``failed`` is
+    ``None`` where the worker does not count failures; ``current`` the ids of the messages
+    in its hands at its last heartbeat; ``rss`` its resident memory in bytes then."""
+
+    id: str
+    queue: str
+    host: str
+    pid: int
+    concurrency: int
+    started_at: float
+    last_seen: float = 0.0
+    slot: bool = False
+    processed: int = 0
+    failed: int | None = None
+    current: tuple[str, ...] = ()
+    rss: int | None = None
+
+
+@dataclass(frozen=True)
 class FailedMessage:
     """A dead letter: the raw body as it arrived and why it failed."""
 
@@ -108,14 +132,16 @@ class JobStore(ABC):
     **Threads and processes.** Every method is thread-safe and may be called at the same
     time from many threads, processes and hosts on one store. Each method is atomic (one
     transaction) unless its docstring says otherwise; the claims (``forward_due``,
-    ``claim_group_heads``) and ``hold_key`` are the places where concurrent callers
-    compete, and their docstrings say what each caller is guaranteed.
+    ``claim_group_heads``), ``hold_key`` and ``register_worker`` (a workers-limit slot)
+    are the places where concurrent callers compete, and their docstrings say what each
+    caller is guaranteed.
 
     **Life.** A store opens its database on first use (creating its tables if needed);
     ``close()`` releases its connections, and a later call opens them again.
 
     **Time.** Times are Unix times from ``time.time()`` on the calling host: hosts sharing a
-    store need clocks in step to well under ``FORWARD_LEASE`` and ``KEY_GRACE``.
+    store need clocks in step to well under ``FORWARD_LEASE``, ``KEY_GRACE`` and the
+    worker registry's heartbeat timeout.
 
     **Errors.** A backend raises its database's errors as :class:`JobStoreError` (the core
     names no database library).
@@ -336,6 +362,49 @@ class JobStore(ABC):
     def end_delivery(self, message_id: str) -> None:
         """The attempt ended (settled, retried or failed): forget its starts."""
 
+    # -- worker registry -----------------------------------------------------------------
+
+    @abstractmethod
+    def register_worker(
+        self, worker: WorkerInfo, *, timeout: float, limit: int | None = None
+    ) -> bool:
+        """Add ``worker`` to the registry, heard from now (its ``last_seen``, ``slot`` and
+        counts are the store's to set); ``False``, and no row added, when over ``limit``.
+
+        First the rows of its queue not heard from for ``timeout`` seconds are deleted
+        (those workers are dead: their slots free) and so is a row with ``worker.id``
+        (registering again replaces it). With ``limit``, the worker takes a slot only if
+        fewer than ``limit`` workers of its queue hold one. Atomic: of any number of
+        workers registering on any hosts at once, never more than ``limit`` hold slots of
+        a queue whose workers all give that ``limit``. A row without a slot (registered
+        without a limit) never counts against one.
+        """
+
+    @abstractmethod
+    def heartbeat_worker(
+        self,
+        worker_id: str,
+        *,
+        processed: int,
+        failed: int | None = None,
+        current: Sequence[str] = (),
+        rss: int | None = None,
+    ) -> bool:
+        """The worker is alive: its ``last_seen`` becomes now, its counts these. One write.
+        ``False`` when it has no row (deleted as dead, or never registered): it must
+        register again, and may find its slot taken."""
+
+    @abstractmethod
+    def deregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's row; its slot frees at once. Does nothing if there is none."""
+
+    @abstractmethod
+    def workers(
+        self, queue: str | None = None, *, timeout: float | None = None
+    ) -> list[WorkerInfo]:
+        """Registered workers (of ``queue``), by ``started_at``; with ``timeout``, only
+        those heard from within ``timeout`` seconds (the live ones)."""
+
 
 class MissingStoreDependency(MissingDependency):
     """A job store's database library or driver is not installed."""
@@ -397,6 +466,29 @@ def to_failed(row: Sequence[Any]) -> FailedMessage:
 
 def headers_text(headers: Mapping[str, str]) -> str | None:
     return json.dumps(dict(headers)) if headers else None
+
+
+#: A worker row's columns, in ``WorkerInfo`` field order (``current`` as a JSON list).
+WORKER_FIELDS = (
+    "id", "queue", "host", "pid", "concurrency", "started_at", "last_seen", "slot",
+    "processed", "failed", "current", "rss",
+)  # fmt: skip
+
+
+def worker_values(worker: WorkerInfo, now: float, *, slot: bool) -> tuple[object, ...]:
+    """The row of a worker registering at ``now``, in ``WORKER_FIELDS`` order."""
+    return (
+        worker.id, worker.queue, worker.host, worker.pid, worker.concurrency,
+        worker.started_at, now, slot, worker.processed, worker.failed,
+        json.dumps(list(worker.current)), worker.rss,
+    )  # fmt: skip
+
+
+def to_worker(row: Sequence[Any]) -> WorkerInfo:
+    fields = dict(zip(WORKER_FIELDS, row, strict=True))
+    fields["slot"] = bool(fields["slot"])
+    fields["current"] = tuple(json.loads(fields["current"] or "[]"))
+    return WorkerInfo(**fields)
 
 
 def to_schedule(row: Sequence[Any]) -> Schedule:

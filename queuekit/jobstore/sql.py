@@ -17,6 +17,10 @@ How the contract holds across hosts (every transaction runs at READ COMMITTED):
 - **Keys**: PostgreSQL holds a key in one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE ...
   RETURNING``; MySQL/MariaDB (no ``RETURNING`` on upserts) inserts, and on a duplicate takes
   over an expired hold with one conditional ``UPDATE``: of racing publishers one wins.
+- **Workers-limit slots**: a worker registering with a limit locks its queue's row in
+  ``<prefix>worker_queues`` (``FOR UPDATE``), then deletes dead workers, counts the slots held
+  and adds itself, and commits: claimers of one queue take turns, each counting what the one
+  before it committed, so no more than the limit ever hold slots.
 - A transaction the database aborts as a deadlock or lock timeout is retried (a few times).
 
 Limits: queue names, group names and message ids up to 255 characters (they are in keys;
@@ -81,6 +85,7 @@ from .base import (
     FORWARD_LEASE,
     IDENTITY,
     KEY_GRACE,
+    WORKER_FIELDS,
     FailedMessage,
     GroupHead,
     JobStore,
@@ -88,6 +93,7 @@ from .base import (
     MakeRun,
     MissingStoreDependency,
     Schedule,
+    WorkerInfo,
     delayed_batches,
     group_heads,
     headers_text,
@@ -96,6 +102,8 @@ from .base import (
     to_failed,
     to_record,
     to_schedule,
+    to_worker,
+    worker_values,
 )
 from .records import FINISHED, JobRecord, JobUpdate
 
@@ -234,6 +242,30 @@ def _schema(prefix: str) -> MetaData:
         **_MYSQL,
     )
     Table(
+        f"{prefix}workers",
+        meta,
+        Column("id", _NAME, primary_key=True),
+        Column("queue", _NAME, nullable=False),
+        Column("host", _NAME, nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("concurrency", Integer, nullable=False),
+        Column("started_at", Double, nullable=False),
+        Column("last_seen", Double, nullable=False),
+        Column("slot", Boolean, nullable=False),
+        Column("processed", BigInteger, nullable=False),
+        Column("failed", BigInteger),
+        Column("current", _TEXT),
+        Column("rss", BigInteger),
+        Index(f"{prefix}workers_seen", "queue", "last_seen"),
+        **_MYSQL,
+    )
+    Table(  # one row per queue whose workers claim slots: a claimer locks it while it counts
+        f"{prefix}worker_queues",
+        meta,
+        Column("queue", _NAME, primary_key=True),
+        **_MYSQL,
+    )
+    Table(
         f"{prefix}starts",
         meta,
         Column("message_id", _NAME, primary_key=True),
@@ -288,6 +320,8 @@ class SQLJobStore(JobStore):
             meta.tables[prefix + n] for n in ("keys", "groups", "grouped", "starts", "schedules")
         )
         self._meta_table = meta.tables[prefix + "meta"]
+        self._workers, self._worker_queues = (meta.tables[prefix + n] for n in
+                                               ("workers", "worker_queues"))  # fmt: skip
         self._created = False
         self._create_lock = threading.Lock()
         _open_stores.add(self)
@@ -781,6 +815,73 @@ class SQLJobStore(JobStore):
     def end_delivery(self, message_id: str) -> None:
         statement = delete(self._starts).where(self._starts.c.message_id == message_id)
         self._run(lambda conn: conn.execute(statement))
+
+    # -- worker registry -----------------------------------------------------------------
+
+    def register_worker(
+        self, worker: WorkerInfo, *, timeout: float, limit: int | None = None
+    ) -> bool:
+        t, q, now = self._workers, self._worker_queues, time.time()
+        values = worker_values(worker, now, slot=limit is not None)
+        row = dict(zip(WORKER_FIELDS, values, strict=True))
+        mine = t.c.queue == worker.queue
+        gone = delete(t).where(mine, or_(t.c.last_seen < now - timeout, t.c.id == worker.id))
+        held = select(func.count()).select_from(t).where(mine, t.c.slot.is_(True))
+        turn = select(q.c.queue).where(q.c.queue == worker.queue).with_for_update()
+        if limit is not None:  # the queue's lock row first, in a transaction of its own
+            self._run(lambda conn: conn.execute(self._add_worker_queue(worker.queue)))
+
+        def work(conn: Connection) -> bool:
+            if limit is not None:  # claimers of this queue take turns from here to commit,
+                conn.execute(turn)  # each counting what the one before it committed
+            conn.execute(gone)
+            if limit is not None and conn.execute(held).scalar_one() >= limit:
+                return False
+            conn.execute(insert(t).values(row))
+            return True
+
+        return self._run(work)
+
+    def _add_worker_queue(self, queue: str) -> Any:
+        """Insert the lock row of ``queue`` unless it is there (first inserts of a new row
+        can deadlock each other; a lock taken on an existing row cannot)."""
+        q = self._worker_queues
+        if self._postgres:
+            return postgresql.insert(q).values(queue=queue).on_conflict_do_nothing()
+        return mysql.insert(q).values(queue=queue).on_duplicate_key_update(queue=queue)
+
+    def heartbeat_worker(
+        self,
+        worker_id: str,
+        *,
+        processed: int,
+        failed: int | None = None,
+        current: Sequence[str] = (),
+        rss: int | None = None,
+    ) -> bool:
+        t = self._workers
+        statement = (
+            update(t)
+            .where(t.c.id == worker_id)
+            .values(last_seen=time.time(), processed=processed, failed=failed,
+                    current=json.dumps(list(current)), rss=rss)
+        )  # fmt: skip
+        return self._run(lambda conn: conn.execute(statement).rowcount > 0)
+
+    def deregister_worker(self, worker_id: str) -> None:
+        statement = delete(self._workers).where(self._workers.c.id == worker_id)
+        self._run(lambda conn: conn.execute(statement))
+
+    def workers(
+        self, queue: str | None = None, *, timeout: float | None = None
+    ) -> list[WorkerInfo]:
+        t = self._workers
+        query = select(*(t.c[name] for name in WORKER_FIELDS)).order_by(t.c.started_at, t.c.id)
+        if queue is not None:
+            query = query.where(t.c.queue == queue)
+        if timeout is not None:
+            query = query.where(t.c.last_seen >= time.time() - timeout)
+        return self._run(lambda conn: [to_worker(row) for row in conn.execute(query)])
 
 
 def _job_row(job: JobUpdate) -> dict[str, object]:

@@ -25,12 +25,14 @@ from .base import (
     FORWARD_LEASE,
     IDENTITY,
     KEY_GRACE,
+    WORKER_FIELDS,
     FailedMessage,
     GroupHead,
     JobStore,
     JobStoreError,
     MakeRun,
     Schedule,
+    WorkerInfo,
     delayed_batches,
     group_heads,
     headers_text,
@@ -39,6 +41,8 @@ from .base import (
     to_failed,
     to_record,
     to_schedule,
+    to_worker,
+    worker_values,
 )
 from .records import FINISHED, JobRecord, JobUpdate
 
@@ -118,6 +122,21 @@ CREATE TABLE IF NOT EXISTS queuekit_meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS queuekit_workers (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    concurrency INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    slot INTEGER NOT NULL,
+    processed INTEGER NOT NULL,
+    failed INTEGER,
+    current TEXT,
+    rss INTEGER
+);
+CREATE INDEX IF NOT EXISTS queuekit_workers_seen ON queuekit_workers (queue, last_seen);
 CREATE TABLE IF NOT EXISTS queuekit_starts (
     message_id TEXT PRIMARY KEY,
     starts INTEGER NOT NULL,
@@ -145,6 +164,7 @@ _START_JOB = (
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
     " started_at = excluded.started_at, finished_at = NULL, worker_pid = excluded.worker_pid"
 )
+_WORKER_COLUMNS = ", ".join(WORKER_FIELDS)
 _UNFINISHED_CHUNK = 500  # ids per query, well under SQLite's bound-parameter limit
 
 
@@ -490,6 +510,73 @@ class SQLiteJobStore(JobStore):
     def end_delivery(self, message_id: str) -> None:
         with self._connection() as db:
             db.execute("DELETE FROM queuekit_starts WHERE message_id = ?", (message_id,))
+
+    # -- worker registry -----------------------------------------------------------------
+
+    def register_worker(
+        self, worker: WorkerInfo, *, timeout: float, limit: int | None = None
+    ) -> bool:
+        now = time.time()
+        with self._transaction() as db:  # the write lock: claimers count and add one by one
+            db.execute(
+                "DELETE FROM queuekit_workers WHERE queue = ? AND (last_seen < ? OR id = ?)",
+                (worker.queue, now - timeout, worker.id),
+            )
+            if limit is not None:
+                (held,) = db.execute(
+                    "SELECT COUNT(*) FROM queuekit_workers WHERE queue = ? AND slot = 1",
+                    (worker.queue,),
+                ).fetchone()
+                if held >= limit:
+                    return False
+            marks = ", ".join("?" * len(WORKER_FIELDS))
+            db.execute(
+                f"INSERT INTO queuekit_workers ({_WORKER_COLUMNS}) VALUES ({marks})",
+                worker_values(worker, now, slot=limit is not None),
+            )
+        return True
+
+    def heartbeat_worker(
+        self,
+        worker_id: str,
+        *,
+        processed: int,
+        failed: int | None = None,
+        current: Sequence[str] = (),
+        rss: int | None = None,
+    ) -> bool:
+        with self._connection() as db:  # one statement: one transaction
+            return (
+                db.execute(
+                    "UPDATE queuekit_workers SET last_seen = ?, processed = ?, failed = ?,"
+                    " current = ?, rss = ? WHERE id = ?",
+                    (time.time(), processed, failed, json.dumps(list(current)), rss, worker_id),
+                ).rowcount
+                > 0
+            )
+
+    def deregister_worker(self, worker_id: str) -> None:
+        with self._connection() as db:
+            db.execute("DELETE FROM queuekit_workers WHERE id = ?", (worker_id,))
+
+    def workers(
+        self, queue: str | None = None, *, timeout: float | None = None
+    ) -> list[WorkerInfo]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if queue is not None:
+            clauses.append("queue = ?")
+            args.append(queue)
+        if timeout is not None:
+            clauses.append("last_seen >= ?")
+            args.append(time.time() - timeout)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connection() as db:
+            rows = db.execute(
+                f"SELECT {_WORKER_COLUMNS} FROM queuekit_workers{where} ORDER BY started_at, id",
+                args,
+            ).fetchall()
+        return [to_worker(row) for row in rows]
 
     def start_job(self, update: JobUpdate) -> None:
         with self._connection() as db:  # one statement: one transaction

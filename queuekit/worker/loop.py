@@ -15,7 +15,10 @@ loop's heartbeat for noticing the flag and the limits. A ``ConnectionLost`` that
 adapter could not hide makes the loop reopen the transport, with capped backoff, and go on.
 Every half second the loop also fires its queue's due recurring jobs and forwards what the
 job store holds for the broker: due delayed messages (brokers without native delay, and
-fired runs) and serial-group heads nobody sent.
+fired runs) and serial-group heads nobody sent. Before it takes a message the worker
+registers in the job store's worker registry (taking a slot when its queue has a workers
+limit), heartbeats from that periodic work and deregisters when it stops
+(:mod:`queuekit.features.registry`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from types import FrameType
 from ..features import groups, schedules
 from ..features.broker import Broker, needs
 from ..features.hooks import Hooks
+from ..features.registry import Registration
 from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
 from ..spi.priorities import PriorityBands, PriorityRange
 from ..spi.transport import Transport
@@ -84,6 +88,8 @@ class Worker:
         priorities: PriorityRange | None = None,
         concurrency: int = 1,
         shutdown_timeout: float | None = None,
+        workers_limit: int | None = None,
+        wait_for_slot: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -112,6 +118,10 @@ class Worker:
             PriorityBands(caps.priority_bands).starts_within(priorities, broker.transport.name)
         self._sweeps_groups = caps.redelivery  # groups are refused on other adapters
         self._next_sweep = 0.0
+        #: At most ``workers_limit`` workers of the queue at once, on every host.
+        self._registration = Registration(broker.jobs, queue, stop=self.stop,
+                                          limit=workers_limit, wait=wait_for_slot,
+                                          concurrency=concurrency)  # fmt: skip
 
     @property
     def _transport(self) -> Transport:
@@ -140,11 +150,12 @@ class Worker:
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
             self._reached_limit("max_messages is 0")
         try:
+            self._registration.register(lambda: self._stop_reason is not None)
             while self._stop_reason is None:
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + _SCHEDULER_EVERY
-                    self._periodic(started)
+                    self._periodic(started, runner)
                     if self._stop_reason is not None:
                         break
                 self._settle(runner.collect(0))
@@ -157,6 +168,7 @@ class Worker:
             runner.close()
             self._restore_signals(previous)
             self._release()
+            self._registration.deregister()
         level = logging.WARNING if self._stopped_by_limit else logging.INFO
         log.log(level, "worker %d stopped: %s", os.getpid(), self._stop_reason)
         return self.processed
@@ -238,13 +250,15 @@ class Worker:
         if warning is not None:
             log.warning("%s", warning)
 
-    def _periodic(self, started: float) -> None:
+    def _periodic(self, started: float, runner: Runner) -> None:
         try:
             self._forward()
         except ConnectionLost as exc:
             self._reconnect(exc)
         except QueuekitError as exc:  # e.g. the job store is away: try again later
             log.warning("could not forward due or grouped messages: %s", exc)
+        current = [attempt.message.id for attempt in runner.in_flight.values()]
+        self._registration.beat(processed=self.processed, current=current, rss=resident_memory)
         if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
             self._reached_limit(f"ran {self.limits.max_seconds:g}s")
         if self.limits.max_memory and (rss := resident_memory()) >= self.limits.max_memory:

@@ -118,6 +118,13 @@ class DoublingQueue(AbstractQueue):
         return {"doubled": 2 * n}
 
 
+class LimitedQueue(RecordingQueue):
+    """``RecordingQueue`` with at most two workers at once, on every host (``workers_limit``)."""
+
+    queue = "limited"
+    workers_limit = 2
+
+
 class NotAQueue:
     """A class that is not an AbstractQueue (for the CLI's error path)."""
 
