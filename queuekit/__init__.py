@@ -8,6 +8,7 @@ The layers beneath are drawn in docs/architecture.md.
 from importlib.metadata import PackageNotFoundError, version
 
 from .client.abstract import AbstractQueue
+from .client.aio import AsyncQueue
 from .client.connection import Connection, connect
 from .client.events import Event, EventManager, bridge
 from .client.fluent import PendingJob
@@ -47,6 +48,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 
 __all__ = [
     "AbstractQueue",
+    "AsyncQueue",
     "Bulk",
     "Capabilities",
     "ConfigurationError",
