@@ -21,10 +21,15 @@ from queuekit import AbstractQueue, Connection, Message, NoRetry, RetryLater, co
 from queuekit.worker.loop import Worker
 from queuekit.worker.pipeline import FunctionHandler
 from tests.support import wait_until
-from tests.test_job_features import Setup, out, setup  # noqa: F401 - the broker matrix
+from tests.test_job_features import BROKERS, Setup, out, setup  # noqa: F401 - the matrix
 from tests.workers.harness import lines, sqlite_url, wait_for_line
 
 SAFETY = 60  # seconds a dispatch may run at most, so a broken test ends
+
+#: SQLite (with a short lease, so a killed worker's messages come back soon) and every broker.
+on_every_broker = pytest.mark.parametrize(
+    "setup", [None, *BROKERS], indirect=True, ids=lambda b: "sqlite" if b is None else str(b)
+)
 
 
 @pytest.fixture
@@ -157,6 +162,7 @@ def test_retry_later_and_failures_settle_from_threads(conn: Connection) -> None:
 # -- real worker processes on every landed broker -------------------------------------------
 
 
+@on_every_broker
 def test_c8_processes_every_message(setup: Setup) -> None:  # noqa: F811
     count = 400
     with setup.connect() as conn:
@@ -179,6 +185,7 @@ def _started(events: Path) -> list[str]:
     return [line.split()[1] for line in lines(events) if line.startswith("started")]
 
 
+@on_every_broker
 def test_sigterm_with_eight_in_flight_finishes_them(setup: Setup) -> None:  # noqa: F811
     events, release = _gated(setup, 12)
     worker = setup.start("GatedQueue", "-c", "8", "--prefetch", "8", "-v")
@@ -201,6 +208,7 @@ def test_sigterm_with_eight_in_flight_finishes_them(setup: Setup) -> None:  # no
     assert sorted(out(setup), key=int) == [str(n) for n in range(12)]
 
 
+@on_every_broker
 def test_sigkill_with_eight_in_flight_loses_nothing(setup: Setup) -> None:  # noqa: F811
     with setup.connect() as conn:
         if not conn.transport.capabilities.redelivery:
@@ -218,6 +226,7 @@ def test_sigkill_with_eight_in_flight_loses_nothing(setup: Setup) -> None:  # no
     assert sorted(out(setup), key=int) == [str(n) for n in range(8)]
 
 
+@on_every_broker
 def test_a_shutdown_timeout_hands_a_slow_message_back(setup: Setup) -> None:  # noqa: F811
     events, release = _gated(setup, 1)
     worker = setup.start("GatedQueue", "--shutdown-timeout", "2")
@@ -237,6 +246,7 @@ def test_a_shutdown_timeout_hands_a_slow_message_back(setup: Setup) -> None:  # 
     assert out(setup) == ["0"]
 
 
+@on_every_broker
 def test_serial_groups_keep_order_with_c8_workers(setup: Setup) -> None:  # noqa: F811
     with setup.connect() as conn:
         if not conn.transport.capabilities.redelivery:
@@ -259,6 +269,7 @@ def test_serial_groups_keep_order_with_c8_workers(setup: Setup) -> None:  # noqa
         assert mine == [f"{edge} {n}" for n in range(6) for edge in ("start", "end")], mine
 
 
+@on_every_broker
 def test_a_priority_range_with_c8_takes_nothing_outside_it(setup: Setup) -> None:  # noqa: F811
     with setup.connect() as conn:
         if not conn.transport.capabilities.priority_range:
@@ -271,6 +282,7 @@ def test_a_priority_range_with_c8_takes_nothing_outside_it(setup: Setup) -> None
     assert sorted(out(setup), key=int) == [str(n) for n in range(1, 40, 2)]
 
 
+@on_every_broker
 def test_async_work_replies_and_retries(setup: Setup) -> None:  # noqa: F811
     worker = setup.start("AsyncDoublingQueue", "-c", "4")
     try:
@@ -289,6 +301,7 @@ def test_async_work_replies_and_retries(setup: Setup) -> None:  # noqa: F811
     ]
 
 
+@on_every_broker
 def test_async_work_processes_every_message(setup: Setup) -> None:  # noqa: F811
     count = 200
     setup.env["QK_SLOW"] = "0.05"
