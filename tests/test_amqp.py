@@ -418,6 +418,35 @@ def test_sends_from_many_threads_all_arrive(amqp: Open) -> None:
     assert transport.depth(queue) == 1600
 
 
+def test_threads_publishing_at_once_share_one_confirm_wait(
+    amqp: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = amqp()
+    queue = new_queue()
+    transport.send(queue, b"declared", {})
+    publisher = transport._publisher
+    batches: list[int] = []
+    publish_now = publisher._publish_now
+
+    def counted(queue: str | None, items: list[object]) -> None:
+        batches.append(len(items))
+        publish_now(queue, items)
+
+    monkeypatch.setattr(publisher, "_publish_now", counted)
+    with publisher._lock:  # a batch in flight: the next eight callers queue behind it
+        threads = [
+            threading.Thread(target=transport.send, args=(queue, f"{n}".encode(), {}))
+            for n in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(publisher._queued) == 8, what="eight callers to queue")
+    for thread in threads:
+        thread.join(30)
+    assert batches == [8]  # one batch, one wait for its confirms, for all eight callers
+    assert transport.depth(queue) == 9
+
+
 def test_close_from_another_thread_ends_a_blocked_receive(amqp: Open) -> None:
     transport = amqp()
     queue = new_queue()
