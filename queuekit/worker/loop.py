@@ -159,6 +159,8 @@ class Worker:
                     if self._stop_reason is not None:
                         break
                 self._settle(runner.collect(0))
+                if self._stop_reason is not None:  # e.g. a StopWorker just settled
+                    break
                 if runner.full or self._enough_taken(runner):
                     self._settle(runner.collect(_HEARTBEAT))
                     continue
@@ -192,6 +194,7 @@ class Worker:
             self._count()
         else:
             runner.submit(attempt)
+            self._settle(runner.collect(0))  # inline: done already; settle it now
 
     def _enough_taken(self, runner: Runner) -> bool:
         """``max_messages`` is near: take no more than it leaves room for."""
@@ -217,6 +220,7 @@ class Worker:
         deadline = (
             None if self.shutdown_timeout is None else (time.monotonic() + self.shutdown_timeout)
         )
+        self._settle(runner.collect(0))
         if runner.in_flight:
             log.info("worker %d finishing %d message(s) in flight", os.getpid(),
                      len(runner.in_flight))  # fmt: skip
