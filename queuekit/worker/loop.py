@@ -130,6 +130,12 @@ class Worker:
     def stop(self, reason: str = "stop() called") -> None:
         self._stop_reason = self._stop_reason or reason
 
+    @property
+    def stopped_by_limit(self) -> bool:
+        """Whether a ``--max-*`` limit ended the loop (not a signal or ``stop()``): a
+        supervisor replaces such a worker, and stops one that was told to stop."""
+        return self._stopped_by_limit
+
     def _reached_limit(self, reason: str) -> None:
         """A limit ends the loop: a supervisor restarting the worker should learn why."""
         if self._stop_reason is None:
