@@ -59,6 +59,15 @@ def test_worker_run_help_lists_the_limits(tmp_path: Path) -> None:
     assert "module:Class" in result.stdout
 
 
+def test_worker_run_help_lists_the_supervisor_options_and_the_exit_statuses(
+    tmp_path: Path,
+) -> None:
+    result = run_worker("run", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for text in ("--processes", "--reload", "--limit-exit-code", "exit status:", "gave up"):
+        assert text in result.stdout
+
+
 def test_python_dash_m_queuekit_is_the_same_command(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "queuekit", "--help"],

@@ -208,6 +208,34 @@ def test_a_child_over_the_workers_limit_waits_and_is_not_a_crash(
     assert supervisor.stop() == 0, "\n".join(supervisor.lines())
 
 
+def test_a_second_sigint_kills_the_children_and_their_messages_come_back(
+    tmp_path: Path, supervise: type[Supervised]
+) -> None:
+    # Given two children in the middle of a message each
+    url = sqlite_url(tmp_path / "queues.db", lease="1")
+    with connect(url) as conn:
+        conn.queue("gated").publish_many([{"n": 0}, {"n": 1}])
+    env = gated_env(tmp_path)
+    events = Path(env["QK_EVENTS"])
+    supervisor = supervise("tests.workers.queues:GatedQueue", "--url", url, "--processes", "2",
+                           "--prefetch", "1", env=env)  # fmt: skip
+    wait_until(lambda: len(lines(events)) == 2, 60, "two messages started")
+
+    # When the supervisor gets SIGINT twice
+    supervisor.process.send_signal(signal.SIGINT)
+    supervisor.wait_for("sent SIGTERM to the workers")
+    supervisor.process.send_signal(signal.SIGINT)
+
+    # Then it kills them and exits 130, and a fresh worker gets both messages again
+    assert supervisor.process.wait(60) == 130, "\n".join(supervisor.lines())
+    assert "second SIGINT: killing the workers" in "\n".join(supervisor.lines())
+    Path(env["QK_RELEASE"]).touch()
+    again = run_worker("run", "tests.workers.queues:GatedQueue", "--url", url,
+                       "--max-messages", "2", cwd=tmp_path, env=env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert sorted(lines(Path(env["QK_OUT"]))) == ["0", "1"]
+
+
 def test_a_child_that_cannot_stay_up_ends_the_supervisor_with_status_4(
     tmp_path: Path, supervise: type[Supervised]
 ) -> None:
