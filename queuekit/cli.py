@@ -40,7 +40,8 @@ _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "log every message received, done, retried or failed"
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)b?$", re.IGNORECASE)
 _EXIT_STATUSES = f"""exit status:
-  0    stopped by SIGTERM/SIGINT/SIGHUP; everything in hand was finished and settled
+  0    stopped by SIGTERM/SIGINT/SIGHUP, or by a --max-* limit (see 3); all work in hand
+       was finished and settled
   1    the broker or job store failed, or a child did not stop cleanly
   2    bad configuration: a wrong option or class path (restarting will not help)
   3    a --max-* limit was reached (with --limit-exit-code 3, as --processes children run)
