@@ -220,7 +220,8 @@ class Worker:
     def _finish(self, runner: Runner) -> None:
         """Stopping: let what is in flight finish (for ``shutdown_timeout`` s at most),
         settle it, and hand back to the broker what is still running after that."""
-        deadline = (
+        self._settle(runner.collect(0))  # done already: the inline runner's, when a stop
+        deadline = (  # came during its work() and ended the loop before the next collect
             None if self.shutdown_timeout is None else (time.monotonic() + self.shutdown_timeout)
         )
         if runner.in_flight:
