@@ -42,7 +42,8 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)b?$", re.IGNORECASE)
 _EXIT_STATUSES = f"""exit status:
   0    stopped by SIGTERM/SIGINT/SIGHUP, or by a --max-* limit (see 3); all work in hand
        was finished and settled
-  1    the broker or job store failed, or a child did not stop cleanly
+  1    the broker or job store failed, --shutdown-timeout passed and work was handed
+       back, or a child did not stop cleanly
   2    bad configuration: a wrong option or class path (restarting will not help)
   3    a --max-* limit was reached (with --limit-exit-code 3, as --processes children run)
   4    --processes/--reload: children crashed 5 times within 60 s; the supervisor gave up

@@ -55,7 +55,8 @@ log = logging.getLogger("queuekit.supervisor")
 #: Exit statuses of ``worker run`` (with or without ``--processes``), for the process
 #: supervisor above it (systemd, supervisord, a container runtime).
 EXIT_CLEAN = 0  # stopped by a signal; every child finished and settled what it held
-EXIT_ERROR = 1  # the broker or job store failed, or a child did not stop cleanly
+EXIT_ERROR = 1  # the broker or job store failed, work was handed back at the shutdown
+#                 timeout, or a child did not stop cleanly
 EXIT_CONFIG = 2  # bad configuration: a usage error, a class that is not found
 EXIT_LIMIT = 3  # a child ended on --max-messages/--max-seconds/--max-memory: start another
 EXIT_CRASH_LOOP = 4  # children crashed CRASHES_ALLOWED times within CRASH_WINDOW: gave up
