@@ -148,10 +148,10 @@ def test_max_messages_recycles_the_children_one_at_a_time_while_the_queue_drains
         conn.queue("paced").publish_many([{"n": n} for n in range(400)])
     out = tmp_path / "out.txt"
 
-    # When two children with --max-messages 100 work them off
+    # When two children with --max-messages 100 (and two threads each) work them off
     supervisor = supervise("tests.workers.queues:PacedQueue", "--url", url, "--processes", "2",
-                           "--max-messages", "100",
-                           env={"QK_OUT": str(out), "QK_PAUSE": "0.01"})  # fmt: skip
+                           "--max-messages", "100", "-c", "2",
+                           env={"QK_OUT": str(out), "QK_PAUSE": "0.02"})  # fmt: skip
     wait_until(lambda: len(lines(out)) >= 400, 120, "400 messages processed")
     assert supervisor.stop() == 0, "\n".join(supervisor.lines())
 
@@ -177,7 +177,7 @@ def test_sigterm_stops_every_child_after_its_message_with_exit_0(
     env = gated_env(tmp_path)
     events = Path(env["QK_EVENTS"])
     supervisor = supervise("tests.workers.queues:GatedQueue", "--url", url, "--processes", "2",
-                           "--prefetch", "1", env=env)  # fmt: skip
+                           "--prefetch", "1", "--shutdown-timeout", "60", env=env)  # fmt: skip
     wait_until(lambda: len(lines(events)) == 2, 60, "two messages started")
 
     # When the supervisor gets SIGTERM, and the work in hand may then finish
