@@ -165,6 +165,8 @@ class Worker:
                     if self._stop_reason is not None:
                         break
                 self._settle(runner.collect(0))
+                if self._stop_reason is not None:  # a settle stops on StopWorker
+                    break
                 if runner.full or self._enough_taken(runner):
                     self._settle(runner.collect(_HEARTBEAT))
                     continue
