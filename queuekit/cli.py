@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 
 from . import __version__
 from .client.abstract import AbstractQueue
@@ -25,6 +27,8 @@ from .features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from .spi.errors import QueuekitError
 from .spi.priorities import PriorityRange
 from .spi.urls import redact
+from .worker import deploy, supervisor
+from .worker.loop import Limits
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
 _DELEGATED = {
@@ -35,14 +39,28 @@ _DELEGATED = {
 _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "log every message received, done, retried or failed"
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)b?$", re.IGNORECASE)
+_EXIT_STATUSES = f"""exit status:
+  0    stopped by SIGTERM/SIGINT/SIGHUP, or by a --max-* limit (see 3); all work in hand
+       was finished and settled
+  1    the broker or job store failed, --shutdown-timeout passed and work was handed
+       back, or a child did not stop cleanly
+  2    bad configuration: a wrong option or class path (restarting will not help)
+  3    a --max-* limit was reached (with --limit-exit-code 3, as --processes children run)
+  4    --processes/--reload: children crashed 5 times within 60 s; the supervisor gave up
+  {OVER_LIMIT_EXIT}   the queue already has its workers limit of live workers (a supervisor should
+       not restart it at once)
+  130  a second SIGINT aborted; un-acked messages go back to the broker
+
+A worker is dead when silent for $QUEUEKIT_WORKER_TIMEOUT seconds (default 60);
+$QUEUEKIT_HOSTNAME names its host in the worker registry."""
 
 
 class UsageError(Exception):
     """A mistake on the command line: one line on stderr, exit status 2."""
 
 
-def load_queue_class(path: str) -> type[AbstractQueue]:
-    """``package.module.Class`` or ``package.module:Class`` -> the AbstractQueue subclass."""
+def split_class_path(path: str) -> tuple[str, str]:
+    """``package.module.Class`` or ``package.module:Class`` -> (module, class name)."""
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
@@ -50,6 +68,12 @@ def load_queue_class(path: str) -> type[AbstractQueue]:
         raise UsageError(f"{path!r} is not a class path (expected module.Class or module:Class)")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the project's own modules import
+    return module_name, attr
+
+
+def load_queue_class(path: str) -> type[AbstractQueue]:
+    """``package.module.Class`` or ``package.module:Class`` -> the AbstractQueue subclass."""
+    module_name, attr = split_class_path(path)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -98,6 +122,8 @@ def _workers_limit(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.processes or args.reload:
+        return _supervise(args)
     cls = load_queue_class(args.queue_class)
     if args.queue:
         cls = type(cls.__name__, (cls,), {"queue": args.queue, "__module__": cls.__module__})
@@ -121,7 +147,54 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"worker: {exc}; exiting with status {exc.exit_code}", file=sys.stderr)
             return exc.exit_code
     print(f"worker: processed {processed} message(s) from {cls.queue_name()!r}", file=sys.stderr)
-    return 1 if worker.handed_back else 0  # the worker logged what it handed back
+    if worker.handed_back:
+        return 1  # the worker logged what it handed back
+    return args.limit_exit_code if worker.stopped_by_limit else 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``--processes P`` / ``--reload``: see :mod:`queuekit.worker.supervisor`."""
+    if (args.max_messages or 1) <= 0 or (args.max_seconds or 1) <= 0:
+        raise UsageError("with --processes or --reload, the --max-* limits must be positive")
+    watch = []
+    if args.reload:
+        module = split_class_path(args.queue_class)[0]
+        try:
+            watch.append(supervisor.package_root(module))
+        except LookupError as exc:
+            raise UsageError(f"--reload: {exc}") from None
+    limits = Limits(args.max_messages, args.max_seconds, args.max_memory)
+    command = supervisor.child_command(args.argv)
+    logging.getLogger("queuekit.supervisor").setLevel(logging.INFO)  # a few lines, all useful
+    return supervisor.Supervisor(command, args.processes or 1, limits, watch=watch).run()
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    executable = Path(sys.executable).parent / "worker"
+    found = str(executable) if executable.exists() else shutil.which("worker")
+    if found is None:
+        raise UsageError("cannot find the `worker` executable to put in the config")
+    run_options = args.argv[args.argv.index(args.target) + 1 :]
+    run_options.remove(args.queue_class)
+    if args.shutdown_timeout is None:  # the worker's deadline and the stop wait must match
+        run_options += ["--shutdown-timeout", f"{deploy.DEFAULT_SHUTDOWN_TIMEOUT:g}"]
+    class_name = split_class_path(args.queue_class)[1]
+    command = deploy.worker_command(os.path.abspath(found), args.queue_class, run_options,
+                                    supervisord=args.target == "supervisor")  # fmt: skip
+    deployment = deploy.Deployment(
+        name=args.name or "queuekit-" + re.sub(r"[^a-z0-9_-]+", "-", class_name.lower()),
+        what=args.queue_class,
+        command=command,
+        processes=args.processes or 1,
+        directory=os.path.abspath(args.directory),
+        shutdown_timeout=args.shutdown_timeout or deploy.DEFAULT_SHUTDOWN_TIMEOUT,
+        log_dir=args.log_dir,
+        url=args.url,
+        user=args.user,
+    )
+    render = deploy.supervisor_program if args.target == "supervisor" else deploy.systemd_unit
+    print(render(deployment), end="")
+    return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -278,6 +351,63 @@ def _add_schedule_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     schedule.set_defaults(func=cmd_schedule)
 
 
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    """The options of ``worker run``, which ``worker deploy`` takes too and puts in the
+    command it writes."""
+    run.add_argument("queue_class", metavar="CLASS", help="module.Class or module:Class")
+    run.add_argument("--url", help="broker URL (default: configured, see above)")
+    run.add_argument("--queue", help="queue name (default: the class's `queue`)")
+    run.add_argument("--prefetch", type=int, default=16,
+                     help="messages buffered ahead (at least the concurrency)")  # fmt: skip
+    run.add_argument("-c", "--concurrency", type=_positive, metavar="N",
+                     help="messages in flight at once: N threads, or N tasks for an "
+                     "`async def work` (default: the class's, else 1)")  # fmt: skip
+    run.add_argument("--shutdown-timeout", type=float, metavar="S",
+                     help="on SIGTERM, let work in flight finish for S seconds, then hand "
+                     "the rest back to the broker and exit 1 (default: wait)")  # fmt: skip
+    run.add_argument("--max-messages", type=int, metavar="N", help="exit after N messages")
+    run.add_argument("--max-seconds", type=float, metavar="S", help="exit after S seconds")
+    run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
+                     help="exit once resident memory reaches SIZE (e.g. 512M)")  # fmt: skip
+    run.add_argument("--limit-exit-code", type=int, default=0, metavar="CODE",
+                     help="exit status when a --max-* limit ends the run (default 0)")  # fmt: skip
+    run.add_argument("-p", "--priorities", metavar="RANGE", type=_priority_range,
+                     help="take only these priorities: 10, 20-40, 25- or -20")  # fmt: skip
+    run.add_argument("--workers-limit", type=_workers_limit, metavar="N",
+                     help="start only if fewer than N workers of the queue are alive on the"
+                          " hosts sharing the job store (default: the class's workers_limit;"
+                          f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
+    run.add_argument("--wait-for-slot", action="store_true",
+                     help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
+    run.add_argument("--processes", type=_positive, metavar="P",
+                     help="a supervisor and P worker processes: it restarts one that dies, "
+                          "replaces one that reaches a --max-* limit (each child's), passes "
+                          "SIGTERM/SIGINT on and waits")  # fmt: skip
+
+
+def _add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    deploy_parser = sub.add_parser(
+        "deploy", allow_abbrev=False,
+        help="print a supervisord program section or a systemd unit that runs a worker",
+        description="Print a config that runs `worker run CLASS [options]`; every `worker run` "
+                    "option goes into its command line, except --url, which goes into its "
+                    "environment as QUEUEKIT_URL. supervisord runs --processes as numprocs; "
+                    "systemd runs the built-in supervisor (worker run --processes). The "
+                    "worker gets --shutdown-timeout S (default "
+                    f"{deploy.DEFAULT_SHUTDOWN_TIMEOUT:g}) and the stop wait before SIGKILL "
+                    f"is S + {deploy.STOP_MARGIN:g} seconds.",
+    )  # fmt: skip
+    deploy_parser.add_argument("target", choices=["supervisor", "systemd"])
+    _add_run_options(deploy_parser)
+    deploy_parser.add_argument("--name", help="program / unit name (default: queuekit-CLASS)")
+    deploy_parser.add_argument("--directory", default=".",
+                               help="working directory (default: this one)")  # fmt: skip
+    deploy_parser.add_argument("--log-dir", default="/var/log/queuekit",
+                               help="supervisord: the log directory (%(default)s)")  # fmt: skip
+    deploy_parser.add_argument("--user", help="the user the workers run as")
+    deploy_parser.set_defaults(func=cmd_deploy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="worker",
@@ -294,41 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser(
-        "run",
-        help="process a queue with an AbstractQueue subclass",
-        epilog=(
-            "Exit status: 0 stopped cleanly (a signal or a --max-* limit), 1 an error or "
-            "messages handed back after --shutdown-timeout, 2 a "
-            f"usage error, {OVER_LIMIT_EXIT} the queue already has its workers limit of live "
-            "workers (a supervisor should not restart it at once), 130 aborted by a second "
-            "SIGINT. A worker is dead when silent for $QUEUEKIT_WORKER_TIMEOUT seconds "
-            "(default 60); $QUEUEKIT_HOSTNAME names its host in the worker registry."
-        ),
-    )
-    run.add_argument("queue_class", metavar="CLASS", help="module.Class or module:Class")
-    run.add_argument("--url", help="broker URL (default: configured, see above)")
-    run.add_argument("--queue", help="queue name (default: the class's `queue`)")
-    run.add_argument("--prefetch", type=int, default=16,
-                     help="messages buffered ahead (at least the concurrency)")  # fmt: skip
-    run.add_argument("-c", "--concurrency", type=_positive, metavar="N",
-                     help="messages in flight at once: N threads, or N tasks for an "
-                     "`async def work` (default: the class's, else 1)")  # fmt: skip
-    run.add_argument("--shutdown-timeout", type=float, metavar="S",
-                     help="on SIGTERM, let work in flight finish for S seconds, then hand "
-                     "the rest back to the broker and exit 1 (default: wait)")  # fmt: skip
-    run.add_argument("--max-messages", type=int, metavar="N", help="exit after N messages")
-    run.add_argument("--max-seconds", type=float, metavar="S", help="exit after S seconds")
-    run.add_argument("--max-memory", type=parse_size, metavar="SIZE",
-                     help="exit once resident memory reaches SIZE (e.g. 512M)")  # fmt: skip
-    run.add_argument("-p", "--priorities", metavar="RANGE", type=_priority_range,
-                     help="take only these priorities: 10, 20-40, 25- or -20")  # fmt: skip
-    run.add_argument("--workers-limit", type=_workers_limit, metavar="N",
-                     help="start only if fewer than N workers of the queue are alive on the"
-                          " hosts sharing the job store (default: the class's workers_limit;"
-                          f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
-    run.add_argument("--wait-for-slot", action="store_true",
-                     help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
+        "run", help="process a queue with an AbstractQueue subclass", allow_abbrev=False,
+        epilog=_EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    _add_run_options(run)
+    run.add_argument("--reload", action="store_true",
+                     help="development only: restart the workers (after the messages in hand) "
+                          "when a .py file of the class's package changes")  # fmt: skip
     run.set_defaults(func=cmd_run)
+
+    _add_deploy_parser(sub)
 
     publish = sub.add_parser("publish", help="publish one JSON payload to a queue")
     publish.add_argument("queue", metavar="QUEUE")
@@ -387,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         delegate: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
         return _guarded(lambda: delegate(rest))
     args = build_parser().parse_args(args_list)
+    args.argv = args_list  # --processes and deploy pass it on to the workers they start
     _configure_logging(verbose=args.verbose)
     return _guarded(lambda: int(args.func(args)))
 

@@ -15,6 +15,7 @@ import pytest
 
 import queuekit
 from queuekit import EventManager, bridge, connect
+from tests.support import wait_until
 from tests.workers.harness import (
     child_env,
     lines,
@@ -57,6 +58,15 @@ def test_worker_run_help_lists_the_limits(tmp_path: Path) -> None:
     for option in ("--url", "--queue", "--max-messages", "--max-seconds", "--max-memory"):
         assert option in result.stdout
     assert "module:Class" in result.stdout
+
+
+def test_worker_run_help_lists_the_supervisor_options_and_the_exit_statuses(
+    tmp_path: Path,
+) -> None:
+    result = run_worker("run", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for text in ("--processes", "--reload", "--limit-exit-code", "exit status:", "gave up"):
+        assert text in result.stdout
 
 
 def test_python_dash_m_queuekit_is_the_same_command(tmp_path: Path) -> None:
@@ -224,6 +234,30 @@ def test_an_idle_worker_stops_cleanly_on_sigterm(tmp_path: Path, url: str) -> No
     assert worker.returncode == 0, stderr
     assert "received SIGTERM" in stderr
     assert "processed 0 message(s)" in stderr
+
+
+def test_sigterm_during_work_finishes_and_acks_that_message(tmp_path: Path, url: str) -> None:
+    # Given a worker in the middle of the first of two messages
+    with connect(url) as conn:
+        conn.queue("gated").publish_many([{"n": 0}, {"n": 1}])
+    events, release = tmp_path / "events.txt", tmp_path / "release"
+    env = {"QK_EVENTS": str(events), "QK_RELEASE": str(release), "QK_OUT": str(tmp_path / "o")}
+    worker = start_worker("run", "tests.workers.queues:GatedQueue", "--url", url,
+                          "--prefetch", "1", cwd=tmp_path, env=env)  # fmt: skip
+    try:
+        wait_until(lambda: lines(events) == ["started 0"], 30, "work() to start")
+        # When it gets SIGTERM, and its work() may then finish
+        worker.send_signal(signal.SIGTERM)
+        release.touch()
+        _, stderr = worker.communicate(timeout=30)
+    finally:
+        stop(worker)
+    # Then that message is acked, the other is left for later, and the exit is clean
+    assert worker.returncode == 0, stderr
+    assert "processed 1 message(s)" in stderr
+    assert lines(events) == ["started 0", "done 0"]
+    with connect(url) as conn:
+        assert conn.queue("gated").depth() == 1
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,12 @@ class Worker:
     def stop(self, reason: str = "stop() called") -> None:
         self._stop_reason = self._stop_reason or reason
 
+    @property
+    def stopped_by_limit(self) -> bool:
+        """Whether a ``--max-*`` limit ended the loop (not a signal or ``stop()``): a
+        supervisor replaces such a worker, and stops one that was told to stop."""
+        return self._stopped_by_limit
+
     def _reached_limit(self, reason: str) -> None:
         """A limit ends the loop: a supervisor restarting the worker should learn why."""
         if self._stop_reason is None:
@@ -217,10 +223,10 @@ class Worker:
     def _finish(self, runner: Runner) -> None:
         """Stopping: let what is in flight finish (for ``shutdown_timeout`` s at most),
         settle it, and hand back to the broker what is still running after that."""
-        deadline = (
+        self._settle(runner.collect(0))  # done already: the inline runner's, when a stop
+        deadline = (  # came during its work() and ended the loop before the next collect
             None if self.shutdown_timeout is None else (time.monotonic() + self.shutdown_timeout)
         )
-        self._settle(runner.collect(0))
         if runner.in_flight:
             log.info("worker %d finishing %d message(s) in flight", os.getpid(),
                      len(runner.in_flight))  # fmt: skip

@@ -6,7 +6,8 @@ on a line appearing instead of sleeping:
 - ``QK_OUT``: every processed payload's ``n`` is appended here, one per line;
 - ``QK_EVENTS``: ``started N`` / ``done N`` lines around a gated ``work()``;
 - ``QK_RELEASE``: a gated ``work()`` waits until this file exists;
-- ``QK_FIXED``: ``BrokenUntilFixedQueue`` fails every message until this file exists.
+- ``QK_FIXED``: ``BrokenUntilFixedQueue`` fails every message until this file exists;
+- ``QK_PAUSE``: seconds ``PacedQueue`` works on each message.
 """
 
 from __future__ import annotations
@@ -123,6 +124,17 @@ class LimitedQueue(RecordingQueue):
 
     queue = "limited"
     workers_limit = 2
+
+
+class PacedQueue(AbstractQueue):
+    """Works ``$QK_PAUSE`` seconds on each message, then appends ``N PID`` to ``$QK_OUT``, so a
+    test sees which process ran what."""
+
+    queue = "paced"
+
+    def work(self, message: Message) -> None:
+        time.sleep(float(os.environ.get("QK_PAUSE", "0")))
+        _append("QK_OUT", f"{message.payload['n']} {os.getpid()}")
 
 
 class NotAQueue:
