@@ -181,6 +181,9 @@ class Pipeline:
             GroupRelease(broker, queue),
         )
         self._always = hooks.active or record_all
+        #: Messages that went to the failed store (malformed ones too), for the worker's
+        #: heartbeat; counted in :meth:`settle`'s thread (the loop's), so never raced.
+        self.failed = 0
         caps = broker.transport.capabilities
         self._counts_starts = caps.redelivery and not caps.marks_redelivery
 
@@ -390,6 +393,7 @@ class Pipeline:
             headers=dict(delivery.headers),
             job=attempt.failed_record,
         )
+        self.failed += 1
         self._log_event(logging.WARNING, "failed", attempt, reason)
         for observer in attempt.observers:
             observer.finished(attempt, result=None, error=reason)
@@ -407,6 +411,7 @@ class Pipeline:
     def _drop_malformed(self, transport: Transport, delivery: Delivery, reason: str) -> None:
         """A body that is not an envelope: to the failed store with its raw bytes."""
         self._jobs.add_failed(self.queue, delivery.body, reason, headers=dict(delivery.headers))
+        self.failed += 1
         log.warning("a malformed message failed for good: %s", reason)
         transport.nack(delivery, requeue=False)
 
