@@ -18,10 +18,11 @@ from datetime import datetime
 
 from . import __version__
 from .client.abstract import AbstractQueue
-from .client.config import resolve_url
+from .client.config import load_config, resolve_url
 from .client.connection import Connection, connect
 from .features.delays import parse_duration
 from .features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
+from .features.status import Status, snapshot
 from .spi.errors import QueuekitError
 from .spi.priorities import PriorityRange
 from .spi.urls import redact
@@ -239,6 +240,70 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    first = args.queues[0] if args.queues else None
+    url = resolve_url(args.url, queue=first)
+    with connect(url, jobstore=args.jobstore) as conn:
+        configured = [q for q, routed in load_config().queues.items() if routed == url]
+        status = snapshot(conn.broker, [*args.queues, *configured])
+    if args.json:
+        print(json.dumps(status.as_json(), indent=2))
+    else:
+        print(render_status(status))
+    return 0
+
+
+def render_status(status: Status) -> str:
+    """The snapshot as two aligned tables; ``unknown`` where the broker cannot count."""
+
+    def count(value: int | None) -> str:
+        return "unknown" if value is None else str(value)
+
+    def age(seconds: float | None) -> str:
+        return "unknown" if seconds is None else _duration(seconds)
+
+    queues = [("queue", "ready", "delayed", "in flight", "working", "failed", "oldest",
+               "workers")]  # fmt: skip
+    for q in status.queues:
+        queues.append((q.name, count(q.ready), count(q.delayed), count(q.in_flight),
+                       str(q.working), str(q.failed), age(q.latency), str(q.workers)))  # fmt: skip
+    workers = [("host", "pid", "queue", "concurrency", "processed", "failed", "current", "rss",
+                "seen")]  # fmt: skip
+    for w in status.workers:
+        workers.append((w.host, str(w.pid), w.queue, str(w.concurrency), str(w.processed),
+                        count(w.failed), ",".join(w.current) or "-",
+                        "-" if w.rss is None else f"{w.rss / 2**20:.0f}M",
+                        f"{_duration(status.taken_at - w.last_seen)} ago"))  # fmt: skip
+    errors = [f"{q.name}: the broker could not be asked: {q.error}" for q in status.queues
+              if q.error]  # fmt: skip
+    return "\n".join([
+        f"broker {status.broker}, job store {status.jobstore}", "",
+        _table(queues) if status.queues else "no queues known",
+        "",
+        f"{len(status.workers)} worker(s) alive (heard from within "
+        f"{status.heartbeat_timeout:g}s)",
+        *([_table(workers)] if status.workers else []),
+        *errors,
+    ])  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
 def cmd_job(args: argparse.Namespace) -> int:
     with connect(resolve_url(args.url), jobstore=args.jobstore) as conn:
         record = conn.job(args.id)
@@ -263,36 +328,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 # -- the parser ----------------------------------------------------------------------------
 
 
-def _add_schedule_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    schedule = sub.add_parser("schedule", help="add, list or remove recurring jobs")
-    schedule.add_argument("action", choices=["add", "list", "remove"])
-    schedule.add_argument("name", nargs="?", metavar="NAME")
-    schedule.add_argument("--queue", help="the queue its runs go to (add)")
-    schedule.add_argument("--payload", metavar="JSON", help="the payload of every run (add)")
-    schedule.add_argument("--every", help="seconds, '1 day' or an ISO 8601 duration (add)")
-    schedule.add_argument("--start", help="the first run, an ISO 8601 moment (default: now)")
-    schedule.add_argument("--job-name", default="", help="handler name stored in the metadata")
-    schedule.add_argument("--priority", type=int, help="0-255, higher first")
-    schedule.add_argument("--url")
-    schedule.add_argument("--jobstore", help="job store URL (default: configured)")
-    schedule.set_defaults(func=cmd_schedule)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="worker",
-        description="queuekit: run background-job workers and talk to queues on any broker.",
-        epilog=(
-            "The broker comes from --url, else $QUEUEKIT_URL, else queuekit.toml, else "
-            "~/.local/state/queuekit/queuekit.db (an embedded queue, no server needed); "
-            "the job store from $QUEUEKIT_JOBSTORE, else a per-broker file beside it. "
-            "Example: worker run myproject.queues:EmailQueue --max-messages 100"
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(*_VERBOSE, action="store_true", help=_VERBOSE_HELP)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
         help="process a queue with an AbstractQueue subclass",
@@ -330,6 +366,57 @@ def build_parser() -> argparse.ArgumentParser:
                      help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
+
+def _add_schedule_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    schedule = sub.add_parser("schedule", help="add, list or remove recurring jobs")
+    schedule.add_argument("action", choices=["add", "list", "remove"])
+    schedule.add_argument("name", nargs="?", metavar="NAME")
+    schedule.add_argument("--queue", help="the queue its runs go to (add)")
+    schedule.add_argument("--payload", metavar="JSON", help="the payload of every run (add)")
+    schedule.add_argument("--every", help="seconds, '1 day' or an ISO 8601 duration (add)")
+    schedule.add_argument("--start", help="the first run, an ISO 8601 moment (default: now)")
+    schedule.add_argument("--job-name", default="", help="handler name stored in the metadata")
+    schedule.add_argument("--priority", type=int, help="0-255, higher first")
+    schedule.add_argument("--url")
+    schedule.add_argument("--jobstore", help="job store URL (default: configured)")
+    schedule.set_defaults(func=cmd_schedule)
+
+
+def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status",
+        help="every queue's ready, delayed, in flight, failed and oldest age; workers alive",
+        epilog=(
+            "Queues: those named, those routed to this broker in queuekit.toml, and every "
+            "queue the worker registry or the job store knows. 'unknown' (null in --json) is "
+            "a count the broker cannot tell, never a zero. A worker silent for "
+            "$QUEUEKIT_WORKER_TIMEOUT seconds (default 60) is left out as dead."
+        ),
+    )
+    status.add_argument("queues", nargs="*", metavar="QUEUE", help="queues to show as well")
+    status.add_argument("--url")
+    status.add_argument("--jobstore", help="job store URL (default: configured)")
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status.set_defaults(func=cmd_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker",
+        description="queuekit: run background-job workers and talk to queues on any broker.",
+        epilog=(
+            "The broker comes from --url, else $QUEUEKIT_URL, else queuekit.toml, else "
+            "~/.local/state/queuekit/queuekit.db (an embedded queue, no server needed); "
+            "the job store from $QUEUEKIT_JOBSTORE, else a per-broker file beside it. "
+            "Example: worker run myproject.queues:EmailQueue --max-messages 100"
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(*_VERBOSE, action="store_true", help=_VERBOSE_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_run_parser(sub)
+
     publish = sub.add_parser("publish", help="publish one JSON payload to a queue")
     publish.add_argument("queue", metavar="QUEUE")
     publish.add_argument("payload", metavar="JSON")
@@ -359,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     clear.set_defaults(func=cmd_clear_finished)
 
     _add_schedule_parser(sub)
+    _add_status_parser(sub)
 
     job = sub.add_parser("job", help="show the job record of a message id")
     job.add_argument("id", metavar="ID")
