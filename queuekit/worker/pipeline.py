@@ -43,7 +43,15 @@ from ..spi.errors import (
     StopWorker,
 )
 from ..spi.transport import Delivery, Transport
-from .observers import GroupRelease, HookCalls, KeyRelease, Observer, Records, Replies
+from .observers import (
+    GroupRelease,
+    HookCalls,
+    KeyRelease,
+    Observer,
+    Records,
+    Replies,
+    instruments_for,
+)
 
 log = logging.getLogger("queuekit.worker")
 
@@ -125,6 +133,9 @@ class Attempt:
     notes: list[str] = field(default_factory=list)
     #: The job record to write with the failed-store entry, if the message keeps one.
     failed_record: JobUpdate | None = None
+    #: It fails because it was refused (``validate()``, another job store), not because
+    #: ``work()`` failed: what an observer's ``failing`` tells apart.
+    rejected: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +181,14 @@ class Pipeline:
         self.retry = retry_strategy(handler)
         jobs = broker.jobs
         self._jobs = jobs
+        #: Metrics and tracing (:func:`~.observers.add_instrument`): told of every message,
+        #: first, so their clocks and spans enclose what the others do.
+        self.instruments = instruments_for(queue, type(handler).__qualname__)
         #: In the order they are told of each step: hooks run before the record is
         #: written (a hook's error is noted in it); the reply goes before the key and the
         #: group are released.
         self.observers: tuple[Observer, ...] = (
+            *self.instruments,
             *((HookCalls(hooks),) if hooks.active else ()),
             Records(jobs, queue, record_all=record_all),
             Replies(broker),
@@ -208,6 +223,7 @@ class Pipeline:
                           self._observers_for(message))  # fmt: skip
         refused = storeid.refusal(message.metadata, self._jobs)
         if refused is not None:
+            attempt.rejected = True
             self._fail(attempt, refused)
             return None
         if self._counts_starts and self._died_too_often(attempt):
@@ -220,11 +236,11 @@ class Pipeline:
     def _observers_for(self, message: Message) -> Sequence[Observer]:
         """The observers that apply to ``message``. Those of a worker without hooks or
         ``record_all`` look only at these metadata fields, so a message without them (the
-        common case) skips asking each one."""
+        common case) skips asking each one: only the instruments (if any) see it."""
         meta = message.metadata
         if self._always or meta.record or meta.reply_to or meta.key or meta.group:
             return [o for o in self.observers if o.applies(message)]
-        return ()
+        return self.instruments
 
     def _died_too_often(self, attempt: Attempt) -> bool:
         """For brokers that redeliver without saying so (gearmand): note each start in the
@@ -317,6 +333,7 @@ class Pipeline:
                 self._log_event(logging.INFO, "retried", attempt, error)
                 self._retry(attempt, outcome.delay, error, None)
             elif outcome.kind == "rejected":
+                attempt.rejected = True
                 self._fail(attempt, outcome.reason, outcome.trace)
             else:
                 assert isinstance(outcome.exc, Exception)
