@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from types import ModuleType
 
 from . import __version__
 from .client.abstract import AbstractQueue
@@ -98,7 +99,25 @@ def _workers_limit(text: str) -> int:
 # -- subcommands ---------------------------------------------------------------------------
 
 
+def _optional(module: str, extra: str, option: str) -> ModuleType:
+    """Import the module behind an option that needs an optional extra, or say which."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"{option} needs queuekit[{extra}] ({exc}): "
+                         f"pip install 'queuekit[{extra}]'") from None  # fmt: skip
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    # A child of a supervisor in Prometheus multiprocess mode records and the parent serves
+    if args.metrics_port is not None or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics = _optional("queuekit.worker.metrics", "metrics", "--metrics-port")
+        metrics.enable_metrics()
+        if args.metrics_port is not None:
+            try:
+                metrics.serve_metrics(args.metrics_port)
+            except OSError as exc:
+                raise UsageError(f"--metrics-port {args.metrics_port}: {exc}") from None
     cls = load_queue_class(args.queue_class)
     if args.queue:
         cls = type(cls.__name__, (cls,), {"queue": args.queue, "__module__": cls.__module__})
@@ -362,6 +381,9 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      help="start only if fewer than N workers of the queue are alive on the"
                           " hosts sharing the job store (default: the class's workers_limit;"
                           f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics "
+                     "(needs queuekit[metrics])")  # fmt: skip
     run.add_argument("--wait-for-slot", action="store_true",
                      help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
     run.set_defaults(func=cmd_run)
