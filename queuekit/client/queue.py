@@ -86,7 +86,7 @@ class Queue:
             raise ValueError("dedup='ever' needs a key")
         broker = self._broker
         headers = dict(headers or {})
-        with publishing(self.name, headers, 1):
+        with publishing(broker, self.name, headers, 1):
             prepared = broker.prepare(
                 payload, Metadata(name=name, key=key, once=dedup == keys.EVER, group=group,
                                   headers=headers, correlation_id=correlation_id,
@@ -124,7 +124,7 @@ class Queue:
             buffer.flush()
         items = payloads if isinstance(payloads, Sequence) else list(payloads)
         headers = dict(headers or {})
-        with publishing(self.name, headers, len(items)):
+        with publishing(broker, self.name, headers, len(items)):
             return self._publish_many(items, name, delay, priority, headers, retry=retry,
                                       record=record)  # fmt: skip
 

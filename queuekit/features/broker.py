@@ -59,9 +59,10 @@ class PublishObserver:
     published (retries, dead letters put back, serial-group heads) are not publishes."""
 
     def publishing(
-        self, queue: str, headers: dict[str, str], count: int
+        self, queue: str, headers: dict[str, str], count: int, system: str
     ) -> AbstractContextManager[None]:
-        """Enclose the publish of ``count`` messages to ``queue``: entered before they are
+        """Enclose the publish of ``count`` messages to ``queue`` on a broker of adapter
+        ``system`` (``sqlite``, ``amqp``, ...): entered before they are
         encoded, so it may add ``headers`` (a trace context) that every one of them then
         carries; left when the broker (or the delayed store) holds them, or with the
         exception that the publish raised. Thread-safe."""
@@ -80,18 +81,20 @@ def observe_publishing(observer: PublishObserver) -> None:
 
 
 @contextlib.contextmanager
-def _observed(queue: str, headers: dict[str, str], count: int) -> Iterator[None]:
+def _observed(queue: str, headers: dict[str, str], count: int, system: str) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for observer in _publish_observers:
-            stack.enter_context(observer.publishing(queue, headers, count))
+            stack.enter_context(observer.publishing(queue, headers, count, system))
         yield
 
 
-def publishing(queue: str, headers: dict[str, str], count: int) -> AbstractContextManager[None]:
+def publishing(
+    broker: Broker, queue: str, headers: dict[str, str], count: int
+) -> AbstractContextManager[None]:
     """What the client wraps each publish in (see :class:`PublishObserver`)."""
     if not _publish_observers:
         return contextlib.nullcontext()
-    return _observed(queue, headers, count)
+    return _observed(queue, headers, count, broker.transport.name)
 
 
 class Broker:

@@ -155,9 +155,15 @@ class PublishMetrics(PublishObserver):
     """Counts what the client publishes, once the broker holds it."""
 
     @contextmanager
-    def publishing(self, queue: str, headers: dict[str, str], count: int) -> Iterator[None]:
+    def publishing(
+        self, queue: str, headers: dict[str, str], count: int, system: str
+    ) -> Iterator[None]:
         yield
         PUBLISHED.labels(queue).inc(count)
+
+
+def _metrics(queue: str, handler: str, system: str) -> Metrics:
+    return Metrics(queue, handler)
 
 
 _PUBLISH = PublishMetrics()
@@ -169,7 +175,7 @@ def enable_metrics() -> None:
     instrument, in this process. Idempotent."""
     with _lock:
         observe_publishing(_PUBLISH)
-        add_instrument(Metrics)
+        add_instrument(_metrics)
 
 
 def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:

@@ -90,8 +90,9 @@ class Instrument(Observer):
         """The loop's periodic work: refresh what is read rather than counted, cheaply."""
 
 
-#: Builds an instrument for a worker of ``queue`` whose handler is named ``handler``.
-InstrumentFactory: TypeAlias = Callable[[str, str], Instrument]
+#: Builds an instrument for a worker of ``queue`` whose handler is named ``handler``, on a
+#: broker of adapter ``system`` (``sqlite``, ``amqp``, ...).
+InstrumentFactory: TypeAlias = Callable[[str, str, str], Instrument]
 _factories: list[InstrumentFactory] = []
 
 
@@ -105,9 +106,9 @@ def add_instrument(factory: InstrumentFactory) -> None:
         _factories.append(factory)
 
 
-def instruments_for(queue: str, handler: str) -> tuple[Instrument, ...]:
+def instruments_for(queue: str, handler: str, system: str) -> tuple[Instrument, ...]:
     """The instruments a new worker of ``queue`` gets (none unless some were added)."""
-    return tuple(factory(queue, handler) for factory in _factories)
+    return tuple(factory(queue, handler, system) for factory in _factories)
 
 
 class HookCalls(Observer):

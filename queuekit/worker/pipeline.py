@@ -183,7 +183,8 @@ class Pipeline:
         self._jobs = jobs
         #: Metrics and tracing (:func:`~.observers.add_instrument`): told of every message,
         #: first, so their clocks and spans enclose what the others do.
-        self.instruments = instruments_for(queue, type(handler).__qualname__)
+        self.instruments = instruments_for(queue, type(handler).__qualname__,
+                                           broker.transport.name)  # fmt: skip
         #: In the order they are told of each step: hooks run before the record is
         #: written (a hook's error is noted in it); the reply goes before the key and the
         #: group are released.
