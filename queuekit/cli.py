@@ -27,6 +27,7 @@ from .features.status import Status, snapshot
 from .spi.errors import QueuekitError
 from .spi.priorities import PriorityRange
 from .spi.urls import redact
+from .worker.logs import JSONFormatter
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
 _DELEGATED = {
@@ -381,6 +382,10 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      help="start only if fewer than N workers of the queue are alive on the"
                           " hosts sharing the job store (default: the class's workers_limit;"
                           f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
+    run.add_argument("--log-format", choices=["text", "json"],
+                     help="json: one JSON object per log line, with a message event's id, "
+                     "queue, handler, attempt, duration, outcome and error "
+                     "(default: $QUEUEKIT_LOG_FORMAT, else text)")  # fmt: skip
     run.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics "
                      "(needs queuekit[metrics])")  # fmt: skip
@@ -497,16 +502,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         delegate: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
         return _guarded(lambda: delegate(rest))
     args = build_parser().parse_args(args_list)
-    _configure_logging(verbose=args.verbose)
+    log_format = getattr(args, "log_format", None) or os.environ.get("QUEUEKIT_LOG_FORMAT")
+    if log_format not in (None, "", "text", "json"):
+        print(f"worker: QUEUEKIT_LOG_FORMAT must be text or json, not {log_format!r}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    _configure_logging(verbose=args.verbose, json_lines=log_format == "json")
     return _guarded(lambda: int(args.func(args)))
 
 
-def _configure_logging(*, verbose: bool) -> None:
-    """Warnings, and a worker's exit on a limit, always; with ``-v`` every message event."""
+def _configure_logging(*, verbose: bool, json_lines: bool = False) -> None:
+    """Warnings, and a worker's exit on a limit, always; with ``-v`` every message event.
+    ``json_lines``: one JSON object per record, with a message event's fields."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if json_lines:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JSONFormatter())
 
 
 def _guarded(call: Callable[[], int]) -> int:

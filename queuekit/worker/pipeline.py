@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..features import storeid
 from ..features.broker import Broker
@@ -179,11 +179,12 @@ class Pipeline:
         self.broker, self.queue, self.handler = broker, queue, handler
         self.stop = stop
         self.retry = retry_strategy(handler)
+        self._handler_name = type(handler).__qualname__
         jobs = broker.jobs
         self._jobs = jobs
         #: Metrics and tracing (:func:`~.observers.add_instrument`): told of every message,
         #: first, so their clocks and spans enclose what the others do.
-        self.instruments = instruments_for(queue, type(handler).__qualname__,
+        self.instruments = instruments_for(queue, self._handler_name,
                                            broker.transport.name)  # fmt: skip
         #: In the order they are told of each step: hooks run before the record is
         #: written (a hook's error is noted in it); the reply goes before the key and the
@@ -231,7 +232,7 @@ class Pipeline:
             return None
         if log.isEnabledFor(logging.INFO):  # `worker -v`; one cheap check when it is off
             log.info("message %s received on %r (attempt %d)", message.id, self.queue,
-                     attempt.number)  # fmt: skip
+                     attempt.number, extra=self._fields(attempt, "received"))  # fmt: skip
         return attempt
 
     def _observers_for(self, message: Message) -> Sequence[Observer]:
@@ -421,10 +422,17 @@ class Pipeline:
         """One line per outcome of an attempt: ``message ID done on 'email' (attempt 1) in
         4.2ms``. At INFO (``worker -v``); retries after an error and failures at WARNING."""
         if log.isEnabledFor(level):
-            took = (time.time() - attempt.started) * 1000
+            fields = self._fields(attempt, event, detail or None)
             log.log(level, "message %s %s on %r (attempt %d) in %.1fms%s", attempt.message.id,
-                    event, self.queue, attempt.number, took,
-                    f": {detail}" if detail else "")  # fmt: skip
+                    event, self.queue, attempt.number, fields["duration_ms"],
+                    f": {detail}" if detail else "", extra=fields)  # fmt: skip
+
+    def _fields(self, attempt: Attempt, outcome: str, error: str | None = None) -> dict[str, Any]:
+        """A message event's structured fields (:mod:`.logs`), for ``--log-format json``."""
+        return {"message_id": attempt.message.id, "queue": self.queue,
+                "handler": self._handler_name, "attempt": attempt.number,
+                "duration_ms": round((time.time() - attempt.started) * 1000, 3),
+                "outcome": outcome, "error": error}  # fmt: skip
 
     def _drop_malformed(self, transport: Transport, delivery: Delivery, reason: str) -> None:
         """A body that is not an envelope: to the failed store with its raw bytes."""
