@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
 from queuekit import connect
+from queuekit.jobstore import open_jobstore
 from tests.support import wait_until
 from tests.workers.harness import child_env, lines, sqlite_url, start_worker, stop
 
@@ -100,6 +102,8 @@ def test_two_processes_sharing_a_multiprocess_dir_add_up(tmp_path: Path) -> None
     serving = start_worker(*args, "--metrics-port", str(port), cwd=tmp_path, env=env)
     other = start_worker(*args, cwd=tmp_path, env=env)
     try:
+        with closing(open_jobstore(jobstore)) as store:
+            wait_until(lambda: len(store.workers("records")) == 2, 30, "both registered")
         # When they work off forty messages between them
         with connect(url, jobstore=jobstore) as conn:
             conn.queue("records").publish_many([{"n": n} for n in range(40)])
@@ -119,6 +123,7 @@ def test_two_processes_sharing_a_multiprocess_dir_add_up(tmp_path: Path) -> None
 PRODUCER = """
 from prometheus_client import generate_latest
 from queuekit import connect
+from queuekit.jobstore import open_jobstore
 from queuekit.worker.metrics import enable_metrics
 enable_metrics()
 with connect({url!r}, jobstore={jobstore!r}) as conn:
