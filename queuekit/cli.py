@@ -17,17 +17,20 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 
 from . import __version__
 from .client.abstract import AbstractQueue
-from .client.config import resolve_url
+from .client.config import load_config, resolve_url
 from .client.connection import Connection, connect
 from .features.delays import parse_duration
 from .features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
+from .features.status import Status, snapshot
 from .spi.errors import QueuekitError
 from .spi.priorities import PriorityRange
 from .spi.urls import redact
 from .worker import deploy, supervisor
+from .worker.logs import JSONFormatter
 from .worker.loop import Limits
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
@@ -121,9 +124,30 @@ def _workers_limit(text: str) -> int:
 # -- subcommands ---------------------------------------------------------------------------
 
 
+def _optional(module: str, extra: str, option: str) -> ModuleType:
+    """Import the module behind an option that needs an optional extra, or say which."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"{option} needs queuekit[{extra}] ({exc}): "
+                         f"pip install 'queuekit[{extra}]'") from None  # fmt: skip
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if (args.processes or args.reload) and args.metrics_port is not None:
+        raise UsageError("--metrics-port with --processes or --reload is not supported yet: "
+                         "give each worker its own port without --processes")  # fmt: skip
     if args.processes or args.reload:
         return _supervise(args)
+    # A child of a supervisor in Prometheus multiprocess mode records and the parent serves
+    if args.metrics_port is not None or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics = _optional("queuekit.worker.metrics", "metrics", "--metrics-port")
+        metrics.enable_metrics()
+        if args.metrics_port is not None:
+            try:
+                metrics.serve_metrics(args.metrics_port)
+            except OSError as exc:
+                raise UsageError(f"--metrics-port {args.metrics_port}: {exc}") from None
     cls = load_queue_class(args.queue_class)
     if args.queue:
         cls = type(cls.__name__, (cls,), {"queue": args.queue, "__module__": cls.__module__})
@@ -312,6 +336,70 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    first = args.queues[0] if args.queues else None
+    url = resolve_url(args.url, queue=first)
+    with connect(url, jobstore=args.jobstore) as conn:
+        configured = [q for q, routed in load_config().queues.items() if routed == url]
+        status = snapshot(conn.broker, [*args.queues, *configured])
+    if args.json:
+        print(json.dumps(status.as_json(), indent=2))
+    else:
+        print(render_status(status))
+    return 0
+
+
+def render_status(status: Status) -> str:
+    """The snapshot as two aligned tables; ``unknown`` where the broker cannot count."""
+
+    def count(value: int | None) -> str:
+        return "unknown" if value is None else str(value)
+
+    def age(seconds: float | None) -> str:
+        return "unknown" if seconds is None else _duration(seconds)
+
+    queues = [("queue", "ready", "delayed", "in flight", "working", "failed", "oldest",
+               "workers")]  # fmt: skip
+    for q in status.queues:
+        queues.append((q.name, count(q.ready), count(q.delayed), count(q.in_flight),
+                       str(q.working), str(q.failed), age(q.latency), str(q.workers)))  # fmt: skip
+    workers = [("host", "pid", "queue", "concurrency", "processed", "failed", "current", "rss",
+                "seen")]  # fmt: skip
+    for w in status.workers:
+        workers.append((w.host, str(w.pid), w.queue, str(w.concurrency), str(w.processed),
+                        count(w.failed), ",".join(w.current) or "-",
+                        "-" if w.rss is None else f"{w.rss / 2**20:.0f}M",
+                        f"{_duration(status.taken_at - w.last_seen)} ago"))  # fmt: skip
+    errors = [f"{q.name}: the broker could not be asked: {q.error}" for q in status.queues
+              if q.error]  # fmt: skip
+    return "\n".join([
+        f"broker {status.broker}, job store {status.jobstore}", "",
+        _table(queues) if status.queues else "no queues known",
+        "",
+        f"{len(status.workers)} worker(s) alive (heard from within "
+        f"{status.heartbeat_timeout:g}s)",
+        *([_table(workers)] if status.workers else []),
+        *errors,
+    ])  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
 def cmd_job(args: argparse.Namespace) -> int:
     with connect(resolve_url(args.url), jobstore=args.jobstore) as conn:
         record = conn.job(args.id)
@@ -379,10 +467,35 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
                           f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
     run.add_argument("--wait-for-slot", action="store_true",
                      help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
+    run.add_argument("--log-format", choices=["text", "json"],
+                     help="json: one JSON object per log line, with a message event's id, "
+                     "queue, handler, attempt, duration, outcome and error "
+                     "(default: $QUEUEKIT_LOG_FORMAT, else text)")  # fmt: skip
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics "
+                     "(needs queuekit[metrics])")  # fmt: skip
     run.add_argument("--processes", type=_positive, metavar="P",
                      help="a supervisor and P worker processes: it restarts one that dies, "
                           "replaces one that reaches a --max-* limit (each child's), passes "
                           "SIGTERM/SIGINT on and waits")  # fmt: skip
+
+
+def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status",
+        help="every queue's ready, delayed, in flight, failed and oldest age; workers alive",
+        epilog=(
+            "Queues: those named, those routed to this broker in queuekit.toml, and every "
+            "queue the worker registry or the job store knows. 'unknown' (null in --json) is "
+            "a count the broker cannot tell, never a zero. A worker silent for "
+            "$QUEUEKIT_WORKER_TIMEOUT seconds (default 60) is left out as dead."
+        ),
+    )
+    status.add_argument("queues", nargs="*", metavar="QUEUE", help="queues to show as well")
+    status.add_argument("--url")
+    status.add_argument("--jobstore", help="job store URL (default: configured)")
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    status.set_defaults(func=cmd_status)
 
 
 def _add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -464,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     clear.set_defaults(func=cmd_clear_finished)
 
     _add_schedule_parser(sub)
+    _add_status_parser(sub)
 
     job = sub.add_parser("job", help="show the job record of a message id")
     job.add_argument("id", metavar="ID")
@@ -493,16 +607,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guarded(lambda: delegate(rest))
     args = build_parser().parse_args(args_list)
     args.argv = args_list  # --processes and deploy pass it on to the workers they start
-    _configure_logging(verbose=args.verbose)
+    log_format = getattr(args, "log_format", None) or os.environ.get("QUEUEKIT_LOG_FORMAT")
+    if log_format not in (None, "", "text", "json"):
+        print(f"worker: QUEUEKIT_LOG_FORMAT must be text or json, not {log_format!r}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    _configure_logging(verbose=args.verbose, json_lines=log_format == "json")
     return _guarded(lambda: int(args.func(args)))
 
 
-def _configure_logging(*, verbose: bool) -> None:
-    """Warnings, and a worker's exit on a limit, always; with ``-v`` every message event."""
+def _configure_logging(*, verbose: bool, json_lines: bool = False) -> None:
+    """Warnings, and a worker's exit on a limit, always; with ``-v`` every message event.
+    ``json_lines``: one JSON object per record, with a message event's fields."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if json_lines:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JSONFormatter())
 
 
 def _guarded(call: Callable[[], int]) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from queuekit.jobstore import open_jobstore
-from queuekit.jobstore.base import FORWARD_LEASE, KEY_GRACE, JobStore
+from queuekit.jobstore.base import FORWARD_LEASE, KEY_GRACE, JobStore, StoreCounts
 from queuekit.jobstore.records import JobUpdate
 from queuekit.spi.errors import ConfigurationError, MissingDependency
 from queuekit.spi.transport import Outgoing, SendOptions
@@ -94,6 +94,19 @@ def test_removing_and_purging_dead_letters(store: JobStore) -> None:
     assert store.purge_failed("a") == 1
     assert store.purge_failed() == 2
     assert store.failed() == []
+
+
+def test_queue_counts_count_delayed_and_failed_per_queue(store: JobStore) -> None:
+    assert store.queue_counts() == {}
+    for queue in ("a", "a", "b"):
+        store.add_failed(queue, b"x", "r")
+    store.add_delayed("a", time.time() + 60, [Outgoing(b"1"), Outgoing(b"2")])
+    store.add_delayed("c", time.time() + 60, [Outgoing(b"3")])
+    assert store.queue_counts() == {
+        "a": StoreCounts(delayed=2, failed=2),
+        "b": StoreCounts(delayed=0, failed=1),
+        "c": StoreCounts(delayed=1, failed=0),
+    }
 
 
 # -- delayed store -----------------------------------------------------------------------------

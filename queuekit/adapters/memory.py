@@ -21,7 +21,15 @@ from ..spi.capabilities import Capabilities
 from ..spi.errors import TransportClosed
 from ..spi.priorities import PriorityRange
 from ..spi.topics import topic_matches
-from ..spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ..spi.transport import (
+    NO_OPTIONS,
+    Delivery,
+    Headers,
+    Outgoing,
+    QueueStats,
+    SendOptions,
+    Transport,
+)
 from ..spi.urls import TransportURL
 
 _sequence = itertools.count()
@@ -247,6 +255,14 @@ class MemoryTransport(Transport):
         with self._broker.changed:
             target = self._broker.queue(queue)
             return len(target.ready) + len(target.delayed)
+
+    def stats(self, queue: str) -> QueueStats:
+        """Ready and delayed; what other transports of the broker hold un-acked is theirs
+        alone, so in flight and latency are not known here."""
+        self._check()
+        with self._broker.changed:
+            target = self._broker.queue(queue)
+            return QueueStats(ready=len(target.ready), delayed=len(target.delayed))
 
     def purge(self, queue: str) -> int:
         self._check()

@@ -48,7 +48,15 @@ from ..spi.errors import ConfigurationError, ConnectionLost, TransportClosed, Tr
 from ..spi.priorities import PriorityRange
 from ..spi.sqlitedb import connect_database, immediate
 from ..spi.topics import topic_matches
-from ..spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ..spi.transport import (
+    NO_OPTIONS,
+    Delivery,
+    Headers,
+    Outgoing,
+    QueueStats,
+    SendOptions,
+    Transport,
+)
 from ..spi.urls import TransportURL
 
 DELAYED, READY, IN_FLIGHT = 0, 1, 2
@@ -94,6 +102,12 @@ RETURNING id, priority, not_before, body, headers, deliveries, dedup_key IS NOT 
 """
 _CLAIM_ANY = _CLAIM.format(range="")
 _CLAIM_RANGE = _CLAIM.format(range=" AND priority BETWEEN ? AND ?")
+_STATS = """
+SELECT SUM(state = 1 OR (state = 0 AND not_before <= ?)), SUM(state = 0 AND not_before > ?),
+       SUM(state = 2), MIN(CASE WHEN state = 1 OR (state = 0 AND not_before <= ?)
+                                THEN not_before END)
+FROM queuekit_messages WHERE queue = ?
+"""
 _HOUSEKEEPING_EVERY = 0.05  # seconds between checks for due delays and expired leases
 
 
@@ -402,6 +416,18 @@ class SQLiteTransport(Transport):
                 (queue,),
             ).fetchone()
         return int(row[0])
+
+    def stats(self, queue: str) -> QueueStats:
+        """Every count, from one read: a delayed row already due counts as ready (the next
+        housekeeping makes it so), a leased row as in flight (prefetched ones too), and the
+        latency is the age of the oldest ready row's ``not_before``."""
+        now = time.time()
+        with self._session() as db:
+            ready, delayed, in_flight, oldest = db.execute(
+                _STATS, (now, now, now, queue)
+            ).fetchone()
+        latency = 0.0 if oldest is None else max(0.0, now - oldest)
+        return QueueStats(ready or 0, delayed or 0, in_flight or 0, latency)
 
     def purge(self, queue: str) -> int:
         with self._transaction() as db:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..features import keys
-from ..features.broker import future
+from ..features.broker import future, publishing
 from ..features.bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
 from ..features.delays import Delay
 from ..features.envelope import Message, Metadata, encode
@@ -85,20 +85,22 @@ class Queue:
         if dedup == keys.EVER and key is None:
             raise ValueError("dedup='ever' needs a key")
         broker = self._broker
-        prepared = broker.prepare(
-            payload, Metadata(name=name, key=key, once=dedup == keys.EVER, group=group,
-                              headers=dict(headers or {}), correlation_id=correlation_id,
-                              reply_to=reply_to, retry=retry.to_json() if retry else None,
-                              record=record),
-            delay, priority,
-        )  # fmt: skip
-        buffer = active_bulk(broker, self.name)
-        if buffer is not None:
-            buffer.add(prepared)
-        elif record or prepared.keyed or group is not None:
-            broker.send_prepared(self.name, [prepared])
-        else:
-            broker.send(self.name, [prepared.outgoing], prepared.due)
+        headers = dict(headers or {})
+        with publishing(broker, self.name, headers, 1):
+            prepared = broker.prepare(
+                payload, Metadata(name=name, key=key, once=dedup == keys.EVER, group=group,
+                                  headers=headers, correlation_id=correlation_id,
+                                  reply_to=reply_to, retry=retry.to_json() if retry else None,
+                                  record=record),
+                delay, priority,
+            )  # fmt: skip
+            buffer = active_bulk(broker, self.name)
+            if buffer is not None:
+                buffer.add(prepared)
+            elif record or prepared.keyed or group is not None:
+                broker.send_prepared(self.name, [prepared])
+            else:
+                broker.send(self.name, [prepared.outgoing], prepared.due)
         return prepared.message.id
 
     def publish_many(
@@ -120,6 +122,24 @@ class Queue:
         buffer = active_bulk(broker, self.name)
         if buffer is not None:
             buffer.flush()
+        items = payloads if isinstance(payloads, Sequence) else list(payloads)
+        headers = dict(headers or {})
+        with publishing(broker, self.name, headers, len(items)):
+            return self._publish_many(items, name, delay, priority, headers, retry=retry,
+                                      record=record)  # fmt: skip
+
+    def _publish_many(
+        self,
+        payloads: Sequence[Any],
+        name: str,
+        delay: Delay | None,
+        priority: int | None,
+        headers: dict[str, str],
+        *,
+        retry: RetryStrategy | None,
+        record: bool,
+    ) -> list[str]:
+        broker = self._broker
         due = future(delay)
         broker.check_priority(priority)
         options = broker.send_options(due, priority)

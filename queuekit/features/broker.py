@@ -20,10 +20,12 @@ Thread-safe as far as the transport and the job store are (both are, by their co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -49,6 +51,50 @@ class Prepared:
     outgoing: Outgoing
     due: float | None
     keyed: bool = False  # its dedup key is held in the job store
+
+
+class PublishObserver:
+    """Told of each publish by the client (``Queue.publish``, ``publish_many``, the fluent
+    form), for metrics and tracing on the producer side. Resends of messages already
+    published (retries, dead letters put back, serial-group heads) are not publishes."""
+
+    def publishing(
+        self, queue: str, headers: dict[str, str], count: int, system: str
+    ) -> AbstractContextManager[None]:
+        """Enclose the publish of ``count`` messages to ``queue`` on a broker of adapter
+        ``system`` (``sqlite``, ``amqp``, ...): entered before they are
+        encoded, so it may add ``headers`` (a trace context) that every one of them then
+        carries; left when the broker (or the delayed store) holds them, or with the
+        exception that the publish raised. Thread-safe."""
+        return contextlib.nullcontext()
+
+
+#: The observers of every publish in this process (metrics, tracing): process-wide, like
+#: the registries they report to. Empty unless enabled, so a publish pays one check.
+_publish_observers: list[PublishObserver] = []
+
+
+def observe_publishing(observer: PublishObserver) -> None:
+    """Tell ``observer`` of every publish in this process from now on (once per observer)."""
+    if observer not in _publish_observers:
+        _publish_observers.append(observer)
+
+
+@contextlib.contextmanager
+def _observed(queue: str, headers: dict[str, str], count: int, system: str) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for observer in _publish_observers:
+            stack.enter_context(observer.publishing(queue, headers, count, system))
+        yield
+
+
+def publishing(
+    broker: Broker, queue: str, headers: dict[str, str], count: int
+) -> AbstractContextManager[None]:
+    """What the client wraps each publish in (see :class:`PublishObserver`)."""
+    if not _publish_observers:
+        return contextlib.nullcontext()
+    return _observed(queue, headers, count, broker.transport.name)
 
 
 class Broker:

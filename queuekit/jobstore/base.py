@@ -114,6 +114,15 @@ class FailedMessage:
     body: bytes
 
 
+@dataclass(frozen=True)
+class StoreCounts:
+    """What the job store holds of one queue: messages in the delayed store (due or not;
+    a worker forwards the due ones within a second) and dead letters in the failed store."""
+
+    delayed: int = 0
+    failed: int = 0
+
+
 class JobStoreError(QueuekitError):
     """The job store's database failed (a backend maps its driver's errors onto this).
 
@@ -201,6 +210,11 @@ class JobStore(ABC):
     @abstractmethod
     def purge_failed(self, queue: str | None = None) -> int:
         """Delete the dead letters (of one queue); return how many."""
+
+    @abstractmethod
+    def queue_counts(self) -> dict[str, StoreCounts]:
+        """Per queue with any, how many delayed and failed messages the store holds: two
+        grouped counts over indexed columns, cheap enough for a metrics refresh."""
 
     # -- delayed store -------------------------------------------------------------------
 

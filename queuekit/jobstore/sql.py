@@ -93,6 +93,7 @@ from .base import (
     MakeRun,
     MissingStoreDependency,
     Schedule,
+    StoreCounts,
     WorkerInfo,
     delayed_batches,
     group_heads,
@@ -424,6 +425,18 @@ class SQLJobStore(JobStore):
         if queue is not None:
             query = query.where(t.c.queue == queue)
         return self._run(lambda conn: [to_failed(row) for row in conn.execute(query)])
+
+    def queue_counts(self) -> dict[str, StoreCounts]:
+        def read(conn: Connection) -> tuple[dict[str, int], dict[str, int]]:
+            held, dead = (
+                {str(q): int(n) for q, n in conn.execute(
+                    select(t.c.queue, func.count()).group_by(t.c.queue))}
+                for t in (self._delayed, self._failed)
+            )  # fmt: skip
+            return held, dead
+
+        held, dead = self._run(read)
+        return {q: StoreCounts(held.get(q, 0), dead.get(q, 0)) for q in sorted({*held, *dead})}
 
     def get_failed(self, failed_id: int) -> FailedMessage | None:
         query = select(self._failed).where(self._failed.c.id == failed_id)

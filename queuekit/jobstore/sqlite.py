@@ -32,6 +32,7 @@ from .base import (
     JobStoreError,
     MakeRun,
     Schedule,
+    StoreCounts,
     WorkerInfo,
     delayed_batches,
     group_heads,
@@ -290,6 +291,14 @@ class SQLiteJobStore(JobStore):
             if queue is None:
                 return db.execute("DELETE FROM queuekit_failed").rowcount
             return db.execute("DELETE FROM queuekit_failed WHERE queue = ?", (queue,)).rowcount
+
+    def queue_counts(self) -> dict[str, StoreCounts]:
+        with self._connection() as db:
+            delayed = db.execute("SELECT queue, COUNT(*) FROM queuekit_delayed GROUP BY queue")
+            held = dict(delayed.fetchall())
+            failed = db.execute("SELECT queue, COUNT(*) FROM queuekit_failed GROUP BY queue")
+            dead = dict(failed.fetchall())
+        return {q: StoreCounts(held.get(q, 0), dead.get(q, 0)) for q in sorted({*held, *dead})}
 
     # -- delayed store -------------------------------------------------------------------
 

@@ -22,7 +22,15 @@ from .errors import (
 from .priorities import MAX_PRIORITY, PriorityRange
 from .registry import open_transport, register_transport
 from .topics import topic_matches
-from .transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from .transport import (
+    NO_OPTIONS,
+    Delivery,
+    Headers,
+    Outgoing,
+    QueueStats,
+    SendOptions,
+    Transport,
+)
 from .urls import Host, TransportURL, redact
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "Outgoing",
     "PriorityRange",
     "QueueFull",
+    "QueueStats",
     "QueuekitError",
     "SendOptions",
     "Transport",

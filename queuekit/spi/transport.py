@@ -94,6 +94,23 @@ class Delivery:
     handle: Any = None
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What the broker itself can tell of one queue now; ``None`` where it cannot count.
+
+    ``ready`` waits for a consumer, ``delayed`` waits for its time in the broker (native
+    delay only: the job store counts its own delayed messages), ``in_flight`` is handed out
+    and not yet settled; ``latency`` is how many seconds the oldest ready message has
+    waited since it became due (0.0 when none waits). ``None`` is never a guessed zero:
+    ``worker status`` shows it as "unknown".
+    """
+
+    ready: int | None = None
+    delayed: int | None = None
+    in_flight: int | None = None
+    latency: float | None = None
+
+
 class Transport(ABC):
     """Base class of every adapter. See the module docstring for the full contract."""
 
@@ -177,6 +194,14 @@ class Transport(ABC):
     def depth(self, queue: str) -> int:
         """How many messages wait in ``queue`` (not counting un-acked ones)."""
         raise Unsupported("inspect (depth)", self.name)
+
+    def stats(self, queue: str) -> QueueStats:
+        """What the broker can tell of ``queue`` (:class:`QueueStats`), for ``worker status``
+        and metrics. The default knows ``ready`` from :meth:`depth` where ``inspect`` is
+        declared and nothing otherwise; an adapter that can count more says so here."""
+        if not self.capabilities.inspect:
+            return QueueStats()
+        return QueueStats(ready=self.depth(queue))
 
     def purge(self, queue: str) -> int:
         """Drop every waiting message of ``queue``; return how many were dropped."""

@@ -267,8 +267,11 @@ class Worker:
             self._reconnect(exc)
         except QueuekitError as exc:  # e.g. the job store is away: try again later
             log.warning("could not forward due or grouped messages: %s", exc)
+        for instrument in self._pipeline.instruments:
+            instrument.periodic(self._jobs)
         current = [attempt.message.id for attempt in runner.in_flight.values()]
-        self._registration.beat(processed=self.processed, current=current, rss=resident_memory)
+        self._registration.beat(processed=self.processed, failed=self._pipeline.failed,
+                                current=current, rss=resident_memory)  # fmt: skip
         if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
             self._reached_limit(f"ran {self.limits.max_seconds:g}s")
         if self.limits.max_memory and (rss := resident_memory()) >= self.limits.max_memory:

@@ -15,8 +15,10 @@ without a reply. ``before_work`` may raise, which fails the attempt as if ``work
 other observer method must not raise for the message's sake (a hook's error is logged and
 noted, never raised).
 
-This is dramatiq's middleware idea kept small: the built-in observers below are all there is
-today; metrics and tracing will be more of them.
+This is dramatiq's middleware idea kept small. Metrics and tracing are :class:`Instrument`
+observers, built by the factories :func:`add_instrument` registered (``worker run
+--metrics-port``, :func:`queuekit.worker.tracing.enable_tracing`): they see every message,
+and a worker with none pays nothing for them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..features import groups, keys
 from ..features.broker import Broker
@@ -76,6 +78,37 @@ class Observer:
 
     def finished(self, attempt: Attempt, *, result: object, error: str | None) -> None:
         """Settled for good (``error`` is ``None`` when it succeeded), before the ack."""
+
+
+class Instrument(Observer):
+    """An observer of every message of a worker (metrics, tracing), told also of the loop's
+    periodic work (about twice a second, in the loop thread). Its methods run in whichever
+    thread runs that step (``started`` to ``raised`` in a worker thread under ``-c N``),
+    so they must be thread-safe; none may raise."""
+
+    def periodic(self, jobs: JobStore) -> None:
+        """The loop's periodic work: refresh what is read rather than counted, cheaply."""
+
+
+#: Builds an instrument for a worker of ``queue`` whose handler is named ``handler``, on a
+#: broker of adapter ``system`` (``sqlite``, ``amqp``, ...).
+InstrumentFactory: TypeAlias = Callable[[str, str, str], Instrument]
+_factories: list[InstrumentFactory] = []
+
+
+def add_instrument(factory: InstrumentFactory) -> None:
+    """Give every worker built from now on in this process an instrument from ``factory``.
+
+    Process-wide on purpose: what instruments report to (prometheus_client's registry,
+    OpenTelemetry's tracer provider) is process-wide too. Adding one factory twice has no
+    effect."""
+    if factory not in _factories:
+        _factories.append(factory)
+
+
+def instruments_for(queue: str, handler: str, system: str) -> tuple[Instrument, ...]:
+    """The instruments a new worker of ``queue`` gets (none unless some were added)."""
+    return tuple(factory(queue, handler, system) for factory in _factories)
 
 
 class HookCalls(Observer):

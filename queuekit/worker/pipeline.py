@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..features import storeid
 from ..features.broker import Broker
@@ -43,7 +43,15 @@ from ..spi.errors import (
     StopWorker,
 )
 from ..spi.transport import Delivery, Transport
-from .observers import GroupRelease, HookCalls, KeyRelease, Observer, Records, Replies
+from .observers import (
+    GroupRelease,
+    HookCalls,
+    KeyRelease,
+    Observer,
+    Records,
+    Replies,
+    instruments_for,
+)
 
 log = logging.getLogger("queuekit.worker")
 
@@ -125,6 +133,9 @@ class Attempt:
     notes: list[str] = field(default_factory=list)
     #: The job record to write with the failed-store entry, if the message keeps one.
     failed_record: JobUpdate | None = None
+    #: It fails because it was refused (``validate()``, another job store), not because
+    #: ``work()`` failed: what an observer's ``failing`` tells apart.
+    rejected: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,12 +179,18 @@ class Pipeline:
         self.broker, self.queue, self.handler = broker, queue, handler
         self.stop = stop
         self.retry = retry_strategy(handler)
+        self._handler_name = type(handler).__qualname__
         jobs = broker.jobs
         self._jobs = jobs
+        #: Metrics and tracing (:func:`~.observers.add_instrument`): told of every message,
+        #: first, so their clocks and spans enclose what the others do.
+        self.instruments = instruments_for(queue, self._handler_name,
+                                           broker.transport.name)  # fmt: skip
         #: In the order they are told of each step: hooks run before the record is
         #: written (a hook's error is noted in it); the reply goes before the key and the
         #: group are released.
         self.observers: tuple[Observer, ...] = (
+            *self.instruments,
             *((HookCalls(hooks),) if hooks.active else ()),
             Records(jobs, queue, record_all=record_all),
             Replies(broker),
@@ -181,6 +198,9 @@ class Pipeline:
             GroupRelease(broker, queue),
         )
         self._always = hooks.active or record_all
+        #: Messages that went to the failed store (malformed ones too), for the worker's
+        #: heartbeat; counted in :meth:`settle`'s thread (the loop's), so never raced.
+        self.failed = 0
         caps = broker.transport.capabilities
         self._counts_starts = caps.redelivery and not caps.marks_redelivery
 
@@ -205,23 +225,24 @@ class Pipeline:
                           self._observers_for(message))  # fmt: skip
         refused = storeid.refusal(message.metadata, self._jobs)
         if refused is not None:
+            attempt.rejected = True
             self._fail(attempt, refused)
             return None
         if self._counts_starts and self._died_too_often(attempt):
             return None
         if log.isEnabledFor(logging.INFO):  # `worker -v`; one cheap check when it is off
             log.info("message %s received on %r (attempt %d)", message.id, self.queue,
-                     attempt.number)  # fmt: skip
+                     attempt.number, extra=self._fields(attempt, "received"))  # fmt: skip
         return attempt
 
     def _observers_for(self, message: Message) -> Sequence[Observer]:
         """The observers that apply to ``message``. Those of a worker without hooks or
         ``record_all`` look only at these metadata fields, so a message without them (the
-        common case) skips asking each one."""
+        common case) skips asking each one: only the instruments (if any) see it."""
         meta = message.metadata
         if self._always or meta.record or meta.reply_to or meta.key or meta.group:
             return [o for o in self.observers if o.applies(message)]
-        return ()
+        return self.instruments
 
     def _died_too_often(self, attempt: Attempt) -> bool:
         """For brokers that redeliver without saying so (gearmand): note each start in the
@@ -314,6 +335,7 @@ class Pipeline:
                 self._log_event(logging.INFO, "retried", attempt, error)
                 self._retry(attempt, outcome.delay, error, None)
             elif outcome.kind == "rejected":
+                attempt.rejected = True
                 self._fail(attempt, outcome.reason, outcome.trace)
             else:
                 assert isinstance(outcome.exc, Exception)
@@ -390,6 +412,7 @@ class Pipeline:
             headers=dict(delivery.headers),
             job=attempt.failed_record,
         )
+        self.failed += 1
         self._log_event(logging.WARNING, "failed", attempt, reason)
         for observer in attempt.observers:
             observer.finished(attempt, result=None, error=reason)
@@ -399,14 +422,22 @@ class Pipeline:
         """One line per outcome of an attempt: ``message ID done on 'email' (attempt 1) in
         4.2ms``. At INFO (``worker -v``); retries after an error and failures at WARNING."""
         if log.isEnabledFor(level):
-            took = (time.time() - attempt.started) * 1000
+            fields = self._fields(attempt, event, detail or None)
             log.log(level, "message %s %s on %r (attempt %d) in %.1fms%s", attempt.message.id,
-                    event, self.queue, attempt.number, took,
-                    f": {detail}" if detail else "")  # fmt: skip
+                    event, self.queue, attempt.number, fields["duration_ms"],
+                    f": {detail}" if detail else "", extra=fields)  # fmt: skip
+
+    def _fields(self, attempt: Attempt, outcome: str, error: str | None = None) -> dict[str, Any]:
+        """A message event's structured fields (:mod:`.logs`), for ``--log-format json``."""
+        return {"message_id": attempt.message.id, "queue": self.queue,
+                "handler": self._handler_name, "attempt": attempt.number,
+                "duration_ms": round((time.time() - attempt.started) * 1000, 3),
+                "outcome": outcome, "error": error}  # fmt: skip
 
     def _drop_malformed(self, transport: Transport, delivery: Delivery, reason: str) -> None:
         """A body that is not an envelope: to the failed store with its raw bytes."""
         self._jobs.add_failed(self.queue, delivery.body, reason, headers=dict(delivery.headers))
+        self.failed += 1
         log.warning("a malformed message failed for good: %s", reason)
         transport.nack(delivery, requeue=False)
 
