@@ -164,7 +164,8 @@ def test_retry_later_and_failures_settle_from_threads(conn: Connection) -> None:
 
 @on_every_broker
 def test_c8_processes_every_message(setup: Setup) -> None:  # noqa: F811
-    count = 400
+    count = 2000
+    setup.env["QK_SLOW"] = "0.005"
     with setup.connect() as conn:
         conn.queue(setup.queue).publish_many([{"n": n} for n in range(count)])
     done = setup.run("SlowQueue", "-c", "8", "--max-messages", str(count),
