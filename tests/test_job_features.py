@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from queuekit import Connection, Unsupported, connect
-from tests.support import require_broker, wait_until
+from tests.support import publish_undecodable, require_broker, wait_until
 from tests.workers.harness import lines, run_worker, sqlite_url, start_worker
 
 XMPP = (
@@ -181,6 +181,26 @@ def test_serial_groups_keep_order_with_three_workers(setup: Setup) -> None:
     for group in ("a", "b", "c"):
         mine = [e.split()[0] + " " + e.split()[2] for e in events if e.split()[1] == group]
         assert mine == [f"{edge} {n}" for n in range(6) for edge in ("start", "end")], mine
+
+
+def test_a_grouped_message_that_does_not_decode_does_not_stall_its_group(setup: Setup) -> None:
+    # Given a group whose head a newer producer wrote (the worker cannot decode it)
+    with setup.connect() as conn:
+        try:
+            bad = publish_undecodable(conn, setup.queue, "g")
+        except Unsupported as exc:  # ZeroMQ: a lost head would stop its group for ever
+            assert "serial groups" in str(exc)
+            return
+        conn.queue(setup.queue).publish({"n": 2}, group="g")
+    # When a worker process takes the group's messages
+    done = setup.run("RecordingQueue", "--max-messages", "2", "--max-seconds", "60")
+    # Then the bad one is in the failed store under its id, and the next one ran
+    assert done.returncode == 0, done.stderr
+    assert out(setup) == ["2"]
+    with setup.connect() as conn:
+        [failed] = conn.failed.list(setup.queue)
+    assert failed.message_id == bad, failed
+    assert "unknown metadata field" in failed.reason
 
 
 def test_the_failed_store_and_worker_failed_retry_round_trip(setup: Setup) -> None:

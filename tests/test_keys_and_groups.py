@@ -18,7 +18,13 @@ from queuekit import Connection, Intervals, Message, connect
 from queuekit.features import groups
 from queuekit.features.envelope import encode
 from queuekit.spi.transport import Outgoing
-from tests.support import FEATURE_BROKERS, GroupLog, feature_connection, work_in_threads
+from tests.support import (
+    FEATURE_BROKERS,
+    GroupLog,
+    feature_connection,
+    publish_undecodable,
+    work_in_threads,
+)
 from tests.workers.transports import NODELAY
 
 SAFETY = 20.0
@@ -159,3 +165,19 @@ def test_grouped_messages_keep_their_keys(conn: Connection, name: str) -> None:
     queue.publish("a again", group="g", key="k")
     queue.publish("b", group="g")
     assert ran(conn, name) == ["a", "b"]
+
+
+def test_a_grouped_message_that_does_not_decode_fails_and_its_group_goes_on(
+    conn: Connection, name: str
+) -> None:
+    # Given a group whose head does not decode, and a message behind it
+    bad = publish_undecodable(conn, name, "g")
+    conn.queue(name).publish("second", group="g")
+    # When a worker works the queue off
+    seen = ran(conn, name)
+    # Then the head is in the failed store with its id, and the group went on
+    assert seen == ["second"]
+    [failed] = conn.failed.list(name)
+    assert "unknown metadata field 'future'" in failed.reason
+    assert failed.message_id == bad
+    assert conn.jobs.claim_group_heads(name) == []  # nothing left lined up

@@ -194,7 +194,8 @@ class Broker:
         message = Message(payload, metadata)
         body = self.encode(message)
         options = self.send_options(due, priority, metadata.key if fresh else None)
-        return Prepared(message, Outgoing(body, {}, options), due, keyed)
+        headers = {} if metadata.group is None else groups.headers_for(metadata.group, metadata.id)
+        return Prepared(message, Outgoing(body, headers, options), due, keyed)
 
     # -- sending -------------------------------------------------------------------------
 

@@ -11,12 +11,18 @@ store holds the message (like a delayed one); a head whose send failed, or whose
 died, is sent again by a worker's periodic sweep once its claim expires (at worst twice,
 never lost). That needs an adapter that redelivers: a head lost with its worker would stop
 its group for ever, so groups are refused where ``redelivery`` is not declared.
+
+A grouped message also carries its group and id outside its body, in transport headers
+(:func:`headers_for`; every adapter carries string headers): a worker that cannot decode
+the body (a newer producer's envelope, a corrupted message) still knows which group waits
+for it, and releases that group when it puts the message in the failed store
+(:func:`release_undecodable`). Without that, one bad message would stall its group for ever.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..jobstore.base import GroupHead
@@ -27,6 +33,30 @@ if TYPE_CHECKING:
     from .broker import Broker
 
 log = logging.getLogger("queuekit")
+
+#: Transport headers of a grouped message: its group and its message id.
+GROUP_HEADER, ID_HEADER = "queuekit-group", "queuekit-id"
+
+
+def headers_for(group: str, message_id: str) -> dict[str, str]:
+    """The transport headers a grouped message is sent with."""
+    return {GROUP_HEADER: group, ID_HEADER: message_id}
+
+
+def release_undecodable(broker: Broker, queue: str, headers: Mapping[str, str]) -> bool:
+    """A delivery whose body does not decode is settled for good: when its headers name a
+    group, send the next message of that group. Returns whether they named one.
+
+    Only the message that is its group's head in flight can free it (``finish_grouped``
+    ignores a message id it does not hold), so the headers of a stray message free nothing.
+    """
+    group, message_id = headers.get(GROUP_HEADER), headers.get(ID_HEADER)
+    if group is None or message_id is None:
+        return False
+    log.warning("message %s of group %r does not decode: its group goes on without it",
+                message_id, group)  # fmt: skip
+    advance(broker, queue, group, message_id)
+    return True
 
 
 def line_up(

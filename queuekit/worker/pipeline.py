@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ..features import storeid
+from ..features import groups, storeid
 from ..features.broker import Broker
 from ..features.envelope import Message, decode, encode_json
 from ..features.hooks import Hooks
@@ -435,10 +435,15 @@ class Pipeline:
                 "outcome": outcome, "error": error}  # fmt: skip
 
     def _drop_malformed(self, transport: Transport, delivery: Delivery, reason: str) -> None:
-        """A body that is not an envelope: to the failed store with its raw bytes."""
-        self._jobs.add_failed(self.queue, delivery.body, reason, headers=dict(delivery.headers))
+        """A body that is not an envelope: to the failed store with its raw bytes. If it
+        belongs to a serial group (its transport headers say so), the group goes on."""
+        headers = delivery.headers
+        self._jobs.add_failed(self.queue, delivery.body, reason, headers=dict(headers),
+                              message_id=headers.get(groups.ID_HEADER))  # fmt: skip
         self.failed += 1
         log.warning("a malformed message failed for good: %s", reason)
+        if headers:
+            groups.release_undecodable(self.broker, self.queue, headers)
         transport.nack(delivery, requeue=False)
 
     def hand_back(self, attempt: Attempt) -> None:
