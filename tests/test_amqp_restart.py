@@ -25,7 +25,8 @@ def restart_broker() -> None:
 def test_publishing_and_consuming_resume_on_the_same_transports() -> None:
     require_broker("rabbitmq", "127.0.0.1", 5672)
     queue = f"test-amqp-restart-{uuid.uuid4().hex}"
-    producer = AMQPTransport(TransportURL.parse(URL))
+    # a batch producer that rides out the restart, not a web request that fails fast
+    producer = AMQPTransport(TransportURL.parse(URL + "?publish_timeout=120"))
     consumer = AMQPTransport(TransportURL.parse(URL), prefetch=8)
     confirmed: list[bytes] = []
     received: set[bytes] = set()

@@ -86,7 +86,9 @@ class Link:
             host = hosts[index]
             connection = KombuConnection(**self.settings.kombu_kwargs(host))
             try:
-                connection.connect()
+                # One attempt: kombu's connect() retries once after 2 s, which every
+                # reconnect loop (and a publish timeout of a few seconds) would pay.
+                connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
                 self._connection, self._raw = connection, connection.connection
                 self._open_channel()
             except amqp_errors.AccessRefused as exc:

@@ -7,8 +7,9 @@ the confirms once (RabbitMQ acks batches with ``multiple``), then wakes the call
 for. So N publishing threads cost about one round trip per batch instead of queueing N
 round trips behind one lock, and far fewer than kombu's ``confirm_publish`` (one round trip
 per message). A failure in a shared batch is raised in every caller whose messages it held.
-A lost connection is hidden until ``reconnect_timeout``: the publisher reconnects and
-resends what the broker had not confirmed (a duplicate is possible, a loss is not). Messages
+A lost connection is hidden for up to ``publish_timeout`` (a publish; ``reconnect_timeout``
+for the admin calls): the publisher reconnects and resends what the broker had not
+confirmed (a duplicate is possible, a loss is not). Messages
 go out ``mandatory``; ones returned as unroutable (their queue was deleted elsewhere) are
 sent again after the queue is declared again. Declarations for
 ``subscribe``, ``depth``, ``purge`` and ``delete`` run on the same channel through
@@ -29,6 +30,7 @@ from amqp import exceptions as amqp_errors
 from amqp import spec
 
 from ...spi.errors import ConnectionLost, TransportClosed, TransportError
+from ...spi.timeouts import publish_unreachable
 from .link import CHANNEL_ERRORS, RECOVERABLE, Link, backoff, map_channel_error
 from .messages import Publication, returned
 from .settings import Settings
@@ -71,6 +73,7 @@ class Publisher:
         self._returned: list[Publication] = []
         self._written = 0
         self._failing_since: float | None = None
+        self._last_failure: BaseException | None = None
         self._attempt = 0
         self._queued: list[_Ticket] = []  # callers whose messages no batch has taken yet
         self._queued_lock = threading.Lock()
@@ -78,8 +81,8 @@ class Publisher:
     def publish(self, queue: str | None, items: list[Publication]) -> None:
         """Publish ``items`` (for ``queue``, or broadcasts when None) and wait for their
         confirms, in one batch with what other threads publish meanwhile; reconnect and
-        resend what the broker did not confirm, until ``reconnect_timeout`` runs out (then
-        :class:`ConnectionLost`)."""
+        resend what the broker did not confirm, until ``publish_timeout`` runs out (then
+        :class:`ConnectionLost`, see :mod:`queuekit.spi.timeouts`)."""
         ticket = _Ticket(queue, items)
         with self._queued_lock:
             self._queued.append(ticket)
@@ -112,6 +115,7 @@ class Publisher:
 
     def _publish_now(self, queue: str | None, items: list[Publication]) -> None:
         pending, returns = items, 0
+        deadline = time.monotonic() + self.settings.publish_timeout
         while True:
             with self._lock:
                 self._check_open()
@@ -134,7 +138,11 @@ class Publisher:
                         raise TransportError(f"amqp: messages for {queue!r} cannot be routed")
                     self._declarations.forget_queues()
                     continue
-            self._wait_for_broker("publish")
+            if time.monotonic() >= deadline:
+                self._failing_since, self._attempt = None, 0
+                raise publish_unreachable(self._label, self.settings.publish_timeout,
+                                          self._last_failure)  # fmt: skip
+            self._wait_for_broker("publish", deadline)
 
     def admin(self, what: str, operation: Callable[[Any], T], missing: T | None = None) -> T | None:
         """Run ``operation`` on the publisher channel, reconnecting like ``publish``;
@@ -213,20 +221,25 @@ class Publisher:
         left = [*self._unconfirmed.values(), *pending[self._written :]]
         self._unconfirmed.clear()
         self._written = 0
+        self._last_failure = exc
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning("amqp publisher connection lost (%s); reconnecting", exc)
         return left
 
-    def _wait_for_broker(self, what: str) -> None:
-        """Back off before the next reconnect, or give up past the timeout."""
+    def _wait_for_broker(self, what: str, deadline: float | None = None) -> None:
+        """Back off before the next reconnect (never past ``deadline``), or give up past
+        the reconnect timeout."""
         since = self._failing_since or time.monotonic()
         if time.monotonic() - since > self.settings.reconnect_timeout:
             self._failing_since, self._attempt = None, 0
             raise ConnectionLost(
                 f"amqp {what}: no broker reachable for {self.settings.reconnect_timeout:g} s"
             )
-        time.sleep(backoff(self._attempt))
+        pause = backoff(self._attempt)
+        if deadline is not None:
+            pause = max(0.0, min(pause, deadline - time.monotonic()))
+        time.sleep(pause)
         self._attempt += 1
 
     # -- confirms and returns: py-amqp calls these while the channel is drained ---------

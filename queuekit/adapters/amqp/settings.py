@@ -11,6 +11,7 @@ from typing import Any
 
 from ...spi.errors import ConfigurationError
 from ...spi.priorities import BANDS_OPTION, PriorityBands
+from ...spi.timeouts import PUBLISH_TIMEOUT_OPTION, publish_timeout
 from ...spi.urls import Host, TransportURL
 
 #: RabbitMQ 3.x's default ``max_message_size`` (128 MiB; checked: 3.10.8 reports 134217728).
@@ -28,6 +29,7 @@ _OPTIONS = frozenset(
         "heartbeat",
         "connect_timeout",
         "reconnect_timeout",
+        PUBLISH_TIMEOUT_OPTION,
         "confirm_timeout",
         "max_message_size",
         "subscription_ttl",
@@ -55,6 +57,8 @@ class Settings:
     heartbeat: int
     connect_timeout: float
     reconnect_timeout: float
+    #: How long a publish reconnects before it gives up (:mod:`queuekit.spi.timeouts`).
+    publish_timeout: float
     confirm_timeout: float
     max_message_size: int
     subscription_ttl: float
@@ -87,6 +91,7 @@ class Settings:
             heartbeat=_int(url, "heartbeat", 0),
             connect_timeout=_float(url, "connect_timeout", 5.0),
             reconnect_timeout=_float(url, "reconnect_timeout", 60.0),
+            publish_timeout=publish_timeout(url),
             confirm_timeout=_float(url, "confirm_timeout", 30.0),
             max_message_size=_int(url, "max_message_size", RABBITMQ_MAX_MESSAGE_SIZE),
             subscription_ttl=_float(url, "subscription_ttl", 3600.0),

@@ -44,10 +44,20 @@ from ...spi.errors import (
     TransportError,
 )
 from ...spi.priorities import PriorityBands, PriorityRange
+from ...spi.timeouts import publish_timeout, publish_unreachable
 from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import TransportURL
 from . import frame
-from .link import SUBMIT_BG, Assignment, Link, LinkDown, Refused, Woken, _Connection
+from .link import (
+    RECONNECT_BACKOFF,
+    SUBMIT_BG,
+    Assignment,
+    Link,
+    LinkDown,
+    Refused,
+    Woken,
+    _Connection,
+)
 from .rpc import Callers, CallFailed
 
 __all__ = ["CallFailed", "GearmanTransport"]
@@ -100,6 +110,7 @@ class GearmanTransport(Transport):
             self._io_timeout = float(url.option("timeout", "30") or "30")
         except ValueError:
             raise ConfigurationError(f"{url.redacted()}: timeout must be seconds") from None
+        self._publish_timeout = publish_timeout(url)
         self._bands = PriorityBands.from_url(url)
         self.capabilities = _capabilities(url.flag("durable"), self._bands)
         self._closed = False
@@ -150,23 +161,30 @@ class GearmanTransport(Transport):
         A connection found dead (gearmand restarted, or a host failed) is retried on a fresh
         connection, the first host first: jobs whose ``JOB_CREATED`` was lost may then be
         created twice (at-least-once, never zero times)."""
+        deadline = time.monotonic() + self._publish_timeout
         with self._send_lock:
-            self._check_open()
-            last = "no gearmand answers"
-            for _ in range(len(self._publishers) + 1):
-                link = self._publisher()
-                if link is None:
-                    break
-                try:
-                    link.submit(jobs)
-                    return
-                except LinkDown as exc:
-                    last = str(exc)
-                except Refused as exc:
-                    raise TransportError(f"gearmand refused a job: {exc}") from None
-                except Woken:
-                    raise TransportClosed("gearman transport closed during send") from None
-            raise ConnectionLost(f"gearman {self._where()}: {last}")
+            while True:
+                self._check_open()
+                last = "no gearmand answers"
+                for _ in range(len(self._publishers) + 1):
+                    link = self._publisher()
+                    if link is None:
+                        break
+                    try:
+                        link.submit(jobs)
+                        return
+                    except LinkDown as exc:
+                        last = str(exc)
+                    except Refused as exc:
+                        raise TransportError(f"gearmand refused a job: {exc}") from None
+                    except Woken:
+                        raise TransportClosed("gearman transport closed during send") from None
+                # a host that refused is tried again after RECONNECT_BACKOFF: wait for that
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    detail = f"gearman {self._where()}: {last}"
+                    raise publish_unreachable(self.url.redacted(), self._publish_timeout, detail)
+                time.sleep(min(left, RECONNECT_BACKOFF))
 
     def _publisher(self) -> Link | None:
         """The connected link of the first host that answers (hosts in listed order)."""

@@ -43,6 +43,7 @@ from ...spi.errors import (
     Unsupported,
 )
 from ...spi.priorities import PriorityBands, PriorityRange
+from ...spi.timeouts import publish_timeout, publish_unreachable
 from ...spi.topics import topic_matches
 from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import Host, TransportURL
@@ -111,7 +112,8 @@ class StompTransport(Transport):
     URL: ``stomp://user:pass@host:61613[,host2:61623][/vhost]?option=value``. Options:
     ``heartbeat`` (ms, default 10000, 0 = off), ``priority`` (default 1; 0 leaves RabbitMQ
     queues without x-max-priority), ``scheduler`` (ActiveMQ with schedulerSupport, default 1),
-    ``reconnect_window`` (s an operation keeps reconnecting, default 30), ``receipt_timeout``
+    ``reconnect_window`` (s an operation keeps reconnecting, default 30; a publish:
+    ``publish_timeout``, default 5, see :mod:`queuekit.spi.timeouts`), ``receipt_timeout``
     (s, default 30), ``connect_timeout`` (s, default 5); for ``stomp+ssl``: ``ca_certs``,
     ``certfile``, ``keyfile``, ``verify`` (default 1).
     """
@@ -126,6 +128,7 @@ class StompTransport(Transport):
             raise ConfigurationError(f"{url.redacted()} names no host")
         self._heartbeat = self._int_option("heartbeat", 10_000)
         self._window = self._float_option("reconnect_window", 30.0)
+        self._publish_timeout = publish_timeout(url)
         self._receipt_timeout = self._float_option("receipt_timeout", 30.0)
         self._connect_timeout = self._float_option("connect_timeout", 5.0)
         self._tls = self._tls_options() if url.scheme == "stomp+ssl" else None
@@ -329,8 +332,14 @@ class StompTransport(Transport):
         """
         chunks = [frames[i : i + _BATCH] for i in range(0, len(frames), _BATCH)]
         failures = 0
+        deadline = time.monotonic() + self._publish_timeout
         while chunks:
-            session = self._live()
+            try:
+                session = self._live(deadline)
+            except ConnectionLost as exc:
+                if self._closed:
+                    raise
+                raise publish_unreachable(self.url.redacted(), self._publish_timeout, exc) from None
             errors = session.errors
             receipts: list[str] = []
             try:

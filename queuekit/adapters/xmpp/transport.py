@@ -23,17 +23,20 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ...spi.errors import (
+    ConnectionLost,
     MessageTooLarge,
     QueuekitError,
     TransportClosed,
     TransportError,
     Unsupported,
 )
+from ...spi.timeouts import publish_timeout, publish_unreachable
 from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import TransportURL
 from ._loop import LoopThread
@@ -67,6 +70,7 @@ class XMPPTransport(Transport):
     def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
         super().__init__(url, prefetch=prefetch)
         self.settings = XMPPSettings.from_url(url)
+        self._publish_timeout = publish_timeout(url)
         self._loop = LoopThread(f"queuekit-xmpp-{self.settings.resource}")
         self._session = Session(self.settings, prefetch)
         self._closed = False
@@ -114,8 +118,7 @@ class XMPPTransport(Transport):
         self.require(options)
         self._require_queues()
         self._check_size(body)
-        node = self.settings.queue_node(queue)
-        self._call(self._session.publisher.publish(node, [(body, headers)], queue=True))
+        self._publish(self.settings.queue_node(queue), [(body, headers)], queue=True)
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         self._require_queues()
@@ -125,8 +128,25 @@ class XMPPTransport(Transport):
         if not messages:
             return
         batch = [(m.body, m.headers) for m in messages]
-        node = self.settings.queue_node(queue)
-        self._call(self._session.publisher.publish(node, batch, queue=True))
+        self._publish(self.settings.queue_node(queue), batch, queue=True)
+
+    def _publish(self, node: str, batch: list[tuple[bytes, Headers]], *, queue: bool) -> None:
+        """Publish, reconnecting after a lost stream for up to the publish timeout
+        (:mod:`queuekit.spi.timeouts`). Items a lost stream may have published already
+        are published again: duplicates, never losses."""
+        timeout = self._publish_timeout
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            try:
+                self._call(self._session.publisher.publish(node, batch, queue=queue))
+                return
+            except ConnectionLost as exc:
+                left = deadline - time.monotonic()
+                if self._closed or left <= 0:
+                    raise publish_unreachable(self.url.redacted(), timeout, exc) from None
+                time.sleep(min(left, 0.1 * 2**attempt, 1.0))
+                attempt += 1
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
         timeout = max(0.0, timeout)
@@ -225,8 +245,7 @@ class XMPPTransport(Transport):
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
         self._check_size(body)
-        node = self.settings.topic_node(topic)
-        self._call(self._session.publisher.publish(node, [(body, headers)], queue=False))
+        self._publish(self.settings.topic_node(topic), [(body, headers)], queue=False)
 
     def subscribe(self, pattern: str) -> str:
         if any(word in ("*", "#") for word in pattern.split(".")):
