@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -89,6 +92,69 @@ def test_every_metadata_field_survives() -> None:
 def test_a_payload_json_cannot_carry_is_refused_at_encode(payload: object) -> None:
     with pytest.raises(TypeError, match="cannot be sent as JSON"):
         encode(Message(payload))
+
+
+# -- typed values: datetime, date, UUID, Decimal, bytes anywhere in a payload ---------------
+
+typed_scalars = (
+    st.datetimes(timezones=st.none() | st.timezones())
+    | st.dates()
+    | st.uuids()
+    | st.decimals(allow_nan=False)
+    | st.binary(max_size=20)
+)
+typed_values = st.recursive(
+    json_scalars | typed_scalars | st.dictionaries(st.just("$qk:date"), st.text(), max_size=1),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, and of the same types all the way down (1 == True, but not here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)  # type: ignore[attr-defined,index]
+    if isinstance(a, datetime):
+        # the instant and its UTC offset survive; a zone's name (ZoneInfo) does not
+        return a == b and a.utcoffset() == b.utcoffset()  # type: ignore[attr-defined]
+    return a == b or (isinstance(a, Decimal) and str(a) == str(b))
+
+
+@DETERMINISTIC
+@given(typed_values)
+def test_typed_values_round_trip_as_their_own_types(payload: object) -> None:
+    assert _same(decode(encode(Message(payload))).payload, payload)
+
+
+def test_typed_values_come_back_typed_and_plain_payloads_are_not_flagged() -> None:
+    at = datetime(2026, 12, 5, 10, 0, tzinfo=timezone(timedelta(hours=2)))
+    ident = uuid.uuid4()
+    payload = {"at": at, "day": date(2026, 12, 5), "user": ident, "amount": Decimal("10.50"),
+               "raw": [b"\x00\xff"], "pair": (1, 2)}  # fmt: skip
+    body = encode(Message(payload))
+    assert json.loads(body)["metadata"]["types"] is True
+    got = decode(body).payload
+    assert got == {**payload, "pair": [1, 2]}
+    assert str(got["amount"]) == "10.50" and got["at"].utcoffset() == timedelta(hours=2)
+    assert "types" not in json.loads(encode(Message({"n": 1, "$qk:date": "x"})))["metadata"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"$qk:uuid": "not a uuid"}, "broken typed value"),
+        ({"$qk:decimal": "one"}, "broken typed value"),
+        ({"$qk:frobnicate": "x"}, "unknown typed value"),
+        ({"$qk:date": 7}, "broken typed value"),
+    ],
+)
+def test_a_broken_typed_value_is_malformed(payload: object, reason: str) -> None:
+    with pytest.raises(MalformedMessage, match=reason):
+        decode(_body(payload, types=True))
 
 
 def _body(payload: object = 1, **meta: object) -> bytes:

@@ -6,6 +6,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,18 @@ def test_abstract_queue_follows_the_config_routes(
         assert routed.connection.url.render() == "memory://routed"
     finally:
         routed.close()
+
+
+def test_a_payload_with_dates_uuids_and_decimals_reaches_work_typed(tmp_path: Path) -> None:
+    # Given a payload as a Django or SQLAlchemy model hands it out
+    payload = {"user": uuid.uuid4(), "at": datetime(2026, 12, 5, 9, 30, tzinfo=UTC),
+               "amount": Decimal("19.99")}  # fmt: skip
+    with connect(f"sqlite:///{tmp_path}/q.db") as conn:
+        conn.queue("typed").publish(payload)
+        seen: list[object] = []
+        # When a worker takes it
+        conn.queue("typed").dispatch(seen.append, max_messages=1, max_seconds=5)
+    # Then work() gets the same values, of the same types
+    [message] = seen
+    assert isinstance(message, Message) and message.payload == payload
+    assert isinstance(message.payload["user"], uuid.UUID)

@@ -3,6 +3,14 @@
 JSON only, never pickle: a body from an untrusted broker can at worst be malformed, never
 run code. A ``bytes`` payload is carried as base64 and flagged in the metadata
 (``"encoding": "base64"``), so it round-trips exactly and cannot be confused with a string.
+
+**Typed values.** ``datetime``, ``date``, ``UUID``, ``Decimal`` and ``bytes`` anywhere in
+a payload (in lists, tuples and dicts) round-trip exactly, as their own types: each is
+written as a one-key object ``{"$qk:datetime": "2026-12-05T10:00:00+00:00"}`` and the
+metadata says so (``"types": true``), so the worker knows to look. A payload's own dict
+that looks like a tag is escaped (``{"$qk:dict": {...}}``). Plain JSON payloads never take
+this path: the C encoder runs first and only a payload it refuses is walked in Python, so
+their cost is unchanged. Anything else (a set, an object) is refused with ``TypeError``.
 """
 
 from __future__ import annotations
@@ -14,7 +22,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from ..spi.errors import MalformedMessage
 
@@ -145,11 +156,84 @@ def encode(message: Message) -> bytes:
         meta["encoding"] = "base64"
     try:
         text = encode_json({"payload": payload, "metadata": meta})
-    except (TypeError, ValueError) as exc:
+    except TypeError:  # not plain JSON: typed values (rare, so walked only now)
+        meta["types"] = True
+        try:
+            text = encode_json({"payload": _tagged(payload, 0), "metadata": meta})
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"payload cannot be sent as JSON: {exc}") from None
+    except ValueError as exc:
         raise TypeError(f"payload cannot be sent as JSON: {exc}") from None
     except RecursionError:
         raise TypeError("payload cannot be sent as JSON: it refers to itself") from None
     return text.encode("utf-8")
+
+
+_TAG = "$qk:"
+#: How deep a typed payload may nest (the plain JSON path has the interpreter's limit).
+_MAX_DEPTH = 200
+
+
+def _tagged(value: object, depth: int) -> object:
+    """``value`` with every typed value written as its tag (see the module docstring)."""
+    if depth > _MAX_DEPTH:
+        raise TypeError("it nests too deeply")
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"keys must be str, not {type(key).__name__}")
+            out[key] = _tagged(item, depth + 1)
+        if len(out) == 1 and next(iter(out)).startswith(_TAG):
+            return {_TAG + "dict": out}  # the payload's own, not a tag
+        return out
+    if isinstance(value, list | tuple):
+        return [_tagged(item, depth + 1) for item in value]
+    if isinstance(value, datetime):
+        return {_TAG + "datetime": value.isoformat()}
+    if isinstance(value, date):
+        return {_TAG + "date": value.isoformat()}
+    if isinstance(value, UUID):
+        return {_TAG + "uuid": str(value)}
+    if isinstance(value, Decimal):
+        return {_TAG + "decimal": str(value)}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {_TAG + "bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_UNTAG: dict[str, Callable[[Any], object]] = {
+    _TAG + "datetime": datetime.fromisoformat,
+    _TAG + "date": date.fromisoformat,
+    _TAG + "uuid": UUID,
+    _TAG + "decimal": Decimal,
+    _TAG + "bytes": lambda text: base64.b64decode(text, validate=True),
+    _TAG + "dict": lambda inner: inner,
+}
+
+
+def _untagged(value: object) -> object:
+    """The payload :func:`_tagged` wrote, typed again; ``ValueError`` for a broken tag."""
+    if isinstance(value, list):
+        return [_untagged(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        [(key, inner)] = value.items()
+        if key.startswith(_TAG):
+            convert = _UNTAG.get(key)
+            if convert is None:
+                raise ValueError(f"unknown typed value {key!r}")
+            if key == _TAG + "dict":
+                if not isinstance(inner, dict):
+                    raise ValueError("an escaped dict is not an object")
+                return {k: _untagged(v) for k, v in inner.items()}
+            if not isinstance(inner, str):
+                raise ValueError(f"{key!r} is not a string")
+            return convert(inner)
+    return {key: _untagged(item) for key, item in value.items()}
 
 
 def decode(body: bytes) -> Message:
@@ -180,6 +264,14 @@ def decode(body: bytes) -> Message:
             raise MalformedMessage(f"payload is not valid base64 ({exc})", body) from None
     elif encoding is not None:
         raise MalformedMessage(f"unknown payload encoding {encoding!r}", body)
+    typed = raw_meta.pop("types", False)
+    if typed is True:
+        try:
+            payload = _untagged(payload)
+        except (ValueError, ArithmeticError, binascii.Error) as exc:
+            raise MalformedMessage(f"payload has a broken typed value ({exc})", body) from None
+    elif typed is not False:
+        raise MalformedMessage("metadata field 'types' has the wrong type", body)
     for name, value in raw_meta.items():
         expected = _FIELD_TYPES.get(name)
         if expected is None:
