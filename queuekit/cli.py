@@ -26,6 +26,7 @@ from .client.connection import Connection, connect
 from .features.delays import parse_duration
 from .features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from .features.status import Status, snapshot
+from .jobstore.base import FailedMessage
 from .spi.errors import QueuekitError
 from .spi.priorities import PriorityRange
 from .spi.urls import redact
@@ -242,23 +243,44 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_failed(args: argparse.Namespace) -> int:
-    with connect(resolve_url(args.url, queue=args.queue)) as conn:
-        return _FAILED_ACTIONS[args.action](conn, args)
+    """With ``--url`` or ``--queue``: that broker's job store. Without: the store of every
+    broker the configuration names (the default and each ``[queues]`` route), once each."""
+    url = resolve_url(args.url, queue=args.queue) if args.url or args.queue else None
+    with connect(url) as conn:
+        stores: dict[str, Connection] = {}
+        for each in conn.connections():
+            stores.setdefault(each.jobs.url.render(reveal=True), each)
+        return _FAILED_ACTIONS[args.action](conn, list(stores.values()), args)
 
 
-def _failed_list(conn: Connection, args: argparse.Namespace) -> int:
-    entries = conn.failed.list(args.queue)
-    for entry in entries:
-        when = datetime.fromtimestamp(entry.failed_at).isoformat(timespec="seconds")
-        print(f"{entry.id}\t{when}\t{entry.queue}\t{entry.message_id or '-'}\t{entry.reason}")
-    print(f"{len(entries)} failed message(s)", file=sys.stderr)
+def _failed_list(conn: Connection, stores: list[Connection], args: argparse.Namespace) -> int:
+    count = 0
+    for store in stores:
+        for entry in store.failed.list(args.queue):
+            when = datetime.fromtimestamp(entry.failed_at).isoformat(timespec="seconds")
+            print(f"{entry.id}\t{when}\t{entry.queue}\t{entry.message_id or '-'}\t{entry.reason}")
+            count += 1
+    print(f"{count} failed message(s)", file=sys.stderr)
     return 0
 
 
-def _failed_show(conn: Connection, args: argparse.Namespace) -> int:
-    entry = conn.failed.get(_failed_id(args))
-    if entry is None:
+def _find_failed(
+    stores: list[Connection], args: argparse.Namespace
+) -> tuple[Connection, FailedMessage]:
+    """The one failed entry ``args.id`` names, and the connection whose store holds it."""
+    failed_id = _failed_id(args)
+    found = [(s, e) for s in stores if (e := s.failed.get(failed_id)) is not None]
+    if not found:
         raise UsageError(f"no failed message {args.id}")
+    if len(found) > 1:
+        where = ", ".join(f"{e.queue!r} on {s.url.redacted()}" for s, e in found)
+        raise UsageError(f"failed id {args.id} is in more than one job store ({where}); "
+                         "name its queue with --queue")  # fmt: skip
+    return found[0]
+
+
+def _failed_show(conn: Connection, stores: list[Connection], args: argparse.Namespace) -> int:
+    _, entry = _find_failed(stores, args)
     print(f"id: {entry.id}\nqueue: {entry.queue}\nmessage: {entry.message_id}\n"
           f"reason: {entry.reason}\nattempts: {entry.attempts}\n"
           f"body: {entry.body.decode('utf-8', 'backslashreplace')}")  # fmt: skip
@@ -267,17 +289,26 @@ def _failed_show(conn: Connection, args: argparse.Namespace) -> int:
     return 0
 
 
-def _failed_retry(conn: Connection, args: argparse.Namespace) -> int:
-    ids = [e.id for e in conn.failed.list(args.queue)] if args.id == "all" else [_failed_id(args)]
-    retried = sum(conn.failed.retry(i) for i in ids)
-    if args.id != "all" and not retried:  # as `failed show` says it, not "0 message(s)"
-        raise UsageError(f"no failed message {args.id}")
+def _failed_retry(conn: Connection, stores: list[Connection], args: argparse.Namespace) -> int:
+    """Each entry goes back through the broker its queue is routed to (when that broker's
+    connection shares the entry's store; else through the store's own broker)."""
+    if args.id == "all":
+        entries = [(s, e) for s in stores for e in s.failed.list(args.queue)]
+    else:  # an unknown id says so, as `failed show` does, not "0 message(s)"
+        entries = [_find_failed(stores, args)]
+    retried = 0
+    for store, entry in entries:
+        target = conn.connection_for(entry.queue)
+        if target.jobs.url != store.jobs.url:
+            target = store
+        retried += target.failed.retry(entry.id)
     print(f"{retried} message(s) back on their queue", file=sys.stderr)
-    return 0 if retried == len(ids) else 1
+    return 0 if retried == len(entries) else 1
 
 
-def _failed_purge(conn: Connection, args: argparse.Namespace) -> int:
-    print(f"{conn.failed.purge(args.queue)} failed message(s) removed", file=sys.stderr)
+def _failed_purge(conn: Connection, stores: list[Connection], args: argparse.Namespace) -> int:
+    removed = sum(store.failed.purge(args.queue) for store in stores)
+    print(f"{removed} failed message(s) removed", file=sys.stderr)
     return 0
 
 
@@ -289,7 +320,7 @@ def _failed_id(args: argparse.Namespace) -> int:
     return int(args.id)
 
 
-_FAILED_ACTIONS: dict[str, Callable[[Connection, argparse.Namespace], int]] = {
+_FAILED_ACTIONS: dict[str, Callable[[Connection, list[Connection], argparse.Namespace], int]] = {
     "list": _failed_list,
     "show": _failed_show,
     "retry": _failed_retry,
@@ -564,7 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     failed = sub.add_parser("failed", help="list, show, retry or purge dead letters")
     failed.add_argument("action", choices=sorted(_FAILED_ACTIONS))
     failed.add_argument("id", nargs="?", help="failed id (show, retry) or 'all' (retry)")
-    failed.add_argument("--queue", help="only this queue")
+    failed.add_argument("--queue", help="only this queue (default: every queue of every "
+                        "broker configured, routes included)")  # fmt: skip
     failed.add_argument("--url")
     failed.set_defaults(func=cmd_failed)
 

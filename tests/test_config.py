@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
-from queuekit import ConfigurationError, connect
+from queuekit import ConfigurationError, QueuekitError, connect
 from queuekit.client.config import (
     broker_jobstore,
     load_config,
@@ -16,6 +17,7 @@ from queuekit.client.config import (
 )
 from queuekit.jobstore import open_jobstore
 from queuekit.spi.urls import TransportURL
+from tests.support import require_broker
 from tests.workers.harness import run_worker
 
 CONFIG = """
@@ -177,3 +179,98 @@ def test_a_sqlite_url_naming_no_file_is_refused_not_put_in_the_cwd(clean: Path) 
     with pytest.raises(ConfigurationError, match="names no file"):
         open_jobstore("sqlite://")
     assert list(clean.iterdir()) == []
+
+
+# -- one routing rule: the CLI and connect().queue(name) alike -------------------------------
+
+
+def routed_config(clean: Path, route: str) -> Path:
+    """A queuekit.toml: every queue in main.db, except ``reports`` on ``route``."""
+    path = clean / "queuekit.toml"
+    path.write_text(f'url = "sqlite:///{clean}/main.db"\n[queues]\nreports = "{route}"\n',
+                    encoding="utf-8")  # fmt: skip
+    return path
+
+
+def test_a_connection_from_the_configuration_follows_its_routes(clean: Path) -> None:
+    routed_config(clean, f"sqlite:///{clean}/reports.db")
+    # Given a connection opened from the configuration (no URL)
+    with connect() as conn:
+        # When it publishes to a routed queue and to another
+        reports, email = conn.queue("reports"), conn.queue("email")
+        reports.publish({"n": 1})
+        email.publish({"n": 2})
+        assert reports.connection is not conn and email.connection is conn
+        assert conn.connection_for("reports") is reports.connection  # opened once
+    # Then each message is on its own broker, where its worker looks
+    with connect(f"sqlite:///{clean}/reports.db") as direct:
+        assert direct.queue("reports").depth() == 1
+    with connect(f"sqlite:///{clean}/main.db") as direct:
+        assert direct.queue("reports").depth() == 0 and direct.queue("email").depth() == 1
+    # and the routed connection was closed with its parent
+    with pytest.raises(QueuekitError, match="closed"):
+        reports.publish({"n": 3})
+
+
+def test_an_explicit_url_or_queuekit_url_means_that_broker_for_every_queue(
+    clean: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routed_config(clean, f"sqlite:///{clean}/reports.db")
+    with connect(f"sqlite:///{clean}/main.db") as conn:
+        assert conn.routes == {} and conn.queue("reports").connection is conn
+    monkeypatch.setenv("QUEUEKIT_URL", f"sqlite:///{clean}/env.db")
+    with connect() as conn:
+        assert conn.routes == {} and conn.queue("reports").connection is conn
+
+
+def test_worker_failed_without_queue_covers_every_configured_broker(
+    clean: Path, state_home: Path
+) -> None:
+    # Given a dead letter on the default broker and one on the routed broker
+    config = routed_config(clean, f"sqlite:///{clean}/reports.db")
+    with connect() as conn:
+        for queue in ("email", "reports"):
+            conn.connection_for(queue).jobs.add_failed(queue, b"{}", f"{queue} broke")
+    env = {"QUEUEKIT_CONFIG": str(config)}
+    # When `worker failed list` runs without --queue, Then it shows both
+    listed = run_worker("failed", "list", cwd=clean, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "email broke" in listed.stdout and "reports broke" in listed.stdout
+    assert "2 failed message(s)" in listed.stderr
+    # and `worker failed purge` without --queue empties both
+    purged = run_worker("failed", "purge", cwd=clean, env=env)
+    assert "2 failed message(s) removed" in purged.stderr, purged.stderr
+
+
+def test_a_routed_queue_on_rabbitmq_reaches_its_worker_and_its_dead_letters_come_back(
+    clean: Path, state_home: Path
+) -> None:
+    require_broker("rabbitmq", "127.0.0.1", 5672)
+    queue = f"routed-{uuid.uuid4().hex[:10]}"
+    config = clean / "queuekit.toml"
+    config.write_text(f'url = "sqlite:///{clean}/main.db"\n[queues]\n'
+                      f'"{queue}" = "amqp://guest:guest@127.0.0.1:5672/"\n',
+                      encoding="utf-8")  # fmt: skip
+    env = {"QUEUEKIT_CONFIG": str(config), "QK_OUT": str(clean / "out.txt"),
+           "QK_FIXED": str(clean / "fixed")}  # fmt: skip
+    try:
+        # Given a message published by the application through connect().queue(name)
+        with connect() as conn:
+            conn.queue(queue).publish({"n": 1})
+        # When the routed worker runs (it fails until fixed), Then it got the message
+        run = ["run", "tests.workers.queues:BrokenUntilFixedQueue", "--queue", queue,
+               "--max-messages", "1", "--max-seconds", "60"]  # fmt: skip
+        done = run_worker(*run, cwd=clean, env=env)
+        assert done.returncode == 0, done.stderr
+        # and `worker failed list` / `retry all` without --queue find it and send it back
+        listed = run_worker("failed", "list", cwd=clean, env=env)
+        assert queue in listed.stdout and "not fixed yet" in listed.stdout, listed.stderr
+        (clean / "fixed").touch()
+        retried = run_worker("failed", "retry", "all", cwd=clean, env=env)
+        assert "1 message(s) back on their queue" in retried.stderr, retried.stderr
+        done = run_worker(*run, cwd=clean, env=env)
+        assert done.returncode == 0, done.stderr
+        assert (clean / "out.txt").read_text() == "1\n"
+    finally:
+        with connect("amqp://guest:guest@127.0.0.1:5672/") as direct:
+            direct.transport.delete(queue)

@@ -1,5 +1,12 @@
 """Where to connect: ``--url`` > ``QUEUEKIT_URL`` > ``queuekit.toml`` > the SQLite default.
 
+**One routing rule everywhere.** The ``[queues]`` routes of ``queuekit.toml`` apply when the
+URL comes from the configuration: no URL given (``--url``, ``connect(url)``, a class's
+``url``) and no ``QUEUEKIT_URL``. Then a queue with a route lives on its routed broker, for
+the CLI (``worker run``, ``publish``, ``failed``) and for ``connect().queue(name)`` alike; a
+URL given or set in the environment means that broker for every queue. :func:`routes`
+says which routes apply; :func:`resolve_url` is the URL of one queue by the same rule.
+
 Defaults never depend on the working directory: a web app publishing from its directory and
 a worker that supervisor starts in another must meet on one queue and one job store. So the
 default queue file and the default job stores live in the per-user state directory
@@ -87,15 +94,20 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def resolve_url(explicit: str | None = None, *, queue: str | None = None) -> str:
     """The transport URL for ``queue``, by the precedence in the module docstring."""
+    url, queues = routes(explicit)
+    return queues.get(queue, url) if queue is not None else url
+
+
+def routes(explicit: str | None = None) -> tuple[str, dict[str, str]]:
+    """The URL of every queue without a route, and the routes that apply (none when the
+    URL is ``explicit`` or comes from ``QUEUEKIT_URL``)."""
     if explicit:
-        return explicit
+        return explicit, {}
     from_env = os.environ.get("QUEUEKIT_URL")
     if from_env:
-        return from_env
+        return from_env, {}
     config = load_config()
-    if queue is not None and queue in config.queues:
-        return config.queues[queue]
-    return config.url or default_url()
+    return config.url or default_url(), dict(config.queues)
 
 
 def resolve_jobstore(explicit: str | None = None) -> str | None:

@@ -2,7 +2,10 @@
 
 ``connect(url)`` opens one (the URL by ``--url`` > ``QUEUEKIT_URL`` > ``queuekit.toml`` >
 the per-user SQLite default, see :mod:`queuekit.client.config`); ``queue(name)`` and
-``topic(name)`` publish through it (:mod:`queuekit.client.queue`).
+``topic(name)`` publish through it (:mod:`queuekit.client.queue`). A connection opened from
+the configuration file also follows its ``[queues]`` routes: ``queue("reports")`` is on the
+broker ``reports`` is routed to, through a connection to that broker opened on first use and
+closed with this one (the routing rule in :mod:`queuekit.client.config`).
 
 The job store is ``jobstore=`` > ``QUEUEKIT_JOBSTORE`` > ``jobstore =`` in ``queuekit.toml``
 > :func:`default_jobstore`, which never depends on the working directory: the producers and
@@ -13,6 +16,7 @@ shared database does; a worker that meets a message registered in another store 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import datetime
 from typing import Any
@@ -27,15 +31,17 @@ from ..jobstore.base import JobStore, Schedule
 from ..jobstore.records import JobRecord
 from ..spi.transport import Transport
 from ..spi.urls import TransportURL
-from .config import broker_jobstore, resolve_jobstore, resolve_url
+from .config import broker_jobstore, resolve_jobstore, routes
 from .queue import Queue, Topic
 
 
 def connect(
     url: str | None = None, *, jobstore: str | None = None, prefetch: int = 16
 ) -> Connection:
-    """Open a connection to ``url`` (or the configured one; see :mod:`queuekit.client.config`)."""
-    return Connection(resolve_url(url), jobstore=jobstore, prefetch=prefetch)
+    """Open a connection to ``url``, or to the configured broker with the configured queue
+    routes (see :mod:`queuekit.client.config`)."""
+    main, queues = routes(url)
+    return Connection(main, jobstore=jobstore, prefetch=prefetch, routes=queues)
 
 
 def default_jobstore(url: TransportURL) -> str:
@@ -54,8 +60,20 @@ class Connection:
     """A broker and the job store beside it, for an application. Thread-safe; close it
     when done."""
 
-    def __init__(self, url: str, *, jobstore: str | None = None, prefetch: int = 16) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        jobstore: str | None = None,
+        prefetch: int = 16,
+        routes: dict[str, str] | None = None,
+    ) -> None:
         self.url = TransportURL.parse(url)
+        #: Queues that live on another broker: name -> URL (``queuekit.toml``'s [queues]).
+        self.routes = {q: u for q, u in (routes or {}).items() if TransportURL.parse(u) != self.url}
+        self._jobstore, self._prefetch = jobstore, prefetch
+        self._routed: dict[str, Connection] = {}  # by URL, opened on first use
+        self._routed_lock = threading.Lock()
         store = resolve_jobstore(jobstore) or default_jobstore(self.url)
         jobs = open_jobstore(store)
         per_host = store == broker_jobstore(self.url)
@@ -82,7 +100,26 @@ class Connection:
         self.broker.reconnect()
 
     def queue(self, name: str) -> Queue:
-        return Queue(self, name)
+        """The queue ``name``, on the broker it is routed to (:attr:`routes`), else here."""
+        return Queue(self.connection_for(name), name)
+
+    def connection_for(self, queue: str) -> Connection:
+        """The connection ``queue`` lives on: this one, or its route's (opened now if it
+        was not yet; closed with this one)."""
+        url = self.routes.get(queue)
+        if url is None:
+            return self
+        with self._routed_lock:
+            routed = self._routed.get(url)
+            if routed is None:
+                routed = self._routed[url] = Connection(
+                    url, jobstore=self._jobstore, prefetch=self._prefetch
+                )
+            return routed
+
+    def connections(self) -> list[Connection]:
+        """This connection and one per routed broker: every broker the configuration names."""
+        return [self, *(self.connection_for(q) for q in sorted(self.routes))]
 
     def topic(self, name: str) -> Topic:
         return Topic(self, name)
@@ -127,7 +164,12 @@ class Connection:
             if self._replies is not None:
                 self._replies.delete()
         finally:
-            self.broker.close()
+            with self._routed_lock:
+                routed, self._routed = list(self._routed.values()), {}
+            with contextlib.ExitStack() as closing:  # each is closed, whatever the others do
+                closing.callback(self.broker.close)
+                for connection in routed:
+                    closing.callback(connection.close)
 
     def __enter__(self) -> Connection:
         return self
