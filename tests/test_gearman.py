@@ -344,7 +344,7 @@ def test_an_idle_receive_wakes_when_a_job_arrives(gearman: Open) -> None:
     assert got and got[0] is not None and got[0].body == b"ding"
 
 
-def test_depth_and_purge_count_waiting_and_prefetched_jobs(gearman: Open) -> None:
+def test_depth_counts_ready_jobs_and_purge_drops_prefetched_ones_too(gearman: Open) -> None:
     queue = new_queue("purge")
     producer, consumer = gearman(), gearman(prefetch=4)
     producer.send_many(
@@ -353,8 +353,8 @@ def test_depth_and_purge_count_waiting_and_prefetched_jobs(gearman: Open) -> Non
     wait_until(lambda: producer.depth(queue) == 10)
     held = consumer.receive(queue, 5)  # grabs four: one in hand, three prefetched
     assert held is not None
-    assert consumer.depth(queue) == 9
-    assert consumer.purge(queue) == 9
+    assert consumer.depth(queue) == 6  # the three prefetched are in flight: not ready
+    assert consumer.purge(queue) == 9  # purge drops what this consumer prefetched too
     assert consumer.depth(queue) == 0
     consumer.ack(held)
     assert consumer.receive(queue, 0.2) is None

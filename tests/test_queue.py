@@ -240,3 +240,19 @@ def test_a_payload_with_dates_uuids_and_decimals_reaches_work_typed(tmp_path: Pa
     [message] = seen
     assert isinstance(message, Message) and message.payload == payload
     assert isinstance(message.payload["user"], uuid.UUID)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_depth_counts_ready_messages_not_delayed_nor_in_flight(kind: str, tmp_path: Path) -> None:
+    url = f"memory://{uuid.uuid4().hex}" if kind == "memory" else f"sqlite:///{tmp_path}/d.db"
+    with connect(url) as conn, connect(url, prefetch=1) as consumer:
+        queue = conn.queue("depth")
+        # Given two ready messages, one delayed, and one taken by a consumer
+        for n in range(3):
+            queue.publish({"n": n})
+        queue.publish({"n": 9}, delay=3600)
+        taken = consumer.transport.receive("depth", 1.0)
+        assert taken is not None
+        # Then depth() counts the ready ones only
+        assert queue.depth() == 2
+        consumer.transport.ack(taken)

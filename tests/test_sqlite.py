@@ -113,7 +113,7 @@ def test_a_delayed_message_is_not_delivered_before_it_is_due(conn: Connection, n
     queue.publish("now")
     [first] = receive_all(conn, name, 1)
     assert first.payload == "now"
-    assert queue.depth() == 1  # the delayed one counts as waiting
+    assert queue.depth() == 0  # the delayed one is not ready yet
 
     [later] = receive_all(conn, name, 1)
     assert later.payload == "later"
@@ -171,8 +171,8 @@ def test_depth_and_purge(conn: Connection, name: str) -> None:
     with connect(conn.url.render(reveal=True), prefetch=1) as consumer:  # claims one at a time
         in_flight = consumer.transport.receive(name, 1)
         assert in_flight is not None
-        assert queue.depth() == 5  # 4 ready + 1 delayed; the one in flight is not waiting
-        assert queue.purge() == 5
+        assert queue.depth() == 4  # ready: not the delayed one, nor the one in flight
+        assert queue.purge() == 5  # the ready and the delayed
         assert queue.depth() == 0
         assert other.depth() == 1
         consumer.transport.ack(in_flight)  # purge left the in-flight one to its consumer

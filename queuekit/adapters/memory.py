@@ -254,7 +254,8 @@ class MemoryTransport(Transport):
         self._check()
         with self._broker.changed:
             target = self._broker.queue(queue)
-            return len(target.ready) + len(target.delayed)
+            due = sum(1 for when, _, _ in target.delayed if when <= time.time())
+            return len(target.ready) + due  # ready (Transport.depth), not the delayed
 
     def stats(self, queue: str) -> QueueStats:
         """Ready and delayed; what other transports of the broker hold un-acked is theirs

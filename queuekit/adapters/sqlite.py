@@ -411,9 +411,10 @@ class SQLiteTransport(Transport):
 
     def depth(self, queue: str) -> int:
         with self._session() as db:
-            row = db.execute(
-                "SELECT COUNT(*) FROM queuekit_messages WHERE queue = ? AND state IN (0, 1)",
-                (queue,),
+            row = db.execute(  # ready: state 1, or delayed (0) and due already
+                "SELECT COUNT(*) FROM queuekit_messages WHERE queue = ?"
+                " AND (state = 1 OR (state = 0 AND not_before <= ?))",
+                (queue, time.time()),
             ).fetchone()
         return int(row[0])
 

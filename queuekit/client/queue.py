@@ -262,6 +262,9 @@ class Queue:
         return worker.run()
 
     def depth(self) -> int:
+        """Ready messages: due now and not handed to a consumer; delayed and in-flight
+        (un-acked or prefetched) ones are not counted (``Transport.depth``, docs/jobs.md).
+        Raises ``Unsupported`` where the broker cannot count (STOMP, ZeroMQ)."""
         return self._broker.transport.depth(self.name)
 
     def purge(self) -> int:

@@ -192,7 +192,18 @@ class Transport(ABC):
     # -- inspection (capability ``inspect``) ---------------------------------------------
 
     def depth(self, queue: str) -> int:
-        """How many messages wait in ``queue`` (not counting un-acked ones)."""
+        """How many messages of ``queue`` are **ready**: due now and not handed to any
+        consumer. Every adapter counts the same three states apart:
+
+        - *ready* (counted): a consumer would get it now;
+        - *delayed* (not counted): published with a delay, or a retry, not due yet, whether
+          the broker or the core's delayed store holds it;
+        - *in flight* (not counted): handed to a consumer and not settled yet, including
+          what a consumer has prefetched into its local buffer (this transport's own too).
+
+        A message whose delay just ran out counts as ready even if the broker has not moved
+        it yet. docs/capabilities.md says what each broker can tell of the other two.
+        """
         raise Unsupported("inspect (depth)", self.name)
 
     def stats(self, queue: str) -> QueueStats:
@@ -204,7 +215,8 @@ class Transport(ABC):
         return QueueStats(ready=self.depth(queue))
 
     def purge(self, queue: str) -> int:
-        """Drop every waiting message of ``queue``; return how many were dropped."""
+        """Drop the ready and delayed messages of ``queue`` the broker holds (not those in
+        flight); return how many were dropped."""
         raise Unsupported("inspect (purge)", self.name)
 
     def delete(self, queue: str) -> None:  # noqa: B027 - brokerless adapters keep nothing

@@ -235,12 +235,6 @@ class Consumer:
 
     # -- what this consumer holds of a queue, for depth, purge and delete ------------------
 
-    def prefetched(self, sources: list[str]) -> int:
-        """Deliveries of the broker queues ``sources`` sent here and not yet handed out."""
-        with self._lock:
-            self._read_prefetched()
-            return sum(len(self._buffers.get(source, ())) for source in sources)
-
     def reject_prefetched(self, sources: list[str]) -> int:
         """Drop the deliveries of ``sources`` not yet handed out; how many were dropped."""
         dropped = 0

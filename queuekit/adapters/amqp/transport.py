@@ -145,15 +145,15 @@ class AMQPTransport(Transport):
     # -- inspection -------------------------------------------------------------------
 
     def depth(self, queue: str) -> int:
-        """Messages waiting in the broker's queues (every band's) plus those prefetched here
-        and not yet handed out by ``receive`` (other consumers' prefetched ones are not
-        counted). A band's queue that was never declared counts 0."""
-        sources = self._sources(queue)
+        """Ready messages (``Transport.depth``): those waiting in the broker's queues (every
+        band's). RabbitMQ counts a message a consumer prefetched as un-acked, in flight, and
+        so does this (this transport's own buffer included); delayed messages wait in the
+        shared delay cascade, not counted. A band's queue that was never declared counts 0."""
         waiting = 0
-        for source in sources:
+        for source in self._sources(queue):
             result = self._publisher.admin("depth", partial(_waiting, source), None)
             waiting += result or 0
-        return waiting + self._consumer.prefetched(sources)
+        return waiting
 
     def purge(self, queue: str) -> int:
         """Drop what waits in the broker's queue, then what this consumer prefetched of it

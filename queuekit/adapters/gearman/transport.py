@@ -390,8 +390,9 @@ class GearmanTransport(Transport):
     # -- inspection --------------------------------------------------------------------
 
     def depth(self, queue: str) -> int:
-        """Waiting jobs (gearmand's queued minus running) of every band plus this
-        transport's prefetched ones, over every reachable host."""
+        """Ready jobs (``Transport.depth``): gearmand's queued minus running of every band,
+        over every reachable host. A job a worker grabbed (prefetched, this transport's own
+        buffer included) is running to gearmand: in flight, not counted."""
         self._check_open()
         names = {f.decode() for f in frame.functions(queue, self._bands)}
         total, reachable = 0, 0
@@ -408,8 +409,7 @@ class GearmanTransport(Transport):
             total += sum(int(r["queued"]) - int(r["running"]) for r in rows if r["task"] in names)
         if not reachable:
             raise ConnectionLost(f"gearman {self._where()}: no gearmand answers")
-        # no lock: a receive may block holding it
-        return total + sum(len(c.buffer) for c in self._consumers_of(queue))
+        return total
 
     def purge(self, queue: str) -> int:
         """Complete every waiting job of ``queue`` unprocessed (jobs other workers are
