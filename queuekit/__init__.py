@@ -12,6 +12,7 @@ from .client.aio import AsyncQueue
 from .client.connection import Connection, connect
 from .client.events import Event, EventManager, bridge
 from .client.fluent import PendingJob
+from .client.functions import JobFunction, job
 from .client.queue import Queue, Topic
 from .features.bulk import Bulk
 from .features.envelope import Message, Metadata
@@ -60,6 +61,7 @@ __all__ = [
     "FailedMessage",
     "Hooks",
     "Intervals",
+    "JobFunction",
     "JobRecord",
     "JobStoreError",
     "MalformedMessage",
@@ -89,4 +91,5 @@ __all__ = [
     "Unsupported",
     "bridge",
     "connect",
+    "job",
 ]

@@ -23,11 +23,12 @@ from . import __version__
 from .client.abstract import AbstractQueue
 from .client.config import load_config, resolve_url
 from .client.connection import Connection, connect
+from .client.functions import JobFunction, functions_of, serving
 from .features.delays import parse_duration
 from .features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from .features.status import Status, snapshot
 from .jobstore.base import FailedMessage
-from .spi.errors import QueuekitError
+from .spi.errors import ConfigurationError, QueuekitError
 from .spi.priorities import PriorityRange
 from .spi.urls import redact
 from .worker import deploy, supervisor
@@ -75,18 +76,63 @@ def split_class_path(path: str) -> tuple[str, str]:
     return module_name, attr
 
 
-def load_queue_class(path: str) -> type[AbstractQueue]:
-    """``package.module.Class`` or ``package.module:Class`` -> the AbstractQueue subclass."""
+def load_queue_class(path: str, queue: str | None = None) -> type[AbstractQueue]:
+    """What ``worker run PATH`` runs, as an AbstractQueue subclass:
+
+    - ``module.Class`` or ``module:Class``: that AbstractQueue subclass;
+    - ``module.function`` or ``module:function`` (a ``@job`` function): the job functions
+      of its module on its queue;
+    - ``module``: the module's job functions; they must share one queue, or ``queue``
+      (``--queue``) picks the functions of one: one worker process serves one queue.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the project's own modules import
+    if ":" not in path:
+        whole = _import(path, path, missing_ok=True)
+        if whole is not None:
+            return _module_functions(whole, path, queue)
     module_name, attr = split_class_path(path)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise UsageError(f"cannot import {module_name!r} for {path!r}: {exc}") from None
+    module = _import(module_name, path)
+    assert module is not None
     found = getattr(module, attr, None)
+    if isinstance(found, JobFunction):
+        return serving(
+            f for f in functions_of(module) if (f.queue, f.url) == (found.queue, found.url)
+        )
     if not (isinstance(found, type) and issubclass(found, AbstractQueue)):
-        what = "not found" if found is None else "not an AbstractQueue subclass"
+        what = "not found" if found is None else "not an AbstractQueue subclass or @job function"
         raise UsageError(f"{path!r}: {attr!r} is {what} in module {module_name!r}")
     return found
+
+
+def _import(name: str, path: str, *, missing_ok: bool = False) -> ModuleType | None:
+    """Module ``name``; with ``missing_ok``, ``None`` when no module has that name."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if missing_ok and exc.name is not None and name.startswith(exc.name):
+            return None  # `name` is not a module (e.g. module.Class): not an import failing
+        raise UsageError(f"cannot import {name!r} for {path!r}: {exc}") from None
+
+
+def _module_functions(module: ModuleType, path: str, queue: str | None) -> type[AbstractQueue]:
+    functions = functions_of(module)
+    if not functions:
+        raise UsageError(f"module {path!r} has no @job functions; name a class (module.Class)")
+    queues = sorted({f.queue for f in functions})
+    if queue is not None:
+        functions = [f for f in functions if f.queue == queue]
+        if not functions:
+            raise UsageError(f"module {path!r} has no @job functions on queue {queue!r} "
+                             f"(its queues: {', '.join(queues)})")  # fmt: skip
+    elif len(queues) > 1:
+        runs = "; ".join(f"worker run {path} --queue {q}" for q in queues)
+        raise UsageError(f"module {path!r} has @job functions on {len(queues)} queues; one "
+                         f"worker process serves one queue, so run one each: {runs}")  # fmt: skip
+    try:
+        return serving(functions)
+    except ConfigurationError as exc:
+        raise UsageError(f"{path!r}: {exc}") from None
 
 
 def parse_size(text: str) -> int:
@@ -149,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 metrics.serve_metrics(args.metrics_port)
             except OSError as exc:
                 raise UsageError(f"--metrics-port {args.metrics_port}: {exc}") from None
-    cls = load_queue_class(args.queue_class)
+    cls = load_queue_class(args.queue_class, args.queue)
     if args.queue:
         cls = type(cls.__name__, (cls,), {"queue": args.queue, "__module__": cls.__module__})
     url = resolve_url(args.url or cls.url, queue=cls.queue_name())
@@ -473,9 +519,13 @@ def _add_schedule_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
 def _add_run_options(run: argparse.ArgumentParser) -> None:
     """The options of ``worker run``, which ``worker deploy`` takes too and puts in the
     command it writes."""
-    run.add_argument("queue_class", metavar="CLASS", help="module.Class or module:Class")
+    run.add_argument("queue_class", metavar="TARGET",
+                     help="module.Class or module:Class; module (its @job functions: with "
+                     "several queues, pick one with --queue); module.function (the @job "
+                     "functions of its module on its queue)")  # fmt: skip
     run.add_argument("--url", help="broker URL (default: configured, see above)")
-    run.add_argument("--queue", help="queue name (default: the class's `queue`)")
+    run.add_argument("--queue", help="queue name (default: the class's `queue`); for a "
+                     "module, which of its queues to serve")  # fmt: skip
     run.add_argument("--prefetch", type=int, default=16,
                      help="messages buffered ahead (at least the concurrency)")  # fmt: skip
     run.add_argument("-c", "--concurrency", type=_positive, metavar="N",
@@ -568,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser(
-        "run", help="process a queue with an AbstractQueue subclass", allow_abbrev=False,
+        "run", help="process a queue with an AbstractQueue subclass or a module's @job functions",
+        allow_abbrev=False,
         epilog=_EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     _add_run_options(run)
