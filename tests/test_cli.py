@@ -155,7 +155,8 @@ def test_publish_options_priority_delay_and_dedup_key(tmp_path: Path, url: str) 
     assert result.returncode == 0, result.stderr
     assert lines(out) == ["2", "1", "3"]
     with connect(url) as conn:
-        assert conn.queue("records").depth() == 2  # the two delayed ones
+        assert conn.queue("records").depth() == 0  # nothing ready: the two delayed ones wait
+        assert conn.queue("records").purge() == 2
 
 
 def test_run_stops_by_itself_on_limits_and_says_why_without_v(tmp_path: Path, url: str) -> None:
