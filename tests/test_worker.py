@@ -108,8 +108,8 @@ def test_an_exception_is_retried_once_a_minute_later_by_default(
     work = Calls(ValueError("boom"))
     assert queue.dispatch(work, max_messages=1, max_seconds=SAFETY) == 1
     assert conn.failed.list() == []
-    assert queue.depth() == 1  # back on the queue, due later
-    assert conn.transport.receive(name, 0.2) is None  # ... but not now
+    assert queue.depth() == 0  # back on the queue, due later: delayed, not ready
+    assert conn.transport.receive(name, 0.2) is None  # ... not now
     if conn.url.scheme == "sqlite":
         with sqlite3.connect(conn.url.path) as db:
             [(not_before, body)] = db.execute(
@@ -176,8 +176,9 @@ def test_retry_later_waits_the_delay_it_names(conn: Connection, name: str) -> No
     queue.publish("job")
     queue.dispatch(Calls(RetryLater(120, "rate limited")), max_messages=1, max_seconds=SAFETY)
     assert conn.failed.list() == []
-    assert queue.depth() == 1
+    assert queue.depth() == 0  # delayed, not ready
     assert conn.transport.receive(name, 0.2) is None
+    assert queue.purge() == 1  # but there
 
 
 def test_stop_worker_records_the_message_and_ends_the_loop(conn: Connection, name: str) -> None:
