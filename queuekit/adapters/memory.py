@@ -263,7 +263,8 @@ class MemoryTransport(Transport):
         self._check()
         with self._broker.changed:
             target = self._broker.queue(queue)
-            return QueueStats(ready=len(target.ready), delayed=len(target.delayed))
+            due = sum(1 for when, _, _ in target.delayed if when <= time.time())
+            return QueueStats(ready=len(target.ready) + due, delayed=len(target.delayed) - due)
 
     def purge(self, queue: str) -> int:
         self._check()

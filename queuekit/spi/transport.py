@@ -202,7 +202,8 @@ class Transport(ABC):
           what a consumer has prefetched into its local buffer (this transport's own too).
 
         A message whose delay just ran out counts as ready even if the broker has not moved
-        it yet. docs/capabilities.md says what each broker can tell of the other two.
+        it yet. :meth:`stats` counts all three where the broker can tell them apart
+        (docs/observability.md has the table per broker).
         """
         raise Unsupported("inspect (depth)", self.name)
 
