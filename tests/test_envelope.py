@@ -119,8 +119,10 @@ def _same(a: object, b: object) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)  # type: ignore[attr-defined,index]
     if isinstance(a, datetime):
-        # the instant and its UTC offset survive; a zone's name (ZoneInfo) does not
-        return a == b and a.utcoffset() == b.utcoffset()  # type: ignore[attr-defined]
+        # the wall time and its UTC offset survive, not a zone's name (ZoneInfo); compared
+        # without tzinfo, as == across zones is False for a time in a DST gap or fold
+        same_offset = a.utcoffset() == b.utcoffset()  # type: ignore[attr-defined]
+        return same_offset and a.replace(tzinfo=None) == b.replace(tzinfo=None)  # type: ignore[attr-defined]
     return a == b or (isinstance(a, Decimal) and str(a) == str(b))
 
 
