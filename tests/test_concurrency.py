@@ -109,6 +109,39 @@ def test_a_stop_lets_what_is_in_flight_finish(conn: Connection) -> None:
     assert queue.depth() == 8
 
 
+class AsyncGated(AbstractQueue):
+    """``async def work`` that waits until the test releases it."""
+
+    queue = "async-finish"
+    started: threading.Semaphore
+    release: threading.Event
+    done: list[int]
+
+    async def work(self, message: Message) -> None:
+        type(self).started.release()
+        await asyncio.to_thread(type(self).release.wait, 30)
+        type(self).done.append(message.payload["n"])
+
+
+def test_a_stop_starts_none_of_the_async_work_waiting_for_a_task(conn: Connection) -> None:
+    AsyncGated.started, AsyncGated.release = threading.Semaphore(0), threading.Event()
+    AsyncGated.done = []
+    queue = conn.queue(AsyncGated.queue)
+    queue.publish_many([{"n": n} for n in range(12)])
+    worker = AsyncGated(conn).worker(concurrency=4, handle_signals=False)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    for _ in range(4):
+        assert AsyncGated.started.acquire(timeout=30)
+    worker.stop("test")
+    AsyncGated.release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(AsyncGated.done) == 4  # the four running finished; the backlog went back
+    assert (worker.processed, worker.handed_back) == (4, 0)
+    assert queue.depth() == 8
+
+
 def test_a_deadline_hands_unfinished_work_back(conn: Connection) -> None:
     queue = conn.queue("deadline")
     queue.publish({"n": 1})

@@ -4,7 +4,9 @@ What happens to each message (decode, validate, work, retry, fail, settle) is
 :mod:`queuekit.worker.pipeline`; this module is the loop around it. With ``concurrency``
 N, up to N messages are in flight: ``work()`` runs in N threads, or as N tasks on an event
 loop for an ``async def work()`` (:mod:`.runners`), while this loop alone receives and
-settles, so adapters keep their one-consumer-thread contract. Prefetch is at least N.
+settles, so adapters keep their one-consumer-thread contract. Up to N more wait, begun, for
+a free thread or task (so one that finishes starts the next at once); a stop hands those
+back unstarted. Prefetch is at least N.
 
 Signals (SIGTERM, SIGINT, SIGHUP) only set a flag; the loop stops taking messages, lets
 those in flight finish and settles them, and returns. With a ``shutdown_timeout`` it waits
@@ -149,7 +151,8 @@ class Worker:
         started = time.monotonic()
         next_check = 0.0
         runner = runner_for(self._pipeline, self.concurrency,
-                            threaded=self.shutdown_timeout is not None)  # fmt: skip
+                            threaded=self.shutdown_timeout is not None,
+                            stopping=lambda: self._stop_reason is not None)  # fmt: skip
         log.info("worker %d consuming %r on %s (concurrency %d)", os.getpid(), self.queue,
                  self.broker.url.redacted(), self.concurrency)  # fmt: skip
         self._announce_jobstore()
@@ -227,6 +230,8 @@ class Worker:
         deadline = (  # came during its work() and ended the loop before the next collect
             None if self.shutdown_timeout is None else (time.monotonic() + self.shutdown_timeout)
         )
+        for attempt in runner.withdraw():  # begun, never started: like a prefetched message
+            self._hand_back(attempt)
         if runner.in_flight:
             log.info("worker %d finishing %d message(s) in flight", os.getpid(),
                      len(runner.in_flight))  # fmt: skip
@@ -237,15 +242,18 @@ class Worker:
             self._settle(runner.collect(min(left, _HEARTBEAT)))
         unfinished = list(runner.in_flight.values())
         for attempt in unfinished:
-            try:
-                self._pipeline.hand_back(attempt)
-            except QueuekitError as exc:  # the broker redelivers it when the link closes
-                log.warning("could not hand back message %s: %s", attempt.message.id, exc)
+            self._hand_back(attempt)
         if unfinished:
             self.handed_back = len(unfinished)
             log.warning("worker %d handed %d unfinished message(s) back after the %gs "
                         "shutdown timeout", os.getpid(), len(unfinished),
                         self.shutdown_timeout)  # fmt: skip
+
+    def _hand_back(self, attempt: Attempt) -> None:
+        try:
+            self._pipeline.hand_back(attempt)
+        except QueuekitError as exc:  # the broker redelivers it when the link closes
+            log.warning("could not hand back message %s: %s", attempt.message.id, exc)
 
     def _announce_jobstore(self) -> None:
         """Say which job store this worker settles in (it refuses messages registered in

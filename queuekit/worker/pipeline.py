@@ -289,6 +289,7 @@ class Pipeline:
 
     def _prelude(self, attempt: Attempt) -> Outcome | None:
         """Everything before ``work()``; an outcome when it must not run."""
+        attempt.started = time.time()  # it may have waited, begun, for a free thread
         for observer in attempt.observers:
             observer.started(attempt)
         try:
