@@ -345,3 +345,16 @@ def test_async_work_processes_every_message(setup: Setup) -> None:  # noqa: F811
                      "--max-seconds", "120")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert set(out(setup)) == {str(n) for n in range(count)}
+
+
+def test_a_plain_async_function_is_awaited(conn: Connection) -> None:
+    queue = conn.queue("async-function")
+    queue.publish_many([{"n": n} for n in range(4)])
+    done: list[int] = []
+
+    async def work(message: Message) -> None:
+        await asyncio.sleep(0)
+        done.append(message.payload["n"])
+
+    assert queue.dispatch(work, concurrency=2, max_messages=4, max_seconds=SAFETY) == 4
+    assert sorted(done) == [0, 1, 2, 3]

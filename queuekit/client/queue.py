@@ -35,7 +35,7 @@ from ..spi.errors import ReplyTimeout
 from ..spi.priorities import PriorityRange
 from ..spi.transport import Outgoing
 from ..worker.loop import Limits, Worker
-from ..worker.pipeline import FunctionHandler, Handler
+from ..worker.pipeline import Handler, handler_for
 from .fluent import PendingJob
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ class Queue:
         work``); ``shutdown_timeout`` bounds how long a stop waits for them before handing
         what still runs back to the broker.
         """
-        handler = work if not callable(work) else FunctionHandler(work, validate, retry)
+        handler = work if not callable(work) else handler_for(work, validate, retry)
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
         given = (before_process, after_process, on_error, on_failed_attempts)
         hooks = handler.hooks()

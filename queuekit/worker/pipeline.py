@@ -22,6 +22,7 @@ applies to (the common case) takes the same path with no observer called.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import traceback
@@ -100,6 +101,24 @@ class FunctionHandler:
 
     def work(self, message: Message) -> object:
         return self._work(message)
+
+
+class AsyncFunctionHandler(FunctionHandler):
+    """:class:`FunctionHandler` for an ``async def`` callable: its worker awaits it on the
+    worker's event loop (a sync ``work`` returning the coroutine would never be awaited)."""
+
+    async def work(self, message: Message) -> object:
+        return await self._work(message)  # type: ignore[misc]
+
+
+def handler_for(
+    work: Callable[[Message], object],
+    validate: Callable[[Message], bool] | None = None,
+    retry: RetryStrategy | None = None,
+) -> FunctionHandler:
+    """The handler of a plain callable, sync or ``async def``."""
+    cls = AsyncFunctionHandler if inspect.iscoroutinefunction(work) else FunctionHandler
+    return cls(work, validate, retry)
 
 
 def retry_strategy(handler: Handler) -> RetryStrategy:
