@@ -167,12 +167,13 @@ class Worker:
                     self._periodic(started, runner)
                     if self._stop_reason is not None:
                         break
-                self._settle(runner.collect(0))
-                if self._stop_reason is not None:  # e.g. a StopWorker just settled
-                    break
-                if runner.full or self._enough_taken(runner):
-                    self._settle(runner.collect(_HEARTBEAT))
-                    continue
+                if runner.in_flight:
+                    self._settle(runner.collect(0))
+                    if self._stop_reason is not None:  # e.g. a StopWorker just settled
+                        break
+                    if runner.full or self._enough_taken(runner):
+                        self._settle(runner.collect(_HEARTBEAT))
+                        continue
                 self._take(runner)
             self._finish(runner)
         finally:
@@ -201,9 +202,10 @@ class Worker:
             return
         if attempt is None:  # settled already (malformed)
             self._count()
-        else:
-            runner.submit(attempt)
-            self._settle(runner.collect(0))  # inline: done already; settle it now
+            return
+        outcome = runner.submit(attempt)
+        if outcome is not None:  # it ran in this thread: settle it now
+            self._settle([(attempt, outcome)])
 
     def _enough_taken(self, runner: Runner) -> bool:
         """``max_messages`` is near: take no more than it leaves room for."""
@@ -226,8 +228,7 @@ class Worker:
     def _finish(self, runner: Runner) -> None:
         """Stopping: let what is in flight finish (for ``shutdown_timeout`` s at most),
         settle it, and hand back to the broker what is still running after that."""
-        self._settle(runner.collect(0))  # done already: the inline runner's, when a stop
-        deadline = (  # came during its work() and ended the loop before the next collect
+        deadline = (
             None if self.shutdown_timeout is None else (time.monotonic() + self.shutdown_timeout)
         )
         for attempt in runner.withdraw():  # begun, never started: like a prefetched message

@@ -157,7 +157,7 @@ class Attempt:
     rejected: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs a microsecond per message
 class Outcome:
     """How ``work()`` ended, for :meth:`Pipeline.settle`: ``done`` (with ``result``),
     ``later`` (``RetryLater`` after ``delay`` s), ``raised`` (``exc``, counted as an
