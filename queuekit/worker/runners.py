@@ -4,7 +4,8 @@ The loop (:mod:`.loop`) receives and settles in its own thread: adapters are cal
 one consumer thread, as their contract says (:mod:`queuekit.spi.transport`). A runner takes
 the middle step of the pipeline (:meth:`Pipeline.work`) and hands back ``(attempt, outcome)``
 pairs for the loop to settle. The thread and task runners also take a backlog of up to
-``capacity`` attempts that wait, begun, for a free thread or task: one that finishes starts
+``capacity - 1`` attempts that wait, begun, for a free thread or task (none at one at a
+time: a waiting message there is one another worker could have taken): one that finishes starts
 the next at once instead of waiting for the loop thread to settle, receive and submit (on
 the busy 2-core machine of bench/bench_concurrency.py that round trip idled each thread
 1-2 ms per job, 2-4 % of a 50 ms job). Once a stop is asked for nothing new starts, and the
@@ -93,7 +94,7 @@ class _Handoff(Runner):
     notices the stop and calls :meth:`withdraw`. ``_lock`` guards ``_waiting``."""
 
     def __init__(self, pipeline: Pipeline, capacity: int, stopping: Callable[[], bool]) -> None:
-        super().__init__(pipeline, capacity, backlog=capacity)
+        super().__init__(pipeline, capacity, backlog=capacity - 1)
         self.stopping = stopping
         self._finished: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self._lock = threading.Lock()
