@@ -121,6 +121,22 @@ def test_a_bad_flag_value_is_an_error_without_the_password() -> None:
     assert SECRET not in str(caught.value)
 
 
+def test_numeric_options_are_read_one_way_and_refused_naming_the_option() -> None:
+    url = TransportURL.parse(f"amqp://guest:{SECRET}@h/?timeout=2.5&hwm=0&size=10&bad=1.5")
+    assert url.number("timeout", 30.0) == 2.5
+    assert url.number("absent", 30.0) == 30.0
+    assert url.integer("size", 1) == 10
+    assert url.integer("hwm", 1, allow_zero=True) == 0
+    for read in (
+        lambda: url.integer("hwm", 1),  # zero where it must be positive
+        lambda: url.integer("bad", 1),  # a whole number is wanted
+        lambda: url.number("hwm", 1.0),
+    ):
+        with pytest.raises(ConfigurationError, match=r"option (hwm|bad)=") as caught:
+            read()
+        assert SECRET not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "text",
     [f"guest:{SECRET}@localhost:5672", f"amqp://guest:pa/{SECRET}@host:5672/"],

@@ -178,10 +178,10 @@ class ZeroMQTransport(Transport):
         self.endpoints = Endpoints.from_url(url)
         self.max_message_size = max_message_size_option(url)
         self.capabilities = replace(CAPABILITIES, max_message_size=self.max_message_size)
-        self._linger_ms = int(url.number("linger", 1000, allow_zero=True))
+        self._linger_ms = url.integer("linger", 1000, allow_zero=True)
         self._send_timeout = url.number("send_timeout", 10.0, allow_zero=True)
         self._subscribe_timeout = url.number("subscribe_timeout", 10.0, allow_zero=True)
-        self._hwm = int(url.number("hwm", 10_000, allow_zero=True))
+        self._hwm = url.integer("hwm", 10_000, allow_zero=True)
         self._step = max(1, self.prefetch // 2)
 
         self._send_lock = threading.Lock()

@@ -178,9 +178,5 @@ def frame_limit(max_message_size: int) -> int:
 
 
 def max_message_size_option(url: TransportURL) -> int:
-    text = url.option("max_message_size")
-    if text is None:
-        return DEFAULT_MAX_MESSAGE_SIZE
-    if not text.isdigit() or int(text) <= 0:
-        raise ConfigurationError(f"{url.redacted()}: max_message_size must be a positive integer")
-    return int(text)
+    """The URL's ``max_message_size``: clients and the device must agree on it."""
+    return url.integer("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)

@@ -75,7 +75,8 @@ class TransportURL:
 
     def number(self, name: str, default: float, *, allow_zero: bool = False) -> float:
         """A positive numeric query option (or zero with ``allow_zero``), else
-        ``ConfigurationError`` naming the option."""
+        ``ConfigurationError`` naming the option. Every adapter reads its numbers here,
+        so a bad value is refused the same way whatever the broker."""
         text = self.query.get(name)
         if text is None:
             return default
@@ -84,9 +85,23 @@ class TransportURL:
         except ValueError:
             value = float("nan")
         if not (value >= 0 if allow_zero else value > 0):  # also rejects NaN
-            wanted = "a number >= 0" if allow_zero else "a positive number"
-            raise ConfigurationError(f"{self.redacted()}: option {name}={text!r} must be {wanted}")
+            raise self._bad_option(name, text, "number", allow_zero)
         return value
+
+    def integer(self, name: str, default: int, *, allow_zero: bool = False) -> int:
+        """:meth:`number` for counts and sizes (bytes, milliseconds, items): whole numbers
+        only, so ``hwm=1.5`` is refused rather than silently cut to 1."""
+        text = self.query.get(name)
+        if text is None:
+            return default
+        value = int(text) if text.isascii() and text.isdigit() else -1
+        if not (value >= 0 if allow_zero else value > 0):
+            raise self._bad_option(name, text, "whole number", allow_zero)
+        return value
+
+    def _bad_option(self, name: str, text: str, kind: str, allow_zero: bool) -> ConfigurationError:
+        wanted = f"a {kind} >= 0" if allow_zero else f"a positive {kind}"
+        return ConfigurationError(f"{self.redacted()}: option {name}={text!r} must be {wanted}")
 
     def flag(self, name: str, default: bool = False) -> bool:
         """A boolean query option: ``1/true/yes/on`` or ``0/false/no/off``."""

@@ -75,7 +75,7 @@ class Settings:
         secure = url.scheme == "amqps"
         default_port = 5671 if secure else 5672
         hosts = tuple(Host(h.name or "localhost", h.port or default_port) for h in url.hosts)
-        max_priority = _int(url, "max_priority", DEFAULT_MAX_PRIORITY)
+        max_priority = url.integer("max_priority", DEFAULT_MAX_PRIORITY, allow_zero=True)
         if not 0 <= max_priority <= 255:
             raise ConfigurationError(f"{url.redacted()}: max_priority must be 0-255")
         return cls(
@@ -88,13 +88,13 @@ class Settings:
             max_priority=max_priority,
             bands=PriorityBands.from_url(url) if max_priority else PriorityBands(()),
             delay=url.flag("delay", True),
-            heartbeat=_int(url, "heartbeat", 0),
-            connect_timeout=_float(url, "connect_timeout", 5.0),
-            reconnect_timeout=_float(url, "reconnect_timeout", 60.0),
+            heartbeat=url.integer("heartbeat", 0, allow_zero=True),
+            connect_timeout=url.number("connect_timeout", 5.0),
+            reconnect_timeout=url.number("reconnect_timeout", 60.0),
             publish_timeout=publish_timeout(url),
-            confirm_timeout=_float(url, "confirm_timeout", 30.0),
-            max_message_size=_int(url, "max_message_size", RABBITMQ_MAX_MESSAGE_SIZE),
-            subscription_ttl=_float(url, "subscription_ttl", 3600.0),
+            confirm_timeout=url.number("confirm_timeout", 30.0),
+            max_message_size=url.integer("max_message_size", RABBITMQ_MAX_MESSAGE_SIZE),
+            subscription_ttl=url.number("subscription_ttl", 3600.0),
             exchange=url.option("exchange") or "queuekit.topics",
         )
 
@@ -110,26 +110,6 @@ class Settings:
             "heartbeat": self.heartbeat,
             "transport": "pyamqp",
         }
-
-
-def _int(url: TransportURL, name: str, default: int) -> int:
-    value = url.option(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigurationError(f"{url.redacted()}: {name}={value!r} is not an integer") from None
-
-
-def _float(url: TransportURL, name: str, default: float) -> float:
-    value = url.option(name)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigurationError(f"{url.redacted()}: {name}={value!r} is not a number") from None
 
 
 def _tls(url: TransportURL) -> dict[str, Any]:

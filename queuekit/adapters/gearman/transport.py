@@ -106,10 +106,7 @@ class GearmanTransport(Transport):
             raise ConfigurationError(f"{url.redacted()} names no gearmand host")
         self._hosts = [(h.name, h.port or DEFAULT_PORT) for h in url.hosts]
         self._host_list = [f"{h}:{p}" for h, p in self._hosts]
-        try:
-            self._io_timeout = float(url.option("timeout", "30") or "30")
-        except ValueError:
-            raise ConfigurationError(f"{url.redacted()}: timeout must be seconds") from None
+        self._io_timeout = url.number("timeout", 30.0)
         self._publish_timeout = publish_timeout(url)
         self._bands = PriorityBands.from_url(url)
         self.capabilities = _capabilities(url.flag("durable"), self._bands)

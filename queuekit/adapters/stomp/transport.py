@@ -126,11 +126,11 @@ class StompTransport(Transport):
         self._hosts = [h if h.port else Host(h.name, default_port) for h in url.hosts]
         if not self._hosts:
             raise ConfigurationError(f"{url.redacted()} names no host")
-        self._heartbeat = self._int_option("heartbeat", 10_000)
-        self._window = self._float_option("reconnect_window", 30.0)
+        self._heartbeat = url.integer("heartbeat", 10_000, allow_zero=True)
+        self._window = url.number("reconnect_window", 30.0, allow_zero=True)
         self._publish_timeout = publish_timeout(url)
-        self._receipt_timeout = self._float_option("receipt_timeout", 30.0)
-        self._connect_timeout = self._float_option("connect_timeout", 5.0)
+        self._receipt_timeout = url.number("receipt_timeout", 30.0)
+        self._connect_timeout = url.number("connect_timeout", 5.0)
         self._tls = self._tls_options() if url.scheme == "stomp+ssl" else None
         self._connect_lock = threading.Lock()
         self._subs_lock = threading.Lock()
@@ -152,17 +152,6 @@ class StompTransport(Transport):
         self._bands = PriorityBands(caps.priority_bands or ())
 
     # -- options ------------------------------------------------------------------------
-
-    def _float_option(self, name: str, default: float) -> float:
-        raw = self.url.option(name)
-        try:
-            return default if raw is None else float(raw)
-        except ValueError:
-            message = f"{self.url.redacted()}: {name}={raw!r} is not a number"
-            raise ConfigurationError(message) from None
-
-    def _int_option(self, name: str, default: int) -> int:
-        return int(self._float_option(name, default))
 
     def _tls_options(self) -> dict[str, Any]:
         return {

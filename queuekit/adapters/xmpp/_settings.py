@@ -80,11 +80,11 @@ class XMPPSettings:
             prefix=(url.option("prefix", "queuekit") or "").strip("/"),
             resource=url.option("resource") or f"queuekit-{uuid.uuid4().hex[:12]}",
             timeout=url.number("timeout", 30.0),
-            inflight=int(url.number("inflight", 256)),
+            inflight=url.integer("inflight", 256),
             max_items=max_items,
             persist_topics=url.flag("persist_topics", False),
-            fanout_buffer=int(url.number("fanout_buffer", 10000)),
-            max_message_size=int(url.number("max_message_size", 150_000)),
+            fanout_buffer=url.integer("fanout_buffer", 10000),
+            max_message_size=url.integer("max_message_size", 150_000),
         )
 
     def queue_node(self, queue: str) -> str:
