@@ -215,11 +215,8 @@ class ZeroMQTransport(Transport):
 
     def _record(self, body: bytes, headers: Headers, options: SendOptions) -> bytes:
         """A message as a first-delivery record; raises before anything is sent."""
-        if options is not NO_OPTIONS:
-            self.require(options)
+        self.check_outgoing(body, options)
         raw_headers = _encode_headers(headers) if headers else b""
-        if len(body) > self.max_message_size:
-            raise MessageTooLarge(len(body), self.max_message_size, self.name)
         if len(raw_headers) > _MAX_HEADERS:
             raise MessageTooLarge(len(raw_headers), _MAX_HEADERS, f"{self.name} (headers)")
         return pack_record(0, raw_headers, body)

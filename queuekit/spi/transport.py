@@ -18,7 +18,8 @@ Contract, for every adapter:
   guarantee for the whole batch when it returns, and should pay one round trip per batch,
   not per message.
 - **Size.** ``send`` and ``send_many`` raise :class:`MessageTooLarge` for a body above
-  ``capabilities.max_message_size``, before anything is sent; never truncate.
+  ``capabilities.max_message_size``, before anything is sent; never truncate
+  (:meth:`Transport.check_outgoing` does this and the options check below).
 - **Options.** ``SendOptions`` fields are set by the core only for capabilities the adapter
   declares (``delay``, ``priority``, ``dedup``); the core emulates or refuses the rest. An
   adapter handed an option it does not declare raises :class:`Unsupported`.
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .capabilities import Capabilities
-from .errors import Unsupported
+from .errors import MessageTooLarge, Unsupported
 from .priorities import PriorityRange
 from .urls import TransportURL
 
@@ -241,6 +242,17 @@ class Transport(ABC):
         """End a subscription made with ``subscribe``; idempotent."""
 
     # -- helpers for adapters ------------------------------------------------------------
+
+    def check_outgoing(self, body: bytes, options: SendOptions = NO_OPTIONS) -> None:
+        """The contract's checks before a publish, in one place for every adapter: an
+        option this adapter does not declare is :class:`Unsupported` (:meth:`require`), a
+        body above ``capabilities.max_message_size`` is :class:`MessageTooLarge`. Raises
+        before anything is sent."""
+        if options is not NO_OPTIONS:
+            self.require(options)
+        limit = self.capabilities.max_message_size
+        if limit is not None and len(body) > limit:
+            raise MessageTooLarge(len(body), limit, self.name)
 
     def require(self, options: SendOptions) -> None:
         """Raise :class:`Unsupported` for any option this adapter does not declare."""

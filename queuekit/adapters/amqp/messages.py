@@ -16,7 +16,7 @@ from typing import Any
 
 import amqp
 
-from ...spi.errors import MessageTooLarge, Unsupported
+from ...spi.errors import Unsupported
 from ...spi.transport import Headers, SendOptions
 from . import delays
 from .settings import Settings
@@ -50,9 +50,8 @@ def for_queue(
     queue: str, body: bytes, headers: Headers, options: SendOptions, settings: Settings
 ) -> Publication:
     """``body`` for the work queue of ``queue``'s band for its priority: straight to it, or
-    into the delay cascade when not yet due. The caller has checked that ``options`` asks
-    only for declared capabilities."""
-    _check_size(body, settings)
+    into the delay cascade when not yet due. The caller has checked ``body`` and ``options``
+    (``Transport.check_outgoing``)."""
     bands = settings.bands
     queue = bands.queue_for(queue, bands.start_of(options.priority))
     wait = 0
@@ -71,14 +70,8 @@ def for_queue(
 
 def for_topic(topic: str, body: bytes, headers: Headers, settings: Settings) -> Publication:
     """``body`` for every subscription whose pattern matches ``topic``; none is no error."""
-    _check_size(body, settings)
     message = amqp.Message(body, **_properties(headers, None, settings))
     return Publication(settings.exchange, topic, message, False, None)
-
-
-def _check_size(body: bytes, settings: Settings) -> None:
-    if len(body) > settings.max_message_size:
-        raise MessageTooLarge(len(body), settings.max_message_size, ADAPTER)
 
 
 def _properties(headers: Headers, priority: int | None, settings: Settings) -> dict[str, Any]:

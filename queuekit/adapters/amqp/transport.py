@@ -84,7 +84,7 @@ class AMQPTransport(Transport):
     def _publication(
         self, queue: str, body: bytes, headers: Headers, options: SendOptions
     ) -> Publication:
-        self.require(options)
+        self.check_outgoing(body, options)
         return messages.for_queue(queue, body, headers, options, self.settings)
 
     # -- consuming --------------------------------------------------------------------
@@ -129,6 +129,7 @@ class AMQPTransport(Transport):
     # -- publish/subscribe ------------------------------------------------------------
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
+        self.check_outgoing(body)
         self._publisher.publish(None, [messages.for_topic(topic, body, headers, self.settings)])
 
     def subscribe(self, pattern: str) -> str:

@@ -137,7 +137,7 @@ class GearmanTransport(Transport):
             return
         jobs = []
         for message in messages:
-            self.require(message.options)
+            self.check_outgoing(message.body, message.options)
             placed = frame.place(queue, message.options.priority, self._bands)
             key = message.options.dedup_key
             unique = frame.unique_for(key) if key is not None else None

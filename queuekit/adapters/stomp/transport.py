@@ -37,7 +37,6 @@ from typing import Any
 from ...spi.errors import (
     ConfigurationError,
     ConnectionLost,
-    MessageTooLarge,
     TransportClosed,
     TransportError,
     Unsupported,
@@ -279,11 +278,6 @@ class StompTransport(Transport):
                 out[self._profile.delay_header] = str(delay_ms)
         return out
 
-    def _check_size(self, body: bytes) -> None:
-        limit = self.capabilities.max_message_size
-        if limit is not None and len(body) > limit:
-            raise MessageTooLarge(len(body), limit, self.name)
-
     def send(
         self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
     ) -> None:
@@ -294,8 +288,7 @@ class StompTransport(Transport):
         frames = []
         bands = self._bands
         for message in messages:
-            self.require(message.options)
-            self._check_size(message.body)
+            self.check_outgoing(message.body, message.options)
             band = bands.queue_for(queue, bands.start_of(message.options.priority))
             headers = self._frame_headers(message.headers, message.options)
             frames.append(("/queue/" + band, message.body, headers))
@@ -303,7 +296,7 @@ class StompTransport(Transport):
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
         self._check_open()
-        self._check_size(body)
+        self.check_outgoing(body)
         self._publish([("/topic/" + topic, body, wire_headers(headers))])
 
     def _publish(self, frames: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:

@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 from ...spi.errors import (
     ConnectionLost,
-    MessageTooLarge,
     QueuekitError,
     TransportClosed,
     TransportError,
@@ -106,25 +105,19 @@ class XMPPTransport(Transport):
         except Exception as exc:  # a slixmpp or stream failure: map it at the boundary
             raise TransportError(f"xmpp: {type(exc).__name__}: {exc}") from exc
 
-    def _check_size(self, body: bytes) -> None:
-        if len(body) > self.settings.max_message_size:
-            raise MessageTooLarge(len(body), self.settings.max_message_size, self.name)
-
     # -- point to point ----------------------------------------------------------------------
 
     def send(
         self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
     ) -> None:
-        self.require(options)
         self._require_queues()
-        self._check_size(body)
+        self.check_outgoing(body, options)
         self._publish(self.settings.queue_node(queue), [(body, headers)], queue=True)
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         self._require_queues()
         for message in messages:
-            self.require(message.options)
-            self._check_size(message.body)
+            self.check_outgoing(message.body, message.options)
         if not messages:
             return
         batch = [(m.body, m.headers) for m in messages]
@@ -244,7 +237,7 @@ class XMPPTransport(Transport):
     # -- publish/subscribe ----------------------------------------------------------------------
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
-        self._check_size(body)
+        self.check_outgoing(body)
         self._publish(self.settings.topic_node(topic), [(body, headers)], queue=False)
 
     def subscribe(self, pattern: str) -> str:
