@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ..spi.capabilities import Capabilities
-from ..spi.errors import TransportClosed
 from ..spi.priorities import PriorityRange
 from ..spi.topics import topic_matches
 from ..spi.transport import (
@@ -126,11 +125,6 @@ class MemoryTransport(Transport):
         self._broker = _broker(url.hosts[0].name if url.hosts else url.path or "default")
         self._unacked: dict[int, tuple[str, _Entry]] = {}
         self._subscriptions: set[str] = set()
-        self._closed = False
-
-    def _check(self) -> None:
-        if self._closed:
-            raise TransportClosed(f"{self!r} is closed")
 
     def send(
         self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
@@ -138,7 +132,7 @@ class MemoryTransport(Transport):
         self.send_many(queue, [Outgoing(body, headers, options)])
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
-        self._check()
+        self.check_open()
         with self._broker.changed:
             target = self._broker.queue(queue)
             for message in messages:
@@ -174,12 +168,12 @@ class MemoryTransport(Transport):
     def _receive(
         self, queue: str, timeout: float, priorities: PriorityRange | None
     ) -> Delivery | None:
-        self._check()
+        self.check_open()
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._broker.changed:
             target = self._broker.queue(queue)
             while True:
-                if self._closed:
+                if self.closed:
                     return None
                 next_due = target.promote_due(time.time())
                 entry = target.pop(priorities)
@@ -202,18 +196,18 @@ class MemoryTransport(Transport):
                 self._broker.changed.wait(remaining)
 
     def ack(self, delivery: Delivery) -> None:
-        self._check()
+        self.check_open()
         self._settle(delivery, requeue=False)
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
-        self._check()
+        self.check_open()
         self._settle(delivery, requeue=requeue)
 
     def requeue(
         self, delivery: Delivery, body: bytes, *, options: SendOptions = NO_OPTIONS
     ) -> None:
         """The next attempt keeps the entry's dedup key taken while it waits."""
-        self._check()
+        self.check_open()
         self.require(options)
         with self._broker.changed:
             held = self._unacked.pop(delivery.handle, None)
@@ -240,9 +234,9 @@ class MemoryTransport(Transport):
 
     def close(self) -> None:
         with self._broker.changed:
-            if self._closed:
+            if self.closed:
                 return
-            self._closed = True
+            self.closed = True
             for queue, entry in self._unacked.values():
                 self._broker.queue(queue).push(entry)
             self._unacked.clear()
@@ -251,7 +245,7 @@ class MemoryTransport(Transport):
             self._broker.changed.notify_all()
 
     def depth(self, queue: str) -> int:
-        self._check()
+        self.check_open()
         with self._broker.changed:
             target = self._broker.queue(queue)
             due = sum(1 for when, _, _ in target.delayed if when <= time.time())
@@ -260,14 +254,14 @@ class MemoryTransport(Transport):
     def stats(self, queue: str) -> QueueStats:
         """Ready and delayed; what other transports of the broker hold un-acked is theirs
         alone, so in flight and latency are not known here."""
-        self._check()
+        self.check_open()
         with self._broker.changed:
             target = self._broker.queue(queue)
             due = sum(1 for when, _, _ in target.delayed if when <= time.time())
             return QueueStats(ready=len(target.ready) + due, delayed=len(target.delayed) - due)
 
     def purge(self, queue: str) -> int:
-        self._check()
+        self.check_open()
         with self._broker.changed:
             target = self._broker.queue(queue)
             count = len(target.ready) + len(target.delayed)
@@ -277,13 +271,13 @@ class MemoryTransport(Transport):
             return count
 
     def delete(self, queue: str) -> None:
-        self._check()
+        self.check_open()
         with self._broker.changed:
             self._broker.queues.pop(queue, None)
             self._broker.subscriptions.pop(queue, None)
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
-        self._check()
+        self.check_open()
         with self._broker.changed:
             for subscription, pattern in self._broker.subscriptions.items():
                 if topic_matches(pattern, topic):
@@ -291,7 +285,7 @@ class MemoryTransport(Transport):
             self._broker.changed.notify_all()
 
     def subscribe(self, pattern: str) -> str:
-        self._check()
+        self.check_open()
         subscription = f"subscription.{next(_sequence)}.{pattern}"
         with self._broker.changed:
             self._broker.subscriptions[subscription] = pattern

@@ -145,7 +145,8 @@ class SQLiteTransport(Transport):
         self.lease = url.number("lease", 30.0)
         self.max_poll = url.number("poll", 0.05)
         self._lock = threading.RLock()
-        self._closed = threading.Event()
+        #: Set with ``closed``: wakes a polling receive and the lease keeper at once.
+        self._stopping = threading.Event()
         self._held: set[int] = set()  # ids claimed and not settled (buffered or delivered)
         # claimed, not yet handed out; per queue and priority range (None: any priority)
         self._buffers: dict[tuple[str, PriorityRange | None], deque[Delivery]] = {}
@@ -165,8 +166,7 @@ class SQLiteTransport(Transport):
     def _session(self) -> Iterator[sqlite3.Connection]:
         """The connection under the lock, with SQLite errors mapped to queuekit's."""
         with self._lock:
-            if self._closed.is_set():
-                raise TransportClosed(f"{self!r} is closed")
+            self.check_open()
             try:
                 yield self._db
             except sqlite3.OperationalError as exc:
@@ -220,7 +220,7 @@ class SQLiteTransport(Transport):
                 self._ensure_keeper()
                 return claimed
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closed.wait(min(pause, remaining)):
+            if remaining <= 0 or self._stopping.wait(min(pause, remaining)):
                 return None
             pause = min(pause * 2, self.max_poll)
 
@@ -265,8 +265,7 @@ class SQLiteTransport(Transport):
 
     def ack(self, delivery: Delivery) -> None:
         with self._lock:
-            if self._closed.is_set():
-                raise TransportClosed(f"{self!r} is closed")
+            self.check_open()
             if delivery.handle not in self._held:
                 return
             self._held.discard(delivery.handle)
@@ -284,8 +283,7 @@ class SQLiteTransport(Transport):
         now = time.time()
         due = options.not_before if options.not_before is not None else now
         with self._lock:
-            if self._closed.is_set():
-                raise TransportClosed(f"{self!r} is closed")
+            self.check_open()
             if delivery.handle not in self._held:
                 return
             with self._transaction() as db:
@@ -347,7 +345,7 @@ class SQLiteTransport(Transport):
     def _keep_leases(self) -> None:
         """Commit pending acks and renew this process's leases, so only a dead process's
         messages ever expire."""
-        while not self._closed.wait(min(self.lease / 3, 1.0)):
+        while not self._stopping.wait(min(self.lease / 3, 1.0)):
             try:
                 with self._transaction() as db:
                     self._commit_acks(db)
@@ -367,7 +365,7 @@ class SQLiteTransport(Transport):
 
     def close(self) -> None:
         with self._lock:
-            if self._closed.is_set():
+            if self.closed:
                 return
             try:
                 with immediate(self._db) as db:
@@ -378,7 +376,8 @@ class SQLiteTransport(Transport):
                 self._held.clear()
                 self._buffers.clear()
             finally:
-                self._closed.set()
+                self.closed = True
+                self._stopping.set()
                 self._db.close()
 
     def _unbuffer(self, queue: str) -> list[int]:

@@ -34,7 +34,6 @@ from queuekit.spi.errors import (
     ConfigurationError,
     ConnectionLost,
     MessageTooLarge,
-    TransportClosed,
     TransportError,
 )
 from queuekit.spi.topics import topic_matches
@@ -175,6 +174,7 @@ class ZeroMQTransport(Transport):
 
     def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
         super().__init__(url, prefetch=max(1, prefetch))
+        self.closed = True  # until the sockets exist (``__del__`` reads it)
         self.endpoints = Endpoints.from_url(url)
         self.max_message_size = max_message_size_option(url)
         self.capabilities = replace(CAPABILITIES, max_message_size=self.max_message_size)
@@ -186,7 +186,6 @@ class ZeroMQTransport(Transport):
 
         self._send_lock = threading.Lock()
         self._consumer_lock = threading.Lock()
-        self._closed = True  # until the sockets exist (``__del__`` reads it)
         self._worker: zmq.Socket[bytes] | None = None
         self._inboxes: dict[str, _Inbox] = {}
         self._unacked: dict[int, Delivery] = {}  # by id(): a Delivery is not hashable
@@ -200,7 +199,7 @@ class ZeroMQTransport(Transport):
             self._push.close(linger=0)
             self._context.term()
             raise ConfigurationError(f"{url.redacted()}: cannot use this address: {exc}") from None
-        self._closed = False
+        self.closed = False
 
     def _socket(self, kind: int) -> zmq.Socket[bytes]:
         sock = self._context.socket(kind)
@@ -243,8 +242,7 @@ class ZeroMQTransport(Transport):
 
     def _push_message(self, head: bytes, items: Sequence[bytes]) -> None:
         with self._send_lock:
-            if self._closed:
-                raise TransportClosed(f"{self!r} is closed")
+            self.check_open()
             try:
                 send_message(self._push, head, items)
             except zmq.Again:
@@ -283,8 +281,7 @@ class ZeroMQTransport(Transport):
     # -- consuming work --------------------------------------------------------------------
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
-        if self._closed:
-            raise TransportClosed(f"{self!r} is closed")
+        self.check_open()
         with self._consumer_lock:
             inbox = self._inboxes.get(queue)
             if inbox is not None and inbox.items:  # the common case under load
@@ -316,7 +313,7 @@ class ZeroMQTransport(Transport):
         while True:
             if inbox.items:
                 return self._hand_out(queue, inbox)
-            if self._closed:
+            if self.closed:
                 return None
             if not drained:  # under load the next batch is usually there: skip the poll
                 drained = True
@@ -395,8 +392,7 @@ class ZeroMQTransport(Transport):
                 append(Delivery(queue, frame[start:pos], headers, count > 0, count + 1, count))
 
     def ack(self, delivery: Delivery) -> None:
-        if self._closed:
-            raise TransportClosed(f"{self!r} is closed")
+        self.check_open()
         if self._unacked.pop(id(delivery), None) is None:
             handle = delivery.handle
             if isinstance(handle, _Broadcast):
@@ -405,8 +401,7 @@ class ZeroMQTransport(Transport):
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         """``requeue=True`` sends the message back to the device, to the end of its queue,
         for any worker (with its delivery count raised); ``False`` drops it."""
-        if self._closed:
-            raise TransportClosed(f"{self!r} is closed")
+        self.check_open()
         handle = delivery.handle
         if self._unacked.pop(id(delivery), None) is not None:
             if requeue:
@@ -440,8 +435,7 @@ class ZeroMQTransport(Transport):
         the device (through the same path broadcasts take) to publish probes until one
         arrives. Every broadcast the device reads after that reaches this subscription.
         """
-        if self._closed:
-            raise TransportClosed(f"{self!r} is closed")
+        self.check_open()
         exact = "*" not in pattern.split(".") and "#" not in pattern.split(".")
         probe = _PROBE_MARK + uuid.uuid4().hex.encode()
         sock = self._socket(zmq.SUB)
@@ -504,7 +498,7 @@ class ZeroMQTransport(Transport):
         while True:
             if subscription.items:
                 return subscription.items.popleft()
-            if self._closed:
+            if self.closed:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -528,9 +522,9 @@ class ZeroMQTransport(Transport):
         settled. Whatever has not reached the device ``linger`` ms later is lost.
         """
         with self._send_lock:
-            if self._closed:
+            if self.closed:
                 return
-            self._closed = True
+            self.closed = True
         with self._consumer_lock:
             returned = self._leave_queues()
             for subscription in self._subscriptions.values():
@@ -577,9 +571,9 @@ class ZeroMQTransport(Transport):
     def __del__(self) -> None:
         # A transport dropped without close(): release the sockets without any network
         # handshake (nothing may block in a finalizer). Its prefetched work is lost.
-        if getattr(self, "_closed", True):
+        if getattr(self, "closed", True):
             return
-        self._closed = True
+        self.closed = True
         for sock in self._sockets():
             sock.close(linger=0)
         self._context.term()

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .capabilities import Capabilities
-from .errors import MessageTooLarge, Unsupported
+from .errors import MessageTooLarge, TransportClosed, Unsupported
 from .priorities import PriorityRange
 from .urls import TransportURL
 
@@ -127,6 +127,9 @@ class Transport(ABC):
     def __init__(self, url: TransportURL, *, prefetch: int = 16) -> None:
         self.url = url
         self.prefetch = prefetch
+        #: Set by ``close`` (first thing, so a call racing it in another thread sees it);
+        #: every other operation then raises :class:`TransportClosed` (:meth:`check_open`).
+        self.closed = False
 
     # -- point to point -----------------------------------------------------------------
 
@@ -242,6 +245,18 @@ class Transport(ABC):
         """End a subscription made with ``subscribe``; idempotent."""
 
     # -- helpers for adapters ------------------------------------------------------------
+
+    def check_open(self) -> None:
+        """The contract's rule after ``close``, one guard for every adapter: raise
+        :class:`TransportClosed`. Called first in each operation but ``close`` (inside the
+        lock ``close`` also takes, where there is one)."""
+        if self.closed:
+            raise self.closed_error()
+
+    def closed_error(self) -> TransportClosed:
+        """The error for a call made after ``close``, or cut short by it in another thread
+        (for adapters that notice the close mid-operation and must raise from there)."""
+        return TransportClosed(f"{self!r} is closed")
 
     def check_outgoing(self, body: bytes, options: SendOptions = NO_OPTIONS) -> None:
         """The contract's checks before a publish, in one place for every adapter: an

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...spi.errors import ConnectionLost, TransportClosed, TransportError
-from ...spi.transport import Delivery
+from ...spi.errors import ConnectionLost, TransportError
+from ...spi.transport import Delivery, Transport
 from .link import (
     CHANNEL_ERRORS,
     CONNECTION_ERRORS,
@@ -57,15 +57,14 @@ class Consumer:
     """The consumer's connection and channel, its consumers and their buffers.
 
     ``receive``, ``ack`` and ``nack`` come from one thread at a time; the rest may come from
-    any thread (a lock guards all). After ``closing`` is set a blocked ``receive`` returns
-    None within ``_SLICE`` and every call raises :class:`TransportClosed`.
+    any thread (a lock guards all). Once its transport (``owner``) is closed a blocked
+    ``receive`` returns None within ``_SLICE`` and every call raises :class:`TransportClosed`.
     """
 
-    def __init__(self, settings: Settings, prefetch: int, label: str) -> None:
+    def __init__(self, settings: Settings, prefetch: int, owner: Transport) -> None:
         self.settings = settings
         self.prefetch = prefetch
-        self._label = label  # the transport's redacted URL
-        self.closing = False
+        self._owner = owner
         self._lock = threading.RLock()
         self._link = Link(settings, "consumer", on_channel=self._on_channel)
         #: By broker queue: the tag of its ``basic.consume`` ("" while strict mode reads it).
@@ -79,12 +78,12 @@ class Consumer:
         deadline = time.monotonic() + max(0.0, timeout)
         strict = self.prefetch <= 1
         with self._lock:
-            self._check_open()
+            self._owner.check_open()
             while True:
                 got = self._buffered(sources)
                 if got is not None:
                     return got
-                if self.closing:
+                if self._owner.closed:
                     return None
                 try:
                     for source in sources:
@@ -166,7 +165,7 @@ class Consumer:
                     handle=_Handle(self._link.generation, message.delivery_info["delivery_tag"]),
                 )
         tags = [self._consume(channel, queue, source) for source in sources]
-        while not self.closing and not any(self._buffers[source] for source in sources):
+        while not self._owner.closed and not any(self._buffers[source] for source in sources):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -214,7 +213,7 @@ class Consumer:
         if not isinstance(handle, _Handle):
             raise TransportError(f"amqp {what}: not a delivery of this transport")
         with self._lock:
-            self._check_open()
+            self._owner.check_open()
             if handle.settled:
                 return
             handle.settled = True
@@ -256,7 +255,7 @@ class Consumer:
 
     def _read_prefetched(self) -> None:
         """Move deliveries already sent to this consumer from the socket into the buffers."""
-        if self._link.current is None or self.closing:
+        if self._link.current is None or self._owner.closed:
             return
         try:
             while self._link.drain(0):
@@ -267,7 +266,7 @@ class Consumer:
     def stop(self, sources: list[str]) -> None:
         """Stop consuming the broker queues ``sources``; give back what was prefetched."""
         with self._lock:
-            self._check_open()
+            self._owner.check_open()
             for source in sources:
                 tag = self.consumers.pop(source, None)
                 buffered = self._buffers.pop(source, deque())
@@ -288,7 +287,3 @@ class Consumer:
             self._link.close()
             self.consumers.clear()
             self._buffers.clear()
-
-    def _check_open(self) -> None:
-        if self.closing:
-            raise TransportClosed(f"{self._label} is closed")

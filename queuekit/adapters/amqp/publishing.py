@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 from amqp import exceptions as amqp_errors
 from amqp import spec
 
-from ...spi.errors import ConnectionLost, TransportClosed, TransportError
+from ...spi.errors import ConnectionLost, TransportError
 from ...spi.timeouts import publish_unreachable
+from ...spi.transport import Transport
 from .link import CHANNEL_ERRORS, RECOVERABLE, Link, backoff, map_channel_error
 from .messages import Publication, returned
 from .settings import Settings
@@ -57,13 +58,13 @@ class _Ticket:
 class Publisher:
     """The publisher's connection and channel, its confirms and what it declared.
 
-    Thread-safe. After ``closing`` is set every call raises :class:`TransportClosed`.
+    Thread-safe. Once its transport (``owner``) is closed every call raises
+    :class:`TransportClosed`.
     """
 
-    def __init__(self, settings: Settings, label: str) -> None:
+    def __init__(self, settings: Settings, owner: Transport) -> None:
         self.settings = settings
-        self._label = label  # the transport's redacted URL
-        self.closing = False
+        self._owner = owner
         self._lock = threading.RLock()
         self._link = Link(settings, "publisher", on_channel=self._on_channel)
         self._declarations = Declarations(settings)
@@ -118,7 +119,7 @@ class Publisher:
         deadline = time.monotonic() + self.settings.publish_timeout
         while True:
             with self._lock:
-                self._check_open()
+                self._owner.check_open()
                 try:
                     channel = self._link.channel()
                     self._declarations.prepare(channel, pending)
@@ -140,7 +141,7 @@ class Publisher:
                     continue
             if time.monotonic() >= deadline:
                 self._failing_since, self._attempt = None, 0
-                raise publish_unreachable(self._label, self.settings.publish_timeout,
+                raise publish_unreachable(self._owner.url.redacted(), self.settings.publish_timeout,
                                           self._last_failure)  # fmt: skip
             self._wait_for_broker("publish", deadline)
 
@@ -149,7 +150,7 @@ class Publisher:
         ``missing`` is the answer when the broker says the queue does not exist."""
         while True:
             with self._lock:
-                self._check_open()
+                self._owner.check_open()
                 try:
                     result = operation(self._link.channel())
                     self._failing_since, self._attempt = None, 0
@@ -173,10 +174,6 @@ class Publisher:
     def close(self) -> None:
         with self._lock:
             self._link.close()
-
-    def _check_open(self) -> None:
-        if self.closing:
-            raise TransportClosed(f"{self._label} is closed")
 
     def _publish_on(self, channel: Any, items: list[Publication]) -> list[Publication]:
         """Write every item, then wait for all confirms; return the items sent back as

@@ -63,8 +63,8 @@ class AMQPTransport(Transport):
                 ),
             },
         )
-        self._publisher = Publisher(settings, url.redacted())
-        self._consumer = Consumer(settings, prefetch, url.redacted())
+        self._publisher = Publisher(settings, self)
+        self._consumer = Consumer(settings, prefetch, self)
         #: The broker queues a receive reads, by queue (and range): worked out once.
         self._sources_of: dict[tuple[str, PriorityRange | None], list[str]] = {}
 
@@ -179,10 +179,10 @@ class AMQPTransport(Transport):
 
     def close(self) -> None:
         """Close both connections; un-acked deliveries go back to their queues."""
-        if self._consumer.closing:
+        if self.closed:
             return
         # a receive blocked in another thread sees this and returns within a drain slice
-        self._consumer.closing = self._publisher.closing = True
+        self.closed = True
         self._consumer.close()
         self._publisher.close()
 

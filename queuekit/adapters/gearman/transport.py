@@ -40,7 +40,6 @@ from ...spi.capabilities import Capabilities
 from ...spi.errors import (
     ConfigurationError,
     ConnectionLost,
-    TransportClosed,
     TransportError,
 )
 from ...spi.priorities import PriorityBands, PriorityRange
@@ -110,7 +109,6 @@ class GearmanTransport(Transport):
         self._publish_timeout = publish_timeout(url)
         self._bands = PriorityBands.from_url(url)
         self.capabilities = _capabilities(url.flag("durable"), self._bands)
-        self._closed = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._send_lock = threading.Lock()
         self._publishers = [
@@ -132,7 +130,7 @@ class GearmanTransport(Transport):
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         """All jobs go out pipelined; returns when gearmand created every one."""
-        self._check_open()
+        self.check_open()
         if not messages:
             return
         jobs = []
@@ -161,7 +159,7 @@ class GearmanTransport(Transport):
         deadline = time.monotonic() + self._publish_timeout
         with self._send_lock:
             while True:
-                self._check_open()
+                self.check_open()
                 last = "no gearmand answers"
                 for _ in range(len(self._publishers) + 1):
                     link = self._publisher()
@@ -175,7 +173,7 @@ class GearmanTransport(Transport):
                     except Refused as exc:
                         raise TransportError(f"gearmand refused a job: {exc}") from None
                     except Woken:
-                        raise TransportClosed("gearman transport closed during send") from None
+                        raise self.closed_error() from None
                 # a host that refused is tried again after RECONNECT_BACKOFF: wait for that
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -213,7 +211,7 @@ class GearmanTransport(Transport):
         self, queue: str, starts: tuple[int, ...] | None, timeout: float
     ) -> Delivery | None:
         with self._consume_lock:
-            self._check_open()
+            self.check_open()
             consumer = self._consumer(queue, starts)
             deadline = time.monotonic() + max(0.0, timeout)
             try:
@@ -340,7 +338,7 @@ class GearmanTransport(Transport):
         with self._consume_lock:
             if ticket.settled:
                 return
-            self._check_open()
+            self.check_open()
             ticket.settled = True
             ticket.consumer.unsettled -= 1
             job = ticket.assignment
@@ -363,7 +361,7 @@ class GearmanTransport(Transport):
             except LinkDown as exc:
                 log.warning("gearman: settling job %r failed (%s); it runs again", job.handle, exc)
             except Woken:
-                raise TransportClosed("gearman transport closed while settling") from None
+                raise self.closed_error() from None
 
     # -- foreground RPC ----------------------------------------------------------------
 
@@ -379,7 +377,7 @@ class GearmanTransport(Transport):
         """Submit a foreground job and wait for its result (what the worker passed to
         :meth:`complete`; empty after a plain ``ack``). Raises :class:`CallFailed` when the
         worker fails it (``nack``) or nothing comes back within ``timeout`` seconds."""
-        self._check_open()
+        self.check_open()
         placed = frame.place(queue, priority, self._bands)
         data = frame.encode(body, dict(headers or {}), placed.level, foreground=True)
         return self._callers.call(queue, placed.function, data, placed.native, timeout)
@@ -390,7 +388,7 @@ class GearmanTransport(Transport):
         """Ready jobs (``Transport.depth``): gearmand's queued minus running of every band,
         over every reachable host. A job a worker grabbed (prefetched, this transport's own
         buffer included) is running to gearmand: in flight, not counted."""
-        self._check_open()
+        self.check_open()
         names = {f.decode() for f in frame.functions(queue, self._bands)}
         total, reachable = 0, 0
         for host in self._host_list:
@@ -412,7 +410,7 @@ class GearmanTransport(Transport):
         """Complete every waiting job of ``queue`` unprocessed (jobs other workers are
         running stay theirs); returns how many were dropped."""
         with self._consume_lock:
-            self._check_open()
+            self.check_open()
             dropped = 0
             for consumer in self._consumers_of(queue):
                 while consumer.buffer:
@@ -435,7 +433,7 @@ class GearmanTransport(Transport):
                 except LinkDown:
                     continue
                 except Woken:
-                    raise TransportClosed("gearman transport closed during purge") from None
+                    raise self.closed_error() from None
                 finally:
                     link.drop()
             if not reachable:
@@ -460,9 +458,9 @@ class GearmanTransport(Transport):
 
     def close(self) -> None:
         """Idempotent. Held jobs go back to gearmand as the worker connections close."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
         locked = self._consume_lock.acquire(timeout=self._io_timeout)
@@ -481,10 +479,6 @@ class GearmanTransport(Transport):
         if locked:
             self._wake_r.close()
             self._wake_w.close()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise TransportClosed(f"gearman transport {self.url.redacted()} is closed")
 
     def _where(self) -> str:
         return ",".join(self._host_list)

@@ -37,7 +37,6 @@ from typing import Any
 from ...spi.errors import (
     ConfigurationError,
     ConnectionLost,
-    TransportClosed,
     TransportError,
     Unsupported,
 )
@@ -138,7 +137,6 @@ class StompTransport(Transport):
         self._bells: dict[str, SimpleQueue[None]] = {}  # by queue, for its bands
         self._session: Session | None = None
         self._down_since: float | None = None
-        self._closed = False
         self._last_failure: Exception | None = None
         session = self._connect_round()
         if session is None:
@@ -203,7 +201,7 @@ class StompTransport(Transport):
             return session
         with self._connect_lock:
             while True:
-                self._check_open()
+                self.check_open()
                 session = self._session
                 if session is not None and session.alive:
                     return session
@@ -258,10 +256,6 @@ class StompTransport(Transport):
         log.warning("STOMP connection to %s lost: %s", session.host, session.error)
         self._wake_all()
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise TransportClosed(f"{self!r} is closed")
-
     # -- publishing ---------------------------------------------------------------------
 
     def _frame_headers(self, headers: Headers, options: SendOptions) -> dict[str, str]:
@@ -284,7 +278,7 @@ class StompTransport(Transport):
         self.send_many(queue, [Outgoing(body, headers, options)])
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
-        self._check_open()
+        self.check_open()
         frames = []
         bands = self._bands
         for message in messages:
@@ -295,7 +289,7 @@ class StompTransport(Transport):
         self._publish(frames)
 
     def broadcast(self, topic: str, body: bytes, headers: Headers) -> None:
-        self._check_open()
+        self.check_open()
         self.check_outgoing(body)
         self._publish([("/topic/" + topic, body, wire_headers(headers))])
 
@@ -319,7 +313,7 @@ class StompTransport(Transport):
             try:
                 session = self._live(deadline)
             except ConnectionLost as exc:
-                if self._closed:
+                if self.closed:
                     raise
                 raise publish_unreachable(self.url.redacted(), self._publish_timeout, exc) from None
             errors = session.errors
@@ -396,7 +390,7 @@ class StompTransport(Transport):
         return subs
 
     def subscribe(self, pattern: str) -> str:
-        self._check_open()
+        self.check_open()
         destination, local = topic_destinations(self._profile, pattern)
         name = f"subscription.{uuid.uuid4().hex}"
         sub = _Subscription(
@@ -413,7 +407,7 @@ class StompTransport(Transport):
 
     def unsubscribe(self, subscription: str) -> None:
         sub = self._subs.get(subscription)
-        if sub is None or self._closed:
+        if sub is None or self.closed:
             return
         self._forget(sub)
         session = self._session
@@ -469,7 +463,7 @@ class StompTransport(Transport):
 
     def receive(self, queue: str, timeout: float) -> Delivery | None:
         """A message of ``queue``'s bands (highest band first), or of a subscription."""
-        self._check_open()
+        self.check_open()
         if queue.startswith("subscription."):
             sub = self._subs.get(queue)
             if sub is None:
@@ -482,7 +476,7 @@ class StompTransport(Transport):
     ) -> Delivery | None:
         """A message of the bands ``priorities`` covers, highest band first; a range that
         cuts a band is :class:`Unsupported` (it names ``?priority_bands=``)."""
-        self._check_open()
+        self.check_open()
         starts = self._bands.starts_within(priorities, self.name)
         return self._take(self._band_subscriptions(queue, starts), timeout)
 
@@ -496,7 +490,7 @@ class StompTransport(Transport):
         while True:
             session = self._session
             if session is None or not session.alive:
-                if self._closed:
+                if self.closed:
                     return None
                 try:
                     session = self._live(deadline)
@@ -516,7 +510,7 @@ class StompTransport(Transport):
                 except Empty:
                     continue  # past the deadline, or the hold is over
                 # a delivery, or woken: closed, lost, or unsubscribed
-                if self._closed or any(self._subs.get(sub.name) is not sub for sub in subs):
+                if self.closed or any(self._subs.get(sub.name) is not sub for sub in subs):
                     return None
                 continue
             current = self._session
@@ -530,7 +524,7 @@ class StompTransport(Transport):
 
     def _settle_session(self, delivery: Delivery) -> tuple[_Handle, Session] | None:
         """The handle and the connection to settle on, or None when there is nothing to do."""
-        self._check_open()
+        self.check_open()
         handle = delivery.handle
         if not isinstance(handle, _Handle):
             raise TransportError(f"{delivery!r} did not come from a STOMP transport")
@@ -585,9 +579,9 @@ class StompTransport(Transport):
     # -- closing ------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self._wake_all()
         session, self._session = self._session, None
         if session is not None:

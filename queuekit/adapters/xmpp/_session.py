@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from ...spi.errors import TransportClosed
 from ._acks import Acks
 from ._connection import Connection
 from ._consuming import QueueReader
@@ -67,8 +66,8 @@ class Session:
         """Run one operation of the blocking API, so ``close`` can cancel it."""
         task = asyncio.current_task()
         assert task is not None
-        if self.connection.closing:
-            raise TransportClosed("xmpp transport is closed")
+        if self.connection.closing:  # the transport maps this to its closed error
+            raise asyncio.CancelledError
         self._operations.add(task)
         try:
             return await operation

@@ -72,7 +72,6 @@ class XMPPTransport(Transport):
         self._publish_timeout = publish_timeout(url)
         self._loop = LoopThread(f"queuekit-xmpp-{self.settings.resource}")
         self._session = Session(self.settings, prefetch)
-        self._closed = False
         self._close_lock = threading.Lock()
         self._subscriptions: set[str] = set()
         try:
@@ -91,16 +90,16 @@ class XMPPTransport(Transport):
     # -- plumbing --------------------------------------------------------------------------
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._closed:
+        if self.closed:
             coro.close()
-            raise TransportClosed(f"{self!r} is closed")
+            raise self.closed_error()
         try:
             return self._loop.call(self._session.run(coro))
         except QueuekitError:
             raise
         except (concurrent.futures.CancelledError, asyncio.CancelledError):
-            if self._closed:
-                raise TransportClosed(f"{self!r} was closed") from None
+            if self.closed:
+                raise self.closed_error() from None
             raise TransportError("xmpp: operation cancelled") from None
         except Exception as exc:  # a slixmpp or stream failure: map it at the boundary
             raise TransportError(f"xmpp: {type(exc).__name__}: {exc}") from exc
@@ -136,7 +135,7 @@ class XMPPTransport(Transport):
                 return
             except ConnectionLost as exc:
                 left = deadline - time.monotonic()
-                if self._closed or left <= 0:
+                if self.closed or left <= 0:
                     raise publish_unreachable(self.url.redacted(), timeout, exc) from None
                 time.sleep(min(left, 0.1 * 2**attempt, 1.0))
                 attempt += 1
@@ -147,7 +146,7 @@ class XMPPTransport(Transport):
             if queue in self._subscriptions:
                 return self._notification(queue, timeout)
             self._require_queues()
-            if self._closed:
+            if self.closed:
                 return None
             got = self._session.reader.take_ready(queue, self._loop.loop)
             if got is None:
@@ -168,8 +167,7 @@ class XMPPTransport(Transport):
         )
 
     def _notification(self, name: str, timeout: float) -> Delivery | None:
-        if self._closed:
-            raise TransportClosed(f"{self!r} is closed")
+        self.check_open()
         if not self._session.connection.connected:  # reconnect (and re-subscribe) first
             self._call(self._session.connection.ensure())
         subscription = self._session.fanout.subscriptions.get(name)
@@ -188,8 +186,7 @@ class XMPPTransport(Transport):
         handle = self._handle(delivery)
         if handle is None:
             return
-        if self._closed:
-            raise TransportClosed(f"{self!r} is closed")
+        self.check_open()
         if not self._session.acks.ack_nowait(*handle, self._loop.loop):
             self._call(self._session.acks.retract(*handle))
 
@@ -204,9 +201,9 @@ class XMPPTransport(Transport):
 
     def close(self) -> None:
         with self._close_lock:
-            if self._closed:
+            if self.closed:
                 return
-            self._closed = True
+            self.closed = True
         try:
             with contextlib.suppress(Exception):  # closing must not fail; stop() cleans up
                 self._loop.submit(self._session.close()).result(self.settings.timeout + 5)
