@@ -135,7 +135,7 @@ def raw_consumer(spec: Spec, ready: Event, out: Any) -> None:
 
 def prefill_producer(spec: Spec, ready: Event, out: Any) -> None:
     """Distinct envelopes, encoded before the clock starts, sent in batches."""
-    from queuekit.adapters.zeromq import ZeroMQTransport
+    from queuekit.adapters.zmq import ZeroMQTransport
 
     t = ZeroMQTransport(TransportURL.parse(spec.url))
     bodies = [Outgoing(encode(Message(payload(i)))) for i in range(spec.n)]
@@ -148,7 +148,7 @@ def prefill_producer(spec: Spec, ready: Event, out: Any) -> None:
 
 def transport_producer(spec: Spec, ready: Event, out: Any) -> None:
     url, n, body, batch = spec.url, spec.n, spec.body, spec.batch
-    from queuekit.adapters.zeromq import ZeroMQTransport
+    from queuekit.adapters.zmq import ZeroMQTransport
 
     t = ZeroMQTransport(TransportURL.parse(url))
     ready.wait()
@@ -166,7 +166,7 @@ def transport_producer(spec: Spec, ready: Event, out: Any) -> None:
 
 def transport_consumer(spec: Spec, ready: Event, out: Any) -> None:
     url, n, prefetch = spec.url, spec.n, spec.prefetch
-    from queuekit.adapters.zeromq import ZeroMQTransport
+    from queuekit.adapters.zmq import ZeroMQTransport
 
     t = ZeroMQTransport(TransportURL.parse(url), prefetch=prefetch)
     if not spec.prefill:
@@ -237,7 +237,7 @@ class Device:
         self.port = free_base_port()
         self.url = f"zmq://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "queuekit.adapters.zmq_proxy", self.url],
+            [sys.executable, "-m", "queuekit.adapters.zmq.proxy", self.url],
             cwd=ROOT,
         )
         deadline = time.monotonic() + 10

@@ -38,7 +38,7 @@ from .worker.loop import Limits
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
 _DELEGATED = {
     "conformance": ("queuekit.conformance.cli", "command", "check a broker against the contract"),
-    "zmq-proxy": ("queuekit.adapters.zmq_proxy", "main", "run the ZeroMQ routing device"),
+    "zmq-proxy": ("queuekit.adapters.zmq.proxy", "main", "run the ZeroMQ routing device"),
 }
 #: ``-v`` is the worker command's own flag: it may stand before or after the subcommand.
 _VERBOSE = ("-v", "--verbose")

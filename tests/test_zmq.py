@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from queuekit.adapters.zeromq import ZeroMQTransport, subscription_prefix
+from queuekit.adapters.zmq import ZeroMQTransport
+from queuekit.adapters.zmq.transport import subscription_prefix
 from queuekit.spi.errors import ConnectionLost, MessageTooLarge, TransportClosed, Unsupported
 from queuekit.spi.registry import open_transport
 from queuekit.spi.topics import topic_matches
@@ -55,7 +56,7 @@ class DeviceProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "queuekit.adapters.zmq_proxy", self.url],
+            [sys.executable, "-m", "queuekit.adapters.zmq.proxy", self.url],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -272,7 +273,7 @@ def test_a_killed_worker_loses_at_most_its_prefetch(device: DeviceProcess, open_
     code = textwrap.dedent(
         f"""
         import os, signal, sys
-        from queuekit.adapters.zeromq import ZeroMQTransport
+        from queuekit.adapters.zmq import ZeroMQTransport
         from queuekit.spi.urls import TransportURL
         t = ZeroMQTransport(TransportURL.parse({device.url!r}), prefetch={prefetch})
         d = t.receive({queue!r}, 10.0)
@@ -518,7 +519,7 @@ def test_delete_drops_what_waits_in_the_device(open_zmq) -> None:  # type: ignor
 def test_a_full_device_pushes_back_instead_of_dropping() -> None:
     own = DeviceProcess(f"zmq://127.0.0.1:{free_port_triple()}")
     own.process = subprocess.Popen(
-        [sys.executable, "-m", "queuekit.adapters.zmq_proxy", own.url, "--max-buffered", "50"],
+        [sys.executable, "-m", "queuekit.adapters.zmq.proxy", own.url, "--max-buffered", "50"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -544,7 +545,7 @@ def test_a_full_device_pushes_back_instead_of_dropping() -> None:
 
 
 def test_serve_runs_in_a_thread_until_stopped() -> None:
-    from queuekit.adapters.zmq_proxy import serve
+    from queuekit.adapters.zmq.proxy import serve
 
     url = f"zmq://127.0.0.1:{free_port_triple()}"
     ready, stop, result = threading.Event(), threading.Event(), []
@@ -568,7 +569,7 @@ def test_serve_runs_in_a_thread_until_stopped() -> None:
 def test_the_device_survives_malformed_input(device: DeviceProcess, open_zmq) -> None:  # type: ignore[no-untyped-def]
     import zmq
 
-    from queuekit.adapters.zmq_wire import SEND, make_head, pack_index
+    from queuekit.adapters.zmq.wire import SEND, make_head, pack_index
 
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
@@ -595,7 +596,7 @@ def test_the_device_survives_malformed_input(device: DeviceProcess, open_zmq) ->
 def test_garbage_records_still_count_against_the_credit(device: DeviceProcess, open_zmq) -> None:  # type: ignore[no-untyped-def]
     import zmq
 
-    from queuekit.adapters.zmq_wire import SEND, make_head, pack_index
+    from queuekit.adapters.zmq.wire import SEND, make_head, pack_index
 
     # Given a worker with prefetch 2, and a raw producer that sends two batches whose index
     # matches their length but whose records are garbage (two "records" each)

@@ -1,5 +1,5 @@
 # ZeroMQ needs no broker, but zmq:// producers and workers meet at queuekit's routing device
-# (queuekit/adapters/zmq_proxy.py): it binds ports P (producers), P+1 (workers), P+2 (subscribers).
+# (queuekit/adapters/zmq/proxy.py): it binds ports P (producers), P+1 (workers), P+2 (subscribers).
 # `up` starts it in the background unless one answers; `restart` restarts the one we started.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd); source "$here/lib.sh"
 root=$(cd "$here/../.." && pwd)
@@ -21,7 +21,7 @@ start() {
   fi
   mkdir -p "$dir"
   local py; py=$(python_bin)
-  PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" nohup "$py" -m queuekit.adapters.zmq_proxy \
+  PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" nohup "$py" -m queuekit.adapters.zmq.proxy \
     "zmq://$host:$port" >>"$dir/device.log" 2>&1 </dev/null &
   echo $! >"$dir/device.pid"
   wait_port "$host" "$port" 15 "zmq device (producers)"

@@ -6,14 +6,14 @@ queue names apart (a PULL worker of queue A would get queue B's work) and becaus
 and workers that start in any order must find each other at a fixed address.
 
 Run it with ``worker zmq-proxy zmq://127.0.0.1:5560`` (or ``python -m
-queuekit.adapters.zmq_proxy URL``). From the URL's port ``P`` it binds three sockets:
+queuekit.adapters.zmq.proxy URL``). From the URL's port ``P`` it binds three sockets:
 
 - ``P``     PULL: producers' PUSH sockets send work, broadcasts and readiness probes here.
 - ``P + 1`` ROUTER: workers' DEALER sockets announce a credit window per queue and receive
   batches of work, never more than their window (the prefetch).
 - ``P + 2`` PUB: broadcasts and probes go out here; ZeroMQ filters them by topic prefix.
 
-The wire format is in :mod:`queuekit.adapters.zmq_wire`.
+The wire format is in :mod:`queuekit.adapters.zmq.wire`.
 
 Work waits in the device's memory (in arrival order per queue) until a worker has credit;
 when more than ``max_buffered`` messages wait in total, the device stops reading producers
@@ -40,7 +40,7 @@ import zmq
 from queuekit.spi.errors import ConfigurationError
 from queuekit.spi.urls import TransportURL
 
-from .zmq_wire import (
+from .wire import (
     BROADCAST,
     DEFAULT_PORT,
     DELETE,

@@ -1,6 +1,6 @@
 """``zmq://host:port``: ZeroMQ through pyzmq, at most once, fast, with nothing kept on disk.
 
-Every process connects to one routing device (:mod:`queuekit.adapters.zmq_proxy`, run as
+Every process connects to one routing device (:mod:`queuekit.adapters.zmq.proxy`, run as
 ``worker zmq-proxy URL``) at the URL's port ``P``: producers PUSH to ``P``, workers hold a
 DEALER on ``P + 1`` and take work in batches no larger than their prefetch window, subscribers
 hold a SUB on ``P + 2``. Queue names are kept apart by the device (each message carries its
@@ -40,7 +40,7 @@ from queuekit.spi.topics import topic_matches
 from queuekit.spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from queuekit.spi.urls import TransportURL
 
-from .zmq_wire import (
+from .wire import (
     BROADCAST,
     DELETE,
     DELIVER,
