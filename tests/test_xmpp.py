@@ -32,7 +32,7 @@ from tests.support import require_broker, wait_until
 
 pytest.importorskip("slixmpp")
 from queuekit.adapters.xmpp import QueueFull, XMPPSettings, XMPPTransport
-from queuekit.adapters.xmpp._settings import decode_payload, encode_payload
+from queuekit.adapters.xmpp.settings import decode_payload, encode_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("QUEUEKIT_VAR", ROOT / "var"))

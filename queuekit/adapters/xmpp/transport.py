@@ -11,7 +11,7 @@ every subscriber of a node is notified of every item and a retract can only sett
 after the work is done, so two consumers of one queue may both run it; ``topics``, because
 XEP-0060 has no wildcard subscriptions; ``delay``, ``priority``, ``dedup``. The class-level
 declaration is what XEP-0060 servers with the optional features queues need (Prosody,
-ejabberd) back; each connection declares what its pub/sub service advertises (``_service``).
+ejabberd) back; each connection declares what its pub/sub service advertises (``service``).
 
 Threads: one asyncio loop per transport in a background thread (slixmpp is asyncio-only);
 the blocking methods hand coroutines to it. Thread safety follows the contract.
@@ -38,9 +38,9 @@ from ...spi.errors import (
 from ...spi.timeouts import publish_timeout, publish_unreachable
 from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import TransportURL
-from ._loop import LoopThread
-from ._queue_consumer import QueueConsumer
-from ._service import (
+from .loop import LoopThread
+from .queue_consumer import QueueConsumer
+from .service import (
     FANOUT_FEATURES,
     INSPECT_FEATURES,
     PUBSUB_FEATURE,
@@ -48,9 +48,9 @@ from ._service import (
     capabilities,
     queue_gap,
 )
-from ._session import Session
-from ._settings import XMPPSettings
-from ._stanzas import Item
+from .session import Session
+from .settings import XMPPSettings
+from .stanzas import Item
 
 T = TypeVar("T")
 

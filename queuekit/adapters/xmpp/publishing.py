@@ -17,10 +17,10 @@ from typing import Any
 from slixmpp.exceptions import IqError, IqTimeout
 
 from ...spi.errors import ConnectionLost, QueueFull
-from ._connection import Connection
-from ._nodes import Nodes, NodeState
-from ._settings import XMPPSettings, encode_payload
-from ._stanzas import iq_error, new_id
+from .connection import Connection
+from .nodes import Nodes, NodeState
+from .settings import XMPPSettings, encode_payload
+from .stanzas import iq_error, new_id
 
 #: Re-count a queue node at least this often while publishing to it (other publishers).
 RECOUNT_SECONDS = 5.0

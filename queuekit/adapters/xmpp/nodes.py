@@ -23,10 +23,10 @@ from xml.etree import ElementTree as ET
 from slixmpp.exceptions import IqError
 
 from ...spi.errors import TransportError
-from ._connection import Connection
-from ._service import PUBSUB_FEATURE
-from ._settings import XMPPSettings
-from ._stanzas import (
+from .connection import Connection
+from .service import PUBSUB_FEATURE
+from .settings import XMPPSettings
+from .stanzas import (
     NODE_CONFIG,
     PUBSUB,
     NodeConfig,

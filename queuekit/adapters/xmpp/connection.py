@@ -5,7 +5,7 @@ next call after a lost connection connects again (same resource, so server-side
 subscriptions still apply) and then lets the session restore what it listens to. IQs go
 through :meth:`Connection.iq` (or join :attr:`Connection.iqs`), so a dropped stream fails
 them at once instead of after the IQ timeout. On every (re)connect it reads the pub/sub
-service's features (XEP-0030), which decide what the transport declares (``_service``).
+service's features (XEP-0030), which decide what the transport declares (``service``).
 Everything here runs on the loop thread.
 """
 
@@ -21,8 +21,8 @@ import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
 from ...spi.errors import ConfigurationError, ConnectionLost
-from ._quickack import ack_at_once
-from ._settings import XMPPSettings
+from .quickack import ack_at_once
+from .settings import XMPPSettings
 
 
 class Connection:

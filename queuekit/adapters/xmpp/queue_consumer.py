@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from ._stanzas import Item
+from .stanzas import Item
 
 
 @dataclass(slots=True)

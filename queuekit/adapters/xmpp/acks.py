@@ -14,11 +14,11 @@ from typing import Any
 
 from slixmpp.exceptions import IqError
 
-from ._connection import Connection
-from ._journal import TakenJournal
-from ._queue_consumer import QueueConsumer
-from ._settings import XMPPSettings
-from ._stanzas import Item
+from .connection import Connection
+from .journal import TakenJournal
+from .queue_consumer import QueueConsumer
+from .settings import XMPPSettings
+from .stanzas import Item
 
 log = logging.getLogger("queuekit.adapters.xmpp")
 

@@ -13,9 +13,9 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from ._nodes import Nodes
-from ._settings import XMPPSettings
-from ._stanzas import Item
+from .nodes import Nodes
+from .settings import XMPPSettings
+from .stanzas import Item
 
 log = logging.getLogger("queuekit.adapters.xmpp")
 

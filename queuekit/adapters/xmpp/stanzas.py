@@ -17,7 +17,7 @@ from slixmpp.exceptions import IqError
 from slixmpp.plugins import xep_0004
 
 from ...spi.errors import ConnectionLost, MalformedMessage, TransportError
-from ._settings import decode_payload
+from .settings import decode_payload
 
 _FORM: Any = xep_0004.Form  # slixmpp's data forms are untyped
 

@@ -15,16 +15,16 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from ._acks import Acks
-from ._connection import Connection
-from ._consuming import QueueReader
-from ._fanout import Fanout
-from ._inspection import Inspection
-from ._journal import TakenJournal
-from ._nodes import Nodes
-from ._publishing import Publisher
-from ._settings import XMPPSettings
-from ._stanzas import EVENT, Item, parse_items
+from .acks import Acks
+from .connection import Connection
+from .consuming import QueueReader
+from .fanout import Fanout
+from .inspection import Inspection
+from .journal import TakenJournal
+from .nodes import Nodes
+from .publishing import Publisher
+from .settings import XMPPSettings
+from .stanzas import EVENT, Item, parse_items
 
 T = TypeVar("T")
 

@@ -14,11 +14,11 @@ from xml.etree import ElementTree as ET
 
 from slixmpp.exceptions import IqError
 
-from ._connection import Connection
-from ._nodes import Nodes
-from ._queue_consumer import QueueConsumer
-from ._settings import NS, XMPPSettings
-from ._stanzas import PUBSUB, iq_error, new_id
+from .connection import Connection
+from .nodes import Nodes
+from .queue_consumer import QueueConsumer
+from .settings import NS, XMPPSettings
+from .stanzas import PUBSUB, iq_error, new_id
 
 _TAKEN = f"{{{NS}}}taken"
 

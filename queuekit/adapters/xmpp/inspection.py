@@ -11,13 +11,13 @@ import contextlib
 
 from slixmpp.exceptions import IqError
 
-from ._acks import Acks
-from ._connection import Connection
-from ._consuming import QueueReader
-from ._journal import TakenJournal
-from ._nodes import Nodes
-from ._settings import XMPPSettings
-from ._stanzas import iq_error
+from .acks import Acks
+from .connection import Connection
+from .consuming import QueueReader
+from .journal import TakenJournal
+from .nodes import Nodes
+from .settings import XMPPSettings
+from .stanzas import iq_error
 
 
 class Inspection:

@@ -15,12 +15,12 @@ import time
 
 from slixmpp.exceptions import IqError
 
-from ._connection import Connection
-from ._journal import TakenJournal
-from ._nodes import Nodes
-from ._queue_consumer import QueueConsumer
-from ._settings import XMPPSettings
-from ._stanzas import PUBSUB, Item, iq_error, parse_items
+from .connection import Connection
+from .journal import TakenJournal
+from .nodes import Nodes
+from .queue_consumer import QueueConsumer
+from .settings import XMPPSettings
+from .stanzas import PUBSUB, Item, iq_error, parse_items
 
 log = logging.getLogger("queuekit.adapters.xmpp")
 
