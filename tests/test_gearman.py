@@ -7,7 +7,6 @@ fresh queue names, so they share the daemons with whatever else runs.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -25,7 +24,8 @@ import pytest
 from queuekit import Message, Repeat, Unsupported, connect
 from queuekit.adapters.gearman import CallFailed, GearmanTransport, frame
 from queuekit.adapters.gearman.link import SUBMIT_BG, Link, Refused
-from queuekit.features.envelope import encode
+from queuekit.features.envelope import decode, encode
+from queuekit.features.rpc import REPLY
 from queuekit.spi.errors import ConfigurationError, ConnectionLost, TransportClosed
 from queuekit.spi.priorities import PriorityBands, PriorityRange
 from queuekit.spi.registry import open_transport
@@ -391,10 +391,13 @@ def test_foreground_call_returns_the_workers_result(gearman: Open) -> None:
             delivery = worker.receive(queue, 0.2)
             if delivery is None:
                 continue
+            assert delivery.reply_to is not None  # a caller waits: where its result goes
             if delivery.body == b"fail":
                 worker.nack(delivery, requeue=False)
             else:
-                worker.complete(delivery, delivery.body.upper() + delivery.headers["x"].encode())
+                result = delivery.body.upper() + delivery.headers["x"].encode()
+                worker.send(delivery.reply_to, result, {})
+                worker.ack(delivery)
 
     thread = threading.Thread(target=serve)
     thread.start()
@@ -420,8 +423,34 @@ def test_foreground_call_returns_the_workers_result(gearman: Open) -> None:
     assert late.value.reason == "timeout"
 
 
+def test_only_a_foreground_job_has_a_reply_address_and_a_late_reply_is_dropped(
+    gearman: Open,
+) -> None:
+    queue = new_queue("reply-to")
+    caller, worker = gearman(), gearman()
+    caller.send(queue, b"background", {})
+    background = worker.receive(queue, 5)
+    assert background is not None and background.reply_to is None
+    worker.ack(background)
+
+    results: list[bytes] = []
+    thread = threading.Thread(target=lambda: results.append(caller.call(queue, b"x", timeout=10)))
+    thread.start()
+    foreground = worker.receive(queue, 10)
+    assert foreground is not None and foreground.reply_to is not None
+    worker.send(foreground.reply_to, b"the result", {})
+    worker.ack(foreground)
+    thread.join(10)
+    assert results == [b"the result"]
+
+    # When the job is settled its address is gone: a reply is dropped, never a job
+    worker.send(foreground.reply_to, b"late", {})
+    assert _functions_listed(foreground.reply_to) == set()
+
+
 def test_foreground_call_through_a_dispatching_worker(gearman: Open) -> None:
-    """With the core's worker loop a call returns work()'s result, as JSON."""
+    """With the core's worker loop a call returns work()'s result, in the reply envelope
+    any queuekit caller gets (the core's replies, sent to the delivery's reply_to)."""
     queue = new_queue("rpc-dispatch")
     url = f"gearman://{HOST}:{MEMORY}"
     done: list[object] = []
@@ -437,7 +466,9 @@ def test_foreground_call_through_a_dispatching_worker(gearman: Open) -> None:
         thread.start()
         reply = gearman().call(queue, encode(Message({"n": [1, 2, 3]})), timeout=10)
         thread.join(10)
-    assert json.loads(reply) == {"sum": 6}
+    answer = decode(reply)
+    assert answer.metadata.name == REPLY
+    assert answer.payload == {"sum": 6}
     assert done == [{"n": [1, 2, 3]}]
 
 
@@ -551,8 +582,9 @@ def test_pooled_rpc_connections_survive_a_gearmand_restart(gearman: Open) -> Non
         while not stop.is_set():
             with contextlib.suppress(ConnectionLost):
                 delivery = worker.receive(queue, 0.2)
-                if delivery is not None:
-                    worker.complete(delivery, b"pong")
+                if delivery is not None and delivery.reply_to is not None:
+                    worker.send(delivery.reply_to, b"pong", {})
+                    worker.ack(delivery)
 
     thread = threading.Thread(target=serve)
     thread.start()

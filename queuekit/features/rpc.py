@@ -139,30 +139,34 @@ def _reply(message: Message) -> Reply:
 
 
 def send_reply(
-    transport: Transport, request: Metadata, *, value: object = None, error: str | None = None
+    transport: Transport,
+    request: Metadata,
+    to: str,
+    *,
+    value: object = None,
+    error: str | None = None,
 ) -> None:
-    """Tell the caller of ``request`` how it ended (worker side, before the ack).
+    """Tell the caller of ``request``, waiting at ``to`` (the request's ``reply_to``, or the
+    broker's own reply address for the delivery), how it ended (worker side, before the ack).
 
     A value JSON cannot carry, or one too large for the broker, becomes an error reply; a
     reply the broker refuses is logged (the caller times out) except ``ConnectionLost``,
     which the loop handles (the request then runs again).
     """
-    assert request.reply_to is not None
     cid = request.correlation_id or request.id
     try:
         body = encode(_outcome(cid, value, error))
     except TypeError as exc:
         body = encode(_outcome(cid, None, f"the result cannot be sent: {exc}"))
     try:
-        transport.send(request.reply_to, body, {})
+        transport.send(to, body, {})
     except ConnectionLost:
         raise
     except QueuekitError as exc:
         if error is None:  # e.g. too large: say so instead
-            send_reply(transport, request, error=f"the result cannot be sent: {exc}")
+            send_reply(transport, request, to, error=f"the result cannot be sent: {exc}")
         else:
-            log.warning("could not reply to %s for message %s: %s",
-                        request.reply_to, request.id, exc)  # fmt: skip
+            log.warning("could not reply to %s for message %s: %s", to, request.id, exc)
 
 
 def _outcome(correlation_id: str, value: object, error: str | None) -> Message:

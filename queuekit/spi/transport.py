@@ -8,10 +8,10 @@ headers between a named queue and a broker, and says what it guarantees in
 Contract, for every adapter:
 
 - **Threads.** ``send``/``send_many``/``broadcast`` are thread-safe. ``receive``, ``ack`` and
-  ``nack`` (and ``requeue``, ``complete``, ``release``) are called from one consumer thread at
-  a time. A worker with concurrency keeps this: its loop thread alone receives and settles,
-  while ``work()`` runs in other threads or tasks that only publish (``send``). ``close`` may
-  be called from any thread; a ``receive`` blocked in another thread then returns ``None``
+  ``nack`` (and ``requeue``, ``release``) are called from one consumer thread at a time. A
+  worker with concurrency keeps this: its loop thread alone receives and settles, while
+  ``work()`` runs in other threads or tasks that only publish (``send``). ``close`` may be
+  called from any thread; a ``receive`` blocked in another thread then returns ``None``
   promptly.
 - **Publishing.** ``send`` returns once the broker holds the message as far as the protocol
   can tell (publisher confirms, receipts, a committed row). ``send_many`` gives the same
@@ -32,6 +32,10 @@ Contract, for every adapter:
   window an acked message can come back, never go missing. ``close`` settles them first.
   ``nack(requeue=True)`` puts it back for any consumer; ``requeue=False`` drops it (the core
   has already written it to the failed store). Settling a delivery twice is a no-op.
+- **Replies.** Request/response is the core's: a reply is an ordinary ``send`` to the
+  caller's queue. A protocol with its own reply address (a Gearman foreground job) gives it
+  as ``Delivery.reply_to`` and takes the reply as a ``send`` there; the contract has no
+  other method for replies.
 - **Close.** ``close`` is idempotent. Un-acked deliveries go back to the broker (where
   ``redelivery`` is declared). Any other call after ``close`` raises :class:`TransportClosed`.
 - **Errors.** Only :mod:`queuekit.spi.errors` types escape; :class:`ConnectionLost` marks
@@ -85,6 +89,10 @@ class Delivery:
 
     ``redelivered`` is the broker's flag; ``delivery_count`` the broker's count of deliveries
     (1 on the first), when it keeps one. ``handle`` is the adapter's own reference.
+    ``reply_to`` is where the broker itself says a caller waits for the outcome (e.g. a
+    Gearman foreground job): a queue name to ``send`` the reply to before settling, as to an
+    envelope's ``reply_to``. It is the adapter's own, valid until the delivery is settled;
+    ``None`` when the protocol carries no reply address outside the body.
     """
 
     queue: str
@@ -93,6 +101,7 @@ class Delivery:
     redelivered: bool = False
     delivery_count: int | None = None
     handle: Any = None
+    reply_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +167,6 @@ class Transport(ABC):
     @abstractmethod
     def ack(self, delivery: Delivery) -> None:
         """The message was processed: the broker forgets it."""
-
-    def complete(self, delivery: Delivery, result: bytes) -> None:
-        """Ack with the result of the work, for a caller waiting on it (request/response,
-        e.g. a Gearman foreground job). Adapters without replies just ack."""
-        self.ack(delivery)
 
     def requeue(
         self, delivery: Delivery, body: bytes, *, options: SendOptions = NO_OPTIONS

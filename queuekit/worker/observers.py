@@ -55,7 +55,7 @@ log = logging.getLogger("queuekit.worker")
 class Observer:
     """Told of each step of an attempt at a message it applies to; every step a no-op."""
 
-    def applies(self, message: Message) -> bool:
+    def applies(self, attempt: Attempt) -> bool:
         return True
 
     def started(self, attempt: Attempt) -> None:
@@ -155,8 +155,8 @@ class Records(Observer):
         self.jobs, self.queue, self.record_all = jobs, queue, record_all
         self._pid = os.getpid()
 
-    def applies(self, message: Message) -> bool:
-        return self.record_all or message.metadata.record
+    def applies(self, attempt: Attempt) -> bool:
+        return self.record_all or attempt.message.metadata.record
 
     def started(self, attempt: Attempt) -> None:
         self._write(self.jobs.start_job, self._update(attempt, RUNNING))
@@ -219,11 +219,13 @@ class Replies(Observer):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def applies(self, message: Message) -> bool:
-        return message.metadata.reply_to is not None
+    def applies(self, attempt: Attempt) -> bool:
+        return attempt.reply_to is not None
 
     def finished(self, attempt: Attempt, *, result: object, error: str | None) -> None:
-        send_reply(self.broker.transport, attempt.message.metadata, value=result, error=error)
+        assert attempt.reply_to is not None
+        send_reply(self.broker.transport, attempt.message.metadata, attempt.reply_to,
+                   value=result, error=error)  # fmt: skip
 
 
 class KeyRelease(Observer):
@@ -233,8 +235,8 @@ class KeyRelease(Observer):
     def __init__(self, broker: Broker, queue: str) -> None:
         self.broker, self.queue = broker, queue
 
-    def applies(self, message: Message) -> bool:
-        meta = message.metadata
+    def applies(self, attempt: Attempt) -> bool:
+        meta = attempt.message.metadata
         return meta.key is not None and keys.held_in_store(meta, self.broker.transport.capabilities)
 
     def finished(self, attempt: Attempt, *, result: object, error: str | None) -> None:
@@ -248,8 +250,8 @@ class GroupRelease(Observer):
     def __init__(self, broker: Broker, queue: str) -> None:
         self.broker, self.queue = broker, queue
 
-    def applies(self, message: Message) -> bool:
-        return message.metadata.group is not None
+    def applies(self, attempt: Attempt) -> bool:
+        return attempt.message.metadata.group is not None
 
     def finished(self, attempt: Attempt, *, result: object, error: str | None) -> None:
         meta = attempt.message.metadata

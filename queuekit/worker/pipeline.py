@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 from ..features import groups, storeid
 from ..features.broker import Broker
-from ..features.envelope import Message, decode, encode_json
+from ..features.envelope import Message, decode
 from ..features.hooks import Hooks
 from ..features.retry import DEFAULT_RETRY, NoRetry, RetryStrategy, strategy_from_json
 from ..jobstore.records import JobUpdate
@@ -156,6 +156,12 @@ class Attempt:
     #: ``work()`` failed: what an observer's ``failing`` tells apart.
     rejected: bool = False
 
+    @property
+    def reply_to(self) -> str | None:
+        """Where a caller waits for the outcome: the envelope's ``reply_to``, else the
+        broker's own reply address (``Delivery.reply_to``, e.g. a Gearman foreground job)."""
+        return self.message.metadata.reply_to or self.delivery.reply_to
+
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs a microsecond per message
 class Outcome:
@@ -240,8 +246,8 @@ class Pipeline:
         except MalformedMessage as exc:
             self._drop_malformed(transport, delivery, exc.reason)
             return None
-        attempt = Attempt(delivery, message, message.metadata.attempts + 1, transport,
-                          self._observers_for(message))  # fmt: skip
+        attempt = Attempt(delivery, message, message.metadata.attempts + 1, transport)
+        attempt.observers = self._observers_for(attempt)
         refused = storeid.refusal(message.metadata, self._jobs)
         if refused is not None:
             attempt.rejected = True
@@ -254,13 +260,13 @@ class Pipeline:
                      attempt.number, extra=self._fields(attempt, "received"))  # fmt: skip
         return attempt
 
-    def _observers_for(self, message: Message) -> Sequence[Observer]:
-        """The observers that apply to ``message``. Those of a worker without hooks or
-        ``record_all`` look only at these metadata fields, so a message without them (the
-        common case) skips asking each one: only the instruments (if any) see it."""
-        meta = message.metadata
-        if self._always or meta.record or meta.reply_to or meta.key or meta.group:
-            return [o for o in self.observers if o.applies(message)]
+    def _observers_for(self, attempt: Attempt) -> Sequence[Observer]:
+        """The observers that apply to ``attempt``. Those of a worker without hooks or
+        ``record_all`` look only at these fields, so a message without them (the common
+        case) skips asking each one: only the instruments (if any) see it."""
+        meta = attempt.message.metadata
+        if self._always or meta.record or attempt.reply_to or meta.key or meta.group:
+            return [o for o in self.observers if o.applies(attempt)]
         return self.instruments
 
     def _died_too_often(self, attempt: Attempt) -> bool:
@@ -365,22 +371,11 @@ class Pipeline:
                 self._jobs.end_delivery(attempt.message.id)
 
     def _succeeded(self, attempt: Attempt, result: object) -> None:
-        """Ack; a result goes along (as JSON, bytes as they are) for a caller waiting on it."""
+        """Ack. A caller waiting on the result has it from the ``Replies`` observer."""
         self._log_event(logging.INFO, "done", attempt)
         for observer in attempt.observers:
             observer.finished(attempt, result=result, error=None)
-        delivery, transport = attempt.delivery, attempt.transport
-        if result is None:
-            transport.ack(delivery)
-            return
-        try:
-            reply = result if isinstance(result, bytes) else encode_json(result).encode()
-        except (TypeError, ValueError, RecursionError) as exc:
-            log.warning("the result of message %s is not JSON (%s): acked without it",
-                        attempt.message.id, exc)  # fmt: skip
-            transport.ack(delivery)
-            return
-        transport.complete(delivery, reply)
+        attempt.transport.ack(attempt.delivery)
 
     def _after_failure(self, attempt: Attempt, exc: Exception, trace: str | None) -> None:
         if isinstance(exc, PermanentError):

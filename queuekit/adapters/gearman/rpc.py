@@ -2,7 +2,8 @@
 
 pygearman's :class:`~gearman.client.GearmanClient` does this well (``SUBMIT_JOB`` and
 waiting for ``WORK_COMPLETE``/``WORK_FAIL``), so calls use it, one pooled client per call
-in flight. A worker answers with ``GearmanTransport.complete(delivery, result)``.
+in flight. A worker answers by sending the result to the delivery's ``reply_to``, then
+acking it (``GearmanTransport.ack`` completes the job with it).
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ How the contract maps onto Gearman (docs/gearman.md says more):
   same data again and then completes the original (the copy goes to the back of its level);
 - a worker that dies holding jobs: gearmand gives them to another worker (redelivery), with
   nothing that marks them as redelivered;
-- ``call`` is foreground RPC: submit, wait for the worker's ``complete(delivery, result)``.
+- a foreground job (``SUBMIT_JOB``: a caller waits for its result) is delivered with a
+  ``reply_to`` of this transport's own (``#caller-...``); what is sent there before the ack
+  is the result ``WORK_COMPLETE`` carries back, so the core's replies serve Gearman callers
+  with no method of their own; ``call`` submits one and waits.
 
 Several hosts: a job is submitted to the first host that answers (the next ones are for
 failover); a consumer grabs from every host, as Gearman workers always do.
@@ -64,6 +67,8 @@ __all__ = ["CallFailed", "GearmanTransport"]
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 4730
 _PURGE_BATCH = 64
+#: How ``Delivery.reply_to`` of a foreground job starts: queue names starting so are reserved.
+_CALLER = "#caller-"
 
 
 class _Admin(GearmanAdminClient):  # type: ignore[misc]
@@ -79,7 +84,10 @@ class _Ticket:
     assignment: Assignment
     consumer: _Consumer
     level: int
-    foreground: bool
+    #: The foreground job's reply address, while its caller waits; None for background jobs.
+    caller: str | None
+    #: What was sent to ``caller``: the result the ack completes the job with.
+    result: bytes = b""
     settled: bool = False
 
 
@@ -120,6 +128,8 @@ class GearmanTransport(Transport):
         self._consumers: dict[tuple[str, tuple[int, ...] | None], _Consumer] = {}
         #: ``unique`` of every job received here and not yet settled (see ``send_many``).
         self._held: dict[bytes, int] = {}
+        #: Foreground jobs received here and not yet settled, by their reply address.
+        self._waiting: dict[str, _Ticket] = {}
 
     # -- publishing -------------------------------------------------------------------
 
@@ -129,9 +139,13 @@ class GearmanTransport(Transport):
         self.send_many(queue, [Outgoing(body, headers, options)])
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
-        """All jobs go out pipelined; returns when gearmand created every one."""
+        """All jobs go out pipelined; returns when gearmand created every one. Sent to a
+        foreground job's ``reply_to``, the (last) body is its result, for the ack to carry."""
         self.check_open()
         if not messages:
+            return
+        if queue.startswith(_CALLER):
+            self._hold_result(queue, messages[-1].body)
             return
         jobs = []
         for message in messages:
@@ -294,19 +308,31 @@ class GearmanTransport(Transport):
         decoded = frame.decode(job.data)
         consumer.unsettled += 1
         self._held[job.unique] = self._held.get(job.unique, 0) + 1
-        ticket = _Ticket(job, consumer, decoded.level, decoded.foreground)
+        caller = f"{_CALLER}{uuid.uuid4().hex}" if decoded.foreground else None
+        ticket = _Ticket(job, consumer, decoded.level, caller)
+        if caller is not None:
+            self._waiting[caller] = ticket
         return Delivery(
-            queue=consumer.queue, body=decoded.body, headers=decoded.headers, handle=ticket
+            queue=consumer.queue,
+            body=decoded.body,
+            headers=decoded.headers,
+            handle=ticket,
+            reply_to=caller,
         )
+
+    def _hold_result(self, caller: str, result: bytes) -> None:
+        ticket = self._waiting.get(caller)
+        if ticket is None:  # settled already: the caller has its answer, or gave up
+            log.info("gearman: dropped a reply to %s, whose job is settled", caller)
+            return
+        ticket.result = result
 
     # -- settling ---------------------------------------------------------------------
 
     def ack(self, delivery: Delivery) -> None:
+        """``WORK_COMPLETE``; a foreground job's caller gets what was sent to its
+        ``reply_to`` (nothing sent: an empty result)."""
         self._settle(delivery, "complete")
-
-    def complete(self, delivery: Delivery, result: bytes) -> None:
-        """Ack with a result: a foreground ``call`` waiting on this job returns ``result``."""
-        self._settle(delivery, "complete", result)
 
     def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         ticket = self._ticket(delivery)
@@ -315,7 +341,7 @@ class GearmanTransport(Transport):
         job = ticket.assignment
         if requeue and not (job.link.generation == job.generation and job.link.alive()):
             self._settle(delivery, "complete")  # its connection is gone: gearmand has it back
-        elif requeue and not ticket.foreground:
+        elif requeue and ticket.caller is None:
             # gearmand drops a failed background job, so a requeue is a new submission of
             # the same data (a fresh unique: the original still holds its own), then done.
             # it keeps its band (the function) and its native priority in it
@@ -333,13 +359,15 @@ class GearmanTransport(Transport):
             raise ValueError("not a delivery of a gearman transport")
         return ticket
 
-    def _settle(self, delivery: Delivery, how: str, result: bytes = b"") -> None:
+    def _settle(self, delivery: Delivery, how: str) -> None:
         ticket = self._ticket(delivery)
         with self._consume_lock:
             if ticket.settled:
                 return
             self.check_open()
             ticket.settled = True
+            if ticket.caller is not None:
+                del self._waiting[ticket.caller]
             ticket.consumer.unsettled -= 1
             job = ticket.assignment
             left = self._held.pop(job.unique, 1) - 1
@@ -355,7 +383,7 @@ class GearmanTransport(Transport):
                 return
             try:
                 if how == "complete":
-                    link.complete(job.handle, result)
+                    link.complete(job.handle, ticket.result)
                 else:
                     link.fail(job.handle)
             except LinkDown as exc:
@@ -374,8 +402,9 @@ class GearmanTransport(Transport):
         priority: int | None = None,
         timeout: float = 30.0,
     ) -> bytes:
-        """Submit a foreground job and wait for its result (what the worker passed to
-        :meth:`complete`; empty after a plain ``ack``). Raises :class:`CallFailed` when the
+        """Submit a foreground job and wait for its result: what the worker sent to the
+        delivery's ``reply_to`` before its ``ack`` (a queuekit worker sends its reply
+        envelope there; empty when nothing was sent). Raises :class:`CallFailed` when the
         worker fails it (``nack``) or nothing comes back within ``timeout`` seconds."""
         self.check_open()
         placed = frame.place(queue, priority, self._bands)
@@ -469,6 +498,7 @@ class GearmanTransport(Transport):
                 for link in consumer.links:
                     link.drop()
                 consumer.buffer.clear()
+            self._waiting.clear()  # gearmand hands their jobs, callers waiting, to another worker
         finally:
             if locked:
                 self._consume_lock.release()
