@@ -126,11 +126,6 @@ class MemoryTransport(Transport):
         self._unacked: dict[int, tuple[str, _Entry]] = {}
         self._subscriptions: set[str] = set()
 
-    def send(
-        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
-    ) -> None:
-        self.send_many(queue, [Outgoing(body, headers, options)])
-
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         self.check_open()
         with self._broker.changed:

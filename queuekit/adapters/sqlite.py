@@ -182,11 +182,6 @@ class SQLiteTransport(Transport):
 
     # -- publishing ----------------------------------------------------------------------
 
-    def send(
-        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
-    ) -> None:
-        self.send_many(queue, [Outgoing(body, headers, options)])
-
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         now = time.time()
         rows = [_row(queue, m.body, m.headers, m.options, now) for m in messages]

@@ -139,14 +139,21 @@ class Transport(ABC):
         #: Set by ``close`` (first thing, so a call racing it in another thread sees it);
         #: every other operation then raises :class:`TransportClosed` (:meth:`check_open`).
         self.closed = False
+        cls = type(self)
+        if cls.send is Transport.send and cls.send_many is Transport.send_many:
+            raise TypeError(f"{cls.__qualname__} must implement send or send_many")
 
     # -- point to point -----------------------------------------------------------------
 
-    @abstractmethod
     def send(
         self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
     ) -> None:
-        """Publish one message to ``queue``; return once the broker has it."""
+        """Publish one message to ``queue``; return once the broker has it.
+
+        An adapter implements ``send`` or ``send_many`` (or both): each defaults to the
+        other, so one whose protocol batches writes only ``send_many`` and this default
+        sends a batch of one."""
+        self.send_many(queue, [Outgoing(body, headers, options)])
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         """Publish a batch; the default loops over ``send``. Adapters batch round trips."""

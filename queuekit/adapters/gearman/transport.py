@@ -47,7 +47,7 @@ from ...spi.errors import (
 )
 from ...spi.priorities import PriorityBands, PriorityRange
 from ...spi.timeouts import publish_timeout, publish_unreachable
-from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...spi.transport import Delivery, Headers, Outgoing, Transport
 from ...spi.urls import TransportURL
 from . import frame
 from .link import (
@@ -132,11 +132,6 @@ class GearmanTransport(Transport):
         self._waiting: dict[str, _Ticket] = {}
 
     # -- publishing -------------------------------------------------------------------
-
-    def send(
-        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
-    ) -> None:
-        self.send_many(queue, [Outgoing(body, headers, options)])
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         """All jobs go out pipelined; returns when gearmand created every one. Sent to a

@@ -43,7 +43,7 @@ from ...spi.errors import (
 from ...spi.priorities import PriorityBands, PriorityRange
 from ...spi.timeouts import publish_timeout, publish_unreachable
 from ...spi.topics import topic_matches
-from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...spi.transport import Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import Host, TransportURL
 from .frames import BINARY, encode_send, encode_settle, escape, user_headers, wire_headers
 from .servers import ServerProfile, map_priority, profile_for, topic_destinations
@@ -271,11 +271,6 @@ class StompTransport(Transport):
             if delay_ms > 0:
                 out[self._profile.delay_header] = str(delay_ms)
         return out
-
-    def send(
-        self, queue: str, body: bytes, headers: Headers, *, options: SendOptions = NO_OPTIONS
-    ) -> None:
-        self.send_many(queue, [Outgoing(body, headers, options)])
 
     def send_many(self, queue: str, messages: Sequence[Outgoing]) -> None:
         self.check_open()

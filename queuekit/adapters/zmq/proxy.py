@@ -37,9 +37,8 @@ from typing import Any
 
 import zmq
 
-from queuekit.spi.errors import ConfigurationError
-from queuekit.spi.urls import TransportURL
-
+from ...spi.errors import ConfigurationError
+from ...spi.urls import TransportURL
 from .wire import (
     BROADCAST,
     DEFAULT_PORT,

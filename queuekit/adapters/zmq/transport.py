@@ -29,17 +29,16 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from queuekit.spi.capabilities import Capabilities
-from queuekit.spi.errors import (
+from ...spi.capabilities import Capabilities
+from ...spi.errors import (
     ConfigurationError,
     ConnectionLost,
     MessageTooLarge,
     TransportError,
 )
-from queuekit.spi.topics import topic_matches
-from queuekit.spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
-from queuekit.spi.urls import TransportURL
-
+from ...spi.topics import topic_matches
+from ...spi.transport import NO_OPTIONS, Delivery, Headers, Outgoing, SendOptions, Transport
+from ...spi.urls import TransportURL
 from .wire import (
     BROADCAST,
     DELETE,

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import zmq
 
-from queuekit.spi.errors import ConfigurationError
-from queuekit.spi.urls import TransportURL
+from ...spi.errors import ConfigurationError
+from ...spi.urls import TransportURL
 
 #: Default largest encoded message body, bytes; clients and the device must agree.
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
