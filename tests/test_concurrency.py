@@ -21,7 +21,13 @@ from queuekit import AbstractQueue, Connection, Message, NoRetry, RetryLater, co
 from queuekit.worker.loop import Worker
 from queuekit.worker.pipeline import FunctionHandler
 from tests.support import wait_until
-from tests.test_job_features import BROKERS, Setup, out, setup  # noqa: F401 - the matrix
+from tests.test_job_features import (  # noqa: F401 - the broker matrix
+    BROKERS,
+    Setup,
+    assert_groups_run_in_order,
+    out,
+    setup,
+)
 from tests.workers.harness import lines, sqlite_url, wait_for_line
 
 SAFETY = 60  # seconds a dispatch may run at most, so a broken test ends
@@ -288,19 +294,7 @@ def test_serial_groups_keep_order_with_c8_workers(setup: Setup) -> None:  # noqa
         for n in range(6):
             for group in ("a", "b", "c"):
                 conn.queue(setup.queue).publish([group, n], group=group)
-    workers = [setup.start("SerialQueue", "-c", "8") for _ in range(3 if setup.competing else 1)]
-    try:
-        wait_until(lambda: len(out(setup)) >= 36, 120, "18 grouped messages to run")
-    finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            _, errors = worker.communicate(timeout=60)
-            assert worker.returncode == 0, errors
-    events = out(setup)
-    for group in ("a", "b", "c"):
-        mine = [e.split()[0] + " " + e.split()[2] for e in events if e.split()[1] == group]
-        assert mine == [f"{edge} {n}" for n in range(6) for edge in ("start", "end")], mine
+    assert_groups_run_in_order(setup, "-c", "8")
 
 
 @on_every_broker

@@ -168,7 +168,14 @@ def test_serial_groups_keep_order_with_three_workers(setup: Setup) -> None:
         except Unsupported as exc:  # ZeroMQ: a lost head would stop its group for ever
             assert "serial groups" in str(exc)
             return
-    workers = [setup.start("SerialQueue") for _ in range(3 if setup.competing else 1)]
+    assert_groups_run_in_order(setup)
+
+
+def assert_groups_run_in_order(setup: Setup, *worker_args: str) -> None:
+    """Three SerialQueue workers (one where consumers do not compete) run the 18 messages
+    of groups a, b and c published above: each group's one at a time, in publish order."""
+    workers = [setup.start("SerialQueue", *worker_args)
+               for _ in range(3 if setup.competing else 1)]  # fmt: skip
     try:
         wait_until(lambda: len(out(setup)) >= 36, 120, "18 grouped messages to run")
     finally:
