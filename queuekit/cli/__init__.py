@@ -19,27 +19,30 @@ from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 
-from . import __version__
-from .client.abstract import AbstractQueue
-from .client.config import load_config, resolve_url
-from .client.connection import Connection, connect
-from .client.functions import JobFunction, functions_of, serving
-from .features.delays import parse_duration
-from .features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
-from .features.status import Status, snapshot
-from .jobstore.base import FailedMessage
-from .spi.errors import ConfigurationError, QueuekitError
-from .spi.priorities import PriorityRange
-from .spi.urls import redact
-from .worker import deploy, supervisor
-from .worker.logs import JSONFormatter
-from .worker.loop import Limits
+from .. import __version__
+from ..client.abstract import AbstractQueue
+from ..client.config import resolve_url
+from ..client.connection import Connection, connect
+from ..client.functions import JobFunction, functions_of, serving
+from ..features.delays import parse_duration
+from ..features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
+from ..jobstore.base import FailedMessage
+from ..spi.errors import ConfigurationError, QueuekitError
+from ..spi.priorities import PriorityRange
+from ..spi.urls import redact
+from ..worker import deploy, supervisor
+from ..worker.logs import JSONFormatter
+from ..worker.loop import Limits
+from . import status
+from .common import UsageError
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
 _DELEGATED = {
     "conformance": ("queuekit.conformance.cli", "command", "check a broker against the contract"),
     "zmq-proxy": ("queuekit.adapters.zmq.proxy", "main", "run the ZeroMQ routing device"),
 }
+#: Subcommands in their own module here, each with ``register(subparsers)``.
+_COMMANDS = (status,)
 #: ``-v`` is the worker command's own flag: it may stand before or after the subcommand.
 _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "log every message received, done, retried or failed"
@@ -58,10 +61,6 @@ _EXIT_STATUSES = f"""exit status:
 
 A worker is dead when silent for $QUEUEKIT_WORKER_TIMEOUT seconds (default 60);
 $QUEUEKIT_HOSTNAME names its host in the worker registry."""
-
-
-class UsageError(Exception):
-    """A mistake on the command line: one line on stderr, exit status 2."""
 
 
 def split_class_path(path: str) -> tuple[str, str]:
@@ -413,70 +412,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    first = args.queues[0] if args.queues else None
-    url = resolve_url(args.url, queue=first)
-    with connect(url, jobstore=args.jobstore) as conn:
-        configured = [q for q, routed in load_config().queues.items() if routed == url]
-        status = snapshot(conn.broker, [*args.queues, *configured])
-    if args.json:
-        print(json.dumps(status.as_json(), indent=2))
-    else:
-        print(render_status(status))
-    return 0
-
-
-def render_status(status: Status) -> str:
-    """The snapshot as two aligned tables; ``unknown`` where the broker cannot count."""
-
-    def count(value: int | None) -> str:
-        return "unknown" if value is None else str(value)
-
-    def age(seconds: float | None) -> str:
-        return "unknown" if seconds is None else _duration(seconds)
-
-    queues = [("queue", "ready", "delayed", "in flight", "working", "failed", "oldest",
-               "workers")]  # fmt: skip
-    for q in status.queues:
-        queues.append((q.name, count(q.ready), count(q.delayed), count(q.in_flight),
-                       str(q.working), str(q.failed), age(q.latency), str(q.workers)))  # fmt: skip
-    workers = [("host", "pid", "queue", "concurrency", "processed", "failed", "current", "rss",
-                "seen")]  # fmt: skip
-    for w in status.workers:
-        workers.append((w.host, str(w.pid), w.queue, str(w.concurrency), str(w.processed),
-                        count(w.failed), ",".join(w.current) or "-",
-                        "-" if w.rss is None else f"{w.rss / 2**20:.0f}M",
-                        f"{_duration(status.taken_at - w.last_seen)} ago"))  # fmt: skip
-    errors = [f"{q.name}: the broker could not be asked: {q.error}" for q in status.queues
-              if q.error]  # fmt: skip
-    return "\n".join([
-        f"broker {status.broker}, job store {status.jobstore}", "",
-        _table(queues) if status.queues else "no queues known",
-        "",
-        f"{len(status.workers)} worker(s) alive (heard from within "
-        f"{status.heartbeat_timeout:g}s)",
-        *([_table(workers)] if status.workers else []),
-        *errors,
-    ])  # fmt: skip
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
 def cmd_job(args: argparse.Namespace) -> int:
     with connect(resolve_url(args.url), jobstore=args.jobstore) as conn:
         record = conn.job(args.id)
@@ -561,24 +496,6 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
                           "SIGTERM/SIGINT on and waits")  # fmt: skip
 
 
-def _add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    status = sub.add_parser(
-        "status",
-        help="every queue's ready, delayed, in flight, failed and oldest age; workers alive",
-        epilog=(
-            "Queues: those named, those routed to this broker in queuekit.toml, and every "
-            "queue the worker registry or the job store knows. 'unknown' (null in --json) is "
-            "a count the broker cannot tell, never a zero. A worker silent for "
-            "$QUEUEKIT_WORKER_TIMEOUT seconds (default 60) is left out as dead."
-        ),
-    )
-    status.add_argument("queues", nargs="*", metavar="QUEUE", help="queues to show as well")
-    status.add_argument("--url")
-    status.add_argument("--jobstore", help="job store URL (default: configured)")
-    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
-    status.set_defaults(func=cmd_status)
-
-
 def _add_deploy_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     deploy_parser = sub.add_parser(
         "deploy", allow_abbrev=False,
@@ -660,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     clear.set_defaults(func=cmd_clear_finished)
 
     _add_schedule_parser(sub)
-    _add_status_parser(sub)
+    for module in _COMMANDS:
+        module.register(sub)
 
     job = sub.add_parser("job", help="show the job record of a message id")
     job.add_argument("id", metavar="ID")
