@@ -1,6 +1,7 @@
 """A TCP forwarder the test owns: what a broker going down looks like to a client, without
 stopping a broker other people share. ``stop()`` closes the listening port and every
-forwarded connection: the client sees its connection reset and the port refused."""
+forwarded connection: the client sees its connection reset and the port refused.
+``hold()`` keeps back what the broker sends (its replies, its confirms) until ``release()``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ class Proxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stopped = False
+        self._flowing = threading.Event()  # cleared: the broker's bytes wait in the proxy
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -38,16 +41,25 @@ class Proxy:
                     upstream.close()
                     return
                 self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, gate in ((client, upstream, None), (upstream, client, self._flowing)):
+                threading.Thread(target=self._pipe, args=(a, b, gate), daemon=True).start()
 
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(source: socket.socket, sink: socket.socket, gate: threading.Event | None) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if gate is not None:
+                    gate.wait()
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+    def hold(self) -> None:
+        """From now on keep what the broker sends, until :meth:`release`."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     def stop(self) -> None:
         """The broker is down: the port refuses, open connections are reset."""
@@ -55,6 +67,7 @@ class Proxy:
             self._stopped = True
             sockets, self._sockets = self._sockets, []
         self._listener.close()
+        self._flowing.set()
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.setsockopt(

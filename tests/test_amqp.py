@@ -29,6 +29,7 @@ from queuekit.spi.errors import (
 from queuekit.spi.priorities import PriorityRange
 from queuekit.spi.transport import Outgoing, SendOptions
 from queuekit.spi.urls import TransportURL
+from tests.proxy import Proxy
 from tests.support import require_broker, wait_until
 
 URL = os.environ.get("QUEUEKIT_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -418,33 +419,27 @@ def test_sends_from_many_threads_all_arrive(amqp: Open) -> None:
     assert transport.depth(queue) == 1600
 
 
-def test_threads_publishing_at_once_share_one_confirm_wait(
-    amqp: Open, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    transport = amqp()
+def test_a_publish_is_written_before_earlier_callers_have_their_confirms(amqp: Open) -> None:
+    """Pipelined confirms: while the broker's confirms are held back, eight callers'
+    messages all reach the queue; each caller returns once its own confirm is in."""
+    proxy = Proxy(("127.0.0.1", 5672))
+    transport = amqp(url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    observer = amqp()
     queue = new_queue()
     transport.send(queue, b"declared", {})
-    publisher = transport._publisher
-    batches: list[int] = []
-    publish_now = publisher._publish_now
-
-    def counted(queue: str | None, items: list[object]) -> None:
-        batches.append(len(items))
-        publish_now(queue, items)
-
-    monkeypatch.setattr(publisher, "_publish_now", counted)
-    with publisher._lock:  # a batch in flight: the next eight callers queue behind it
-        threads = [
-            threading.Thread(target=transport.send, args=(queue, f"{n}".encode(), {}))
-            for n in range(8)
-        ]
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: len(publisher._queued) == 8, what="eight callers to queue")
+    proxy.hold()
+    threads = [
+        threading.Thread(target=transport.send, args=(queue, f"{n}".encode(), {})) for n in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: observer.depth(queue) == 9, what="all eight messages in the queue")
+    assert all(thread.is_alive() for thread in threads)  # none has its confirm yet
+    proxy.release()
     for thread in threads:
         thread.join(30)
-    assert batches == [8]  # one batch, one wait for its confirms, for all eight callers
-    assert transport.depth(queue) == 9
+    assert not any(thread.is_alive() for thread in threads)
+    proxy.stop()
 
 
 def test_close_from_another_thread_ends_a_blocked_receive(amqp: Open) -> None:

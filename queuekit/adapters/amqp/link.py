@@ -137,6 +137,16 @@ class Link:
             return False
         return True
 
+    def socket(self) -> Any:
+        """The connection's socket, for ``select`` (the connection must be open)."""
+        assert self._connection is not None
+        return self._connection.connection.sock
+
+    def heartbeat(self) -> None:
+        """Send a heartbeat if one is due; raise when the broker has been silent too long."""
+        if self._connection is not None:
+            self._connection.connection.heartbeat_tick()
+
     def drop(self) -> None:
         """Abandon the connection (after a failure): close it without waiting on the broker."""
         connection, raw = self._connection, self._raw

@@ -1,30 +1,35 @@
-"""The publisher connection: batches with one wait for publisher confirms, and admin calls.
+"""The publisher connection: one thread owns it and pipelines publisher confirms.
 
-Any thread may publish, and threads publishing at once share the wait for confirms (group
-commit): a caller queues its messages; whoever holds the connection's lock takes everything
-queued so far, writes it whole as ``basic.publish`` frames on py-amqp's channel and waits for
-the confirms once (RabbitMQ acks batches with ``multiple``), then wakes the callers it sent
-for. So N publishing threads cost about one round trip per batch instead of queueing N
-round trips behind one lock, and far fewer than kombu's ``confirm_publish`` (one round trip
-per message). A failure in a shared batch is raised in every caller whose messages it held.
-A lost connection is hidden for up to ``publish_timeout`` (a publish; ``reconnect_timeout``
-for the admin calls): the publisher reconnects and resends what the broker had not
-confirmed (a duplicate is possible, a loss is not). Messages
-go out ``mandatory``; ones returned as unroutable (their queue was deleted elsewhere) are
-sent again after the queue is declared again. Declarations for
-``subscribe``, ``depth``, ``purge`` and ``delete`` run on the same channel through
-``admin``, with the same reconnects.
+Callers on any thread hand their messages to the publisher's own I/O thread and wait. The
+thread writes each caller's messages as ``basic.publish`` frames as soon as they arrive,
+without waiting for the confirms of messages written before them, and wakes each caller
+once the broker has confirmed all of its own (RabbitMQ acks with ``multiple``). So N
+publishing threads keep the connection busy instead of queueing behind one another's round
+trips, and py-amqp, which is not thread-safe, is only ever driven by one thread.
+
+A failure is the caller's whose messages it concerns: a nack, or messages returned as
+unroutable three times, fail that caller only. A lost connection, or confirms that stop
+coming for ``confirm_timeout``, is hidden for up to ``publish_timeout`` (``reconnect_timeout``
+for the admin calls): the thread reconnects and writes again everything not yet confirmed,
+in order (a duplicate is possible, a loss is not). Messages go out ``mandatory``; one
+returned as unroutable (its queue was deleted elsewhere) is sent again once the queue is
+declared again. ``subscribe``, ``depth``, ``purge`` and ``delete`` run on the same channel
+through ``admin``, after the confirms of what was written before them are in (a failed
+passive declaration closes the channel, which would leave those in doubt).
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
+import os
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any
 
 from amqp import exceptions as amqp_errors
 from amqp import spec
@@ -33,213 +38,378 @@ from ...spi.errors import ConnectionLost, TransportError
 from ...spi.timeouts import publish_unreachable
 from ...spi.transport import Transport
 from .link import CHANNEL_ERRORS, RECOVERABLE, Link, backoff, map_channel_error
-from .messages import Publication, returned
+from .messages import Publication
 from .settings import Settings
 from .topology import Declarations
 
 log = logging.getLogger("queuekit.amqp")
 
-#: Drain confirms every this many messages of a batch, so acks never pile up unread.
-_POLL_EVERY = 512
-
-T = TypeVar("T")
+#: The longest the I/O thread waits for a frame before it looks at its deadlines again.
+_SLICE = 1.0
 
 
-@dataclass
-class _Ticket:
-    """One caller's messages in the queue of a group commit."""
+@dataclass(eq=False)
+class _Job:
+    """One caller's request to the I/O thread: messages to publish, or an admin call."""
 
-    queue: str | None
-    items: list[Publication]
-    done: bool = False
+    what: str
+    queue: str | None = None
+    #: Messages still to write (at first all; after a reconnect, what was not confirmed).
+    items: list[Publication] = field(default_factory=list)
+    operation: Callable[[Any], Any] | None = None
+    missing: Any = None
+    #: A publish gives up reconnecting after this (``time.monotonic``).
+    deadline: float = 0.0
+    outstanding: int = 0  # written, not yet confirmed
+    confirm_by: float = 0.0  # when the outstanding ones are overdue
+    returned: list[Publication] = field(default_factory=list)
+    returns: int = 0
+    nacked: int = 0
+    result: Any = None
     error: BaseException | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class _Waker:
+    """A socket pair: writing to one end wakes the I/O thread out of ``select``."""
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: a wake is pending anyway
+            self._writer.send(b"\0")
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()
 
 
 class Publisher:
-    """The publisher's connection and channel, its confirms and what it declared.
+    """The publisher's connection, its I/O thread, its confirms and what it declared.
 
-    Thread-safe. Once its transport (``owner``) is closed every call raises
-    :class:`TransportClosed`.
+    Thread-safe: every call may come from any thread. Once its transport (``owner``) is
+    closed every call raises :class:`TransportClosed`.
     """
 
     def __init__(self, settings: Settings, owner: Transport) -> None:
         self.settings = settings
         self._owner = owner
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # guards the inbox and the thread's start and stop
+        self._inbox: list[_Job] = []
+        self._forgotten: list[str] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._waker = _Waker()
+        # owned by the I/O thread from here on
         self._link = Link(settings, "publisher", on_channel=self._on_channel)
         self._declarations = Declarations(settings)
         self._seq = 0
-        self._unconfirmed: dict[int, Publication] = {}
-        self._nacked: list[Publication] = []
-        self._returned: list[Publication] = []
-        self._written = 0
+        self._unconfirmed: dict[int, tuple[Publication, _Job]] = {}
+        self._returned: set[int] = set()
         self._failing_since: float | None = None
         self._last_failure: BaseException | None = None
         self._attempt = 0
-        self._queued: list[_Ticket] = []  # callers whose messages no batch has taken yet
-        self._queued_lock = threading.Lock()
+
+    # -- the callers' side ---------------------------------------------------------------
 
     def publish(self, queue: str | None, items: list[Publication]) -> None:
         """Publish ``items`` (for ``queue``, or broadcasts when None) and wait for their
-        confirms, in one batch with what other threads publish meanwhile; reconnect and
-        resend what the broker did not confirm, until ``publish_timeout`` runs out (then
-        :class:`ConnectionLost`, see :mod:`queuekit.spi.timeouts`)."""
-        ticket = _Ticket(queue, items)
-        with self._queued_lock:
-            self._queued.append(ticket)
-        with self._lock:
-            if not ticket.done:  # no batch took it while this thread waited: lead one
-                with self._queued_lock:
-                    batch, self._queued = self._queued, []
-                self._publish_batch(batch, ticket)
-        if ticket.error is not None:
-            raise ticket.error
-
-    def _publish_batch(self, batch: list[_Ticket], mine: _Ticket) -> None:
-        """Publish every ticket's messages as one batch; mark each done, with the error
-        (``mine``, the leader's, gets the exception itself; the others a copy each)."""
-        queues = {ticket.queue for ticket in batch}
-        queue = queues.pop() if len(queues) == 1 else "several queues"
-        try:
-            self._publish_now(queue, [item for ticket in batch for item in ticket.items])
-        except BaseException as exc:
-            for ticket in batch:
-                if ticket is mine:
-                    ticket.error = exc
-                elif isinstance(exc, Exception):
-                    ticket.error = copy.copy(exc)
-                else:  # e.g. KeyboardInterrupt in the leading thread: not theirs to raise
-                    ticket.error = TransportError("amqp: the publish was interrupted")
-        finally:
-            for ticket in batch:
-                ticket.done = True
-
-    def _publish_now(self, queue: str | None, items: list[Publication]) -> None:
-        pending, returns = items, 0
+        confirms; reconnect and resend what the broker did not confirm, until
+        ``publish_timeout`` runs out (then :class:`ConnectionLost`, see
+        :mod:`queuekit.spi.timeouts`)."""
         deadline = time.monotonic() + self.settings.publish_timeout
-        while True:
-            with self._lock:
-                self._owner.check_open()
-                try:
-                    channel = self._link.channel()
-                    self._declarations.prepare(channel, pending)
-                    pending = self._publish_on(channel, pending)
-                    self._failing_since, self._attempt = None, 0
-                except CHANNEL_ERRORS as exc:
-                    self._link.reset_channel()
-                    raise map_channel_error(exc, f"amqp publish to {queue!r}") from None
-                except RECOVERABLE as exc:
-                    pending = self._after_failure(exc, pending)
-                else:
-                    if not pending:
-                        return
-                    # returned as unroutable: the queue vanished (deleted elsewhere); redeclare
-                    returns += 1
-                    if returns > 2:
-                        raise TransportError(f"amqp: messages for {queue!r} cannot be routed")
-                    self._declarations.forget_queues()
-                    continue
-            if time.monotonic() >= deadline:
-                self._failing_since, self._attempt = None, 0
-                raise publish_unreachable(self._owner.url.redacted(), self.settings.publish_timeout,
-                                          self._last_failure)  # fmt: skip
-            self._wait_for_broker("publish", deadline)
+        self._call(_Job("publish", queue, list(items), deadline=deadline))
 
-    def admin(self, what: str, operation: Callable[[Any], T], missing: T | None = None) -> T | None:
+    def admin(self, what: str, operation: Callable[[Any], Any], missing: Any = None) -> Any:
         """Run ``operation`` on the publisher channel, reconnecting like ``publish``;
         ``missing`` is the answer when the broker says the queue does not exist."""
-        while True:
-            with self._lock:
-                self._owner.check_open()
-                try:
-                    result = operation(self._link.channel())
-                    self._failing_since, self._attempt = None, 0
-                    return result
-                except amqp_errors.NotFound:
-                    self._link.reset_channel()
-                    return missing
-                except CHANNEL_ERRORS as exc:
-                    self._link.reset_channel()
-                    raise map_channel_error(exc, f"amqp {what}") from None
-                except RECOVERABLE as exc:
-                    self._after_failure(exc, [])
-            self._wait_for_broker(what)
+        return self._call(_Job(what, operation=operation, missing=missing))
 
     def forget(self, queues: list[str]) -> None:
         """``queues`` were deleted: declare them again before publishing to them."""
         with self._lock:
-            for queue in queues:
-                self._declarations.forget(queue)
+            self._forgotten.extend(queues)
 
     def close(self) -> None:
+        """Let the I/O thread finish what it holds, then close the connection."""
         with self._lock:
-            self._link.close()
+            self._stopping = True
+            thread = self._thread
+        self._waker.wake()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._link.close()
+        self._waker.close()
 
-    def _publish_on(self, channel: Any, items: list[Publication]) -> list[Publication]:
-        """Write every item, then wait for all confirms; return the items sent back as
-        unroutable. On a connection failure ``self._unconfirmed`` and ``self._written`` say
-        what still needs sending."""
-        confirm = self.settings.confirm
-        unconfirmed = self._unconfirmed
-        unconfirmed.clear()
-        self._returned.clear()
-        self._nacked.clear()
-        self._written = 0
-        send = channel.send_method
-        for count, item in enumerate(items, 1):
-            send(
-                spec.Basic.Publish,
-                "Bssbb",
-                (0, item.exchange, item.routing_key, item.mandatory, False),
-                item.message,
-            )
-            self._written = count
-            if confirm:
-                self._seq += 1
-                unconfirmed[self._seq] = item
-                if count % _POLL_EVERY == 0:
-                    self._link.drain(0)
-        if confirm:
-            deadline = time.monotonic() + self.settings.confirm_timeout
-            while unconfirmed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ConnectionLost(
-                        f"amqp: no publisher confirm within {self.settings.confirm_timeout:g} s"
-                    )
-                self._link.drain(remaining)
-        self._written = 0
-        if self._nacked:
-            raise TransportError(f"amqp: the broker refused {len(self._nacked)} message(s)")
-        return list(self._returned)
+    def _call(self, job: _Job) -> Any:
+        self._owner.check_open()
+        with self._lock:
+            if self._stopping:
+                raise self._owner.closed_error()
+            if self._pid != os.getpid():
+                self._after_fork()
+            self._inbox.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="queuekit-amqp-publisher", daemon=True
+                )
+                self._thread.start()
+        self._waker.wake()
+        job.finished.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
 
-    def _after_failure(self, exc: BaseException, pending: list[Publication]) -> list[Publication]:
-        self._link.drop()
-        left = [*self._unconfirmed.values(), *pending[self._written :]]
+    def _after_fork(self) -> None:
+        """In a forked child the parent's I/O thread is gone and its socket is not ours."""
+        self._pid = os.getpid()
+        self._thread = None
+        self._inbox.clear()
+        self._waker = _Waker()
+        self._link = Link(self.settings, "publisher", on_channel=self._on_channel)
         self._unconfirmed.clear()
-        self._written = 0
+        self._returned.clear()
+
+    # -- the I/O thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        waiting: list[_Job] = []  # in arrival order, not yet started
+        active: list[_Job] = []  # publishes written (or to write again), not all confirmed
+        while True:
+            with self._lock:
+                waiting += self._inbox
+                self._inbox = []
+                forgotten, self._forgotten = self._forgotten, []
+                stopping = self._stopping
+            for queue in forgotten:
+                self._declarations.forget(queue)
+            try:
+                waiting = self._start(waiting, active)
+                self._write(active)
+                active = self._finish_settled(active)
+                if stopping and not waiting and not active:
+                    return
+                if any(job.items for job in active):
+                    continue  # messages to write again first
+                if any(job.outstanding for job in active):
+                    self._await_confirms(active)
+                elif not waiting:
+                    self._idle()
+            except CHANNEL_ERRORS as exc:
+                self._link.reset_channel()
+                self._take_back()
+                error = map_channel_error(exc, f"amqp publish to {_queues(active)}")
+                for job in active:  # which caller's message the broker refused is unknown
+                    self._end(job, error)
+                active = []
+            except RECOVERABLE as exc:
+                active = self._recover(exc, active)
+            except Exception as exc:  # not ours to hide: every caller waiting sees it
+                log.exception("amqp publisher failed")
+                self._link.drop()
+                self._take_back()
+                for job in [*active, *waiting]:
+                    self._end(job, exc)
+                active, waiting = [], []
+
+    def _start(self, waiting: list[_Job], active: list[_Job]) -> list[_Job]:
+        """Take up the waiting jobs in order: publishes join ``active``; an admin call runs
+        once nothing written before it awaits a confirm. Return those not started."""
+        for index, job in enumerate(waiting):
+            if job.operation is None:
+                active.append(job)
+            elif any(j.outstanding for j in active):
+                return waiting[index:]
+            else:
+                self._admin(job)
+        return []
+
+    def _write(self, active: list[_Job]) -> None:
+        """Write every job's unwritten messages, declaring their queues first."""
+        confirm = self.settings.confirm
+        for job in active:
+            if not job.items:
+                continue
+            if self._owner.closed:  # cut short by close: what is written is still confirmed
+                self._end(job, self._owner.closed_error())
+                continue
+            channel = self._link.channel()
+            try:
+                self._declarations.prepare(channel, job.items)
+            except CHANNEL_ERRORS as exc:  # this caller's queue cannot be declared
+                self._link.reset_channel()
+                self._take_back()
+                self._end(job, map_channel_error(exc, f"amqp publish to {job.queue!r}"))
+                continue
+            send = channel.send_method
+            items, job.items = job.items, []
+            for item in items:
+                if confirm:
+                    self._seq += 1
+                    self._unconfirmed[self._seq] = (item, job)
+                    job.outstanding += 1
+                send(
+                    spec.Basic.Publish,
+                    "Bssbb",
+                    (0, item.exchange, item.routing_key, item.mandatory, False),
+                    item.message,
+                )
+            job.confirm_by = time.monotonic() + self.settings.confirm_timeout
+            self._failing_since, self._attempt = None, 0
+
+    def _finish_settled(self, active: list[_Job]) -> list[_Job]:
+        """Wake the callers whose messages are all confirmed; return the others."""
+        left = []
+        for job in active:
+            if job.finished.is_set():
+                continue
+            if job.outstanding or job.items:
+                left.append(job)
+            elif job.nacked:
+                self._end(job, TransportError(f"amqp: the broker refused {job.nacked} message(s)"))
+            elif job.returned:  # unroutable: its queue vanished (deleted elsewhere); redeclare
+                job.returns += 1
+                if job.returns > 2:
+                    unroutable = f"amqp: messages for {job.queue!r} cannot be routed"
+                    self._end(job, TransportError(unroutable))
+                    continue
+                self._declarations.forget_queues()
+                job.items, job.returned = job.returned, []
+                left.append(job)
+            else:
+                self._end(job)
+        return left
+
+    def _await_confirms(self, active: list[_Job]) -> None:
+        """Read frames (confirms, returns) until one comes, a caller arrives, or a slice
+        passes; raise :class:`ConnectionLost` when a caller's confirms are overdue."""
+        now = time.monotonic()
+        overdue = min(job.confirm_by for job in active if job.outstanding)
+        if now >= overdue:
+            raise ConnectionLost(
+                f"amqp: no publisher confirm within {self.settings.confirm_timeout:g} s"
+            )
+        sock = self._link.socket()
+        pending = getattr(sock, "pending", None)  # TLS: decrypted bytes select cannot see
+        if not (pending and pending()):
+            wait = min(_SLICE, overdue - now)
+            ready, _, _ = select.select([sock, self._waker.reader], [], [], wait)
+            if self._waker.reader in ready:
+                self._waker.clear()
+            if sock not in ready:
+                return
+        while self._link.drain(0):
+            pass
+
+    def _idle(self) -> None:
+        """Nothing to do: sleep until a caller arrives, reading what the broker sends
+        meanwhile (heartbeats, or the end of a connection it closed)."""
+        tick = self.settings.heartbeat / 2 if self.settings.heartbeat else None
+        sock = self._link.socket() if self._link.current is not None else None
+        ready, _, _ = select.select([self._waker.reader, *([sock] if sock else [])], [], [], tick)
+        if self._waker.reader in ready:
+            self._waker.clear()
+        if sock is not None and sock in ready:
+            while self._link.drain(0):
+                pass
+        elif sock is not None and tick:
+            self._link.heartbeat()
+
+    def _admin(self, job: _Job) -> None:
+        assert job.operation is not None
+        while True:
+            try:
+                self._owner.check_open()
+                job.result = job.operation(self._link.channel())
+                self._failing_since, self._attempt = None, 0
+                self._end(job)
+                return
+            except amqp_errors.NotFound:
+                self._link.reset_channel()
+                job.result = job.missing
+                self._end(job)
+                return
+            except CHANNEL_ERRORS as exc:
+                self._link.reset_channel()
+                self._end(job, map_channel_error(exc, f"amqp {job.what}"))
+                return
+            except RECOVERABLE as exc:
+                self._lost(exc)
+            except Exception as exc:  # TransportClosed, or a bug: the caller's to see
+                self._end(job, exc)
+                return
+            if time.monotonic() - (self._failing_since or 0.0) > self.settings.reconnect_timeout:
+                self._failing_since, self._attempt = None, 0
+                self._end(job, ConnectionLost(
+                    f"amqp {job.what}: no broker reachable for "
+                    f"{self.settings.reconnect_timeout:g} s"))  # fmt: skip
+                return
+            self._pause(None)
+
+    def _recover(self, exc: BaseException, active: list[_Job]) -> list[_Job]:
+        """The connection failed: everything not confirmed is written again on the next
+        one, for each caller until its publish timeout; back off before reconnecting."""
+        self._lost(exc)
+        now, left = time.monotonic(), []
+        for job in active:
+            if self._owner.closed:
+                self._end(job, self._owner.closed_error())
+            elif now >= job.deadline:
+                self._end(job, publish_unreachable(self._owner.url.redacted(),
+                                                   self.settings.publish_timeout,
+                                                   self._last_failure))  # fmt: skip
+            else:
+                left.append(job)
+        if left:
+            self._pause(min(job.deadline for job in left))
+        else:
+            self._failing_since, self._attempt = None, 0
+        return left
+
+    def _lost(self, exc: BaseException) -> None:
+        self._link.drop()
+        self._take_back()
         self._last_failure = exc
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.warning("amqp publisher connection lost (%s); reconnecting", exc)
-        return left
 
-    def _wait_for_broker(self, what: str, deadline: float | None = None) -> None:
-        """Back off before the next reconnect (never past ``deadline``), or give up past
-        the reconnect timeout."""
-        since = self._failing_since or time.monotonic()
-        if time.monotonic() - since > self.settings.reconnect_timeout:
-            self._failing_since, self._attempt = None, 0
-            raise ConnectionLost(
-                f"amqp {what}: no broker reachable for {self.settings.reconnect_timeout:g} s"
-            )
+    def _pause(self, deadline: float | None) -> None:
         pause = backoff(self._attempt)
         if deadline is not None:
             pause = max(0.0, min(pause, deadline - time.monotonic()))
         time.sleep(pause)
         self._attempt += 1
 
-    # -- confirms and returns: py-amqp calls these while the channel is drained ---------
+    def _take_back(self) -> None:
+        """The channel is gone with its confirms: each caller writes again, in order,
+        what it had not had confirmed, before what it had not written yet."""
+        again: dict[_Job, list[Publication]] = {}
+        for item, job in self._unconfirmed.values():
+            again.setdefault(job, []).append(item)
+            job.outstanding = 0
+        for job, items in again.items():
+            job.items = items + job.items
+        self._unconfirmed.clear()
+        self._returned.clear()
+
+    def _end(self, job: _Job, error: BaseException | None = None) -> None:
+        if error is not None:
+            for seq in [s for s, (_, j) in self._unconfirmed.items() if j is job]:
+                del self._unconfirmed[seq]
+            job.error = error
+        job.finished.set()
+
+    # -- confirms and returns: py-amqp calls these while the I/O thread drains ---------
 
     def _on_channel(self, channel: Any) -> None:
         """Set up a fresh channel: confirms on, and forget what it declared."""
@@ -252,23 +422,47 @@ class Publisher:
             channel.confirm_select()
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
-        self._settle(tag, multiple)
+        self._settle(tag, multiple, nacked=False)
 
     def _on_nack(self, tag: int, multiple: bool) -> None:
-        self._nacked.extend(self._settle(tag, multiple))
+        self._settle(tag, multiple, nacked=True)
 
-    def _settle(self, tag: int, multiple: bool) -> list[Publication]:
+    def _settle(self, tag: int, multiple: bool, *, nacked: bool) -> None:
         unconfirmed = self._unconfirmed
-        if not multiple:
-            item = unconfirmed.pop(tag, None)
-            return [item] if item is not None else []
-        settled = []
-        while unconfirmed:
-            first = next(iter(unconfirmed))
-            if first > tag:
-                break
-            settled.append(unconfirmed.pop(first))
-        return settled
+        if multiple:
+            tags = []
+            for seq in unconfirmed:  # in the order written
+                if seq > tag:
+                    break
+                tags.append(seq)
+        else:
+            tags = [tag]
+        for seq in tags:
+            entry = unconfirmed.pop(seq, None)
+            if entry is None:
+                continue
+            self._returned.discard(seq)
+            job = entry[1]
+            job.outstanding -= 1
+            if nacked:
+                job.nacked += 1
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
-        self._returned.append(returned(exchange, routing_key, message))
+        """The broker sends a return before the confirm of the same message, and in the
+        order they were written: the first unconfirmed match is the one."""
+        for seq, (item, job) in self._unconfirmed.items():
+            if (
+                seq not in self._returned
+                and item.routing_key == routing_key
+                and item.exchange == exchange
+                and item.message.body == message.body
+            ):
+                self._returned.add(seq)
+                job.returned.append(item)
+                return
+        log.warning("amqp: a returned message matched nothing this publisher sent")
+
+
+def _queues(jobs: list[_Job]) -> str:
+    names = {job.queue for job in jobs}
+    return repr(names.pop()) if len(names) == 1 else "several queues"
