@@ -56,19 +56,22 @@ MiB = 1024 * 1024
 
 
 class JobClock:
-    """Counts jobs from any thread; after the last, writes first start -> last done to
-    ``out`` (atomically: the bench polls for the file)."""
+    """Counts jobs from any thread; after the last, writes first start -> last done, and
+    the CPU time the process spent meanwhile, to ``out`` (atomically: the bench polls for
+    the file)."""
 
     def __init__(self, count: int, out: str) -> None:
         self.count, self.out = count, out
         self._lock = threading.Lock()
         self.done = 0
         self.first = 0.0
+        self.first_cpu = 0.0
 
     def started(self) -> None:
         with self._lock:
             if self.first == 0.0:
                 self.first = time.perf_counter()
+                self.first_cpu = time.process_time()
 
     def finished(self) -> None:
         with self._lock:
@@ -76,8 +79,9 @@ class JobClock:
             if self.done != self.count:
                 return
             seconds = time.perf_counter() - self.first
+            cpu = time.process_time() - self.first_cpu
         with open(self.out + ".tmp", "w") as f:
-            f.write(repr(seconds))
+            f.write(f"{seconds!r} {cpu!r}")
         os.replace(self.out + ".tmp", self.out)
 
 
@@ -163,6 +167,7 @@ if __name__ != "__main__" and os.environ.get("QK_BENCH_WORKER"):
 class Result:
     rate: float  # jobs/s
     rss: float  # peak RSS of the process tree, bytes
+    cpu: float  # CPU seconds per job of the process that ran the jobs
 
 
 class TreeMemory:
@@ -213,7 +218,8 @@ def run_worker(command: list[str], env: dict[str, str], count: int, timeout: flo
             time.sleep(0.02)
         peak = memory.stop()
         with open(out) as f:
-            return Result(count / float(f.read()), peak)
+            seconds, cpu = map(float, f.read().split())
+        return Result(count / seconds, peak, cpu / count)
     finally:
         memory.stop()
         # A Celery worker's warm shutdown takes seconds after its last job (untimed); it
@@ -374,6 +380,7 @@ def main() -> None:
         shutil.rmtree(store, ignore_errors=True)
     rate = {label: statistics.median(r.rate for r in runs) for label, runs in results.items()}
     rss = {label: statistics.median(r.rss for r in runs) for label, runs in results.items()}
+    cpu = {label: statistics.median(r.cpu for r in runs) for label, runs in results.items()}
     peers = [row for row in rows if row.kind == "peer"]
     noop_one = rows[-3].label
 
@@ -394,15 +401,18 @@ def main() -> None:
         f"{args.runs} runs, rows round-robin. Rate: jobs / (first job started -> last job "
         "done), timed inside the jobs. Peak RSS: the largest summed RSS of the worker's "
         "process tree, sampled every 20 ms from start to its last job (median of the runs). "
+        "CPU/job: the CPU time of the process that ran the jobs, first job to last, per job "
+        "(no-op rows; steadier than a rate on a shared machine). "
         + ("Peer rows skipped (--no-peers)." if args.no_peers else report.skipped(absent)),
     )
     header = ["worker", "jobs/s", "ideal", "/ ideal"]
     header += [f"/ {peer.label.split()[0]}" for peer in peers]
-    header += ["/ `-c 1` no-op", "peak RSS MiB", "runs (jobs/s)"]
+    header += ["/ `-c 1` no-op", "CPU µs/job", "peak RSS MiB", "runs (jobs/s)"]
     report.table(
         header,
         [
             [row.label, rate[row.label], row.ideal if row.ideal else "", *compared(row),
+             f"{cpu[row.label] * 1e6:.0f}" if row.kind == "qk-noop" else "",
              f"{rss[row.label] / MiB:.1f}",
              ", ".join(f"{r.rate:,.1f}" for r in results[row.label])]
             for row in rows
