@@ -424,6 +424,8 @@ def main() -> None:
     receive = results[f"queuekit receive + ack (prefetch {p})"]
     raw = results[f"raw kombu consume + ack (prefetch {p})"]
     print(f"- bulk / kombu confirmed one by one: {report.ratio(bulk, one)} (target >= 3x)")
+    threads = results["queuekit send, 4 threads (confirmed)"] / results["queuekit send (confirmed)"]
+    print(f"- send from 4 threads / from 1 thread: {threads:.2f}x (target >= 3x)")
     print(f"- receive+ack / kombu consume+ack: {report.ratio(receive, raw)}")
     print(f"- dispatch worker / kombu consume+ack: {report.ratio(worker, raw)} (target >= 0.8x)")
     for label, rate in results.items():
