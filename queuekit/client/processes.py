@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 from ..features import processes
 from ..features.delays import Delay
 from ..features.envelope import Message
-from ..spi.errors import ConfigurationError
+from ..spi.errors import ConfigurationError, PermanentError
 from .abstract import AbstractQueue
 
 #: The effects of the step running in this thread or task.
@@ -118,8 +118,9 @@ class ProcessManager(AbstractQueue):
         name, payload = processes.event_message(command)
         if queue is None:
             if type(command) not in (*self.started_by, *self.handles):
-                raise ConfigurationError(
-                    f"{type(self).__qualname__} does not handle {name}: name its queue= "
+                raise PermanentError(  # a bug in the handler: retrying will not help
+                    f"{type(self).__qualname__} does not handle {name}: schedule it with "
+                    "queue= (the queue whose worker handles it)"
                 )
             queue = self.queue_name()
         _current().schedule(queue, name, payload, delay)
