@@ -35,6 +35,9 @@ HEALTH_EVERY = os.environ.get("HEALTH_CHECK_EVERY", "10 minutes")
 PARTNER = Path(os.environ.get("PARTNER_FILE", "var/partner.json"))
 #: States after which the partner has nothing more to say about an order.
 TERMINAL = {"shipped", "declined", "canceled"}
+#: A line's steps in production: events may arrive out of order (many workers), so a
+#: line only ever moves forward.
+LINE_STEPS = ("sent", "picked", "printed", "packaged")
 #: An instance's state: a JSON object, changed in place by the handlers.
 State = dict[str, Any]
 
@@ -64,13 +67,13 @@ class OrderTracking(ProcessManager):
         self.check(event.order_id, state)
 
     def on_order_line_picked(self, event: OrderLinePicked, state: State) -> None:
-        state["lines"][event.line] = "picked"
+        advance(state, event.line, "picked")
 
     def on_order_line_printed(self, event: OrderLinePrinted, state: State) -> None:
-        state["lines"][event.line] = "printed"
+        advance(state, event.line, "printed")
 
     def on_order_line_packaged(self, event: OrderLinePackaged, state: State) -> None:
-        state["lines"][event.line] = "packaged"
+        advance(state, event.line, "packaged")
 
     def on_order_state_checked(self, event: OrderStateChecked, state: State) -> None:
         """The missing puzzle piece: a check that finds no change still schedules the next
@@ -98,6 +101,13 @@ class OrderTracking(ProcessManager):
     def check(self, order_id: str, state: State) -> None:
         command = UpdateOrderState(order_id, known=state["status"])
         self.schedule(command, delay=CHECK_DELAY, queue=OrderStates.queue)
+
+
+def advance(state: State, line: str, step: str) -> None:
+    """Move ``line`` on to ``step``, never back (a late "picked" after "packaged")."""
+    now = state["lines"].get(line, "sent")
+    if LINE_STEPS.index(step) > LINE_STEPS.index(now):
+        state["lines"][line] = step
 
 
 class OrderStates(AbstractQueue):
