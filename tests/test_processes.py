@@ -190,9 +190,12 @@ def test_events_come_through_the_event_bridge_as_named_payloads(conn: Connection
     bridge(events, "order.*", Shipments(conn), to_payload=lambda e: e.params)
     events.trigger("order.sent", None, order_id="o-9")
     events.trigger("order.shipped", None, order_id="o-9")
-    Shipments(conn).worker(handle_signals=False, max_messages=2).run()
+    events.trigger("order.shipped", None, order="o-9")  # no order_id: it never will have
+    Shipments(conn).worker(handle_signals=False, max_messages=3).run()
     [done] = conn.jobs.processes("Shipments")
     assert (done.key, done.state, done.completed) == ("o-9", {"sent": True}, True)
+    [failed] = conn.failed.list()
+    assert "no key in order.shipped: KeyError('order_id')" in failed.reason
 
 
 def test_a_handler_is_checked_when_the_class_is_made() -> None:
@@ -248,3 +251,18 @@ def test_a_command_for_another_queue_goes_there_once_when_due(conn: Connection) 
         wait_until(lambda: conn.jobs.next_due() is None, what="nothing more due")
     assert len(set(Recorder.seen)) == 2
     assert instance(conn, "o-1", "Checker").version == 2  # started; the timeout passed on
+
+
+def test_a_state_that_is_not_json_or_an_event_without_a_key_fails_for_good(
+    conn: Connection,
+) -> None:
+    class Clocked(Counter):
+        def on_started(self, event: Started, state: dict[str, Any]) -> None:
+            state["at"] = {1, 2}  # a set: JSON cannot carry it
+
+    publish(conn, Started("o-1"))
+    conn.queue("counter").publish({"n": 1}, name=event_message(Bump("", 0))[0])
+    Clocked(conn).worker(handle_signals=False, max_messages=2).run()
+    not_json, no_key = (f.reason for f in conn.failed.list())
+    assert "the state is not JSON" in not_json and conn.jobs.processes() == []
+    assert "the payload does not make a Bump" in no_key

@@ -57,8 +57,9 @@ def test_two_workers_at_c8_with_a_kill_change_each_instance_once(
 ) -> None:
     keys, bumps = [f"o-{k}" for k in range(4)], 60
     worker = ("run", "tests.workers.processes:Counter", "--url", url, "--queue", queue, "-c", "8")
-    first = start_worker(*worker, cwd=tmp_path, log=tmp_path / "first.log")
-    second = start_worker(*worker, cwd=tmp_path, log=tmp_path / "second.log")
+    env = {"COUNTER_PAUSE": "0.02"}  # so the kill lands while work is in hand
+    first = start_worker(*worker, cwd=tmp_path, env=env, log=tmp_path / "first.log")
+    second = start_worker(*worker, cwd=tmp_path, env=env, log=tmp_path / "second.log")
     replacement = None
     try:
         with connect(url) as conn:
@@ -74,7 +75,8 @@ def test_two_workers_at_c8_with_a_kill_change_each_instance_once(
             wait_until(lambda: sum(len(i.state["seen"]) for i in conn.jobs.processes()) >= 20,
                        timeout=30, what="work under way")  # fmt: skip
             first.send_signal(signal.SIGKILL)  # what it held comes back: seen, or not yet
-            replacement = start_worker(*worker, cwd=tmp_path, log=tmp_path / "third.log")
+            replacement = start_worker(*worker, cwd=tmp_path, env=env,
+                                       log=tmp_path / "third.log")  # fmt: skip
             wait_until(lambda: seen_all(conn, keys, bumps), timeout=90, what="every bump, tick")
             wait_until(lambda: conn.jobs.next_due() is None and conn.queue(queue).depth() == 0,
                        timeout=30, what="everything to settle")  # fmt: skip

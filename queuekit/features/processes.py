@@ -177,7 +177,10 @@ def _incoming(manager: Manager, message: Message) -> Incoming:
     if kind is None:
         raise PermanentError(f"process manager {manager.name} handles no {name!r} message")
     event = event_from(kind, message.payload)
-    key = (manager.starts.get(kind) or manager.moves[kind])(event)
+    try:
+        key = (manager.starts.get(kind) or manager.moves[kind])(event)
+    except Exception as exc:  # e.g. a bridged payload without the field: it will not appear
+        raise PermanentError(f"{manager.name}: no key in {name}: {exc!r}") from None
     if not isinstance(key, str) or not key:
         raise PermanentError(f"{manager.name}: the key of {name} is {key!r}, not a str")
     return Incoming(key, kind, event)
@@ -209,7 +212,10 @@ def _attempt(broker: Broker, manager: Manager, message: Message, incoming: Incom
     sends = _sends(broker, manager, key, version + 1, effects, timeouts=timeouts)
     change = ProcessStep(manager.name, key, message.id, version, state, effects.completed,
                          {} if effects.completed else timeouts, sends)  # fmt: skip
-    outcome = broker.jobs.commit_process(change)
+    try:
+        outcome = broker.jobs.commit_process(change)
+    except (TypeError, ValueError) as exc:  # the store writes the state as JSON
+        raise PermanentError(f"{manager.name} {key!r}: the state is not JSON: {exc}") from None
     if outcome in (COMMITTED, DUPLICATE):
         return outcome
     log.debug("%s %r: version %d moved on; the step runs again", manager.name, key, version)

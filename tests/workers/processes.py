@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ class Counter(ProcessManager):
         state.update(seen=[], ticks=0)
 
     def on_bump(self, event: Bump, state: dict[str, Any]) -> None:
+        time.sleep(float(os.environ.get("COUNTER_PAUSE", "0")))  # a handler that takes time
         state["seen"].append(event.n)
         if event.n % 10 == 0:
             self.schedule(Tick(event.key))
