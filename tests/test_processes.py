@@ -70,6 +70,7 @@ def test_an_instance_is_started_moved_on_and_completed(conn: Connection) -> None
     with working(worker):
         publish(conn, Started("o-1"))
         wait_until(lambda: conn.jobs.processes("Counter"), what="the instance")
+        publish(conn, Started("o-1"))  # again, another id: dropped, the state stays
         for n in (1, 2, 10):
             publish(conn, Bump("o-1", n))
         # 10 schedules a tick now and one 0.2 s later: both come back, once each

@@ -51,8 +51,9 @@ _effects: contextvars.ContextVar[processes.Effects] = contextvars.ContextVar("pr
 
 class ProcessManager(AbstractQueue):
     """Subclass it: ``started_by`` and ``handles`` map event kinds to the function that
-    finds an event's correlation key; ``on_<kind>`` methods handle them. ``no_instance``
-    says what happens to a ``handles`` event whose key has no instance (``"drop"``,
+    finds an event's correlation key; ``on_<kind>`` methods handle them. A ``started_by``
+    event for a key whose instance exists is dropped, unless it is in ``handles`` too.
+    ``no_instance`` says what happens to a ``handles`` event whose key has no instance (``"drop"``,
     ``"log"``: a warning, ``"fail"``: to the failed store). ``process_name`` names the
     manager in the job store (default: the class name). ``initial_state()`` is the state
     a new instance starts from."""

@@ -25,7 +25,9 @@ A message scheduled with a delay comes back to the manager first, as a *timeout*
 nothing an instance scheduled runs after it ended; otherwise the step that handles it runs
 the manager's own handler (a command the manager handles) or sends the command to its
 queue, due now. A message for a key without an instance, that does not start one, meets
-the manager's policy: drop it, log it, or fail it (to the failed store).
+the manager's policy: drop it, log it, or fail it (to the failed store). A start event
+for a key whose instance exists is dropped (a producer that published it twice must not
+start a second chain of checks), unless the manager also ``handles`` it.
 
 This module is the engine; :class:`queuekit.client.processes.ProcessManager` is what an
 application subclasses.
@@ -150,8 +152,9 @@ class Incoming:
 
 def step(broker: Broker, manager: Manager, message: Message) -> str:
     """Handle ``message`` (an event, or one of the manager's timeouts) as one step of its
-    instance; return what happened (``committed``, ``duplicate``, ``completed``: dropped
-    as late, ``no instance``). Raises ``RetryLater`` after ``MAX_CONFLICTS`` conflicts."""
+    instance; return what happened: ``committed``; ``duplicate``; dropped because the
+    instance ``completed``, was ``started`` already (a start event) or there is
+    ``no instance``. Raises ``RetryLater`` after ``MAX_CONFLICTS`` conflicts."""
     incoming = _incoming(manager, message)
     for _ in range(MAX_CONFLICTS):
         outcome = _attempt(broker, manager, message, incoming)
@@ -199,6 +202,10 @@ def _attempt(broker: Broker, manager: Manager, message: Message, incoming: Incom
         return "completed"
     if instance is None and (incoming.timeout or incoming.kind not in manager.starts):
         return _no_instance(manager, key, message)
+    if instance is not None and not incoming.timeout and incoming.kind not in manager.moves:
+        log.info("%s %r is started already; message %s (%s) dropped", manager.name, key,
+                 message.id, message.metadata.name)  # fmt: skip
+        return "started"
     state = manager.initial() if instance is None else instance.state
     version = 0 if instance is None else instance.version
     timeouts = {} if instance is None else dict(instance.timeouts)
