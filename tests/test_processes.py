@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from queuekit import AbstractQueue, ConfigurationError, Connection, Message, ProcessManager
+from queuekit import (
+    AbstractQueue,
+    ConfigurationError,
+    Connection,
+    Message,
+    ProcessManager,
+    connect,
+)
 from queuekit.features.envelope import Metadata
 from queuekit.features.processes import event_message
-from queuekit.jobstore.base import ProcessInstance
+from queuekit.jobstore.base import FORWARD_LEASE, ProcessInstance
 from queuekit.worker.loop import Worker
 from tests.support import wait_until
 from tests.workers.processes import (
@@ -267,3 +276,45 @@ def test_a_state_that_is_not_json_or_an_event_without_a_key_fails_for_good(
     not_json, no_key = (f.reason for f in conn.failed.list())
     assert "the state is not JSON" in not_json and conn.jobs.processes() == []
     assert "the payload does not make a Bump" in no_key
+
+
+def test_a_timeout_forwarded_twice_is_handled_once(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forwarder that dies after sending, before deleting, leaves its batch claimed; the
+    next forwarder sends it again after the lease. Both ticks arrive twice, count once."""
+    publish(conn, Started("o-1"))
+    publish(conn, Bump("o-1", 10))  # a tick now and one in 0.2 s, in the delayed store
+    Counter(conn).worker(handle_signals=False, max_messages=2).run()
+    transport = conn.broker.transport
+
+    def send_then_die(queue: str, batch: Any) -> None:
+        transport.send_many(queue, batch)
+        raise RuntimeError("the forwarder died before deleting what it sent")
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 1)  # both are due
+    with pytest.raises(RuntimeError):
+        conn.jobs.forward_due(send_then_die)
+    monkeypatch.setattr(time, "time", lambda: real() + 2 + FORWARD_LEASE)
+    assert conn.jobs.forward_due(transport.send_many) == 2  # the same two, again
+    assert Counter(conn).worker(handle_signals=False, max_messages=4).run() == 4
+    done = instance(conn, "o-1")
+    assert done.state == {"seen": [10], "ticks": 2} and done.version == 4
+
+
+def test_eight_threads_on_every_job_store(store_url: str, tmp_path: Path) -> None:
+    """The steps' versioning on PostgreSQL and MariaDB too: eight threads, one instance."""
+    with connect(f"sqlite:///{tmp_path}/q.db", jobstore=store_url) as conn:
+        publish(conn, Started("o-1"))
+        Counter(conn).worker(handle_signals=False, max_messages=1).run()
+        conn.queue("counter").publish_many([{"key": "o-1", "n": n} for n in range(1, 41)],
+                                           name=event_message(Bump("", 0))[0])  # fmt: skip
+        worker = Counter(conn).worker(handle_signals=False, concurrency=8)
+        with working(worker):
+            wait_until(lambda: settled(conn, "o-1", ticks=8), timeout=60, what="the ticks")
+            wait_until(lambda: conn.jobs.next_due() is None and conn.queue("counter").depth() == 0,
+                       what="everything to settle")  # fmt: skip
+        done = instance(conn, "o-1")
+    assert sorted(done.state["seen"]) == list(range(1, 41))
+    assert done.state["ticks"] == 8 and done.version == 1 + 40 + 8
