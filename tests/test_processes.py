@@ -34,6 +34,7 @@ from tests.workers.processes import (
     Dropping,
     Failing,
     Finish,
+    RaisesBeforeCommit,
     Started,
 )
 
@@ -318,3 +319,17 @@ def test_eight_threads_on_every_job_store(store_url: str, tmp_path: Path) -> Non
         done = instance(conn, "o-1")
     assert sorted(done.state["seen"]) == list(range(1, 41))
     assert done.state["ticks"] == 8 and done.version == 1 + 40 + 8
+
+
+def test_a_handler_that_raises_writes_nothing_and_its_retry_counts_once(
+    conn: Connection,
+) -> None:
+    with working(RaisesBeforeCommit(conn).worker(handle_signals=False)):
+        publish(conn, Started("o-1"))
+        for n in (10, 11):
+            publish(conn, Bump("o-1", n))
+        wait_until(lambda: settled(conn, "o-1", "RaisesBeforeCommit", ticks=2), what="ticks")
+        wait_until(lambda: conn.jobs.next_due() is None and conn.queue("counter").depth() == 0,
+                   what="everything to settle")  # fmt: skip
+    done = instance(conn, "o-1", "RaisesBeforeCommit")
+    assert done.state == {"seen": [10, 11], "ticks": 2} and done.version == 5

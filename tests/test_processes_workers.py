@@ -140,3 +140,24 @@ def test_processes_list_shows_the_next_timeout(tmp_path: Path) -> None:
     assert row.split()[:4] == ["Counter", "o-1", "running", "3"]
     assert re.search(r"\(in (59\.\d|60\.0)m\)", row), row
     assert '{"seen":[10],"ticks":1}' in row
+
+
+def test_a_worker_killed_between_commit_and_ack_does_not_count_twice(
+    url: str, queue: str, tmp_path: Path
+) -> None:
+    env = {"QK_MARK": str(tmp_path / "killed")}
+    worker = ("run", "tests.workers.processes:KilledAfterCommit", "--url", url,
+              "--queue", queue)  # fmt: skip
+    with connect(url) as conn:
+        for event in (Started("o-1"), Bump("o-1", 10)):
+            name, payload = event_message(event)
+            conn.queue(queue).publish(payload, name=name)
+        killed = run_worker(*worker, cwd=tmp_path, env=env)
+        assert killed.returncode == -signal.SIGKILL and (tmp_path / "killed").exists()
+        [before] = conn.jobs.processes("KilledAfterCommit")
+        assert before.state == {"seen": [10], "ticks": 0} and before.version == 2  # committed
+        # the bump again (redelivered, found handled), then the two ticks
+        again = run_worker(*worker, "--max-messages", "3", cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stderr
+        [after] = conn.jobs.processes("KilledAfterCommit")
+    assert after.state == {"seen": [10], "ticks": 2} and after.version == 4

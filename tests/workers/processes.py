@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from queuekit import Message, ProcessManager, Repeat
@@ -81,3 +83,28 @@ class Failing(Counter):
 
 class Dropping(Counter):
     no_instance = "drop"
+
+
+class KilledAfterCommit(Counter):
+    """Dies by SIGKILL right after the commit of the bump numbered 10, before its ack, the
+    first time (``$QK_MARK`` notes it): the broker hands the message to the next worker."""
+
+    def work(self, message: Message) -> object:
+        outcome = super().work(message)
+        mark = Path(os.environ["QK_MARK"])
+        if message.payload.get("n") == 10 and not mark.exists():
+            mark.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return outcome
+
+
+class RaisesBeforeCommit(Counter):
+    """Its first run of each bump raises in the handler: nothing may be written."""
+
+    raised: set[int] = set()
+
+    def on_bump(self, event: Bump, state: dict[str, Any]) -> None:
+        super().on_bump(event, state)  # the state changes and the ticks are scheduled ...
+        if event.n not in self.raised:
+            self.raised.add(event.n)
+            raise RuntimeError("the handler failed")  # ... and thrown away with the step
