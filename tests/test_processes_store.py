@@ -18,7 +18,7 @@ from queuekit.jobstore.base import (
     ProcessStep,
 )
 from queuekit.spi.transport import Outgoing
-from tests.test_jobstore import Sent, race, stores
+from tests.test_jobstore import Sent, clock, race, stores
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def store(store_url: str) -> Iterator[JobStore]:
         opened.close()
 
 
-def step(message: str, version: int, state: object, **fields: object) -> ProcessStep:
+def step(message: str | None, version: int, state: object, **fields: object) -> ProcessStep:
     values: dict[str, object] = {"completed": False, "timeouts": {}, "sends": ()}
     values.update(fields)
     return ProcessStep("Orders", "o-1", message, version, state, **values)  # type: ignore[arg-type]
@@ -120,3 +120,18 @@ def test_steps_racing_on_one_instance_commit_one_per_version(store_url: str) -> 
         f"m-{i}-{n}" for i in range(8) for n in range(10)
     )
     assert instance.version == 81
+
+
+def test_a_timeout_step_records_no_id_and_old_ids_are_forgotten(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert store.commit_process(step("m-1", 0, {}, timeouts={"t-1": 1.0})) == COMMITTED
+    assert store.commit_process(step(None, 1, {"t": 1})) == COMMITTED  # a timeout's step
+    assert store.commit_process(step(None, 2, {"t": 2})) == COMMITTED
+    assert store.load_process("Orders", "o-1", "m-1")[1]
+    assert store.purge_processes("Orders", older_than=60) == 0
+    assert store.load_process("Orders", "o-1", "m-1")[1]  # not old enough to forget
+    clock(monkeypatch, 120)
+    assert store.purge_processes("Orders", older_than=60) == 0  # running: not deleted
+    instance, handled = store.load_process("Orders", "o-1", "m-1")
+    assert not handled and instance is not None and instance.version == 3

@@ -29,9 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     processes.add_argument("--state", choices=["running", "completed"],
                            help="list: only running or only completed instances")  # fmt: skip
     processes.add_argument("--older-than", default="14d", metavar="DURATION",
-                           help="purge: completed instances whose last step is older "
-                           "(default 14d; 0: all); a message for a purged key finds no "
-                           "instance")  # fmt: skip
+                           help="purge: completed instances whose last step is older, "
+                           "and ids of events handled before (default 14d; 0: all)")  # fmt: skip
     processes.add_argument("--limit", type=int, default=1000, help="list: at most this many")
     processes.add_argument("--json", action="store_true", help="list: one JSON document")
     processes.add_argument("--url")

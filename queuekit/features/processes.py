@@ -9,8 +9,10 @@ scheduled in one job-store transaction, on the version that was read
 and any number of workers:
 
 - a message delivered twice (a redelivery after a crash between commit and ack, or a
-  delayed message forwarded twice) finds its id handled: it changes nothing and schedules
-  nothing;
+  delayed message forwarded twice) finds its id handled (an event) or no longer pending
+  (a timeout: its step removed it from the instance's timeouts, so an instance that
+  re-schedules itself for ever keeps no growing list of handled ids): it changes nothing
+  and schedules nothing;
 - two messages of one instance never interleave: when another step committed first, the
   commit finds another version and the step runs again on the new state (optimistic
   versioning; handlers must do their effects through ``schedule``, which is only kept
@@ -202,6 +204,9 @@ def _attempt(broker: Broker, manager: Manager, message: Message, incoming: Incom
         return "completed"
     if instance is None and (incoming.timeout or incoming.kind not in manager.starts):
         return _no_instance(manager, key, message)
+    if instance is not None and incoming.timeout and message.id not in instance.timeouts:
+        log.info("%s %r: timeout %s came back already; dropped", manager.name, key, message.id)
+        return DUPLICATE
     if instance is not None and not incoming.timeout and incoming.kind not in manager.moves:
         log.info("%s %r is started already; message %s (%s) dropped", manager.name, key,
                  message.id, message.metadata.name)  # fmt: skip
@@ -217,7 +222,8 @@ def _attempt(broker: Broker, manager: Manager, message: Message, incoming: Incom
         assert incoming.kind is not None
         state = manager.handle(incoming.kind, incoming.event, state, effects)
     sends = _sends(broker, manager, key, version + 1, effects, timeouts=timeouts)
-    change = ProcessStep(manager.name, key, message.id, version, state, effects.completed,
+    handled_id = None if incoming.timeout else message.id  # a timeout leaves ``timeouts``
+    change = ProcessStep(manager.name, key, handled_id, version, state, effects.completed,
                          {} if effects.completed else timeouts, sends)  # fmt: skip
     try:
         outcome = broker.jobs.commit_process(change)

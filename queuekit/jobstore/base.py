@@ -106,13 +106,15 @@ class ProcessInstance:
 @dataclass(frozen=True)
 class ProcessStep:
     """What one message did to a process instance, to commit all or nothing: the id of the
-    message it handled, the ``version`` it read (0: it starts the instance), the new state,
-    completion and pending timeouts, and ``sends``: ``(queue, due, outgoing)`` for the
-    delayed store (due now or later), which forwards them like any delayed message."""
+    message it handled (``None`` for one of the instance's timeouts, which its pending
+    ``timeouts`` already tell apart: the step removes it), the ``version`` it read (0: it
+    starts the instance), the new state, completion and pending timeouts, and ``sends``:
+    ``(queue, due, outgoing)`` for the delayed store (due now or later), which forwards
+    them like any delayed message."""
 
     manager: str
     key: str
-    message_id: str
+    message_id: str | None
     version: int
     state: Any
     completed: bool
@@ -398,8 +400,10 @@ class JobStore(ABC):
     @abstractmethod
     def purge_processes(self, manager: str | None = None, *, older_than: float = 0.0) -> int:
         """Delete completed instances (of ``manager``) whose last step is more than
-        ``older_than`` s ago; return how many. A message for a purged key would start a
-        new instance (if it starts one) or find none."""
+        ``older_than`` s ago, and forget the ids of messages running instances handled
+        more than ``older_than`` s ago; return how many instances were deleted. A message
+        for a purged key would start a new instance (if it starts one) or find none; one
+        whose id is forgotten would count again if it came back."""
 
     # -- job records ---------------------------------------------------------------------
 

@@ -295,6 +295,7 @@ def _schema(prefix: str) -> MetaData:
         Column("manager", _NAME, nullable=False),
         Column("pkey", _NAME, nullable=False),
         Column("message_id", _NAME, nullable=False),
+        Column("handled_at", Double, nullable=False),
         PrimaryKeyConstraint("manager", "pkey", "message_id"),
         **_MYSQL,
     )
@@ -769,9 +770,8 @@ class SQLJobStore(JobStore):
     def commit_process(self, step: ProcessStep) -> str:
         t, h, now = self._processes, self._handled, time.time()
         state, timeouts = process_json(step)
-        mark = self._insert_new(
-            h, {"manager": step.manager, "pkey": step.key, "message_id": step.message_id}
-        )
+        mark = self._insert_new(h, {"manager": step.manager, "pkey": step.key,
+                                    "message_id": step.message_id, "handled_at": now})  # fmt: skip
         if step.version == 0:
             change: Any = self._insert_new(t, {
                 "manager": step.manager, "pkey": step.key, "state": state, "version": 1,
@@ -794,7 +794,7 @@ class SQLJobStore(JobStore):
         ]  # fmt: skip
 
         def work(conn: Connection) -> str:
-            if conn.execute(mark).rowcount != 1:
+            if step.message_id is not None and conn.execute(mark).rowcount != 1:
                 raise StepRejected(DUPLICATE)
             if conn.execute(change).rowcount != 1:
                 raise StepRejected(CONFLICT)
@@ -822,13 +822,18 @@ class SQLJobStore(JobStore):
         return self._run(lambda conn: [to_process(row) for row in conn.execute(query)])
 
     def purge_processes(self, manager: str | None = None, *, older_than: float = 0.0) -> int:
-        t = self._processes
-        statement = delete(t).where(
-            t.c.completed.is_(True), t.c.updated_at <= time.time() - older_than
-        )
+        t, h, cutoff = self._processes, self._handled, time.time() - older_than
+        statement = delete(t).where(t.c.completed.is_(True), t.c.updated_at <= cutoff)
+        forget = delete(h).where(h.c.handled_at <= cutoff)
         if manager is not None:
             statement = statement.where(t.c.manager == manager)
-        return int(self._run(lambda conn: conn.execute(statement).rowcount))
+            forget = forget.where(h.c.manager == manager)
+
+        def work(conn: Connection) -> int:
+            conn.execute(forget)
+            return int(conn.execute(statement).rowcount)
+
+        return self._run(work)
 
     # -- job records ---------------------------------------------------------------------
 

@@ -162,6 +162,7 @@ CREATE TABLE IF NOT EXISTS queuekit_process_handled (
     manager TEXT NOT NULL,
     pkey TEXT NOT NULL,
     message_id TEXT NOT NULL,
+    handled_at REAL NOT NULL,
     PRIMARY KEY (manager, pkey, message_id)
 );
 CREATE TABLE IF NOT EXISTS queuekit_starts (
@@ -541,11 +542,14 @@ class SQLiteJobStore(JobStore):
         state, timeouts = process_json(step)
         try:
             with self._transaction() as db:
-                if not db.execute(
-                    "INSERT INTO queuekit_process_handled (manager, pkey, message_id)"
-                    " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                    (*where, step.message_id),
-                ).rowcount:
+                if (
+                    step.message_id is not None
+                    and not db.execute(
+                        "INSERT INTO queuekit_process_handled (manager, pkey, message_id,"
+                        " handled_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (*where, step.message_id, now),
+                    ).rowcount
+                ):
                     raise StepRejected(DUPLICATE)
                 if step.version == 0:
                     changed = db.execute(
@@ -596,10 +600,13 @@ class SQLiteJobStore(JobStore):
 
     def purge_processes(self, manager: str | None = None, *, older_than: float = 0.0) -> int:
         query = "DELETE FROM queuekit_processes WHERE completed = 1 AND updated_at <= ?"
+        forget = "DELETE FROM queuekit_process_handled WHERE handled_at <= ?"
         args: tuple[object, ...] = (time.time() - older_than,)
         if manager is not None:
-            query, args = query + " AND manager = ?", (*args, manager)
+            query, forget = query + " AND manager = ?", forget + " AND manager = ?"
+            args = (*args, manager)
         with self._transaction() as db:
+            db.execute(forget, args)
             return db.execute(query, args).rowcount
 
     # -- job records ---------------------------------------------------------------------
