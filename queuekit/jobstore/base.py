@@ -386,10 +386,10 @@ class JobStore(ABC):
         """Commit ``step`` in one transaction, or nothing of it. Returns ``COMMITTED``;
         ``DUPLICATE`` when the instance already handled ``step.message_id``; ``CONFLICT``
         when the instance is no longer at ``step.version`` (another step committed first,
-        it completed, or with version 0 it already exists). Of concurrent steps on one
-        instance, on any host, exactly one commits on a given version: the others read
-        again and run again. A completing step forgets the instance's handled ids (a
-        completed instance drops every message anyway)."""
+        it completed, or with version 0 it already exists; when both hold, either). Of
+        concurrent steps on one instance, on any host, exactly one commits on a given
+        version: the others read again and run again. A completing step forgets the
+        instance's handled ids (a completed instance drops every message anyway)."""
 
     @abstractmethod
     def processes(

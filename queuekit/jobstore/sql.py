@@ -794,10 +794,11 @@ class SQLJobStore(JobStore):
         ]  # fmt: skip
 
         def work(conn: Connection) -> str:
-            if step.message_id is not None and conn.execute(mark).rowcount != 1:
-                raise StepRejected(DUPLICATE)
+            # the instance's row first: concurrent steps of one instance queue on its lock
             if conn.execute(change).rowcount != 1:
                 raise StepRejected(CONFLICT)
+            if step.message_id is not None and conn.execute(mark).rowcount != 1:
+                raise StepRejected(DUPLICATE)
             if step.completed:
                 conn.execute(delete(h).where(h.c.manager == step.manager, h.c.pkey == step.key))
             if sends:
