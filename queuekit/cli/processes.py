@@ -10,7 +10,6 @@ from datetime import datetime
 from ..client.config import resolve_url
 from ..client.connection import connect
 from ..features.delays import parse_duration
-from ..features.processes import summary
 from ..jobstore.base import ProcessInstance
 from .common import UsageError, duration, table
 
@@ -55,6 +54,20 @@ def cmd_processes(args: argparse.Namespace) -> int:
     else:
         print(render(found, time.time()))
     return 0
+
+
+def summary(instance: ProcessInstance) -> dict[str, object]:
+    """An instance as ``--json`` shows it."""
+    return {
+        "manager": instance.manager,
+        "key": instance.key,
+        "state": "completed" if instance.completed else "running",
+        "version": instance.version,
+        "data": instance.state,
+        "started_at": instance.started_at,
+        "updated_at": instance.updated_at,
+        "next_timeout": instance.next_timeout,
+    }
 
 
 def render(instances: list[ProcessInstance], now: float) -> str:

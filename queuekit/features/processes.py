@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..jobstore.base import COMMITTED, DUPLICATE, ProcessInstance, ProcessStep
+from ..jobstore.base import COMMITTED, DUPLICATE, ProcessStep
 from ..spi.errors import PermanentError, RetryLater
 from ..spi.transport import Outgoing
 from .delays import Delay, due_time
@@ -267,17 +267,3 @@ def _sends(
             body = {"key": key, "queue": queue, "name": name, "payload": payload}
         sends.append((to, due, broker.prepare(body, meta, None, None).outgoing))
     return sends
-
-
-def summary(instance: ProcessInstance) -> dict[str, Any]:
-    """An instance as ``worker processes list --json`` shows it."""
-    return {
-        "manager": instance.manager,
-        "key": instance.key,
-        "state": "completed" if instance.completed else "running",
-        "version": instance.version,
-        "data": instance.state,
-        "started_at": instance.started_at,
-        "updated_at": instance.updated_at,
-        "next_timeout": instance.next_timeout,
-    }
