@@ -13,6 +13,7 @@ from .client.connection import Connection, connect
 from .client.events import Event, EventManager, bridge
 from .client.fluent import PendingJob
 from .client.functions import JobFunction, job
+from .client.processes import ProcessManager
 from .client.queue import Queue, Topic
 from .features.bulk import Bulk
 from .features.envelope import Message, Metadata
@@ -73,6 +74,7 @@ __all__ = [
     "PendingJob",
     "PermanentError",
     "PriorityRange",
+    "ProcessManager",
     "Queue",
     "QueueFull",
     "QueuekitError",

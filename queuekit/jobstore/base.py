@@ -16,6 +16,11 @@
 - its own **identity**: a random id written once, when the store is created. Messages that
   depend on the store carry it, so a worker on another store can tell and refuse them
   (:mod:`queuekit.features.storeid`);
+- **process instances** (see :mod:`queuekit.features.processes`): one row per process
+  manager and correlation key with its state (JSON), version and pending timeouts, and the
+  ids of the messages each instance handled; a step commits the new state, the handled id
+  and the messages it schedules (into the delayed store) in one transaction, on the
+  version it read, so a redelivered message changes nothing and two steps never overlap;
 - the **worker registry**: each running worker (host, pid, queue, concurrency, start, last
   heartbeat, counts), what ``worker status`` reads, and the slots a queue's workers limit
   hands out (see :mod:`queuekit.features.registry`).
@@ -75,6 +80,50 @@ class Schedule:
 
 #: What a store calls to turn a due run of a schedule into a message, inside its transaction.
 MakeRun = Callable[[Schedule, float], Outgoing]
+
+
+@dataclass(frozen=True)
+class ProcessInstance:
+    """One instance of a process manager: its correlation ``key``, its ``state`` (JSON),
+    the ``version`` of its last step (1 after the step that started it), whether it
+    ``completed``, and ``timeouts``: the id and due time of each message it scheduled
+    for itself that has not come back yet."""
+
+    manager: str
+    key: str
+    state: Any
+    version: int
+    completed: bool
+    started_at: float
+    updated_at: float
+    timeouts: dict[str, float]
+
+    @property
+    def next_timeout(self) -> float | None:
+        return min(self.timeouts.values(), default=None)
+
+
+@dataclass(frozen=True)
+class ProcessStep:
+    """What one message did to a process instance, to commit all or nothing: the id of the
+    message it handled (``None`` for one of the instance's timeouts, which its pending
+    ``timeouts`` already tell apart: the step removes it), the ``version`` it read (0: it
+    starts the instance), the new state, completion and pending timeouts, and ``sends``:
+    ``(queue, due, outgoing)`` for the delayed store (due now or later), which forwards
+    them like any delayed message."""
+
+    manager: str
+    key: str
+    message_id: str | None
+    version: int
+    state: Any
+    completed: bool
+    timeouts: dict[str, float]
+    sends: Sequence[tuple[str, float, Outgoing]] = ()
+
+
+#: What :meth:`JobStore.commit_process` returns.
+COMMITTED, DUPLICATE, CONFLICT = "committed", "duplicate", "conflict"
 
 
 @dataclass(frozen=True)
@@ -323,6 +372,39 @@ class JobStore(ABC):
         one run twice; a run is lost only if the transaction is.
         """
 
+    # -- process instances (process managers) ---------------------------------------------
+
+    @abstractmethod
+    def load_process(
+        self, manager: str, key: str, message_id: str
+    ) -> tuple[ProcessInstance | None, bool]:
+        """The instance of ``manager`` for ``key`` (``None`` if there is none), and whether
+        it has already handled ``message_id``."""
+
+    @abstractmethod
+    def commit_process(self, step: ProcessStep) -> str:
+        """Commit ``step`` in one transaction, or nothing of it. Returns ``COMMITTED``;
+        ``DUPLICATE`` when the instance already handled ``step.message_id``; ``CONFLICT``
+        when the instance is no longer at ``step.version`` (another step committed first,
+        it completed, or with version 0 it already exists; when both hold, either). Of
+        concurrent steps on one instance, on any host, exactly one commits on a given
+        version: the others read again and run again. A completing step forgets the
+        instance's handled ids (a completed instance drops every message anyway)."""
+
+    @abstractmethod
+    def processes(
+        self, manager: str | None = None, *, completed: bool | None = None, limit: int = 1000
+    ) -> list[ProcessInstance]:
+        """Instances (of ``manager``; running or completed only), by start time."""
+
+    @abstractmethod
+    def purge_processes(self, manager: str | None = None, *, older_than: float = 0.0) -> int:
+        """Delete completed instances (of ``manager``) whose last step is more than
+        ``older_than`` s ago, and forget the ids of messages running instances handled
+        more than ``older_than`` s ago; return how many instances were deleted. A message
+        for a purged key would start a new instance (if it starts one) or find none; one
+        whose id is forgotten would count again if it came back."""
+
     # -- job records ---------------------------------------------------------------------
 
     @abstractmethod
@@ -509,6 +591,33 @@ def to_schedule(row: Sequence[Any]) -> Schedule:
     """A schedule from ``name, queue, every, next_run, template`` (template as JSON text)."""
     name, queue, every, next_run, template = row
     return Schedule(str(name), str(queue), float(every), float(next_run), json.loads(template))
+
+
+#: A process row's columns, in ``ProcessInstance`` field order (state and timeouts as JSON).
+PROCESS_FIELDS = (
+    "manager", "pkey", "state", "version", "completed", "started_at", "updated_at", "timeouts",
+)  # fmt: skip
+
+
+def to_process(row: Sequence[Any]) -> ProcessInstance:
+    manager, key, state, version, completed, started, updated, timeouts = row
+    return ProcessInstance(str(manager), str(key), json.loads(state), int(version),
+                           bool(completed), float(started), float(updated),
+                           json.loads(timeouts or "{}"))  # fmt: skip
+
+
+class StepRejected(Exception):
+    """Raised inside a backend's transaction to roll a process step back; ``outcome`` is
+    what ``commit_process`` returns (``DUPLICATE`` or ``CONFLICT``)."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+def process_json(step: ProcessStep) -> tuple[str, str]:
+    """A step's state and timeouts as the JSON text a process row holds."""
+    return json.dumps(step.state, separators=(",", ":")), json.dumps(step.timeouts)
 
 
 def next_run_after(schedule: Schedule, now: float) -> float:

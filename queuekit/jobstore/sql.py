@@ -82,9 +82,13 @@ from ..spi.errors import ConfigurationError
 from ..spi.transport import Outgoing
 from ..spi.urls import TransportURL
 from .base import (
+    COMMITTED,
+    CONFLICT,
+    DUPLICATE,
     FORWARD_LEASE,
     IDENTITY,
     KEY_GRACE,
+    PROCESS_FIELDS,
     WORKER_FIELDS,
     FailedMessage,
     GroupHead,
@@ -92,7 +96,10 @@ from .base import (
     JobStoreError,
     MakeRun,
     MissingStoreDependency,
+    ProcessInstance,
+    ProcessStep,
     Schedule,
+    StepRejected,
     StoreCounts,
     WorkerInfo,
     delayed_batches,
@@ -100,7 +107,9 @@ from .base import (
     headers_text,
     job_values,
     next_run_after,
+    process_json,
     to_failed,
+    to_process,
     to_record,
     to_schedule,
     to_worker,
@@ -267,6 +276,30 @@ def _schema(prefix: str) -> MetaData:
         **_MYSQL,
     )
     Table(
+        f"{prefix}processes",
+        meta,
+        Column("manager", _NAME, nullable=False),
+        Column("pkey", _NAME, nullable=False),
+        Column("state", _TEXT, nullable=False),
+        Column("version", BigInteger, nullable=False),
+        Column("completed", Boolean, nullable=False),
+        Column("started_at", Double, nullable=False),
+        Column("updated_at", Double, nullable=False),
+        Column("timeouts", _TEXT),
+        PrimaryKeyConstraint("manager", "pkey"),
+        **_MYSQL,
+    )
+    Table(
+        f"{prefix}process_handled",
+        meta,
+        Column("manager", _NAME, nullable=False),
+        Column("pkey", _NAME, nullable=False),
+        Column("message_id", _NAME, nullable=False),
+        Column("handled_at", Double, nullable=False),
+        PrimaryKeyConstraint("manager", "pkey", "message_id"),
+        **_MYSQL,
+    )
+    Table(
         f"{prefix}starts",
         meta,
         Column("message_id", _NAME, primary_key=True),
@@ -323,6 +356,8 @@ class SQLJobStore(JobStore):
         self._meta_table = meta.tables[prefix + "meta"]
         self._workers, self._worker_queues = (meta.tables[prefix + n] for n in
                                                ("workers", "worker_queues"))  # fmt: skip
+        self._processes, self._handled = (meta.tables[prefix + n] for n in
+                                          ("processes", "process_handled"))  # fmt: skip
         self._created = False
         self._create_lock = threading.Lock()
         _open_stores.add(self)
@@ -380,11 +415,7 @@ class SQLJobStore(JobStore):
 
     def _load_identity(self) -> str:
         t = self._meta_table
-        row = {"name": IDENTITY, "value": os.urandom(16).hex()}
-        if self._postgres:
-            statement: Any = postgresql.insert(t).values(row).on_conflict_do_nothing()
-        else:
-            statement = insert(t).values(row).prefix_with("IGNORE")
+        statement = self._insert_new(t, {"name": IDENTITY, "value": os.urandom(16).hex()})
         read = select(t.c.value).where(t.c.name == IDENTITY)
         self._run(lambda conn: conn.execute(statement))  # its own transaction: then read
         return str(self._run(lambda conn: conn.execute(read).scalar_one()))
@@ -707,6 +738,103 @@ class SQLJobStore(JobStore):
                 conn.execute(delete(g).where(this_group, ~exists(rest)))
 
         self._run(work)
+
+    # -- process instances (process managers) ---------------------------------------------
+
+    def _insert_new(self, table: Table, row: dict[str, Any]) -> Any:
+        """Insert ``row`` unless its primary key is taken; its ``rowcount`` says which (an
+        INSERT's count is kept only when asked for)."""
+        if self._postgres:
+            statement: Any = postgresql.insert(table).values(row).on_conflict_do_nothing()
+        else:
+            statement = insert(table).values(row).prefix_with("IGNORE")
+        return statement.execution_options(preserve_rowcount=True)
+
+    def load_process(
+        self, manager: str, key: str, message_id: str
+    ) -> tuple[ProcessInstance | None, bool]:
+        t, h = self._processes, self._handled
+        query = select(*(t.c[name] for name in PROCESS_FIELDS)).where(
+            t.c.manager == manager, t.c.pkey == key
+        )
+        seen = select(h.c.message_id).where(
+            h.c.manager == manager, h.c.pkey == key, h.c.message_id == message_id
+        )
+
+        def read(conn: Connection) -> tuple[ProcessInstance | None, bool]:
+            row = conn.execute(query).first()
+            return (to_process(row) if row else None), conn.execute(seen).first() is not None
+
+        return self._run(read)
+
+    def commit_process(self, step: ProcessStep) -> str:
+        t, h, now = self._processes, self._handled, time.time()
+        state, timeouts = process_json(step)
+        mark = self._insert_new(h, {"manager": step.manager, "pkey": step.key,
+                                    "message_id": step.message_id, "handled_at": now})  # fmt: skip
+        if step.version == 0:
+            change: Any = self._insert_new(t, {
+                "manager": step.manager, "pkey": step.key, "state": state, "version": 1,
+                "completed": step.completed, "started_at": now, "updated_at": now,
+                "timeouts": timeouts,
+            })  # fmt: skip
+        else:
+            change = (
+                update(t)
+                .where(t.c.manager == step.manager, t.c.pkey == step.key,
+                       t.c.version == step.version, t.c.completed.is_(False))
+                .values(state=state, version=t.c.version + 1, completed=step.completed,
+                        updated_at=now, timeouts=timeouts)
+            )  # fmt: skip
+        sends = [
+            {"queue": queue, "due": due, "claimed_until": 0.0, "priority": out.options.priority,
+             "dedup_key": out.options.dedup_key, "headers": headers_text(out.headers),
+             "body": out.body}
+            for queue, due, out in step.sends
+        ]  # fmt: skip
+
+        def work(conn: Connection) -> str:
+            # the instance's row first: concurrent steps of one instance queue on its lock
+            if conn.execute(change).rowcount != 1:
+                raise StepRejected(CONFLICT)
+            if step.message_id is not None and conn.execute(mark).rowcount != 1:
+                raise StepRejected(DUPLICATE)
+            if step.completed:
+                conn.execute(delete(h).where(h.c.manager == step.manager, h.c.pkey == step.key))
+            if sends:
+                conn.execute(insert(self._delayed), sends)
+            return COMMITTED
+
+        try:
+            return self._run(work)
+        except StepRejected as rejected:
+            return rejected.outcome
+
+    def processes(
+        self, manager: str | None = None, *, completed: bool | None = None, limit: int = 1000
+    ) -> list[ProcessInstance]:
+        t = self._processes
+        query = select(*(t.c[name] for name in PROCESS_FIELDS))
+        if manager is not None:
+            query = query.where(t.c.manager == manager)
+        if completed is not None:
+            query = query.where(t.c.completed.is_(completed))
+        query = query.order_by(t.c.started_at, t.c.manager, t.c.pkey).limit(limit)
+        return self._run(lambda conn: [to_process(row) for row in conn.execute(query)])
+
+    def purge_processes(self, manager: str | None = None, *, older_than: float = 0.0) -> int:
+        t, h, cutoff = self._processes, self._handled, time.time() - older_than
+        statement = delete(t).where(t.c.completed.is_(True), t.c.updated_at <= cutoff)
+        forget = delete(h).where(h.c.handled_at <= cutoff)
+        if manager is not None:
+            statement = statement.where(t.c.manager == manager)
+            forget = forget.where(h.c.manager == manager)
+
+        def work(conn: Connection) -> int:
+            conn.execute(forget)
+            return int(conn.execute(statement).rowcount)
+
+        return self._run(work)
 
     # -- job records ---------------------------------------------------------------------
 

@@ -22,16 +22,23 @@ from ..spi.sqlitedb import connect_database, immediate
 from ..spi.transport import Outgoing
 from ..spi.urls import TransportURL
 from .base import (
+    COMMITTED,
+    CONFLICT,
+    DUPLICATE,
     FORWARD_LEASE,
     IDENTITY,
     KEY_GRACE,
+    PROCESS_FIELDS,
     WORKER_FIELDS,
     FailedMessage,
     GroupHead,
     JobStore,
     JobStoreError,
     MakeRun,
+    ProcessInstance,
+    ProcessStep,
     Schedule,
+    StepRejected,
     StoreCounts,
     WorkerInfo,
     delayed_batches,
@@ -39,7 +46,9 @@ from .base import (
     headers_text,
     job_values,
     next_run_after,
+    process_json,
     to_failed,
+    to_process,
     to_record,
     to_schedule,
     to_worker,
@@ -138,6 +147,24 @@ CREATE TABLE IF NOT EXISTS queuekit_workers (
     rss INTEGER
 );
 CREATE INDEX IF NOT EXISTS queuekit_workers_seen ON queuekit_workers (queue, last_seen);
+CREATE TABLE IF NOT EXISTS queuekit_processes (
+    manager TEXT NOT NULL,
+    pkey TEXT NOT NULL,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    completed INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    timeouts TEXT,
+    PRIMARY KEY (manager, pkey)
+);
+CREATE TABLE IF NOT EXISTS queuekit_process_handled (
+    manager TEXT NOT NULL,
+    pkey TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    handled_at REAL NOT NULL,
+    PRIMARY KEY (manager, pkey, message_id)
+);
 CREATE TABLE IF NOT EXISTS queuekit_starts (
     message_id TEXT PRIMARY KEY,
     starts INTEGER NOT NULL,
@@ -166,6 +193,7 @@ _START_JOB = (
     " started_at = excluded.started_at, finished_at = NULL, worker_pid = excluded.worker_pid"
 )
 _WORKER_COLUMNS = ", ".join(WORKER_FIELDS)
+_PROCESS_COLUMNS = ", ".join(PROCESS_FIELDS)
 _UNFINISHED_CHUNK = 500  # ids per query, well under SQLite's bound-parameter limit
 
 
@@ -491,6 +519,95 @@ class SQLiteJobStore(JobStore):
                 " AND state != 'waiting'",
                 (queue, group, message_id),
             )
+
+    # -- process instances (process managers) ---------------------------------------------
+
+    def load_process(
+        self, manager: str, key: str, message_id: str
+    ) -> tuple[ProcessInstance | None, bool]:
+        with self._connection() as db:
+            row = db.execute(
+                f"SELECT {_PROCESS_COLUMNS} FROM queuekit_processes WHERE manager = ? AND pkey = ?",
+                (manager, key),
+            ).fetchone()
+            handled = db.execute(
+                "SELECT 1 FROM queuekit_process_handled"
+                " WHERE manager = ? AND pkey = ? AND message_id = ?",
+                (manager, key, message_id),
+            ).fetchone()
+        return (to_process(row) if row else None), handled is not None
+
+    def commit_process(self, step: ProcessStep) -> str:
+        now, where = time.time(), (step.manager, step.key)
+        state, timeouts = process_json(step)
+        try:
+            with self._transaction() as db:
+                if (
+                    step.message_id is not None
+                    and not db.execute(
+                        "INSERT INTO queuekit_process_handled (manager, pkey, message_id,"
+                        " handled_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (*where, step.message_id, now),
+                    ).rowcount
+                ):
+                    raise StepRejected(DUPLICATE)
+                if step.version == 0:
+                    changed = db.execute(
+                        f"INSERT INTO queuekit_processes ({_PROCESS_COLUMNS})"
+                        " VALUES (?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (*where, state, int(step.completed), now, now, timeouts),
+                    ).rowcount
+                else:
+                    changed = db.execute(
+                        "UPDATE queuekit_processes SET state = ?, version = version + 1,"
+                        " completed = ?, updated_at = ?, timeouts = ?"
+                        " WHERE manager = ? AND pkey = ? AND version = ? AND completed = 0",
+                        (state, int(step.completed), now, timeouts, *where, step.version),
+                    ).rowcount
+                if not changed:
+                    raise StepRejected(CONFLICT)
+                if step.completed:
+                    db.execute(
+                        "DELETE FROM queuekit_process_handled WHERE manager = ? AND pkey = ?",
+                        where,
+                    )
+                db.executemany(
+                    "INSERT INTO queuekit_delayed (queue, due, priority, dedup_key, headers,"
+                    " body) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(queue, due, out.options.priority, out.options.dedup_key,
+                      headers_text(out.headers), out.body) for queue, due, out in step.sends],
+                )  # fmt: skip
+        except StepRejected as undo:
+            return undo.outcome
+        return COMMITTED
+
+    def processes(
+        self, manager: str | None = None, *, completed: bool | None = None, limit: int = 1000
+    ) -> list[ProcessInstance]:
+        clauses, args = [], []
+        for column, value in (("manager", manager), ("completed", completed)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(int(value) if isinstance(value, bool) else value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connection() as db:
+            rows = db.execute(
+                f"SELECT {_PROCESS_COLUMNS} FROM queuekit_processes{where}"
+                " ORDER BY started_at, manager, pkey LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [to_process(row) for row in rows]
+
+    def purge_processes(self, manager: str | None = None, *, older_than: float = 0.0) -> int:
+        query = "DELETE FROM queuekit_processes WHERE completed = 1 AND updated_at <= ?"
+        forget = "DELETE FROM queuekit_process_handled WHERE handled_at <= ?"
+        args: tuple[object, ...] = (time.time() - older_than,)
+        if manager is not None:
+            query, forget = query + " AND manager = ?", forget + " AND manager = ?"
+            args = (*args, manager)
+        with self._transaction() as db:
+            db.execute(forget, args)
+            return db.execute(query, args).rowcount
 
     # -- job records ---------------------------------------------------------------------
 
