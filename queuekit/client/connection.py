@@ -137,16 +137,20 @@ class Connection:
         name: str,
         queue: str,
         payload: Any,
-        every: Delay,
+        every: Delay | None = None,
         *,
+        cron: str | None = None,
+        timezone: str | None = None,
         start: datetime | None = None,
         job_name: str = "",
         priority: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> Schedule:
-        """Create or replace the recurring job ``name`` (see :mod:`queuekit.features.schedules`)."""
-        return schedules.add(self.broker, name, queue, payload, every, start=start,
-                             job_name=job_name, priority=priority, headers=headers)  # fmt: skip
+        """Create or replace the recurring job ``name``, run ``every`` interval or at each
+        ``cron`` slot in ``timezone`` (see :mod:`queuekit.features.schedules`)."""
+        return schedules.add(self.broker, name, queue, payload, every, cron=cron,
+                             timezone=timezone, start=start, job_name=job_name,
+                             priority=priority, headers=headers)  # fmt: skip
 
     def unschedule(self, name: str) -> bool:
         """Delete the recurring job ``name``; False when there was none."""

@@ -64,17 +64,22 @@ class GroupHead:
 @dataclass(frozen=True)
 class Schedule:
     """A recurring job: ``template`` (payload, name, priority, headers) published to
-    ``queue`` every ``every`` seconds, next at ``next_run`` (a Unix time)."""
+    ``queue`` every ``every`` seconds, or at each slot of the ``cron`` expression in
+    ``timezone`` (then ``every`` is 0); next at ``next_run`` (a Unix time)."""
 
     name: str
     queue: str
     every: float
     next_run: float
     template: dict[str, Any]
+    cron: str | None = None
+    timezone: str | None = None
 
 
 #: What a store calls to turn a due run of a schedule into a message, inside its transaction.
 MakeRun = Callable[[Schedule, float], Outgoing]
+#: What a store calls for a fired schedule's next run time after ``now``, in that transaction.
+NextRun = Callable[[Schedule, float], float]
 
 
 @dataclass(frozen=True)
@@ -313,11 +318,12 @@ class JobStore(ABC):
         """Every schedule, by name."""
 
     @abstractmethod
-    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+    def fire_schedules(self, queue: str, make: MakeRun, advance: NextRun) -> int:
         """Fire ``queue``'s due schedules; return how many runs were fired.
 
-        In one transaction per call: each schedule due now moves to its first run time
-        after now (runs missed while no worker ran are skipped: one run fires for them),
+        In one transaction per call: each schedule due now moves to ``advance(schedule,
+        now)``, its first run time after now (runs missed while no worker ran are skipped:
+        one run fires for them),
         and ``make(schedule, run_time)`` of each fired run goes into the delayed store,
         due at its run time, for ``forward_due`` to send. Concurrent callers never fire
         one run twice; a run is lost only if the transaction is.
@@ -507,8 +513,19 @@ def to_worker(row: Sequence[Any]) -> WorkerInfo:
 
 def to_schedule(row: Sequence[Any]) -> Schedule:
     """A schedule from ``name, queue, every, next_run, template`` (template as JSON text)."""
-    name, queue, every, next_run, template = row
-    return Schedule(str(name), str(queue), float(every), float(next_run), json.loads(template))
+    name, queue, every, next_run, text = row
+    template = json.loads(text)
+    cron, timezone = template.pop("cron", None), template.pop("timezone", None)
+    return Schedule(str(name), str(queue), float(every), float(next_run), template, cron, timezone)
+
+
+def template_text(schedule: Schedule) -> str:
+    """What the ``template`` column holds: the template, and a cron schedule's expression and
+    time zone (kept there so stores made before cron schedules need no new column)."""
+    stored = dict(schedule.template)
+    if schedule.cron is not None:
+        stored.update(cron=schedule.cron, timezone=schedule.timezone)
+    return json.dumps(stored)
 
 
 def next_run_after(schedule: Schedule, now: float) -> float:

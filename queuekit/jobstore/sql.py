@@ -92,6 +92,7 @@ from .base import (
     JobStoreError,
     MakeRun,
     MissingStoreDependency,
+    NextRun,
     Schedule,
     StoreCounts,
     WorkerInfo,
@@ -99,7 +100,7 @@ from .base import (
     group_heads,
     headers_text,
     job_values,
-    next_run_after,
+    template_text,
     to_failed,
     to_record,
     to_schedule,
@@ -510,7 +511,7 @@ class SQLJobStore(JobStore):
             "queue": schedule.queue,
             "every": schedule.every,
             "next_run": schedule.next_run,
-            "template": json.dumps(schedule.template),
+            "template": template_text(schedule),
         }
 
         def replace(conn: Connection) -> None:
@@ -530,7 +531,7 @@ class SQLJobStore(JobStore):
         rows = self._run(lambda conn: list(conn.execute(query.order_by(t.c.name))))
         return [to_schedule(row) for row in rows]
 
-    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+    def fire_schedules(self, queue: str, make: MakeRun, advance: NextRun) -> int:
         t, now = self._schedules, time.time()
         due = (
             select(t.c.name, t.c.queue, t.c.every, t.c.next_run, t.c.template)
@@ -548,7 +549,7 @@ class SQLJobStore(JobStore):
                     body=run.body,
                 ))  # fmt: skip
                 moved = update(t).where(t.c.name == schedule.name)
-                conn.execute(moved.values(next_run=next_run_after(schedule, now)))
+                conn.execute(moved.values(next_run=advance(schedule, now)))
             return len(fired)
 
         return self._run(fire)

@@ -31,6 +31,7 @@ from .base import (
     JobStore,
     JobStoreError,
     MakeRun,
+    NextRun,
     Schedule,
     StoreCounts,
     WorkerInfo,
@@ -38,7 +39,7 @@ from .base import (
     group_heads,
     headers_text,
     job_values,
-    next_run_after,
+    template_text,
     to_failed,
     to_record,
     to_schedule,
@@ -361,7 +362,7 @@ class SQLiteJobStore(JobStore):
                 "INSERT OR REPLACE INTO queuekit_schedules (name, queue, every, next_run,"
                 " template) VALUES (?, ?, ?, ?, ?)",
                 (schedule.name, schedule.queue, schedule.every, schedule.next_run,
-                 json.dumps(schedule.template)),
+                 template_text(schedule)),
             )  # fmt: skip
 
     def remove_schedule(self, name: str) -> bool:
@@ -373,7 +374,7 @@ class SQLiteJobStore(JobStore):
             rows = db.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM queuekit_schedules ORDER BY name")
             return [to_schedule(row) for row in rows]
 
-    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+    def fire_schedules(self, queue: str, make: MakeRun, advance: NextRun) -> int:
         now = time.time()
         due_query = (
             f"SELECT {_SCHEDULE_COLUMNS} FROM queuekit_schedules WHERE queue = ? AND next_run <= ?"
@@ -393,7 +394,7 @@ class SQLiteJobStore(JobStore):
                 )  # fmt: skip
                 db.execute(
                     "UPDATE queuekit_schedules SET next_run = ? WHERE name = ?",
-                    (next_run_after(schedule, now), schedule.name),
+                    (advance(schedule, now), schedule.name),
                 )
         return len(due)
 
