@@ -17,6 +17,8 @@ from .client.queue import Queue, Topic
 from .features.bulk import Bulk
 from .features.envelope import Message, Metadata
 from .features.hooks import Hooks
+from .features.inbox import Inbox
+from .features.outbox import outbox
 from .features.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
 from .features.rpc import Reply
 from .jobstore.base import FailedMessage, JobStoreError, Schedule
@@ -60,6 +62,7 @@ __all__ = [
     "Exponential",
     "FailedMessage",
     "Hooks",
+    "Inbox",
     "Intervals",
     "JobFunction",
     "JobRecord",
@@ -92,4 +95,5 @@ __all__ = [
     "bridge",
     "connect",
     "job",
+    "outbox",
 ]

@@ -33,7 +33,7 @@ from ..spi.urls import redact
 from ..worker import deploy, supervisor
 from ..worker.logs import JSONFormatter
 from ..worker.loop import Limits
-from . import schedule, status
+from . import relay, schedule, status
 from .common import UsageError
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
@@ -42,7 +42,7 @@ _DELEGATED = {
     "zmq-proxy": ("queuekit.adapters.zmq.proxy", "main", "run the ZeroMQ routing device"),
 }
 #: Subcommands in their own module here, each with ``register(subparsers)``.
-_COMMANDS = (schedule, status)
+_COMMANDS = (relay, schedule, status)
 #: ``-v`` is the worker command's own flag: it may stand before or after the subcommand.
 _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "log every message received, done, retried or failed"
@@ -210,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             shutdown_timeout=args.shutdown_timeout,
             workers_limit=args.workers_limit,
             wait_for_slot=args.wait_for_slot,
+            outbox=args.outbox,
         )
         try:
             processed = worker.run()
@@ -438,6 +439,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
                      help="start only if fewer than N workers of the queue are alive on the"
                           " hosts sharing the job store (default: the class's workers_limit;"
                           f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
+    run.add_argument("--outbox", metavar="URL",
+                     help="relay this queue's committed rows of the outbox in this application "
+                     "database (default: $QUEUEKIT_OUTBOX)")  # fmt: skip
     run.add_argument("--wait-for-slot", action="store_true",
                      help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
     run.add_argument("--log-format", choices=["text", "json"],

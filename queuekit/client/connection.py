@@ -25,6 +25,7 @@ from ..features import schedules
 from ..features.broker import Broker
 from ..features.delays import Delay
 from ..features.failed import FailedStore
+from ..features.inbox import INBOX_LEASE, Inbox
 from ..features.rpc import ReplyQueue
 from ..jobstore import open_jobstore
 from ..jobstore.base import JobStore, Schedule
@@ -158,6 +159,11 @@ class Connection:
 
     def schedules(self) -> list[Schedule]:
         return self.jobs.schedules()
+
+    def inbox(self, consumer: str, *, lease: float = INBOX_LEASE) -> Inbox:
+        """The processed message ids of ``consumer`` in this job store, to drop duplicates
+        by message id (:mod:`queuekit.features.inbox`)."""
+        return Inbox(self.jobs, consumer, lease=lease)
 
     def job(self, job_id: str) -> JobRecord | None:
         """A snapshot of the job record of message ``job_id``; ``None`` if it has none."""

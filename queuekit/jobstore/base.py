@@ -16,6 +16,9 @@
 - its own **identity**: a random id written once, when the store is created. Messages that
   depend on the store carry it, so a worker on another store can tell and refuse them
   (:mod:`queuekit.features.storeid`);
+- the **inbox**: which message ids a consumer has processed (or is processing), so a
+  duplicate (a message an outbox relay sent twice, a redelivery) can be dropped by its id
+  (see :mod:`queuekit.features.inbox`);
 - the **worker registry**: each running worker (host, pid, queue, concurrency, start, last
   heartbeat, counts), what ``worker status`` reads, and the slots a queue's workers limit
   hands out (see :mod:`queuekit.features.registry`).
@@ -47,6 +50,8 @@ IDENTITY = "store_id"
 FORWARD_LEASE = 60.0
 #: Seconds a publisher may take between holding a key and confirming it.
 KEY_GRACE = 60.0
+#: What :meth:`JobStore.inbox_claim` answers: run it; processed before; in another's hands.
+INBOX_NEW, INBOX_DONE, INBOX_BUSY = "new", "done", "busy"
 
 
 @dataclass(frozen=True)
@@ -381,6 +386,28 @@ class JobStore(ABC):
     @abstractmethod
     def end_delivery(self, message_id: str) -> None:
         """The attempt ended (settled, retried or failed): forget its starts."""
+
+    # -- inbox (consumers dropping duplicates by message id) ------------------------------
+
+    @abstractmethod
+    def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> str:
+        """Claim ``message_id`` for ``consumer``: ``INBOX_NEW`` when it was never claimed,
+        or its last claim was neither finished nor released and is older than ``lease``
+        seconds (that attempt died): the caller processes it. ``INBOX_DONE`` when it was
+        processed (``inbox_done``): a duplicate. ``INBOX_BUSY`` while another claim holds.
+        Atomic: of racing claimers, on any host, at most one gets ``INBOX_NEW``."""
+
+    @abstractmethod
+    def inbox_done(self, consumer: str, message_id: str) -> None:
+        """The claimed message was processed: later claims of it answer ``INBOX_DONE``."""
+
+    @abstractmethod
+    def inbox_release(self, consumer: str, message_id: str) -> None:
+        """Processing failed: forget an unfinished claim, so the retry can claim it."""
+
+    @abstractmethod
+    def inbox_prune(self, older_than: float) -> int:
+        """Forget processed ids finished more than ``older_than`` seconds ago; how many."""
 
     # -- worker registry -----------------------------------------------------------------
 

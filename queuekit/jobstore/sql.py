@@ -84,6 +84,9 @@ from ..spi.urls import TransportURL
 from .base import (
     FORWARD_LEASE,
     IDENTITY,
+    INBOX_BUSY,
+    INBOX_DONE,
+    INBOX_NEW,
     KEY_GRACE,
     WORKER_FIELDS,
     FailedMessage,
@@ -110,7 +113,7 @@ from .base import (
 from .records import FINISHED, JobRecord, JobUpdate
 
 T = TypeVar("T")
-_DRIVERS = {
+DRIVERS = {
     "postgresql": "postgresql+psycopg",
     "mysql": "mysql+pymysql",
     "mariadb": "mariadb+pymysql",
@@ -268,6 +271,16 @@ def _schema(prefix: str) -> MetaData:
         **_MYSQL,
     )
     Table(
+        f"{prefix}inbox",
+        meta,
+        Column("consumer", _NAME, nullable=False),
+        Column("message_id", _NAME, nullable=False),
+        Column("done", Boolean, nullable=False),
+        Column("at", Double, nullable=False),
+        PrimaryKeyConstraint("consumer", "message_id"),
+        **_MYSQL,
+    )
+    Table(
         f"{prefix}starts",
         meta,
         Column("message_id", _NAME, primary_key=True),
@@ -299,7 +312,7 @@ class SQLJobStore(JobStore):
                 " to 39 more letters, digits or _"
             )
         target = target.difference_update_query(["table_prefix"])
-        target = target.set(drivername=_DRIVERS.get(target.drivername, target.drivername))
+        target = target.set(drivername=DRIVERS.get(target.drivername, target.drivername))
         self.dialect = target.get_backend_name()
         if self.dialect not in {"postgresql", "mysql", "mariadb"}:
             raise ConfigurationError(
@@ -322,6 +335,7 @@ class SQLJobStore(JobStore):
             meta.tables[prefix + n] for n in ("keys", "groups", "grouped", "starts", "schedules")
         )
         self._meta_table = meta.tables[prefix + "meta"]
+        self._inbox = meta.tables[prefix + "inbox"]
         self._workers, self._worker_queues = (meta.tables[prefix + n] for n in
                                                ("workers", "worker_queues"))  # fmt: skip
         self._created = False
@@ -829,6 +843,55 @@ class SQLJobStore(JobStore):
     def end_delivery(self, message_id: str) -> None:
         statement = delete(self._starts).where(self._starts.c.message_id == message_id)
         self._run(lambda conn: conn.execute(statement))
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> str:
+        t, now = self._inbox, time.time()
+        mine = and_(t.c.consumer == consumer, t.c.message_id == message_id)
+        row = {"consumer": consumer, "message_id": message_id, "done": False, "at": now}
+
+        def fresh(conn: Connection) -> bool:
+            if self._postgres:  # a failed insert would abort the whole transaction
+                added = postgresql.insert(t).values(row).on_conflict_do_nothing()
+                return conn.execute(added.returning(t.c.at)).first() is not None
+            try:
+                conn.execute(insert(t).values(row))
+            except IntegrityError as exc:
+                if _mysql_code(exc) != _MYSQL_DUPLICATE:
+                    raise
+                return False
+            return True
+
+        # Each statement in its own transaction (as hold_key does, for MySQL's locks).
+        if self._run(fresh):
+            return INBOX_NEW
+        stale = and_(mine, t.c.done.is_(False), t.c.at < now - lease)
+        if self._run(lambda conn: conn.execute(update(t).where(stale).values(at=now)).rowcount):
+            return INBOX_NEW
+        done = self._run(lambda conn: conn.execute(select(t.c.done).where(mine)).scalar())
+        return INBOX_DONE if done else INBOX_BUSY
+
+    def inbox_done(self, consumer: str, message_id: str) -> None:
+        t = self._inbox
+        statement = (
+            update(t)
+            .where(t.c.consumer == consumer, t.c.message_id == message_id)
+            .values(done=True, at=time.time())
+        )
+        self._run(lambda conn: conn.execute(statement))
+
+    def inbox_release(self, consumer: str, message_id: str) -> None:
+        t = self._inbox
+        statement = delete(t).where(
+            t.c.consumer == consumer, t.c.message_id == message_id, t.c.done.is_(False)
+        )
+        self._run(lambda conn: conn.execute(statement))
+
+    def inbox_prune(self, older_than: float) -> int:
+        t = self._inbox
+        statement = delete(t).where(t.c.done.is_(True), t.c.at <= time.time() - older_than)
+        return self._run(lambda conn: conn.execute(statement).rowcount)
 
     # -- worker registry -----------------------------------------------------------------
 

@@ -24,6 +24,9 @@ from ..spi.urls import TransportURL
 from .base import (
     FORWARD_LEASE,
     IDENTITY,
+    INBOX_BUSY,
+    INBOX_DONE,
+    INBOX_NEW,
     KEY_GRACE,
     WORKER_FIELDS,
     FailedMessage,
@@ -139,6 +142,13 @@ CREATE TABLE IF NOT EXISTS queuekit_workers (
     rss INTEGER
 );
 CREATE INDEX IF NOT EXISTS queuekit_workers_seen ON queuekit_workers (queue, last_seen);
+CREATE TABLE IF NOT EXISTS queuekit_inbox (
+    consumer TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    done INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+);
 CREATE TABLE IF NOT EXISTS queuekit_starts (
     message_id TEXT PRIMARY KEY,
     starts INTEGER NOT NULL,
@@ -520,6 +530,46 @@ class SQLiteJobStore(JobStore):
     def end_delivery(self, message_id: str) -> None:
         with self._connection() as db:
             db.execute("DELETE FROM queuekit_starts WHERE message_id = ?", (message_id,))
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> str:
+        now = time.time()
+        with self._transaction() as db:
+            claimed = db.execute(
+                "INSERT INTO queuekit_inbox (consumer, message_id, done, at) VALUES (?, ?, 0, ?)"
+                " ON CONFLICT (consumer, message_id) DO UPDATE SET at = excluded.at"
+                " WHERE done = 0 AND at < ? RETURNING done",
+                (consumer, message_id, now, now - lease),
+            ).fetchone()
+            if claimed is not None:
+                return INBOX_NEW
+            (done,) = db.execute(
+                "SELECT done FROM queuekit_inbox WHERE consumer = ? AND message_id = ?",
+                (consumer, message_id),
+            ).fetchone()
+        return INBOX_DONE if done else INBOX_BUSY
+
+    def inbox_done(self, consumer: str, message_id: str) -> None:
+        with self._connection() as db:
+            db.execute(
+                "UPDATE queuekit_inbox SET done = 1, at = ? WHERE consumer = ? AND message_id = ?",
+                (time.time(), consumer, message_id),
+            )
+
+    def inbox_release(self, consumer: str, message_id: str) -> None:
+        with self._connection() as db:
+            db.execute(
+                "DELETE FROM queuekit_inbox WHERE consumer = ? AND message_id = ? AND done = 0",
+                (consumer, message_id),
+            )
+
+    def inbox_prune(self, older_than: float) -> int:
+        with self._connection() as db:
+            return db.execute(
+                "DELETE FROM queuekit_inbox WHERE done = 1 AND at <= ?",
+                (time.time() - older_than,),
+            ).rowcount
 
     # -- worker registry -----------------------------------------------------------------
 
