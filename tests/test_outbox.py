@@ -257,3 +257,33 @@ def _lease_holder(url: str, queue: str) -> bool:
         return False
     finally:
         engine.dispose()
+
+
+def test_outbox_refuses_what_it_cannot_write_to_and_calls_inside_it(
+    broker: Connection, tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(TypeError, match="SQLAlchemy Session or Connection, or an sqlite3"):
+        outbox(object()).__enter__()
+    with (
+        contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as db,
+        outbox(db),
+        pytest.raises(RuntimeError, match="inside outbox"),
+    ):
+        broker.queue(name).call({"n": 1}, timeout=0.1)
+
+
+def test_the_orders_example_ships_committed_orders_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.workers.harness import child_env
+
+    done = subprocess.run([sys.executable, "-m", "examples.orders.demo"], cwd=tmp_path,
+                          env=child_env(), capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "order 'broken cup' rolled back" in done.stdout
+    assert "broker holds 0 message(s)" in done.stdout
+    shipped = (tmp_path / "var" / "shipped.jsonl").read_text(encoding="utf-8")
+    assert '"item": "kettle"' in shipped and '"item": "teapot"' in shipped
+    assert "broken cup" not in shipped

@@ -10,6 +10,7 @@ queue at a time (:mod:`queuekit.features.outbox`).
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -20,6 +21,9 @@ from ..client.connection import Connection, connect
 from ..features.broker import Broker
 from ..features.outbox import BATCH, LEASE, holder_id, relay
 from ..jobstore.outbox import open_outbox
+from ..spi.errors import QueuekitError
+
+log = logging.getLogger("queuekit")
 
 _EVERY = 0.5  # seconds between looks at the outbox
 
@@ -60,7 +64,13 @@ def cmd_relay(args: argparse.Namespace) -> int:
             return connections[url].broker
 
         while not stop.is_set():
-            count = relay(table, broker_for, holder, batch=args.batch, lease=args.lease)
+            try:
+                count = relay(table, broker_for, holder, batch=args.batch, lease=args.lease)
+            except QueuekitError as exc:  # the broker or the database is away: rows wait
+                if args.once:
+                    raise
+                log.warning("could not relay the outbox: %s", exc)
+                count = 0
             sent += count
             if args.once and not count:
                 break

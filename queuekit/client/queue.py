@@ -199,7 +199,13 @@ class Queue:
     ) -> list[Reply | None]:
         """Publish each payload as a request (one batch) and gather the replies that come
         within ``timeout`` seconds: one :class:`Reply` per request, in order, ``None`` for
-        those without one. See :mod:`queuekit.features.rpc`."""
+        those without one. See :mod:`queuekit.features.rpc`. Refused inside ``outbox()``:
+        no request leaves before the transaction commits, so no reply could come."""
+        if active_outbox() is not None:
+            raise RuntimeError(
+                "call() and gather() cannot wait for replies inside outbox(): "
+                "the requests are sent only after the transaction commits"
+            )
         replies = self.connection.replies
         requests = list(payloads)
         ids = [new_correlation_id() for _ in requests]

@@ -56,9 +56,10 @@ _active: contextvars.ContextVar[OutboxWriter | None] = contextvars.ContextVar(
 @contextmanager
 def outbox(transaction: object) -> Iterator[OutboxWriter]:
     """Publishes inside the block go into ``transaction``'s outbox table (module docstring)."""
-    token = _active.set(outbox_writer(transaction))
+    box = outbox_writer(transaction)
+    token = _active.set(box)
     try:
-        yield _active.get()  # type: ignore[misc]
+        yield box
     finally:
         _active.reset(token)
 
