@@ -287,3 +287,39 @@ def test_the_orders_example_ships_committed_orders_once(tmp_path: Path) -> None:
     shipped = (tmp_path / "var" / "shipped.jsonl").read_text(encoding="utf-8")
     assert '"item": "kettle"' in shipped and '"item": "teapot"' in shipped
     assert "broken cup" not in shipped
+
+
+def test_a_row_that_is_no_envelope_goes_to_the_failed_store(
+    broker: Connection, tmp_path: Path, name: str
+) -> None:
+    from queuekit.jobstore.outbox import outbox_writer
+    from queuekit.spi.transport import Outgoing
+
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        outbox_writer(db).add(name, "garbage-1", Outgoing(b"not json", {}), None)
+        with outbox(db):
+            kept = broker.queue(name).publish({"n": 1})
+    table = open_outbox(f"sqlite:///{path}")
+    try:
+        assert relay(table, lambda q: broker.broker, holder_id()) == 2
+        assert table.queues() == []
+    finally:
+        table.close()
+    [failed] = broker.failed.list(name)
+    assert (failed.message_id, failed.body) == ("garbage-1", b"not json")
+    assert "body is not JSON" in failed.reason
+    assert [m.id for m in _drain(broker, name, 1)] == [kept]
+
+
+def test_a_delay_waits_after_the_relay(broker: Connection, tmp_path: Path, name: str) -> None:
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db, outbox(db):
+        broker.queue(name).publish({"n": 1}, delay=3600)
+    table = open_outbox(f"sqlite:///{path}")
+    try:
+        assert relay(table, lambda q: broker.broker, holder_id()) == 1
+    finally:
+        table.close()
+    assert broker.queue(name).depth() == 0  # relayed, and still an hour away
+    assert broker.transport.stats(name).delayed == 1

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..jobstore.outbox import OutboxRow, OutboxTable, OutboxWriter, outbox_writer
+from ..spi.errors import MalformedMessage
 from ..spi.transport import Outgoing
 from . import keys
 from .broker import Broker, Prepared, future
@@ -98,7 +99,11 @@ def relay(
                 rows = table.pending(name, batch)
                 if rows:
                     broker = broker_for(name)
-                    broker.send_prepared(name, [_prepared(broker, row) for row in rows])
+                    good, bad = _prepared(broker, rows)
+                    broker.send_prepared(name, good)
+                    for row, reason in bad:  # not an envelope: kept with its reason
+                        broker.jobs.add_failed(name, row.body, reason, message_id=row.message_id,
+                                               headers=row.headers)  # fmt: skip
                     table.remove([row.id for row in rows])
                     sent += len(rows)
                 if len(rows) < batch or not table.lease(name, holder, lease):
@@ -110,11 +115,23 @@ def relay(
     return sent
 
 
-def _prepared(broker: Broker, row: OutboxRow) -> Prepared:
-    """A row as ``Broker.send_prepared`` takes it, with this broker's send options."""
-    message = decode(row.body)
-    meta = message.metadata
-    due = future(row.due)
-    options = broker.send_options(due, row.priority, meta.key)
-    keyed = keys.held_in_store(meta, broker.transport.capabilities)
-    return Prepared(message, Outgoing(row.body, row.headers, options), due, keyed)
+def _prepared(
+    broker: Broker, rows: list[OutboxRow]
+) -> tuple[list[Prepared], list[tuple[OutboxRow, str]]]:
+    """Rows as ``Broker.send_prepared`` takes them, with this broker's send options; and
+    the rows that are no envelope (written by something else) with the reason, for the
+    failed store: such a row neither blocks its queue nor is lost."""
+    batch: list[Prepared] = []
+    bad: list[tuple[OutboxRow, str]] = []
+    for row in rows:
+        try:
+            message = decode(row.body)
+        except MalformedMessage as exc:
+            bad.append((row, f"outbox row {row.id}: {exc.reason}"))
+            continue
+        meta = message.metadata
+        due = future(row.due)
+        options = broker.send_options(due, row.priority, meta.key)
+        keyed = keys.held_in_store(meta, broker.transport.capabilities)
+        batch.append(Prepared(message, Outgoing(row.body, row.headers, options), due, keyed))
+    return batch, bad

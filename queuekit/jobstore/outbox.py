@@ -32,7 +32,6 @@ from typing import Any
 from ..spi.errors import ConfigurationError
 from ..spi.transport import Outgoing
 from ..spi.urls import TransportURL
-from .base import MissingStoreDependency
 
 GROUP = "queuekit.outboxes"
 TABLE, LEASES = "queuekit_outbox", "queuekit_outbox_leases"
@@ -103,7 +102,10 @@ def _backend(name: str, what: str) -> Any:
     try:
         return found[0].load()
     except ImportError as exc:
-        raise MissingStoreDependency(name, "sql", exc.name or str(exc)) from None
+        raise ConfigurationError(
+            f"the outbox on {what} needs an optional dependency ({exc.name or exc}): "
+            "install queuekit[sql]"
+        ) from None
 
 
 def outbox_writer(transaction: object) -> OutboxWriter:
@@ -125,6 +127,6 @@ def open_outbox(url: str | TransportURL) -> OutboxTable:
     """The outbox in the database at ``url`` (``sqlite:///app.db``, or an SQLAlchemy URL
     such as ``postgresql+psycopg://...``), for a relay."""
     parsed = url if isinstance(url, TransportURL) else TransportURL.parse(url)
-    name = "sqlite" if parsed.scheme == "sqlite" else "sqlalchemy"
+    name = "sqlite" if parsed.scheme.split("+", 1)[0] == "sqlite" else "sqlalchemy"
     table: OutboxTable = _backend(name, parsed.redacted()).table(parsed)
     return table
