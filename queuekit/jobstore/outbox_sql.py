@@ -91,6 +91,18 @@ _created: weakref.WeakSet[Engine] = weakref.WeakSet()
 _created_lock = threading.Lock()
 
 
+def _create_tables(engine: Engine) -> None:
+    """Create the tables on a connection of their own; another process creating them at the
+    same moment makes one try fail, and the next one finds them."""
+    for attempt in range(3):
+        try:
+            _meta.create_all(engine)
+            return
+        except DBAPIError:
+            if attempt == 2:
+                raise
+
+
 def _ensure_tables(conn: Connection) -> None:
     engine = conn.engine
     if engine in _created:
@@ -100,7 +112,7 @@ def _ensure_tables(conn: Connection) -> None:
         return
     with _created_lock:
         if engine not in _created:
-            _meta.create_all(engine)
+            _create_tables(engine)
             _created.add(engine)
 
 
@@ -135,7 +147,7 @@ class SQLOutboxTable(OutboxTable):
     def _run(self, work: Callable[[Connection], T]) -> T:
         try:
             if not self._ready:
-                _meta.create_all(self._engine)
+                _create_tables(self._engine)
                 self._ready = True
             with self._engine.begin() as conn:
                 return work(conn)
