@@ -18,6 +18,8 @@ from .client.queue import Queue, Topic
 from .features.bulk import Bulk
 from .features.envelope import Message, Metadata
 from .features.hooks import Hooks
+from .features.inbox import Inbox
+from .features.outbox import outbox
 from .features.retry import Exponential, Intervals, NoRetry, Repeat, RetryStrategy
 from .features.rpc import Reply
 from .jobstore.base import FailedMessage, JobStoreError, Schedule
@@ -61,6 +63,7 @@ __all__ = [
     "Exponential",
     "FailedMessage",
     "Hooks",
+    "Inbox",
     "Intervals",
     "JobFunction",
     "JobRecord",
@@ -94,4 +97,5 @@ __all__ = [
     "bridge",
     "connect",
     "job",
+    "outbox",
 ]

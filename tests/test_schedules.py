@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from queuekit import Connection, Message, Unsupported, connect
-from queuekit.features.schedules import make_run
+from queuekit.features.schedules import make_run, next_run
 from queuekit.jobstore import open_jobstore
 from queuekit.jobstore.base import JobStore, Schedule, next_run_after
 from queuekit.spi.transport import SendOptions
@@ -118,7 +118,7 @@ def test_firing_races_on_every_job_store(store_url: str) -> None:
 
         def fire(store: JobStore) -> None:
             barrier.wait()
-            fired.append(store.fire_schedules("q", make_run))
+            fired.append(store.fire_schedules("q", make_run, next_run))
 
         threads = [threading.Thread(target=fire, args=(s,)) for s in stores]
         for thread in threads:
@@ -137,9 +137,9 @@ def test_firing_races_on_every_job_store(store_url: str) -> None:
 
 def test_worker_schedule_cli_round_trip(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/q.db"
-    added = run_worker("schedule", "add", "digest", "--queue", "mail", "--payload",
-                       '{"to": "team"}', "--every", "1 day", "--start", "2030-01-01T09:00:00",
-                       "--url", url, cwd=tmp_path)  # fmt: skip
+    added = run_worker("schedule", "add", "digest", "mail", '{"to": "team"}', "--every",
+                       "1 day", "--start", "2030-01-01T09:00:00", "--url", url,
+                       cwd=tmp_path)  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert "every 86400s on 'mail', next 2030-01-01T09:00:00" in added.stdout
     listed = run_worker("schedule", "list", "--url", url, cwd=tmp_path)

@@ -33,7 +33,7 @@ from ..spi.urls import redact
 from ..worker import deploy, supervisor
 from ..worker.logs import JSONFormatter
 from ..worker.loop import Limits
-from . import processes, status
+from . import processes, relay, schedule, status
 from .common import UsageError
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
@@ -42,7 +42,7 @@ _DELEGATED = {
     "zmq-proxy": ("queuekit.adapters.zmq.proxy", "main", "run the ZeroMQ routing device"),
 }
 #: Subcommands in their own module here, each with ``register(subparsers)``.
-_COMMANDS = (status, processes)
+_COMMANDS = (relay, schedule, status, processes)
 #: ``-v`` is the worker command's own flag: it may stand before or after the subcommand.
 _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "log every message received, done, retried or failed"
@@ -210,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             shutdown_timeout=args.shutdown_timeout,
             workers_limit=args.workers_limit,
             wait_for_slot=args.wait_for_slot,
+            outbox=args.outbox,
         )
         try:
             processed = worker.run()
@@ -384,34 +385,6 @@ def cmd_clear_finished(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_schedule(args: argparse.Namespace) -> int:
-    with connect(resolve_url(args.url, queue=args.queue), jobstore=args.jobstore) as conn:
-        if args.action == "list":
-            for item in conn.schedules():
-                when = datetime.fromtimestamp(item.next_run).isoformat(timespec="seconds")
-                template = json.dumps(item.template["payload"])
-                print(f"{item.name}\t{item.queue}\tevery {item.every:g}s\tnext {when}\t{template}")
-            return 0
-        if not args.name:
-            raise UsageError(f"schedule {args.action} needs a NAME")
-        if args.action == "remove":
-            if not conn.unschedule(args.name):
-                raise UsageError(f"no schedule {args.name}")
-            return 0
-        if not (args.queue and args.payload is not None and args.every):
-            raise UsageError("schedule add needs NAME, --queue, --payload and --every")
-        try:
-            start = datetime.fromisoformat(args.start) if args.start else None
-            item = conn.schedule(args.name, args.queue, json.loads(args.payload), args.every,
-                                 start=start, job_name=args.job_name,
-                                 priority=args.priority)  # fmt: skip
-        except (TypeError, ValueError) as exc:  # bad JSON, --every, --start or --priority
-            raise UsageError(str(exc)) from None
-    when = datetime.fromtimestamp(item.next_run).isoformat(timespec="seconds")
-    print(f"{item.name}: every {item.every:g}s on {item.queue!r}, next {when}")
-    return 0
-
-
 def cmd_job(args: argparse.Namespace) -> int:
     with connect(resolve_url(args.url), jobstore=args.jobstore) as conn:
         record = conn.job(args.id)
@@ -434,21 +407,6 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 # -- the parser ----------------------------------------------------------------------------
-
-
-def _add_schedule_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    schedule = sub.add_parser("schedule", help="add, list or remove recurring jobs")
-    schedule.add_argument("action", choices=["add", "list", "remove"])
-    schedule.add_argument("name", nargs="?", metavar="NAME")
-    schedule.add_argument("--queue", help="the queue its runs go to (add)")
-    schedule.add_argument("--payload", metavar="JSON", help="the payload of every run (add)")
-    schedule.add_argument("--every", help="seconds, '1 day' or an ISO 8601 duration (add)")
-    schedule.add_argument("--start", help="the first run, an ISO 8601 moment (default: now)")
-    schedule.add_argument("--job-name", default="", help="handler name stored in the metadata")
-    schedule.add_argument("--priority", type=int, help="0-255, higher first")
-    schedule.add_argument("--url")
-    schedule.add_argument("--jobstore", help="job store URL (default: configured)")
-    schedule.set_defaults(func=cmd_schedule)
 
 
 def _add_run_options(run: argparse.ArgumentParser) -> None:
@@ -481,6 +439,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
                      help="start only if fewer than N workers of the queue are alive on the"
                           " hosts sharing the job store (default: the class's workers_limit;"
                           f" 0: none); over it, exit with status {OVER_LIMIT_EXIT}")  # fmt: skip
+    run.add_argument("--outbox", metavar="URL",
+                     help="relay this queue's committed rows of the outbox in this application "
+                     "database (default: $QUEUEKIT_OUTBOX)")  # fmt: skip
     run.add_argument("--wait-for-slot", action="store_true",
                      help="over the workers limit, wait for a slot instead of exiting")  # fmt: skip
     run.add_argument("--log-format", choices=["text", "json"],
@@ -576,7 +537,6 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("--jobstore", help="job store URL (default: configured)")
     clear.set_defaults(func=cmd_clear_finished)
 
-    _add_schedule_parser(sub)
     for module in _COMMANDS:
         module.register(sub)
 

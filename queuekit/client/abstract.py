@@ -30,7 +30,7 @@ from ..features.hooks import DEFAULT_NOTIFY_AFTER, Hooks, default_hook, hooks_of
 from ..features.retry import DEFAULT_RETRY, RetryStrategy
 from ..spi.priorities import PriorityRange
 from ..worker.loop import Limits, Worker
-from .config import resolve_url
+from .config import resolve_outbox, resolve_url
 from .connection import Connection, connect
 from .fluent import PendingJob
 from .queue import Queue
@@ -153,6 +153,7 @@ class AbstractQueue(ABC):
         shutdown_timeout: float | None = None,
         workers_limit: int | None = None,
         wait_for_slot: bool = False,
+        outbox: str | None = None,
     ) -> Worker:
         """A worker for this queue (``run()`` it); see :class:`queuekit.worker.loop.Worker`.
 
@@ -160,7 +161,9 @@ class AbstractQueue(ABC):
         class's; ``shutdown_timeout`` bounds how long a stop waits for work in flight.
         ``workers_limit`` overrides the class's limit (``0``: none); over the limit the
         worker raises :class:`~queuekit.features.registry.WorkersLimitReached` before taking
-        a message, or with ``wait_for_slot`` waits until a slot frees."""
+        a message, or with ``wait_for_slot`` waits until a slot frees. ``outbox`` (else
+        ``$QUEUEKIT_OUTBOX``) is the URL of an application database whose outbox rows for
+        this queue the worker relays (:mod:`queuekit.features.outbox`)."""
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
         text = priorities or self.priorities
         return Worker(self.connection.broker, self.queue_name(), self, limits=limits,
@@ -170,7 +173,8 @@ class AbstractQueue(ABC):
                       shutdown_timeout=shutdown_timeout,
                       workers_limit=self.workers_limit if workers_limit is None
                       else workers_limit or None,
-                      wait_for_slot=wait_for_slot)  # fmt: skip
+                      wait_for_slot=wait_for_slot,
+                      outbox=resolve_outbox(outbox))  # fmt: skip
 
     def dispatch(
         self,
@@ -184,6 +188,7 @@ class AbstractQueue(ABC):
         shutdown_timeout: float | None = None,
         workers_limit: int | None = None,
         wait_for_slot: bool = False,
+        outbox: str | None = None,
     ) -> int:
         """Run :meth:`worker` until it stops; return how many messages it processed.
         Closes the connection this instance opened."""
@@ -193,7 +198,8 @@ class AbstractQueue(ABC):
                                  priorities=priorities, concurrency=concurrency,
                                  shutdown_timeout=shutdown_timeout,
                                  workers_limit=workers_limit,
-                                 wait_for_slot=wait_for_slot)  # fmt: skip
+                                 wait_for_slot=wait_for_slot,
+                                 outbox=outbox)  # fmt: skip
             return worker.run()
         finally:
             if self._owns_connection:

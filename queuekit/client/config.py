@@ -110,6 +110,11 @@ def routes(explicit: str | None = None) -> tuple[str, dict[str, str]]:
     return config.url or default_url(), dict(config.queues)
 
 
+def resolve_outbox(explicit: str | None = None) -> str | None:
+    """The application database whose outbox workers relay (``QUEUEKIT_OUTBOX``), if any."""
+    return explicit or os.environ.get("QUEUEKIT_OUTBOX") or None
+
+
 def resolve_jobstore(explicit: str | None = None) -> str | None:
     """The job store URL if one is configured (``QUEUEKIT_JOBSTORE`` or the config file)."""
     return explicit or os.environ.get("QUEUEKIT_JOBSTORE") or load_config().jobstore

@@ -25,6 +25,7 @@ from ..features import schedules
 from ..features.broker import Broker
 from ..features.delays import Delay
 from ..features.failed import FailedStore
+from ..features.inbox import INBOX_LEASE, Inbox
 from ..features.rpc import ReplyQueue
 from ..jobstore import open_jobstore
 from ..jobstore.base import JobStore, Schedule
@@ -137,16 +138,20 @@ class Connection:
         name: str,
         queue: str,
         payload: Any,
-        every: Delay,
+        every: Delay | None = None,
         *,
+        cron: str | None = None,
+        timezone: str | None = None,
         start: datetime | None = None,
         job_name: str = "",
         priority: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> Schedule:
-        """Create or replace the recurring job ``name`` (see :mod:`queuekit.features.schedules`)."""
-        return schedules.add(self.broker, name, queue, payload, every, start=start,
-                             job_name=job_name, priority=priority, headers=headers)  # fmt: skip
+        """Create or replace the recurring job ``name``, run ``every`` interval or at each
+        ``cron`` slot in ``timezone`` (see :mod:`queuekit.features.schedules`)."""
+        return schedules.add(self.broker, name, queue, payload, every, cron=cron,
+                             timezone=timezone, start=start, job_name=job_name,
+                             priority=priority, headers=headers)  # fmt: skip
 
     def unschedule(self, name: str) -> bool:
         """Delete the recurring job ``name``; False when there was none."""
@@ -154,6 +159,11 @@ class Connection:
 
     def schedules(self) -> list[Schedule]:
         return self.jobs.schedules()
+
+    def inbox(self, consumer: str, *, lease: float = INBOX_LEASE) -> Inbox:
+        """The processed message ids of ``consumer`` in this job store, to drop duplicates
+        by message id (:mod:`queuekit.features.inbox`)."""
+        return Inbox(self.jobs, consumer, lease=lease)
 
     def job(self, job_id: str) -> JobRecord | None:
         """A snapshot of the job record of message ``job_id``; ``None`` if it has none."""

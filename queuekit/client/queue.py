@@ -4,9 +4,11 @@
 ``publish`` wraps a payload in an envelope and hands it to the connection's
 :class:`~queuekit.features.broker.Broker`, which applies the publishing rules (native or
 emulated delays, priorities, dedup keys, serial groups, records); ``dispatch`` runs a worker
-(:mod:`queuekit.worker`) on it. ``bulk()`` buffers publishes (:mod:`queuekit.features.bulk`),
-``job()`` starts the fluent form (:mod:`queuekit.client.fluent`), ``call``/``gather`` wait
-for replies (:mod:`queuekit.features.rpc`).
+(:mod:`queuekit.worker`) on it. ``bulk()`` buffers publishes (:mod:`queuekit.features.bulk`);
+inside ``with outbox(session)`` a publish is written to the application's transaction
+(:mod:`queuekit.features.outbox`); ``job()`` starts the fluent form
+(:mod:`queuekit.client.fluent`), ``call``/``gather`` wait for replies
+(:mod:`queuekit.features.rpc`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..features import keys
+from ..features import keys, outbox
 from ..features.broker import future, publishing
 from ..features.bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
 from ..features.delays import Delay
@@ -28,6 +30,7 @@ from ..features.hooks import (
     ErrorHook,
     Hooks,
 )
+from ..features.outbox import active_outbox
 from ..features.retry import RetryStrategy
 from ..features.rpc import Reply, new_correlation_id
 from ..jobstore.records import QUEUED, WAITING, JobUpdate
@@ -36,6 +39,7 @@ from ..spi.priorities import PriorityRange
 from ..spi.transport import Outgoing
 from ..worker.loop import Limits, Worker
 from ..worker.pipeline import Handler, handler_for
+from .config import resolve_outbox
 from .fluent import PendingJob
 
 if TYPE_CHECKING:
@@ -94,8 +98,11 @@ class Queue:
                                   record=record),
                 delay, priority,
             )  # fmt: skip
+            box = active_outbox()
             buffer = active_bulk(broker, self.name)
-            if buffer is not None:
+            if box is not None:  # into the application's transaction, sent after commit
+                outbox.write(box, self.name, prepared)
+            elif buffer is not None:
                 buffer.add(prepared)
             elif record or prepared.keyed or group is not None:
                 broker.send_prepared(self.name, [prepared])
@@ -119,6 +126,9 @@ class Queue:
         Inside a ``bulk()`` block, what the block buffered is sent first (order is kept).
         """
         broker = self._broker
+        if active_outbox() is not None:  # each row in the application's transaction
+            return [self.publish(p, name=name, delay=delay, priority=priority, headers=headers,
+                                 retry=retry, record=record) for p in payloads]  # fmt: skip
         buffer = active_bulk(broker, self.name)
         if buffer is not None:
             buffer.flush()
@@ -189,7 +199,13 @@ class Queue:
     ) -> list[Reply | None]:
         """Publish each payload as a request (one batch) and gather the replies that come
         within ``timeout`` seconds: one :class:`Reply` per request, in order, ``None`` for
-        those without one. See :mod:`queuekit.features.rpc`."""
+        those without one. See :mod:`queuekit.features.rpc`. Refused inside ``outbox()``:
+        no request leaves before the transaction commits, so no reply could come."""
+        if active_outbox() is not None:
+            raise RuntimeError(
+                "call() and gather() cannot wait for replies inside outbox(): "
+                "the requests are sent only after the transaction commits"
+            )
         replies = self.connection.replies
         requests = list(payloads)
         ids = [new_correlation_id() for _ in requests]
@@ -226,6 +242,7 @@ class Queue:
         priorities: PriorityRange | str | None = None,
         concurrency: int = 1,
         shutdown_timeout: float | None = None,
+        outbox: str | None = None,
     ) -> int:
         """Work this queue off until stopped; return how many messages were processed.
 
@@ -239,7 +256,8 @@ class Queue:
         :class:`PriorityRange`) takes only messages with a priority in that range.
         ``concurrency`` N runs up to N messages at once (threads, or tasks for an ``async def
         work``); ``shutdown_timeout`` bounds how long a stop waits for them before handing
-        what still runs back to the broker.
+        what still runs back to the broker. ``outbox`` (else ``$QUEUEKIT_OUTBOX``): relay
+        this queue's rows of that application database (:mod:`queuekit.features.outbox`).
         """
         handler = work if not callable(work) else handler_for(work, validate, retry)
         limits = Limits(max_messages=max_messages, max_seconds=max_seconds, max_memory=max_memory)
@@ -258,7 +276,8 @@ class Queue:
         worker = Worker(self.connection.broker, self.name, handler, limits=limits,
                         handle_signals=handle_signals, hooks=hooks, record=record,
                         priorities=priorities, concurrency=concurrency,
-                        shutdown_timeout=shutdown_timeout)  # fmt: skip
+                        shutdown_timeout=shutdown_timeout,
+                        outbox=resolve_outbox(outbox))  # fmt: skip
         return worker.run()
 
     def depth(self) -> int:

@@ -21,6 +21,9 @@
   ids of the messages each instance handled; a step commits the new state, the handled id
   and the messages it schedules (into the delayed store) in one transaction, on the
   version it read, so a redelivered message changes nothing and two steps never overlap;
+- the **inbox**: which message ids a consumer has processed (or is processing), so a
+  duplicate (a message an outbox relay sent twice, a redelivery) can be dropped by its id
+  (see :mod:`queuekit.features.inbox`);
 - the **worker registry**: each running worker (host, pid, queue, concurrency, start, last
   heartbeat, counts), what ``worker status`` reads, and the slots a queue's workers limit
   hands out (see :mod:`queuekit.features.registry`).
@@ -52,6 +55,8 @@ IDENTITY = "store_id"
 FORWARD_LEASE = 60.0
 #: Seconds a publisher may take between holding a key and confirming it.
 KEY_GRACE = 60.0
+#: What :meth:`JobStore.inbox_claim` answers: run it; processed before; in another's hands.
+INBOX_NEW, INBOX_DONE, INBOX_BUSY = "new", "done", "busy"
 
 
 @dataclass(frozen=True)
@@ -69,17 +74,22 @@ class GroupHead:
 @dataclass(frozen=True)
 class Schedule:
     """A recurring job: ``template`` (payload, name, priority, headers) published to
-    ``queue`` every ``every`` seconds, next at ``next_run`` (a Unix time)."""
+    ``queue`` every ``every`` seconds, or at each slot of the ``cron`` expression in
+    ``timezone`` (then ``every`` is 0); next at ``next_run`` (a Unix time)."""
 
     name: str
     queue: str
     every: float
     next_run: float
     template: dict[str, Any]
+    cron: str | None = None
+    timezone: str | None = None
 
 
 #: What a store calls to turn a due run of a schedule into a message, inside its transaction.
 MakeRun = Callable[[Schedule, float], Outgoing]
+#: What a store calls for a fired schedule's next run time after ``now``, in that transaction.
+NextRun = Callable[[Schedule, float], float]
 
 
 @dataclass(frozen=True)
@@ -362,11 +372,12 @@ class JobStore(ABC):
         """Every schedule, by name."""
 
     @abstractmethod
-    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+    def fire_schedules(self, queue: str, make: MakeRun, advance: NextRun) -> int:
         """Fire ``queue``'s due schedules; return how many runs were fired.
 
-        In one transaction per call: each schedule due now moves to its first run time
-        after now (runs missed while no worker ran are skipped: one run fires for them),
+        In one transaction per call: each schedule due now moves to ``advance(schedule,
+        now)``, its first run time after now (runs missed while no worker ran are skipped:
+        one run fires for them),
         and ``make(schedule, run_time)`` of each fired run goes into the delayed store,
         due at its run time, for ``forward_due`` to send. Concurrent callers never fire
         one run twice; a run is lost only if the transaction is.
@@ -457,6 +468,28 @@ class JobStore(ABC):
     @abstractmethod
     def end_delivery(self, message_id: str) -> None:
         """The attempt ended (settled, retried or failed): forget its starts."""
+
+    # -- inbox (consumers dropping duplicates by message id) ------------------------------
+
+    @abstractmethod
+    def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> str:
+        """Claim ``message_id`` for ``consumer``: ``INBOX_NEW`` when it was never claimed,
+        or its last claim was neither finished nor released and is older than ``lease``
+        seconds (that attempt died): the caller processes it. ``INBOX_DONE`` when it was
+        processed (``inbox_done``): a duplicate. ``INBOX_BUSY`` while another claim holds.
+        Atomic: of racing claimers, on any host, at most one gets ``INBOX_NEW``."""
+
+    @abstractmethod
+    def inbox_done(self, consumer: str, message_id: str) -> None:
+        """The claimed message was processed: later claims of it answer ``INBOX_DONE``."""
+
+    @abstractmethod
+    def inbox_release(self, consumer: str, message_id: str) -> None:
+        """Processing failed: forget an unfinished claim, so the retry can claim it."""
+
+    @abstractmethod
+    def inbox_prune(self, older_than: float) -> int:
+        """Forget processed ids finished more than ``older_than`` seconds ago; how many."""
 
     # -- worker registry -----------------------------------------------------------------
 
@@ -589,8 +622,19 @@ def to_worker(row: Sequence[Any]) -> WorkerInfo:
 
 def to_schedule(row: Sequence[Any]) -> Schedule:
     """A schedule from ``name, queue, every, next_run, template`` (template as JSON text)."""
-    name, queue, every, next_run, template = row
-    return Schedule(str(name), str(queue), float(every), float(next_run), json.loads(template))
+    name, queue, every, next_run, text = row
+    template = json.loads(text)
+    cron, timezone = template.pop("cron", None), template.pop("timezone", None)
+    return Schedule(str(name), str(queue), float(every), float(next_run), template, cron, timezone)
+
+
+def template_text(schedule: Schedule) -> str:
+    """What the ``template`` column holds: the template, and a cron schedule's expression and
+    time zone (kept there so stores made before cron schedules need no new column)."""
+    stored = dict(schedule.template)
+    if schedule.cron is not None:
+        stored.update(cron=schedule.cron, timezone=schedule.timezone)
+    return json.dumps(stored)
 
 
 #: A process row's columns, in ``ProcessInstance`` field order (state and timeouts as JSON).

@@ -87,6 +87,9 @@ from .base import (
     DUPLICATE,
     FORWARD_LEASE,
     IDENTITY,
+    INBOX_BUSY,
+    INBOX_DONE,
+    INBOX_NEW,
     KEY_GRACE,
     PROCESS_FIELDS,
     WORKER_FIELDS,
@@ -96,6 +99,7 @@ from .base import (
     JobStoreError,
     MakeRun,
     MissingStoreDependency,
+    NextRun,
     ProcessInstance,
     ProcessStep,
     Schedule,
@@ -106,8 +110,8 @@ from .base import (
     group_heads,
     headers_text,
     job_values,
-    next_run_after,
     process_json,
+    template_text,
     to_failed,
     to_process,
     to_record,
@@ -118,7 +122,7 @@ from .base import (
 from .records import FINISHED, JobRecord, JobUpdate
 
 T = TypeVar("T")
-_DRIVERS = {
+DRIVERS = {
     "postgresql": "postgresql+psycopg",
     "mysql": "mysql+pymysql",
     "mariadb": "mariadb+pymysql",
@@ -300,6 +304,16 @@ def _schema(prefix: str) -> MetaData:
         **_MYSQL,
     )
     Table(
+        f"{prefix}inbox",
+        meta,
+        Column("consumer", _NAME, nullable=False),
+        Column("message_id", _NAME, nullable=False),
+        Column("done", Boolean, nullable=False),
+        Column("at", Double, nullable=False),
+        PrimaryKeyConstraint("consumer", "message_id"),
+        **_MYSQL,
+    )
+    Table(
         f"{prefix}starts",
         meta,
         Column("message_id", _NAME, primary_key=True),
@@ -331,7 +345,7 @@ class SQLJobStore(JobStore):
                 " to 39 more letters, digits or _"
             )
         target = target.difference_update_query(["table_prefix"])
-        target = target.set(drivername=_DRIVERS.get(target.drivername, target.drivername))
+        target = target.set(drivername=DRIVERS.get(target.drivername, target.drivername))
         self.dialect = target.get_backend_name()
         if self.dialect not in {"postgresql", "mysql", "mariadb"}:
             raise ConfigurationError(
@@ -354,6 +368,7 @@ class SQLJobStore(JobStore):
             meta.tables[prefix + n] for n in ("keys", "groups", "grouped", "starts", "schedules")
         )
         self._meta_table = meta.tables[prefix + "meta"]
+        self._inbox = meta.tables[prefix + "inbox"]
         self._workers, self._worker_queues = (meta.tables[prefix + n] for n in
                                                ("workers", "worker_queues"))  # fmt: skip
         self._processes, self._handled = (meta.tables[prefix + n] for n in
@@ -541,7 +556,7 @@ class SQLJobStore(JobStore):
             "queue": schedule.queue,
             "every": schedule.every,
             "next_run": schedule.next_run,
-            "template": json.dumps(schedule.template),
+            "template": template_text(schedule),
         }
 
         def replace(conn: Connection) -> None:
@@ -561,7 +576,7 @@ class SQLJobStore(JobStore):
         rows = self._run(lambda conn: list(conn.execute(query.order_by(t.c.name))))
         return [to_schedule(row) for row in rows]
 
-    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+    def fire_schedules(self, queue: str, make: MakeRun, advance: NextRun) -> int:
         t, now = self._schedules, time.time()
         due = (
             select(t.c.name, t.c.queue, t.c.every, t.c.next_run, t.c.template)
@@ -579,7 +594,7 @@ class SQLJobStore(JobStore):
                     body=run.body,
                 ))  # fmt: skip
                 moved = update(t).where(t.c.name == schedule.name)
-                conn.execute(moved.values(next_run=next_run_after(schedule, now)))
+                conn.execute(moved.values(next_run=advance(schedule, now)))
             return len(fired)
 
         return self._run(fire)
@@ -956,6 +971,55 @@ class SQLJobStore(JobStore):
     def end_delivery(self, message_id: str) -> None:
         statement = delete(self._starts).where(self._starts.c.message_id == message_id)
         self._run(lambda conn: conn.execute(statement))
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> str:
+        t, now = self._inbox, time.time()
+        mine = and_(t.c.consumer == consumer, t.c.message_id == message_id)
+        row = {"consumer": consumer, "message_id": message_id, "done": False, "at": now}
+
+        def fresh(conn: Connection) -> bool:
+            if self._postgres:  # a failed insert would abort the whole transaction
+                added = postgresql.insert(t).values(row).on_conflict_do_nothing()
+                return conn.execute(added.returning(t.c.at)).first() is not None
+            try:
+                conn.execute(insert(t).values(row))
+            except IntegrityError as exc:
+                if _mysql_code(exc) != _MYSQL_DUPLICATE:
+                    raise
+                return False
+            return True
+
+        # Each statement in its own transaction (as hold_key does, for MySQL's locks).
+        if self._run(fresh):
+            return INBOX_NEW
+        stale = and_(mine, t.c.done.is_(False), t.c.at < now - lease)
+        if self._run(lambda conn: conn.execute(update(t).where(stale).values(at=now)).rowcount):
+            return INBOX_NEW
+        done = self._run(lambda conn: conn.execute(select(t.c.done).where(mine)).scalar())
+        return INBOX_DONE if done else INBOX_BUSY
+
+    def inbox_done(self, consumer: str, message_id: str) -> None:
+        t = self._inbox
+        statement = (
+            update(t)
+            .where(t.c.consumer == consumer, t.c.message_id == message_id)
+            .values(done=True, at=time.time())
+        )
+        self._run(lambda conn: conn.execute(statement))
+
+    def inbox_release(self, consumer: str, message_id: str) -> None:
+        t = self._inbox
+        statement = delete(t).where(
+            t.c.consumer == consumer, t.c.message_id == message_id, t.c.done.is_(False)
+        )
+        self._run(lambda conn: conn.execute(statement))
+
+    def inbox_prune(self, older_than: float) -> int:
+        t = self._inbox
+        statement = delete(t).where(t.c.done.is_(True), t.c.at <= time.time() - older_than)
+        return self._run(lambda conn: conn.execute(statement).rowcount)
 
     # -- worker registry -----------------------------------------------------------------
 

@@ -27,6 +27,9 @@ from .base import (
     DUPLICATE,
     FORWARD_LEASE,
     IDENTITY,
+    INBOX_BUSY,
+    INBOX_DONE,
+    INBOX_NEW,
     KEY_GRACE,
     PROCESS_FIELDS,
     WORKER_FIELDS,
@@ -35,6 +38,7 @@ from .base import (
     JobStore,
     JobStoreError,
     MakeRun,
+    NextRun,
     ProcessInstance,
     ProcessStep,
     Schedule,
@@ -45,8 +49,8 @@ from .base import (
     group_heads,
     headers_text,
     job_values,
-    next_run_after,
     process_json,
+    template_text,
     to_failed,
     to_process,
     to_record,
@@ -164,6 +168,13 @@ CREATE TABLE IF NOT EXISTS queuekit_process_handled (
     message_id TEXT NOT NULL,
     handled_at REAL NOT NULL,
     PRIMARY KEY (manager, pkey, message_id)
+);
+CREATE TABLE IF NOT EXISTS queuekit_inbox (
+    consumer TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    done INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (consumer, message_id)
 );
 CREATE TABLE IF NOT EXISTS queuekit_starts (
     message_id TEXT PRIMARY KEY,
@@ -389,7 +400,7 @@ class SQLiteJobStore(JobStore):
                 "INSERT OR REPLACE INTO queuekit_schedules (name, queue, every, next_run,"
                 " template) VALUES (?, ?, ?, ?, ?)",
                 (schedule.name, schedule.queue, schedule.every, schedule.next_run,
-                 json.dumps(schedule.template)),
+                 template_text(schedule)),
             )  # fmt: skip
 
     def remove_schedule(self, name: str) -> bool:
@@ -401,7 +412,7 @@ class SQLiteJobStore(JobStore):
             rows = db.execute(f"SELECT {_SCHEDULE_COLUMNS} FROM queuekit_schedules ORDER BY name")
             return [to_schedule(row) for row in rows]
 
-    def fire_schedules(self, queue: str, make: MakeRun) -> int:
+    def fire_schedules(self, queue: str, make: MakeRun, advance: NextRun) -> int:
         now = time.time()
         due_query = (
             f"SELECT {_SCHEDULE_COLUMNS} FROM queuekit_schedules WHERE queue = ? AND next_run <= ?"
@@ -421,7 +432,7 @@ class SQLiteJobStore(JobStore):
                 )  # fmt: skip
                 db.execute(
                     "UPDATE queuekit_schedules SET next_run = ? WHERE name = ?",
-                    (next_run_after(schedule, now), schedule.name),
+                    (advance(schedule, now), schedule.name),
                 )
         return len(due)
 
@@ -636,6 +647,46 @@ class SQLiteJobStore(JobStore):
     def end_delivery(self, message_id: str) -> None:
         with self._connection() as db:
             db.execute("DELETE FROM queuekit_starts WHERE message_id = ?", (message_id,))
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    def inbox_claim(self, consumer: str, message_id: str, *, lease: float) -> str:
+        now = time.time()
+        with self._transaction() as db:
+            claimed = db.execute(
+                "INSERT INTO queuekit_inbox (consumer, message_id, done, at) VALUES (?, ?, 0, ?)"
+                " ON CONFLICT (consumer, message_id) DO UPDATE SET at = excluded.at"
+                " WHERE done = 0 AND at < ? RETURNING done",
+                (consumer, message_id, now, now - lease),
+            ).fetchone()
+            if claimed is not None:
+                return INBOX_NEW
+            (done,) = db.execute(
+                "SELECT done FROM queuekit_inbox WHERE consumer = ? AND message_id = ?",
+                (consumer, message_id),
+            ).fetchone()
+        return INBOX_DONE if done else INBOX_BUSY
+
+    def inbox_done(self, consumer: str, message_id: str) -> None:
+        with self._connection() as db:
+            db.execute(
+                "UPDATE queuekit_inbox SET done = 1, at = ? WHERE consumer = ? AND message_id = ?",
+                (time.time(), consumer, message_id),
+            )
+
+    def inbox_release(self, consumer: str, message_id: str) -> None:
+        with self._connection() as db:
+            db.execute(
+                "DELETE FROM queuekit_inbox WHERE consumer = ? AND message_id = ? AND done = 0",
+                (consumer, message_id),
+            )
+
+    def inbox_prune(self, older_than: float) -> int:
+        with self._connection() as db:
+            return db.execute(
+                "DELETE FROM queuekit_inbox WHERE done = 1 AND at <= ?",
+                (time.time() - older_than,),
+            ).rowcount
 
     # -- worker registry -----------------------------------------------------------------
 

@@ -17,10 +17,11 @@ loop's heartbeat for noticing the flag and the limits. A ``ConnectionLost`` that
 adapter could not hide makes the loop reopen the transport, with capped backoff, and go on.
 Every half second the loop also fires its queue's due recurring jobs and forwards what the
 job store holds for the broker: due delayed messages (brokers without native delay, and
-fired runs) and serial-group heads nobody sent. Before it takes a message the worker
-registers in the job store's worker registry (taking a slot when its queue has a workers
-limit), heartbeats from that periodic work and deregisters when it stops
-(:mod:`queuekit.features.registry`).
+fired runs), serial-group heads nobody sent, and (given an ``outbox`` URL) the queue's
+rows committed to that application database's outbox (:mod:`queuekit.features.outbox`).
+Before it takes a message the worker registers in the job store's worker registry (taking
+a slot when its queue has a workers limit), heartbeats from that periodic work and
+deregisters when it stops (:mod:`queuekit.features.registry`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from types import FrameType
 from ..features import groups, schedules
 from ..features.broker import Broker, needs
 from ..features.hooks import Hooks
+from ..features.outbox import holder_id, relay
 from ..features.registry import Registration
+from ..jobstore.outbox import open_outbox
 from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
 from ..spi.priorities import PriorityBands, PriorityRange
 from ..spi.transport import Transport
@@ -92,6 +95,7 @@ class Worker:
         shutdown_timeout: float | None = None,
         workers_limit: int | None = None,
         wait_for_slot: bool = False,
+        outbox: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -118,6 +122,9 @@ class Worker:
         if priorities is not None and caps.priority_bands is not None:
             # refuse a range across bands before starting, not at the first receive
             PriorityBands(caps.priority_bands).starts_within(priorities, broker.transport.name)
+        #: The application database whose outbox rows of this queue this worker relays.
+        self._outbox = None if outbox is None else open_outbox(outbox)
+        self._relay_holder = holder_id()
         self._sweeps_groups = caps.redelivery  # groups are refused on other adapters
         self._next_sweep = 0.0
         #: At most ``workers_limit`` workers of the queue at once, on every host.
@@ -181,6 +188,8 @@ class Worker:
             self._restore_signals(previous)
             self._release()
             self._registration.deregister()
+            if self._outbox is not None:
+                self._outbox.close()
         level = logging.WARNING if self._stopped_by_limit else logging.INFO
         log.log(level, "worker %d stopped: %s", os.getpid(), self._stop_reason)
         return self.processed
@@ -291,12 +300,15 @@ class Worker:
     def _forward(self) -> None:
         """Fire this queue's due recurring jobs, then send what the job store holds for the
         broker: due delayed messages (and fired runs), and heads of serial groups nobody
-        sent. Each is one cheap read when there is nothing to do."""
+        sent; then relay the queue's committed outbox rows. Each is one cheap read when
+        there is nothing to do."""
         schedules.fire(self._jobs, self.queue)
         self._jobs.forward_due(self._transport.send_many)
         if self._sweeps_groups and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + _GROUP_SWEEP_EVERY
             groups.sweep(self.broker, self.queue)
+        if self._outbox is not None:
+            relay(self._outbox, lambda queue: self.broker, self._relay_holder, queue=self.queue)
 
     def _release(self) -> None:
         """Hand prefetched, unstarted messages back for other workers (best effort)."""
