@@ -1,5 +1,7 @@
 # ActiveMQ 5 (Debian package `activemq`) as the second STOMP server, on 127.0.0.1:61623
-# (and STOMP over TLS on 61624, with a self-signed certificate in conf/broker-cert.pem).
+# and STOMP over TLS on 61624 (stomp+ssl://), with the certificate tls_certs (lib.sh) signs,
+# in a PKCS12 keystore, and a truststore holding that CA (clients may show a certificate;
+# none is required).
 # The package's own instance speaks only OpenWire and wants an init system, so this script
 # writes its own broker (STOMP connector, scheduler for delays, priority queues) under
 # $QUEUEKIT_VAR/activemq and runs activemq.jar in the background with a modest heap.
@@ -11,12 +13,13 @@ pidfile="$base/activemq.pid"
 
 write_config() {
   mkdir -p "$base/conf" "$base/data" "$base/log" "$base/tmp"
-  if [ ! -f "$base/conf/broker.p12" ]; then  # self-signed, for stomp+ssl:// tests only
-    keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 \
-      -dname "CN=localhost" -ext "SAN=dns:localhost,ip:127.0.0.1" -storetype PKCS12 \
-      -keystore "$base/conf/broker.p12" -storepass queuekit -keypass queuekit >/dev/null 2>&1
-    keytool -exportcert -rfc -alias broker -keystore "$base/conf/broker.p12" \
-      -storepass queuekit -file "$base/conf/broker-cert.pem" >/dev/null 2>&1
+  local certs; certs=$(tls_certs)
+  if [ ! -f "$base/conf/trust.p12" ] || [ "$certs/server.crt" -nt "$base/conf/trust.p12" ]; then
+    rm -f "$base/conf/broker.p12" "$base/conf/trust.p12" "$base/conf/broker-cert.pem"
+    openssl pkcs12 -export -name broker -in "$certs/server.crt" -inkey "$certs/server.key" \
+      -certfile "$certs/ca.crt" -passout pass:queuekit -out "$base/conf/broker.p12"
+    keytool -importcert -noprompt -alias queuekit-ca -file "$certs/ca.crt" -storetype PKCS12 \
+      -keystore "$base/conf/trust.p12" -storepass queuekit >/dev/null 2>&1
   fi
   cat >"$base/conf/activemq.xml" <<XML
 <beans xmlns="http://www.springframework.org/schema/beans"
@@ -48,7 +51,8 @@ write_config() {
     </systemUsage>
     <sslContext>
       <sslContext keyStore="file:$base/conf/broker.p12" keyStorePassword="queuekit"
-                  keyStoreType="PKCS12"/>
+                  keyStoreType="PKCS12" trustStore="file:$base/conf/trust.p12"
+                  trustStorePassword="queuekit" trustStoreType="PKCS12"/>
     </sslContext>
     <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:$port?transport.hbGracePeriodMultiplier=1.5"/>
@@ -127,6 +131,7 @@ case "${1:-up}" in
   up) port_open 127.0.0.1 "$port" && port_open 127.0.0.1 "$tls_port" && { log "activemq answers on 127.0.0.1:$port"; exit 0; }
       stop; start ;;
   restart) stop; start ;;
-  urls) echo "stomp://guest:guest@127.0.0.1:$port" ;;  # worker conformance passes on it
+  urls) echo "stomp://guest:guest@127.0.0.1:$port"  # worker conformance passes on both
+        echo "stomp+ssl://guest:guest@localhost:$tls_port?ca=$QUEUEKIT_VAR/tls/ca.crt" ;;
   *) echo "usage: $0 up|restart|urls" >&2; exit 2 ;;
 esac
