@@ -173,6 +173,8 @@ class Session:
             self._teardown()
             if self.server_error and not _transient(self.server_error):  # e.g. a bad login
                 raise TransportError(f"STOMP server {host} refused the connection: {reason}")
+            if tls is not None and not tls.cert and not self.server_error:
+                reason += " after the TLS handshake (does it want a client certificate? cert=)"
             raise ConnectionLost(f"STOMP server {host}: {reason}")
 
     @property
