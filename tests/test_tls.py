@@ -163,8 +163,10 @@ def test_rabbitmq_takes_our_client_certificate_and_refuses_a_client_without_one(
         with pytest.raises(ConfigurationError, match="refused the handshake") as refused:
             publish(without)
         assert "tlsv13 alert certificate required; check a client certificate" in str(refused.value)
-    else:  # stomp.py sees the server close the connection: refused all the same
-        with pytest.raises(TransportError, match="closed after the TLS handshake.*cert="):
+    else:  # stomp.py sees the connection close (or no CONNECTED): refused all the same
+        with pytest.raises(
+            TransportError, match=r"after the TLS handshake \(does it want a client certificate"
+        ):
             publish(without)
 
 
