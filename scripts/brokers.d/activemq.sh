@@ -92,7 +92,7 @@ running_pids() {  # brokers this script started: from this checkout's pid file, 
 }
 
 start() {
-  apt_install activemq
+  apt_install activemq openssl
   write_config
   log "starting ActiveMQ (log: $base/log/activemq.log)"
   cd "$base"
