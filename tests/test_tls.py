@@ -130,13 +130,20 @@ def test_a_wrong_ca_fails_in_one_line_and_nothing_goes_in_plain(listener: Listen
         assert not [opening for opening in PLAIN_OPENINGS if opening in sent]
 
 
-def test_a_wrong_host_name_fails_in_one_line(listener: Listener) -> None:
-    if listener.starttls:
-        pytest.skip("XMPP checks the certificate against the JID's domain, not the host")
+@pytest.mark.parametrize(  # XMPP checks the JID's domain, whatever host it connects to
+    "name", sorted(name for name, listener in LISTENERS.items() if not listener.starttls)
+)
+def test_a_wrong_host_name_fails_in_one_line(name: str) -> None:
+    listener = LISTENERS[name]
+    require_broker(listener.broker, "127.0.0.1", listener.port)
     with pytest.raises(ConfigurationError) as refused:
         publish(listener.at(OTHER_HOST))
     assert "\n" not in str(refused.value)
     assert f"Hostname mismatch, certificate is not valid for '{OTHER_HOST}'" in str(refused.value)
+
+
+def test_verify_off_still_uses_tls_but_checks_no_certificate(listener: Listener) -> None:
+    round_trip(listener.at(ca=OTHER_CA) + "&verify=0")
 
 
 def test_the_ca_may_come_from_the_environment_and_the_url_wins(
@@ -201,7 +208,7 @@ def test_bad_options_are_refused_before_connecting(
         TLSSettings.from_url(url, env)
 
 
-def test_verify_off_still_encrypts_but_checks_nothing() -> None:
+def test_verify_off_makes_a_context_that_checks_nothing() -> None:
     context = TLSSettings(verify=False).context()
     assert (context.check_hostname, context.verify_mode) == (False, 0)
     assert TLSSettings().context().check_hostname
