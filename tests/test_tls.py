@@ -1,6 +1,7 @@
 """TLS against the real listeners scripts/brokers starts, with the throw-away CA it makes
 ($QUEUEKIT_VAR/tls): RabbitMQ's TLS node (AMQP 5671 and STOMP 61614, client certificates
-required), ActiveMQ's stomp+ssl (61624), and STARTTLS on Prosody and ejabberd.
+required), ActiveMQ's stomp+ssl (61624; 61625 requires client certificates), and STARTTLS
+on Prosody and ejabberd.
 
 Given each listener, a client that trusts the CA works; one that trusts another CA, or
 names a host the certificate does not, fails in one line and never talks in plain; a
@@ -56,6 +57,9 @@ LISTENERS = {
         "rabbitmq-tls", 61614, "stomp+ssl://guest:guest@{host}:{port}?ca={ca}" + CLIENT
     ),
     "activemq-stomp": Listener("activemq", 61624, "stomp+ssl://guest:guest@{host}:{port}?ca={ca}"),
+    "activemq-stomp-clients": Listener(  # needClientAuth
+        "activemq", 61625, "stomp+ssl://guest:guest@{host}:{port}?ca={ca}" + CLIENT
+    ),
     "prosody": Listener("prosody", 5222, XMPP, starttls=True),
     "ejabberd": Listener("ejabberd", 5322, XMPP, starttls=True),
 }
@@ -158,8 +162,8 @@ def test_the_ca_may_come_from_the_environment_and_the_url_wins(
     assert result.returncode == 1 and "checked against ca=" + str(OTHER_CA) in result.stderr
 
 
-@pytest.mark.parametrize("name", ["rabbitmq-amqps", "rabbitmq-stomp"])
-def test_rabbitmq_takes_our_client_certificate_and_refuses_a_client_without_one(
+@pytest.mark.parametrize("name", sorted(n for n, found in LISTENERS.items() if CLIENT in found.url))
+def test_a_broker_that_verifies_clients_takes_ours_and_refuses_a_client_without_one(
     name: str,
 ) -> None:
     listener = LISTENERS[name]
