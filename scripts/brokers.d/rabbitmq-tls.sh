@@ -38,6 +38,10 @@ start() {
   apt_install rabbitmq-server openssl
   configure
   start_rabbitmq_node "$node" "$dir" "$dist_port"
+  # as on the main node (rabbitmq.sh): STOMP cannot delete the queues the tests make, so the
+  # node deletes those unused for 30 minutes, except the delay cascade's
+  rabbitmq_node "$node" "$dir" rabbitmqctl -q set_policy --apply-to queues queuekit-expire-unused \
+    '^(?!queuekit\.delay\.)' '{"expires": 1800000}' >/dev/null
   ready
 }
 
