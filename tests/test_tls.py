@@ -134,7 +134,7 @@ def test_a_wrong_ca_fails_in_one_line_and_nothing_goes_in_plain(listener: Listen
         assert not [opening for opening in PLAIN_OPENINGS if opening in sent]
 
 
-@pytest.mark.parametrize(  # XMPP checks the JID's domain, whatever host it connects to
+@pytest.mark.parametrize(  # XMPP checks the JID's domain (next test), not the host
     "name", sorted(name for name, listener in LISTENERS.items() if not listener.starttls)
 )
 def test_a_wrong_host_name_fails_in_one_line(name: str) -> None:
@@ -144,6 +144,18 @@ def test_a_wrong_host_name_fails_in_one_line(name: str) -> None:
         publish(listener.at(OTHER_HOST))
     assert "\n" not in str(refused.value)
     assert f"Hostname mismatch, certificate is not valid for '{OTHER_HOST}'" in str(refused.value)
+
+
+def test_an_xmpp_domain_the_certificate_does_not_name_fails_in_one_line() -> None:
+    # Given Prosody's second virtual host, misnamed.localhost, which the certificate lacks
+    listener = LISTENERS["prosody"]
+    require_broker(listener.broker, "127.0.0.1", listener.port)
+    url = listener.at("127.0.0.1").replace("domain=localhost", "domain=misnamed.localhost")
+    # Then the client refuses the certificate before it logs in
+    with pytest.raises(ConfigurationError) as refused:
+        publish(url)
+    assert "\n" not in str(refused.value)
+    assert "certificate is not valid for 'misnamed.localhost'" in str(refused.value)
 
 
 def test_verify_off_still_uses_tls_but_checks_no_certificate(listener: Listener) -> None:

@@ -63,6 +63,10 @@ log = { info = "$dir/prosody.log"; error = "$dir/prosody.err" }
 
 VirtualHost "localhost"
 
+-- A domain the test certificate does not name: tests/test_tls.py checks that a client
+-- refuses the certificate it is offered there (XMPP checks the domain, not the address).
+VirtualHost "misnamed.localhost"
+
 Component "pubsub.localhost" "pubsub"
   pubsub_max_items = $max_items
   expose_publisher = false
