@@ -1,7 +1,8 @@
 """A TCP forwarder the test owns: what a broker going down looks like to a client, without
 stopping a broker other people share. ``stop()`` closes the listening port and every
 forwarded connection: the client sees its connection reset and the port refused.
-``hold()`` keeps back what the broker sends (its replies, its confirms) until ``release()``."""
+``hold()`` keeps back what the broker sends (its replies, its confirms) until ``release()``;
+``sent`` keeps what each client sent."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class Proxy:
         self._stopped = False
         self._flowing = threading.Event()  # cleared: the broker's bytes wait in the proxy
         self._flowing.set()
+        #: What each client sent, one entry per accepted connection (read it after the client
+        #: is done: the piping threads append to it).
+        self.sent: list[bytearray] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -41,15 +45,21 @@ class Proxy:
                     upstream.close()
                     return
                 self._sockets += [client, upstream]
-            for a, b, gate in ((client, upstream, None), (upstream, client, self._flowing)):
-                threading.Thread(target=self._pipe, args=(a, b, gate), daemon=True).start()
+                sent = bytearray()
+                self.sent.append(sent)
+            pipes = ((client, upstream, None, sent), (upstream, client, self._flowing, bytearray()))
+            for a, b, gate, seen in pipes:
+                threading.Thread(target=self._pipe, args=(a, b, gate, seen), daemon=True).start()
 
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket, gate: threading.Event | None) -> None:
+    def _pipe(
+        source: socket.socket, sink: socket.socket, gate: threading.Event | None, seen: bytearray
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 if gate is not None:
                     gate.wait()
+                seen += data
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

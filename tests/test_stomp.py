@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -467,27 +465,6 @@ def test_a_silent_server_is_noticed_by_heart_beats() -> None:
         transport.ack(delivery)
     finally:
         transport.close()
-
-
-def test_stomp_over_tls_verifies_the_server(tmp_path: Path) -> None:
-    # Given ActiveMQ's TLS connector with the self-signed certificate scripts/brokers made,
-    # trusted as the CA
-    require_broker("activemq", "127.0.0.1", 61624)
-    certificate = tmp_path / "broker.pem"  # self-signed: the certificate is its own CA
-    certificate.write_text(ssl.get_server_certificate(("127.0.0.1", 61624)))
-    url = f"stomp+ssl://guest:guest@127.0.0.1:61624?ca_certs={certificate}"
-    transport = open_transport(url)
-    try:
-        queue = fresh("tls")
-        transport.send(queue, b"\x00secret", {"h": "v"})
-        delivery = take(transport, queue)
-        assert (delivery.body, delivery.headers) == (b"\x00secret", {"h": "v"})
-        transport.ack(delivery)
-    finally:
-        transport.close()
-    # Then a client that does not trust that certificate is refused
-    with pytest.raises(ConnectionLost, match=r"no STOMP server answered"):
-        open_transport("stomp+ssl://guest:guest@127.0.0.1:61624?connect_timeout=2")
 
 
 def test_activemq_delays_survive_a_broker_restart() -> None:

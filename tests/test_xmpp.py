@@ -35,14 +35,10 @@ from queuekit.adapters.xmpp import QueueFull, XMPPSettings, XMPPTransport
 from queuekit.adapters.xmpp.settings import decode_payload, encode_payload
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = Path(os.environ.get("QUEUEKIT_VAR", ROOT / "var"))
-#: Each server scripts/brokers starts: port, and where its self-signed certificate is.
+#: Each server scripts/brokers starts, and its port (tests/test_tls.py covers their STARTTLS).
 SERVERS = {
-    "prosody": (
-        int(os.environ.get("QUEUEKIT_PROSODY_PORT", "5222")),
-        "prosody/certs/localhost.crt",
-    ),
-    "ejabberd": (int(os.environ.get("QUEUEKIT_EJABBERD_PORT", "5322")), "ejabberd/localhost.crt"),
+    "prosody": int(os.environ.get("QUEUEKIT_PROSODY_PORT", "5222")),
+    "ejabberd": int(os.environ.get("QUEUEKIT_EJABBERD_PORT", "5322")),
 }
 BASE = "xmpp://queuekit:queuekit@127.0.0.1:5222/?domain=localhost&pubsub=pubsub.localhost"
 URL = BASE + "&tls=off&allow_plaintext=1"
@@ -58,8 +54,7 @@ class Opened(list[XMPPTransport]):
     def __init__(self, server: str) -> None:
         super().__init__()
         self.server = server
-        self.port = SERVERS[server][0]
-        self.cert = VAR / SERVERS[server][1]
+        self.port = SERVERS[server]
         self.url = URL.replace(":5222/", f":{self.port}/")
 
 
@@ -276,22 +271,6 @@ def test_bad_password_and_dead_port_fail_clearly(opened: Opened) -> None:
     dead = opened.url.replace(f":{opened.port}/", ":1/") + "&timeout=3"
     with pytest.raises(ConnectionLost):
         XMPPTransport(TransportURL.parse(dead))
-
-
-def test_tls_with_the_servers_certificate(opened: Opened) -> None:
-    cert = opened.cert
-    if not cert.exists():
-        pytest.skip(
-            f"no {opened.server} certificate (scripts/brokers up {opened.server} writes one)"
-        )
-    url = f"xmpp://queuekit:queuekit@localhost:{opened.port}/?pubsub=pubsub.localhost&cafile={cert}"
-    transport = open_transport(opened, url)
-    queue = name("tls")
-    transport.send(queue, b"secret", {})
-    got = transport.receive(queue, 5.0)
-    assert got is not None and got.body == b"secret"
-    transport.ack(got)
-    transport.delete(queue)
 
 
 def test_event_bridge_is_seen_live_by_a_plain_xmpp_client(opened: Opened) -> None:

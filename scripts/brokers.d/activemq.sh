@@ -1,22 +1,26 @@
 # ActiveMQ 5 (Debian package `activemq`) as the second STOMP server, on 127.0.0.1:61623
-# (and STOMP over TLS on 61624, with a self-signed certificate in conf/broker-cert.pem).
+# and STOMP over TLS on 61624 (stomp+ssl://), with the certificate tls_certs (lib.sh) signs,
+# in a PKCS12 keystore, and a truststore holding that CA: on 61624 a client certificate is
+# not required, on 61625 it is (needClientAuth).
 # The package's own instance speaks only OpenWire and wants an init system, so this script
 # writes its own broker (STOMP connector, scheduler for delays, priority queues) under
 # $QUEUEKIT_VAR/activemq and runs activemq.jar in the background with a modest heap.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd); source "$here/lib.sh"
 port=61623
 tls_port=61624
+mtls_port=61625
 base="$QUEUEKIT_VAR/activemq"
 pidfile="$base/activemq.pid"
 
 write_config() {
   mkdir -p "$base/conf" "$base/data" "$base/log" "$base/tmp"
-  if [ ! -f "$base/conf/broker.p12" ]; then  # self-signed, for stomp+ssl:// tests only
-    keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 \
-      -dname "CN=localhost" -ext "SAN=dns:localhost,ip:127.0.0.1" -storetype PKCS12 \
-      -keystore "$base/conf/broker.p12" -storepass queuekit -keypass queuekit >/dev/null 2>&1
-    keytool -exportcert -rfc -alias broker -keystore "$base/conf/broker.p12" \
-      -storepass queuekit -file "$base/conf/broker-cert.pem" >/dev/null 2>&1
+  local certs; certs=$(tls_certs)
+  if [ ! -f "$base/conf/trust.p12" ] || [ "$certs/server.crt" -nt "$base/conf/trust.p12" ]; then
+    rm -f "$base/conf/broker.p12" "$base/conf/trust.p12" "$base/conf/broker-cert.pem"
+    openssl pkcs12 -export -name broker -in "$certs/server.crt" -inkey "$certs/server.key" \
+      -certfile "$certs/ca.crt" -passout pass:queuekit -out "$base/conf/broker.p12"
+    keytool -importcert -noprompt -alias queuekit-ca -file "$certs/ca.crt" -storetype PKCS12 \
+      -keystore "$base/conf/trust.p12" -storepass queuekit >/dev/null 2>&1
   fi
   cat >"$base/conf/activemq.xml" <<XML
 <beans xmlns="http://www.springframework.org/schema/beans"
@@ -48,11 +52,13 @@ write_config() {
     </systemUsage>
     <sslContext>
       <sslContext keyStore="file:$base/conf/broker.p12" keyStorePassword="queuekit"
-                  keyStoreType="PKCS12"/>
+                  keyStoreType="PKCS12" trustStore="file:$base/conf/trust.p12"
+                  trustStorePassword="queuekit" trustStoreType="PKCS12"/>
     </sslContext>
     <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:$port?transport.hbGracePeriodMultiplier=1.5"/>
       <transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:$tls_port"/>
+      <transportConnector name="stomp+ssl-clients" uri="stomp+ssl://127.0.0.1:$mtls_port?needClientAuth=true"/>
     </transportConnectors>
   </broker>
 </beans>
@@ -69,6 +75,10 @@ log4j.appender.logfile.maxBackupIndex=2
 log4j.appender.logfile.layout=org.apache.log4j.PatternLayout
 log4j.appender.logfile.layout.ConversionPattern=%d | %-5p | %m | %c | %t%n
 PROPS
+}
+
+listening() {  # every connector answers (one missing: a broker from an older config)
+  port_open 127.0.0.1 "$port" && port_open 127.0.0.1 "$tls_port" && port_open 127.0.0.1 "$mtls_port"
 }
 
 running_pids() {  # brokers this script started: from this checkout's pid file, or from
@@ -88,7 +98,7 @@ running_pids() {  # brokers this script started: from this checkout's pid file, 
 }
 
 start() {
-  apt_install activemq
+  apt_install activemq openssl
   write_config
   log "starting ActiveMQ (log: $base/log/activemq.log)"
   cd "$base"
@@ -101,7 +111,7 @@ start() {
     >"$base/log/stdout.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   local pid waited=0; pid=$(cat "$pidfile")
-  until port_open 127.0.0.1 "$port" && port_open 127.0.0.1 "$tls_port"; do
+  until listening; do
     if ! kill -0 "$pid" 2>/dev/null || [ "$waited" -ge 1200 ]; then
       log "ActiveMQ did not start (pid $pid); last log lines:"
       tail -n 30 "$base/log/activemq.log" "$base/log/stdout.log" >&2 || true
@@ -109,7 +119,7 @@ start() {
     fi
     sleep 0.1; waited=$((waited + 1))
   done
-  log "activemq answers on 127.0.0.1:$port (stomp) and :$tls_port (stomp+ssl)"
+  log "activemq answers on 127.0.0.1:$port (stomp), :$tls_port and :$mtls_port (stomp+ssl)"
 }
 
 stop() {
@@ -124,9 +134,10 @@ stop() {
 }
 
 case "${1:-up}" in
-  up) port_open 127.0.0.1 "$port" && port_open 127.0.0.1 "$tls_port" && { log "activemq answers on 127.0.0.1:$port"; exit 0; }
+  up) listening && { log "activemq answers on 127.0.0.1:$port"; exit 0; }
       stop; start ;;
   restart) stop; start ;;
-  urls) echo "stomp://guest:guest@127.0.0.1:$port" ;;  # worker conformance passes on it
+  urls) echo "stomp://guest:guest@127.0.0.1:$port"  # worker conformance passes on both
+        echo "stomp+ssl://guest:guest@localhost:$tls_port?ca=$QUEUEKIT_VAR/tls/ca.crt" ;;
   *) echo "usage: $0 up|restart|urls" >&2; exit 2 ;;
 esac

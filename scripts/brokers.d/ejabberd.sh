@@ -37,13 +37,8 @@ our_pid() {
 
 write_config() {
   mkdir -p "$dir/db" "$dir/log"
-  if [ ! -f "$dir/localhost.pem" ]; then
-    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=localhost" \
-      -addext "subjectAltName=DNS:localhost,DNS:pubsub.localhost" \
-      -keyout "$dir/localhost.key" -out "$dir/localhost.crt" 2>/dev/null
-    cat "$dir/localhost.crt" "$dir/localhost.key" >"$dir/localhost.pem"
-    rm "$dir/localhost.key"
-  fi
+  local certs; certs=$(tls_certs)  # STARTTLS with the certificate our test CA signs
+  cat "$certs/server.crt" "$certs/server.key" >"$dir/localhost.pem"
   # Read by ejabberdctl (a shell file): the node, its distribution port, a small VM.
   cat >"$dir/ejabberdctl.cfg" <<EOF
 # Written by scripts/brokers.d/ejabberd.sh; regenerated on every start.
@@ -74,7 +69,7 @@ listen:
     backlog: 128              # many test connections at once (the default is 5)
     module: ejabberd_c2s
     max_stanza_size: 262144
-    starttls: true            # offered; loopback clients opt in to a plain stream
+    starttls: true            # offered; the plain URL opts in to a plain stream
     starttls_required: false
 auth_method: internal
 auth_password_format: scram
@@ -103,7 +98,7 @@ modules:
     last_item_cache: false
 EOF
   chown -R ejabberd:ejabberd "$dir"
-  chmod 600 "$dir/localhost.pem"  # the key; localhost.crt stays readable for clients' cafile=
+  chmod 600 "$dir/localhost.pem"  # the key
 }
 
 # register ACCOUNT: once (registered_users is a core command; change_password needs
@@ -142,6 +137,7 @@ case "${1:-up}" in
       start
     fi ;;
   restart) stop; start ;;
-  urls) echo "xmpp://$user:$password@127.0.0.1:$port/?domain=localhost&pubsub=pubsub.localhost&tls=off&allow_plaintext=1" ;;
+  urls) echo "xmpp://$user:$password@127.0.0.1:$port/?domain=localhost&pubsub=pubsub.localhost&tls=off&allow_plaintext=1"
+        echo "xmpp://$user:$password@127.0.0.1:$port/?domain=localhost&pubsub=pubsub.localhost&ca=$QUEUEKIT_VAR/tls/ca.crt" ;;
   *) echo "usage: ejabberd.sh up|restart|urls" >&2; exit 2 ;;
 esac

@@ -2,8 +2,9 @@
 #
 # Everything lives under $QUEUEKIT_VAR/prosody (config, data, pidfile, log): the system
 # config in /etc/prosody is never read. No s2s, no HTTP, no DNS: nothing leaves the machine.
-# c2s listens on 127.0.0.1 only and does not require TLS there (STARTTLS is offered with a
-# self-signed certificate), so the tests' URL opts in to SCRAM on the plain stream explicitly.
+# c2s listens on 127.0.0.1 only and does not require TLS there: STARTTLS is offered with the
+# certificate tls_certs (lib.sh) signs for localhost, and the plain URL opts in to SCRAM on an
+# unencrypted stream explicitly; the TLS URL trusts that CA (ca=).
 #
 # Storage is SQLite through mod_storage_sql (lua-dbi-sqlite3) in WAL mode: measured faster
 # than the internal file store for persisted pub/sub items (docs/xmpp.md). Nodes may keep
@@ -32,11 +33,9 @@ our_pid() {
 write_config() {
   mkdir -p "$dir/data" "$dir/certs"
   chmod 700 "$dir/data"
-  if [ ! -f "$dir/certs/localhost.crt" ]; then
-    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=localhost" \
-      -addext "subjectAltName=DNS:localhost,DNS:pubsub.localhost" \
-      -keyout "$dir/certs/localhost.key" -out "$dir/certs/localhost.crt" 2>/dev/null
-  fi
+  local certs; certs=$(tls_certs)
+  cp "$certs/server.crt" "$dir/certs/localhost.crt"
+  cp "$certs/server.key" "$dir/certs/localhost.key"
   cat >"$cfg" <<EOF
 -- Written by scripts/brokers.d/prosody.sh; regenerated on every start.
 pidfile = "$pidfile"
@@ -63,6 +62,10 @@ use_dane = false
 log = { info = "$dir/prosody.log"; error = "$dir/prosody.err" }
 
 VirtualHost "localhost"
+
+-- A domain the test certificate does not name: tests/test_tls.py checks that a client
+-- refuses the certificate it is offered there (XMPP checks the domain, not the address).
+VirtualHost "misnamed.localhost"
 
 Component "pubsub.localhost" "pubsub"
   pubsub_max_items = $max_items
@@ -103,6 +106,7 @@ case "${1:-up}" in
       start
     fi ;;
   restart) stop; start ;;
-  urls) echo "xmpp://$user:$password@127.0.0.1:$port/?domain=localhost&pubsub=pubsub.localhost&tls=off&allow_plaintext=1" ;;
+  urls) echo "xmpp://$user:$password@127.0.0.1:$port/?domain=localhost&pubsub=pubsub.localhost&tls=off&allow_plaintext=1"
+        echo "xmpp://$user:$password@127.0.0.1:$port/?domain=localhost&pubsub=pubsub.localhost&ca=$QUEUEKIT_VAR/tls/ca.crt" ;;
   *) echo "usage: prosody.sh up|restart|urls" >&2; exit 2 ;;
 esac

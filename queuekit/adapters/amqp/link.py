@@ -17,6 +17,7 @@ from amqp import exceptions as amqp_errors
 from kombu import connection as _kombu_connection
 
 from ...spi.errors import ConfigurationError, ConnectionLost, TransportError
+from ...spi.tls import refusal
 from .settings import Settings
 
 log = logging.getLogger("queuekit.amqp")
@@ -98,6 +99,9 @@ class Link:
             except (*CONNECTION_ERRORS, *CHANNEL_ERRORS) as exc:
                 _quiet_release(connection, self._raw)
                 self._connection = self._raw = self._channel = None
+                tls = self.settings.tls  # a certificate problem: no reconnect will cure it
+                if tls is not None and (refused := refusal(exc, f"amqps {host}", tls)):
+                    raise refused from None
                 errors.append(f"{host}: {exc}")
                 continue
             self._next_host = index

@@ -34,7 +34,7 @@ from typing import Any
 from amqp import exceptions as amqp_errors
 from amqp import spec
 
-from ...spi.errors import ConnectionLost, TransportError
+from ...spi.errors import ConfigurationError, ConnectionLost, TransportError
 from ...spi.timeouts import publish_unreachable
 from ...spi.transport import Transport
 from .link import CHANNEL_ERRORS, RECOVERABLE, Link, backoff, map_channel_error
@@ -214,7 +214,8 @@ class Publisher:
             except RECOVERABLE as exc:
                 active = self._recover(exc, active)
             except Exception as exc:  # not ours to hide: every caller waiting sees it
-                log.exception("amqp publisher failed")
+                if not isinstance(exc, ConfigurationError):  # a bad login or certificate:
+                    log.exception("amqp publisher failed")  # the callers' error says it all
                 self._link.drop()
                 self._take_back()
                 for job in [*active, *waiting]:

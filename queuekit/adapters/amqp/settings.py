@@ -12,6 +12,7 @@ from typing import Any
 from ...spi.errors import ConfigurationError
 from ...spi.priorities import BANDS_OPTION, PriorityBands
 from ...spi.timeouts import PUBLISH_TIMEOUT_OPTION, publish_timeout
+from ...spi.tls import TLS_OPTIONS, TLSSettings
 from ...spi.urls import Host, TransportURL
 
 #: RabbitMQ 3.x's default ``max_message_size`` (128 MiB; checked: 3.10.8 reports 134217728).
@@ -34,10 +35,7 @@ _OPTIONS = frozenset(
         "max_message_size",
         "subscription_ttl",
         "exchange",
-        "cafile",
-        "certfile",
-        "keyfile",
-        "verify",
+        *TLS_OPTIONS,
     }
 )
 
@@ -48,7 +46,7 @@ class Settings:
     userid: str
     password: str
     vhost: str
-    tls: dict[str, Any] | None  # py-amqp's ssl options (it takes a dict, not a context)
+    tls: TLSSettings | None  # amqps:// only
     confirm: bool
     max_priority: int
     #: One work queue per band (a single band when priorities are off): see docs/amqp.md.
@@ -83,7 +81,7 @@ class Settings:
             userid=url.username if url.username is not None else "guest",
             password=url.password if url.password is not None else "guest",
             vhost=url.path or "/",
-            tls=_tls(url) if secure else None,
+            tls=TLSSettings.from_url(url) if secure else None,
             confirm=url.flag("confirm", True),
             max_priority=max_priority,
             bands=PriorityBands.from_url(url) if max_priority else PriorityBands(()),
@@ -105,24 +103,21 @@ class Settings:
             "userid": self.userid,
             "password": self.password,
             "virtual_host": self.vhost,
-            "ssl": _with_sni(self.tls, host.name) if self.tls is not None else False,
+            "ssl": _ssl_options(self.tls, host.name) if self.tls is not None else False,
             "connect_timeout": self.connect_timeout,
             "heartbeat": self.heartbeat,
             "transport": "pyamqp",
         }
 
 
-def _tls(url: TransportURL) -> dict[str, Any]:
-    verify = url.flag("verify", True)
-    options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED if verify else ssl.CERT_NONE}
-    for ours, theirs in (("cafile", "ca_certs"), ("certfile", "certfile"), ("keyfile", "keyfile")):
-        if url.option(ours):
-            options[theirs] = url.option(ours)
+def _ssl_options(tls: TLSSettings, hostname: str) -> dict[str, Any]:
+    """py-amqp's ssl options (it takes a dict, not a context): it builds a TLS client context
+    from them, with the system's CAs when ``ca_certs`` is absent."""
+    options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED if tls.verify else ssl.CERT_NONE}
+    if tls.ca:
+        options["ca_certs"] = tls.ca
+    if tls.cert:
+        options["certfile"], options["keyfile"] = tls.cert, tls.key
+    if tls.verify:  # a server name turns py-amqp's host name check on (CERT_NONE forbids it)
+        options["server_hostname"] = hostname
     return options
-
-
-def _with_sni(options: dict[str, Any], hostname: str) -> dict[str, Any]:
-    # py-amqp turns hostname checking on when given a server name, which CERT_NONE forbids
-    if options["cert_reqs"] == ssl.CERT_NONE:
-        return options
-    return {**options, "server_hostname": hostname}

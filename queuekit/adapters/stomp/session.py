@@ -16,7 +16,7 @@ import itertools
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import stomp
@@ -24,6 +24,7 @@ import stomp.exception
 import stomp.protocol
 
 from ...spi.errors import ConnectionLost, TransportError
+from ...spi.tls import TLSSettings, refusal
 from ...spi.urls import Host
 
 log = logging.getLogger("queuekit.stomp")
@@ -42,6 +43,40 @@ _TRANSIENT = ("connection_forced", "shutdown", "shutting down", "stopping", "clo
 def _transient(error: str) -> bool:
     lowered = error.lower()
     return any(word in lowered for word in _TRANSIENT)
+
+
+class _ConnectFailures(logging.Filter):
+    """stomp.py tells why a connect failed only in a log record ("could not connect to host
+    %s, port %s: %s", the error last), then raises a bare ConnectFailedException. While a
+    thread is connecting (:meth:`catch`), its records are kept for the session, which says
+    the reason once in its own error, instead of going to the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def catch(self) -> Iterator[list[BaseException]]:
+        errors: list[BaseException] = []
+        self._local.errors = errors
+        try:
+            yield errors
+        finally:
+            self._local.errors = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        errors = getattr(self._local, "errors", None)
+        if errors is None or not str(record.msg).startswith("could not connect"):
+            return True
+        if record.args and isinstance(record.args, tuple):
+            error = record.args[-1]
+            if isinstance(error, BaseException):
+                errors.append(error)
+        return False
+
+
+_connect_failures = _ConnectFailures()
+logging.getLogger("stomp.py").addFilter(_connect_failures)
 
 
 class _Listener(stomp.ConnectionListener):  # type: ignore[misc]
@@ -79,7 +114,7 @@ class Session:
         vhost: str,
         heartbeat_ms: int,
         connect_timeout: float,
-        tls: Mapping[str, Any] | None,
+        tls: TLSSettings | None,
         on_message: OnMessage,
         on_lost: OnLost,
     ) -> None:
@@ -113,19 +148,33 @@ class Session:
             vhost=vhost,
             auto_decode=False,
         )
-        if tls is not None:
-            self.conn.set_ssl(for_hosts=[address], **tls)
+        if tls is not None:  # TLS or nothing: stomp.py never retries a TLS host in plain
+            self.conn.set_ssl(
+                for_hosts=[address],
+                ca_certs=tls.ca,
+                cert_file=tls.cert,
+                key_file=tls.key,
+                verify=tls.verify,
+                ssl_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         self.conn.set_listener("queuekit", _Listener(self))
-        try:
-            self.conn.connect(login, passcode, wait=False)
-        except (stomp.exception.StompException, OSError, ssl.SSLError) as exc:
-            self._teardown()
-            raise ConnectionLost(f"cannot connect to STOMP server {host}: {exc!r}") from None
+        with _connect_failures.catch() as failures:
+            try:
+                self.conn.connect(login, passcode, wait=False)
+            except (stomp.exception.StompException, OSError) as exc:
+                self._teardown()
+                cause: BaseException = failures[-1] if failures else exc
+                refused = tls is not None and refusal(cause, f"stomp+ssl {host}", tls)
+                if refused:
+                    raise refused from None
+                raise ConnectionLost(f"cannot connect to STOMP server {host}: {cause}") from None
         if not self._connected_event.wait(connect_timeout) or not self.alive:
             reason = self.error or f"no CONNECTED frame within {connect_timeout}s"
             self._teardown()
             if self.server_error and not _transient(self.server_error):  # e.g. a bad login
                 raise TransportError(f"STOMP server {host} refused the connection: {reason}")
+            if tls is not None and not tls.cert and not self.server_error:
+                reason += " after the TLS handshake (does it want a client certificate? cert=)"
             raise ConnectionLost(f"STOMP server {host}: {reason}")
 
     @property

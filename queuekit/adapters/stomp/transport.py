@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
-from typing import Any
 
 from ...spi.errors import (
     ConfigurationError,
@@ -42,6 +40,7 @@ from ...spi.errors import (
 )
 from ...spi.priorities import PriorityBands, PriorityRange
 from ...spi.timeouts import publish_timeout, publish_unreachable
+from ...spi.tls import TLSSettings
 from ...spi.topics import topic_matches
 from ...spi.transport import Delivery, Headers, Outgoing, SendOptions, Transport
 from ...spi.urls import Host, TransportURL
@@ -112,8 +111,8 @@ class StompTransport(Transport):
     queues without x-max-priority), ``scheduler`` (ActiveMQ with schedulerSupport, default 1),
     ``reconnect_window`` (s an operation keeps reconnecting, default 30; a publish:
     ``publish_timeout``, default 5, see :mod:`queuekit.spi.timeouts`), ``receipt_timeout``
-    (s, default 30), ``connect_timeout`` (s, default 5); for ``stomp+ssl``: ``ca_certs``,
-    ``certfile``, ``keyfile``, ``verify`` (default 1).
+    (s, default 30), ``connect_timeout`` (s, default 5); for ``stomp+ssl``: ``ca``, ``cert``,
+    ``key``, ``verify`` (default 1; :mod:`queuekit.spi.tls`).
     """
 
     name = "stomp"
@@ -129,7 +128,7 @@ class StompTransport(Transport):
         self._publish_timeout = publish_timeout(url)
         self._receipt_timeout = url.number("receipt_timeout", 30.0)
         self._connect_timeout = url.number("connect_timeout", 5.0)
-        self._tls = self._tls_options() if url.scheme == "stomp+ssl" else None
+        self._tls = TLSSettings.from_url(url) if url.scheme == "stomp+ssl" else None
         self._connect_lock = threading.Lock()
         self._subs_lock = threading.Lock()
         self._subs: dict[str, _Subscription] = {}  # by name
@@ -147,17 +146,6 @@ class StompTransport(Transport):
         self.capabilities = caps = self._profile.capabilities
         #: Fixed at connect, like the capabilities: producers and workers must agree.
         self._bands = PriorityBands(caps.priority_bands or ())
-
-    # -- options ------------------------------------------------------------------------
-
-    def _tls_options(self) -> dict[str, Any]:
-        return {
-            "ca_certs": self.url.option("ca_certs"),
-            "cert_file": self.url.option("certfile"),
-            "key_file": self.url.option("keyfile"),
-            "verify": self.url.flag("verify", True),
-            "ssl_version": ssl.PROTOCOL_TLS_CLIENT,
-        }
 
     @property
     def server(self) -> str:

@@ -13,16 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
 from ...spi.errors import ConfigurationError, ConnectionLost
+from ...spi.tls import refusal
 from .quickack import ack_at_once
 from .settings import XMPPSettings
+
+
+class _ReportedHere(logging.Filter):
+    """slixmpp logs a failed TLS handshake as an error before it fires ``ssl_invalid_chain``;
+    the connection reports that failure itself (one line, with the reason), so the log
+    record would only say it twice, without the reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "CERT: Invalid certificate trust chain."
+
+
+logging.getLogger("slixmpp.xmlstream.xmlstream").addFilter(_ReportedHere())
 
 
 class Connection:
@@ -62,13 +76,14 @@ class Connection:
         await self.drop_client()
         client = slixmpp.ClientXMPP(f"{s.jid}/{s.resource}", s.password)
         client.enable_direct_tls = False
-        client.enable_starttls = s.tls
-        client.enable_plaintext = not s.tls
-        if s.cafile:
-            client.ca_certs = Path(s.cafile)
+        client.enable_starttls = s.tls is not None
+        client.enable_plaintext = s.tls is None
+        if s.tls is not None:  # checked against the JID's domain, as XMPP names servers
+            client.ssl_context = s.tls.context()
         for plugin in ("xep_0030", "xep_0004", "xep_0060"):
             client.register_plugin(plugin)
-        client.plugin["feature_mechanisms"].unencrypted_scram = s.allow_plaintext
+        # without TLS no credentials ever (a server that offers no STARTTLS gets no login)
+        client.plugin["feature_mechanisms"].unencrypted_scram = s.tls is None and s.allow_plaintext
         ack_at_once(client)
         outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -79,6 +94,16 @@ class Connection:
         client.add_event_handler("session_start", lambda _: settle("ok"))
         client.add_event_handler("failed_all_auth", lambda _: settle("auth"))
         client.add_event_handler("connection_failed", lambda e: settle(f"connect: {e}"))
+        refused: list[BaseException] = []  # a failed TLS handshake
+
+        def tls_failed(error: object) -> None:
+            if isinstance(error, ssl.SSLError):
+                refused.append(error)
+                settle("tls")
+
+        # slixmpp reports a failed handshake as the disconnect's reason, or as this event
+        client.add_event_handler("ssl_invalid_chain", tls_failed)
+        client.add_event_handler("disconnected", tls_failed)
         client.add_event_handler("disconnected", lambda _: self._on_disconnected(client))
         # A server going down may accept the connection and then drop it: fail fast.
         client.add_event_handler("disconnected", lambda _: settle("disconnected"))
@@ -91,8 +116,17 @@ class Connection:
         except TimeoutError:
             result = "timeout"
         if result != "ok":
+            transport = client.transport
+            encrypted = transport is not None and transport.get_extra_info("ssl_object")
             await self.drop_client()
             where = f"{s.host}:{s.port}"
+            if result == "tls" and s.tls is not None:
+                error = refusal(refused[0], f"xmpp {where} ({s.jid.partition('@')[2]})", s.tls)
+                raise error or ConnectionLost(f"xmpp: TLS with {where} failed: {refused[0]}")
+            if result == "auth" and s.tls is not None and not encrypted:
+                raise ConfigurationError(
+                    f"xmpp: {where} offered no STARTTLS and TLS is required (tls=off to go without)"
+                )
             if result == "auth":
                 raise ConfigurationError(f"xmpp: authentication as {s.jid} failed at {where}")
             raise ConnectionLost(f"xmpp: cannot reach {where} ({result})")

@@ -6,9 +6,10 @@ URL::
 
 ``USER`` is a local part (the JID is ``USER@domain``) or a whole bare JID with ``@`` written as
 ``%40``. ``HOST:PORT`` is where to connect (default port 5222); ``domain`` defaults to HOST.
-TLS (STARTTLS) is required unless ``tls=off``; authenticating on an unencrypted stream also
-needs ``allow_plaintext=1``, so a plain stream is never used by accident. See docs/xmpp.md
-for every option.
+TLS (STARTTLS) is required unless ``tls=off``, checked with ``ca=`` (and ``verify=``,
+:mod:`queuekit.spi.tls`) against the XMPP domain; authenticating on an unencrypted stream also
+needs ``tls=off`` and ``allow_plaintext=1``, so a plain stream is never used by accident. See
+docs/xmpp.md for every option.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from ...spi.errors import ConfigurationError, MalformedMessage
+from ...spi.tls import TLSSettings
 from ...spi.urls import TransportURL
 
 NS = "urn:queuekit:xmpp:0"
@@ -38,9 +40,8 @@ class XMPPSettings:
     host: str
     port: int
     pubsub: str
-    tls: bool
+    tls: TLSSettings | None  # None: tls=off
     allow_plaintext: bool
-    cafile: str | None
     prefix: str
     resource: str
     timeout: float
@@ -74,9 +75,8 @@ class XMPPSettings:
             host=host.name,
             port=host.port or 5222,
             pubsub=url.option("pubsub") or f"pubsub.{domain}",
-            tls=tls,
+            tls=TLSSettings.from_url(url) if tls else None,
             allow_plaintext=allow_plaintext,
-            cafile=url.option("cafile"),
             prefix=(url.option("prefix", "queuekit") or "").strip("/"),
             resource=url.option("resource") or f"queuekit-{uuid.uuid4().hex[:12]}",
             timeout=url.number("timeout", 30.0),
