@@ -1,0 +1,106 @@
+"""Paused queues and throughput buckets in the job store, on SQLite, PostgreSQL and MariaDB,
+and the worker's meter that fills the buckets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from queuekit.features.throughput import Meter, minute_of, series
+from queuekit.jobstore import open_jobstore
+from queuekit.jobstore.base import JobStore, ThroughputBucket
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[JobStore]:
+    opened = open_jobstore(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_a_queue_is_paused_until_resumed(store: JobStore) -> None:
+    # Given an empty store, When a queue is paused twice
+    assert store.paused_queues() == {}
+    store.pause_queue("q1")
+    first = store.paused_queues()["q1"]
+    store.pause_queue("q1")
+    # Then it is paused once, since the first time
+    assert store.paused_queues() == {"q1": first}
+    # When it is resumed, Then it is no longer paused, and resuming again says so
+    assert store.resume_queue("q1") is True
+    assert store.resume_queue("q1") is False
+    assert store.paused_queues() == {}
+
+
+def test_throughput_counts_add_up_per_queue_and_minute(store: JobStore) -> None:
+    # Given counts added twice to one minute and once to the next, on two queues
+    store.add_throughput([ThroughputBucket("a", 600, 3, 1), ThroughputBucket("b", 600, 5, 0)])
+    store.add_throughput([ThroughputBucket("a", 600, 2, 0), ThroughputBucket("a", 660, 7, 2)])
+    # Then they are summed per bucket, by queue then minute
+    assert store.throughput(0) == [
+        ThroughputBucket("a", 600, 5, 1),
+        ThroughputBucket("a", 660, 7, 2),
+        ThroughputBucket("b", 600, 5, 0),
+    ]
+    assert store.throughput(660) == [ThroughputBucket("a", 660, 7, 2)]
+    assert store.throughput(0, "b") == [ThroughputBucket("b", 600, 5, 0)]
+    # When the old ones are pruned, Then only the newer remain
+    assert store.prune_throughput(660) == 2
+    assert store.throughput(0) == [ThroughputBucket("a", 660, 7, 2)]
+
+
+def test_concurrent_writers_lose_no_count(store_url: str) -> None:
+    # Given six stores (connections) adding to one bucket at once
+    racers = [open_jobstore(store_url) for _ in range(6)]
+    barrier = threading.Barrier(len(racers))
+    errors: list[BaseException] = []
+
+    def add(racer: JobStore) -> None:
+        try:
+            barrier.wait(timeout=30)
+            for _ in range(10):
+                racer.add_throughput([ThroughputBucket("race", 120, 1, 1)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(r,)) for r in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    try:
+        # Then every count is there
+        assert not errors, errors
+        assert racers[0].throughput(0, "race") == [ThroughputBucket("race", 120, 60, 60)]
+    finally:
+        for racer in racers:
+            racer.close()
+
+
+def test_a_meter_writes_the_increase_per_minute_in_one_flush(store: JobStore) -> None:
+    # Given a worker's meter that saw its totals grow across two minutes
+    meter, start = Meter(store, "work"), minute_of(time.time()) - 120
+    meter.tally(3, 0, now=start + 10.0)
+    meter.tally(5, 1, now=start + 50.0)
+    meter.tally(9, 1, now=start + 100.0)
+    assert store.throughput(0) == []  # nothing written before the flush
+    # When it flushes, twice
+    meter.flush()
+    meter.flush()
+    # Then each minute has the increase seen in it, written once
+    assert store.throughput(0) == [
+        ThroughputBucket("work", start, 5, 1),
+        ThroughputBucket("work", start + 60, 4, 0),
+    ]
+
+
+def test_series_fills_minutes_without_a_bucket_with_zeros() -> None:
+    buckets = [ThroughputBucket("a", 120, 4, 1), ThroughputBucket("zz", 120, 9, 9)]
+    (only,) = series(buckets, ["a"], 60.0, 179.0)
+    assert (only.start, only.processed, only.failed) == (60, (0, 4), (0, 1))
+    assert minute_of(179.9) == 120
