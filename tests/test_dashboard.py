@@ -25,7 +25,7 @@ from selenium.webdriver.common.by import By
 
 from queuekit import connect
 from tests.dashboard_support import browser, dashboard, screenshot
-from tests.support import wait_until
+from tests.support import require_broker, wait_until
 from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop
 
 
@@ -72,8 +72,10 @@ def status_of(site: Site) -> dict[str, object]:
 def test_queue_page_failed_retry_and_pause_with_a_running_worker(
     site: Site, driver: webdriver.Chrome
 ) -> None:
-    with connect(site.url, jobstore=site.jobstore) as conn, \
-            dashboard("--url", site.url, site.queue, cwd=site.tmp, env=site.env()) as base:  # fmt: skip
+    with (
+        connect(site.url, jobstore=site.jobstore) as conn,
+        dashboard("--url", site.url, site.queue, cwd=site.tmp, env=site.env()) as base,
+    ):
         # Given three messages waiting on the queue
         conn.queue(site.queue).publish_many([{"n": n} for n in (1, 2, 3)])
         # When the queue page is opened, Then it shows their depth
@@ -135,8 +137,10 @@ def test_queue_page_failed_retry_and_pause_with_a_running_worker(
 
 
 def test_a_cross_site_post_is_refused(site: Site, driver: webdriver.Chrome) -> None:
-    with connect(site.url, jobstore=site.jobstore) as conn, \
-            dashboard("--url", site.url, site.queue, cwd=site.tmp, env=site.env()) as base:  # fmt: skip
+    with (
+        connect(site.url, jobstore=site.jobstore) as conn,
+        dashboard("--url", site.url, site.queue, cwd=site.tmp, env=site.env()) as base,
+    ):
         # Given the browser has visited the dashboard (so it holds its cookies)
         driver.get(base + "/")
         # When a page of another origin submits a form to the dashboard's pause action
@@ -169,7 +173,8 @@ def test_beyond_loopback_a_token_is_required(site: Site, driver: webdriver.Chrom
                    host="0.0.0.0") as base:  # fmt: skip
         # When a request comes without the token, Then it is refused
         assert httpx.get(base + "/").status_code == 401
-        assert httpx.get(base + "/failed", headers={"Authorization": "Bearer nope"}).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.get(base + "/failed", headers=wrong).status_code == 401
         # And with it, it is served, without the token in the page
         page = httpx.get(base + "/", headers={"Authorization": f"Bearer {token}"})
         assert page.status_code == 200
@@ -186,9 +191,11 @@ def test_beyond_loopback_a_token_is_required(site: Site, driver: webdriver.Chrom
 
 
 def test_a_read_only_dashboard_shows_no_action_and_refuses_them(site: Site) -> None:
-    with connect(site.url, jobstore=site.jobstore) as conn, \
-            dashboard("--url", site.url, site.queue, "--read-only", cwd=site.tmp,
-                      env=site.env()) as base:  # fmt: skip
+    with (
+        connect(site.url, jobstore=site.jobstore) as conn,
+        dashboard("--url", site.url, site.queue, "--read-only", cwd=site.tmp,
+                  env=site.env()) as base,
+    ):  # fmt: skip
         with httpx.Client(base_url=base) as client:
             # Given a page read, with its CSRF cookie
             page = client.get("/")
@@ -203,3 +210,59 @@ def test_a_read_only_dashboard_shows_no_action_and_refuses_them(site: Site) -> N
             assert refused.status_code == 403
             assert "read-only" in refused.text
         assert conn.jobs.paused_queues() == {}
+
+
+XMPP = (
+    "xmpp://queuekit:queuekit@127.0.0.1:{port}/?domain=localhost&pubsub=pubsub.localhost"
+    "&tls=off&allow_plaintext=1"
+)
+BROKERS = {
+    "rabbitmq": ("amqp://guest:guest@127.0.0.1:5672/", 5672),
+    "rabbitmq-stomp": ("stomp://guest:guest@127.0.0.1:61613", 61613),
+    "activemq": ("stomp://guest:guest@127.0.0.1:61623", 61623),
+    "gearman": ("gearman://127.0.0.1:4731", 4731),
+    "prosody": (XMPP.format(port=5222), 5222),
+    "ejabberd": (XMPP.format(port=5322), 5322),
+    "zmq": ("zmq://127.0.0.1:5560", 5560),
+}
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
+def test_every_broker_shows_its_depth_and_takes_a_retried_message_back(
+    broker: str, site: Site
+) -> None:
+    url, port = BROKERS[broker]
+    require_broker(broker, "127.0.0.1", port)
+    queue = site.queue
+    with connect(url, jobstore=site.jobstore) as conn:
+        try:
+            # Given one message on the queue and one dead letter whose body never decoded
+            conn.queue(queue).publish({"n": 1})
+            conn.jobs.add_failed(queue, b"\xffraw bytes", "malformed: not JSON")
+            ready = conn.transport.stats(queue).ready
+            with (
+                dashboard("--url", url, queue, cwd=site.tmp, env=site.env()) as base,
+                httpx.Client(base_url=base) as client,
+            ):
+                # When the queue page is read, Then the depth is the broker's, or "unknown"
+                page = client.get("/")
+                assert page.status_code == 200
+                row = page.text.split(f'<tr data-queue="{queue}">', 1)[1].split("</tr>", 1)[0]
+                assert f'class="n ready">{"unknown" if ready is None else ready}<' in row
+                assert "unknown" in row or ready == 1
+                # When the dead letter is retried, Then it is back on the broker, as it was
+                (entry,) = conn.failed.list(queue)
+                form = {"csrf": client.cookies["qk_csrf"], "id": str(entry.id), "back": "/"}
+                done = client.post("/failed/retry", data=form)
+                assert done.status_code == 303, done.text
+            assert conn.failed.list(queue) == []
+            bodies = []
+            deadline = time.monotonic() + 30
+            while b"\xffraw bytes" not in bodies and time.monotonic() < deadline:
+                delivery = conn.transport.receive(queue, 1.0)
+                if delivery is not None:
+                    bodies.append(delivery.body)
+                    conn.transport.ack(delivery)
+            assert b"\xffraw bytes" in bodies
+        finally:
+            conn.transport.delete(queue)
