@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -59,9 +58,3 @@ def browser() -> webdriver.Chrome:
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
-
-def screenshot(driver: webdriver.Chrome, name: str) -> None:
-    """Saved to ``$QUEUEKIT_SCREENSHOTS/NAME.png`` when set (how docs/ gets its pictures)."""
-    folder = os.environ.get("QUEUEKIT_SCREENSHOTS")
-    if folder:
-        driver.save_screenshot(str(Path(folder) / f"{name}.png"))

@@ -24,7 +24,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 
 from queuekit import connect
-from tests.dashboard_support import browser, dashboard, screenshot
+from tests.dashboard_support import browser, dashboard
 from tests.support import require_broker, wait_until
 from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop
 
@@ -93,13 +93,11 @@ def test_queue_page_failed_retry_and_pause_with_a_running_worker(
             (entry,) = conn.failed.list(site.queue)
             # When the failed message is opened from the queue's failed list
             driver.get(f"{base}/failed?queue={quote(site.queue)}")
-            screenshot(driver, "dashboard-failed")
             driver.find_element(By.LINK_TEXT, str(entry.id)).click()
             # Then its reason, traceback and raw body are shown
             assert "not fixed yet" in driver.find_element(By.ID, "reason").text
             assert "PermanentError" in driver.find_element(By.ID, "traceback").text
             assert '"n": 7' in driver.find_element(By.ID, "body").text
-            screenshot(driver, "dashboard-failed-message")
             # When the worker is fixed and "Retry" is clicked
             (site.tmp / "fixed").touch()
             driver.find_element(By.XPATH, "//button[text()='Retry']").click()
@@ -126,7 +124,6 @@ def test_queue_page_failed_retry_and_pause_with_a_running_worker(
                 time.sleep(0.1)
             driver.get(base + "/")
             assert cell(driver, site.queue, ".ready") == "1"
-            screenshot(driver, "dashboard-queues")
             # When "Resume" is clicked, Then the worker takes it
             row = driver.find_element(By.CSS_SELECTOR, f'tr[data-queue="{site.queue}"]')
             row.find_element(By.XPATH, ".//button[text()='Resume']").click()

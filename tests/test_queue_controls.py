@@ -3,15 +3,18 @@ and the worker's meter that fills the buckets."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from queuekit import Connection
 from queuekit.features.throughput import Meter, minute_of, series
 from queuekit.jobstore import open_jobstore
 from queuekit.jobstore.base import JobStore, ThroughputBucket
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -104,3 +107,32 @@ def test_series_fills_minutes_without_a_bucket_with_zeros() -> None:
     (only,) = series(buckets, ["a"], 60.0, 179.0)
     assert (only.start, only.processed, only.failed) == (60, (0, 4), (0, 1))
     assert minute_of(179.9) == 120
+
+
+def test_a_worker_takes_nothing_while_its_queue_is_paused_and_counts_its_throughput(
+    conn: Connection, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="queuekit.worker")
+    done: list[int] = []
+    queue = conn.queue(name)
+    # Given a paused queue with two messages, and a worker on it
+    conn.jobs.pause_queue(name)
+    queue.publish_many([{"n": 1}, {"n": 2}])
+    worker = threading.Thread(target=queue.dispatch, args=(lambda m: done.append(m.payload["n"]),),
+                              kwargs={"max_messages": 2, "max_seconds": 60,
+                                      "handle_signals": False})  # fmt: skip
+    worker.start()
+    try:
+        # Then it says it is paused, and over three of its pause checks takes nothing
+        wait_until(lambda: "is paused" in caplog.text, 10, "the worker to see the pause")
+        seen = time.monotonic()
+        while time.monotonic() - seen < 3.0:
+            assert done == []
+            time.sleep(0.05)
+        # When the queue is resumed, Then it takes both
+        assert conn.jobs.resume_queue(name)
+        wait_until(lambda: sorted(done) == [1, 2], 10, "both messages")
+    finally:
+        worker.join(timeout=30)
+    # And the throughput it wrote when it stopped counts them
+    assert sum(b.processed for b in conn.jobs.throughput(0, name)) == 2

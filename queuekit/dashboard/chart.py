@@ -11,7 +11,7 @@ from html import escape
 
 from ..features.throughput import Series
 
-WIDTH, HEIGHT = 720, 90
+WIDTH, HEIGHT, TOP = 720, 90, 14  # TOP: room above the bars for the peak label
 
 
 def svg(line: Series) -> str:
@@ -29,9 +29,9 @@ def svg(line: Series) -> str:
         height = HEIGHT * done / top
         bars.append(
             f'<g><title>{escape(tip)}</title>'
-            f'<rect class="done" x="{x:.1f}" y="{HEIGHT - height:.1f}" '
+            f'<rect class="done" x="{x:.1f}" y="{TOP + HEIGHT - height:.1f}" '
             f'width="{max(step - 0.5, 0.5):.1f}" height="{height:.1f}"/>'
-            + (f'<rect class="failed" x="{x:.1f}" y="{HEIGHT - HEIGHT * failed / top:.1f}" '
+            + (f'<rect class="failed" x="{x:.1f}" y="{TOP + HEIGHT - HEIGHT * failed / top:.1f}" '
                f'width="{max(step - 0.5, 0.5):.1f}" height="{HEIGHT * failed / top:.1f}"/>'
                if failed else "")
             + "</g>"
@@ -40,11 +40,11 @@ def svg(line: Series) -> str:
     total = sum(line.processed)
     label = f"{escape(line.queue)}: {total} processed in {count} min, peak {top}/min"
     return (
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT + 14}" role="img" '
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {TOP + HEIGHT + 14}" role="img" '
         f'aria-label="{label}"><title>{label}</title>'
-        f'<line class="axis" x1="0" y1="{HEIGHT}" x2="{WIDTH}" y2="{HEIGHT}"/>'
+        f'<line class="axis" x1="0" y1="{TOP + HEIGHT}" x2="{WIDTH}" y2="{TOP + HEIGHT}"/>'
         + "".join(bars)
-        + f'<text x="0" y="{HEIGHT + 12}">{first}</text>'
-        f'<text x="{WIDTH}" y="{HEIGHT + 12}" text-anchor="end">now</text>'
+        + f'<text x="0" y="{TOP + HEIGHT + 12}">{first}</text>'
+        f'<text x="{WIDTH}" y="{TOP + HEIGHT + 12}" text-anchor="end">now</text>'
         f'<text x="{WIDTH}" y="10" text-anchor="end">{top}/min</text></svg>'
     )
