@@ -57,4 +57,3 @@ def browser() -> webdriver.Chrome:
                  "--window-size=1280,900", "--disable-gpu"):  # fmt: skip
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
