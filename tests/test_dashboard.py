@@ -209,6 +209,32 @@ def test_a_read_only_dashboard_shows_no_action_and_refuses_them(site: Site) -> N
         assert conn.jobs.paused_queues() == {}
 
 
+def test_a_selection_is_deleted_and_a_whole_queue_retried(site: Site) -> None:
+    with (
+        connect(site.url, jobstore=site.jobstore) as conn,
+        dashboard("--url", site.url, site.queue, cwd=site.tmp, env=site.env()) as base,
+        httpx.Client(base_url=base) as client,
+    ):
+        # Given four dead letters of the queue
+        ids = [conn.jobs.add_failed(site.queue, b"body %d" % i, "bad") for i in range(4)]
+        client.get("/failed")
+        csrf = client.cookies["qk_csrf"]
+        # When two are selected and deleted
+        form = {"csrf": csrf, "back": "/failed", "id": [str(ids[0]), str(ids[2])]}
+        assert client.post("/failed/delete", data=form).status_code == 303
+        # Then the other two are left
+        assert [e.id for e in conn.failed.list(site.queue)] == [ids[1], ids[3]]
+        page = client.get(f"/failed?queue={quote(site.queue)}").text
+        assert f'data-failed="{ids[0]}"' not in page and f'data-failed="{ids[1]}"' in page
+        # When all of the queue is retried, Then both are back on the broker
+        form = {"csrf": csrf, "back": "/failed", "queue": site.queue, "all": "1"}
+        done = client.post("/failed/retry", data=form)
+        assert done.status_code == 303
+        assert "2+message" in done.headers["location"]  # "2 message(s) back on their queue"
+        assert conn.failed.list(site.queue) == []
+        assert conn.transport.stats(site.queue).ready == 2
+
+
 XMPP = (
     "xmpp://queuekit:queuekit@127.0.0.1:{port}/?domain=localhost&pubsub=pubsub.localhost"
     "&tls=off&allow_plaintext=1"
