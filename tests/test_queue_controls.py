@@ -3,10 +3,12 @@ and the worker's meter that fills the buckets."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from queuekit.features.throughput import Meter, minute_of, series
 from queuekit.jobstore import open_jobstore
 from queuekit.jobstore.base import JobStore, ThroughputBucket
 from tests.support import wait_until
+from tests.workers.harness import run_worker, sqlite_url
 
 
 @pytest.fixture
@@ -136,3 +139,24 @@ def test_a_worker_takes_nothing_while_its_queue_is_paused_and_counts_its_through
         worker.join(timeout=30)
     # And the throughput it wrote when it stopped counts them
     assert sum(b.processed for b in conn.jobs.throughput(0, name)) == 2
+
+
+def test_worker_pause_and_resume_show_in_worker_status(tmp_path: Path) -> None:
+    url, env = sqlite_url(tmp_path / "q.db"), {"QUEUEKIT_JOBSTORE": sqlite_url(tmp_path / "j.db")}
+
+    def paused() -> bool:
+        done = run_worker("status", "--url", url, "--json", "mail", cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        (row,) = json.loads(done.stdout)["queues"]
+        return bool(row["paused"])
+
+    assert paused() is False
+    assert run_worker("pause", "mail", "--url", url, cwd=tmp_path, env=env).returncode == 0
+    assert paused() is True
+    table = run_worker("status", "--url", url, "mail", cwd=tmp_path, env=env).stdout
+    assert "paused" in table.splitlines()[2].split()
+    resumed = run_worker("resume", "mail", "--url", url, cwd=tmp_path, env=env)
+    assert (resumed.returncode, resumed.stderr.strip()) == (0, "mail: resumed")
+    assert paused() is False
+    again = run_worker("resume", "mail", "--url", url, cwd=tmp_path, env=env)
+    assert again.stderr.strip() == "mail: was not paused"
