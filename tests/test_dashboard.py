@@ -5,7 +5,9 @@ message opened in the browser shows its reason, traceback and body, and "Retry" 
 back for the running worker, after which the page shows it gone; "Pause" stops the worker
 taking (``worker status`` says paused) until "Resume". And the guard: beyond loopback the
 dashboard refuses to start without a token and refuses requests without it; a cross-site
-POST is refused; a read-only dashboard refuses every action.
+POST is refused; a read-only dashboard refuses every action. On every broker the queue page
+shows the broker's depth (or "unknown") and a retried dead letter goes back on the broker;
+after a broker outage (a proxy the test stops) the pages show the counts again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from selenium.webdriver.common.by import By
 
 from queuekit import connect
 from tests.dashboard_support import browser, dashboard
+from tests.proxy import Proxy
 from tests.support import require_broker, wait_until
 from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop
 
@@ -289,3 +292,27 @@ def test_every_broker_shows_its_depth_and_takes_a_retried_message_back(
             assert b"\xffraw bytes" in bodies
         finally:
             conn.transport.delete(queue)
+
+
+def test_the_dashboard_reopens_the_broker_after_it_went_away(site: Site) -> None:
+    require_broker("rabbitmq", "127.0.0.1", 5672)
+    proxy = Proxy(("127.0.0.1", 5672))
+    url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?reconnect_timeout=1"
+    try:
+        with (
+            dashboard("--url", url, site.queue, cwd=site.tmp, env=site.env()) as base,
+            httpx.Client(base_url=base, timeout=30) as client,
+        ):
+            # Given a dashboard whose broker answers
+            assert "could not be asked" not in client.get("/").text
+            # When the broker goes away, Then the queue page says the broker could not be asked
+            proxy.stop()
+            assert 'class="error"' in client.get("/").text
+            # When it is back, Then a later page shows the counts again
+            proxy = Proxy(("127.0.0.1", 5672), port=proxy.port)
+            wait_until(lambda: 'class="error"' not in client.get("/").text, 30,
+                       "the dashboard to reconnect")  # fmt: skip
+    finally:
+        proxy.stop()
+        with connect("amqp://guest:guest@127.0.0.1:5672/", jobstore=site.jobstore) as conn:
+            conn.transport.delete(site.queue)
