@@ -30,6 +30,8 @@ from .chart import svg
 from .model import Dashboard
 from .security import CSRF_COOKIE, SESSION_COOKIE, Guard, csrf_ok, csrf_value, same_origin
 
+#: Dead letters listed on one page (oldest first, as the failed store keeps them).
+FAILED_SHOWN = 500
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -158,8 +160,9 @@ class _Site:
 
     async def failed(self, request: Request) -> Response:
         queue = request.query_params.get("queue") or None
-        entries = await run_in_threadpool(self.model.failed, queue)
-        return self.render(request, "failed.html", entries=entries, queue=queue)
+        entries = await run_in_threadpool(self.model.failed, queue, limit=FAILED_SHOWN)
+        return self.render(request, "failed.html", entries=entries, queue=queue,
+                           limit=FAILED_SHOWN)  # fmt: skip
 
     async def failed_one(self, request: Request) -> Response:
         entry = await run_in_threadpool(self.model.failed_one, request.path_params["id"])
