@@ -201,6 +201,8 @@ def test_a_read_only_dashboard_shows_no_action_and_refuses_them(site: Site) -> N
             page = client.get("/")
             assert page.status_code == 200
             assert "read-only" in page.text
+            for hours in ("nan", "inf", "-3", "x"):  # a chart window out of range: the default
+                assert client.get(f"/?hours={hours}").status_code == 200
             # Then it has no button
             assert "<button" not in page.text
             # When an action is posted with a valid CSRF value, Then it is refused

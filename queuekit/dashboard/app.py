@@ -8,6 +8,7 @@ Handlers run the model's blocking calls on Starlette's thread pool.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -136,9 +137,10 @@ class _Site:
 
     async def queues(self, request: Request) -> Response:
         try:
-            hours = min(max(float(request.query_params.get("hours", "6")), 0.25), 168.0)
+            asked = float(request.query_params.get("hours", "6"))
         except ValueError:
-            hours = 6.0
+            asked = 6.0
+        hours = min(max(asked, 0.25), 168.0) if math.isfinite(asked) else 6.0
         overview = await run_in_threadpool(self.model.overview, hours)
         charts = {
             line.queue: Markup(svg(line)) for line in overview.charts
