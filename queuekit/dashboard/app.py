@@ -93,7 +93,7 @@ class _GuardMiddleware(BaseHTTPMiddleware):
         csrf, new = csrf_value(request)
         request.state.csrf = csrf
         if request.url.path != "/login" and not self.guard.authenticated(request):
-            response: Response = self.render(request, "login.html", status_code=401)
+            response: Response = self.render(request, "login.html", status_code=401, broker="")
         else:
             response = await call_next(request)
         if new:
@@ -112,9 +112,9 @@ class _Site:
     def render(
         self, request: Request, name: str, status_code: int = 200, **context: Any
     ) -> HTMLResponse:
+        context.setdefault("broker", self.model.broker_url)
         page = self.env.get_template(name).render(
             request=request, csrf=request.state.csrf, read_only=self.guard.read_only,
-            broker=self.model.broker_url, login=self.guard.token is not None,
             note=request.query_params.get("note"), **context,
         )  # fmt: skip
         return HTMLResponse(page, status_code=status_code)
@@ -206,12 +206,12 @@ class _Site:
 
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.render(request, "login.html")
+            return self.render(request, "login.html", broker="")
         form = await request.form()
         if not same_origin(request):
             raise HTTPException(403, "cross-site request refused")
         if self.guard.session is None or not self.guard.token_matches(str(form.get("token", ""))):
-            return self.render(request, "login.html", status_code=401, wrong=True)
+            return self.render(request, "login.html", status_code=401, wrong=True, broker="")
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(SESSION_COOKIE, self.guard.session, httponly=True, samesite="strict")
         return response
