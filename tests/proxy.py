@@ -12,11 +12,12 @@ import threading
 
 
 class Proxy:
-    """Forwards ``127.0.0.1:<port>`` to ``target`` until :meth:`stop`."""
+    """Forwards ``127.0.0.1:<port>`` to ``target`` until :meth:`stop`; ``port`` 0 picks a
+    free one, the port of a stopped proxy brings the "broker" back where it was."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], port: int = 0) -> None:
         self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self.port: int = self._listener.getsockname()[1]
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()

@@ -139,8 +139,9 @@ def test_status_reports_counts_workers_and_drops_a_killed_worker(setup: Setup) -
         # And the table says "unknown" where the broker cannot count
         [line] = [x for x in setup.status().stdout.splitlines() if x.startswith(f"{queue} ")]
         assert line.split()[1:] == (
-            ["3", "1", "2", "2", "1", line.split()[6], "2"] if native
-            else ["3", "unknown", "unknown", "2", "1", "unknown", "2"])  # fmt: skip
+            ["3", "1", "2", "2", "1", line.split()[6], "2", "-"] if native
+            else ["3", "unknown", "unknown", "2", "1", "unknown", "2", "-"])  # fmt: skip
+        assert row["paused"] is False
 
         # And the killed worker drops out once its heartbeat is older than the timeout
         wait_until(lambda: queue_row(setup.snapshot(), other) is None, TIMEOUT + 15,

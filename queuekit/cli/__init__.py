@@ -33,7 +33,7 @@ from ..spi.urls import redact
 from ..worker import deploy, supervisor
 from ..worker.logs import JSONFormatter
 from ..worker.loop import Limits
-from . import processes, relay, schedule, status
+from . import dashboard, pause, processes, relay, schedule, status
 from .common import UsageError
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
@@ -42,7 +42,7 @@ _DELEGATED = {
     "zmq-proxy": ("queuekit.adapters.zmq.proxy", "main", "run the ZeroMQ routing device"),
 }
 #: Subcommands in their own module here, each with ``register(subparsers)``.
-_COMMANDS = (relay, schedule, status, processes)
+_COMMANDS = (relay, schedule, status, processes, pause, dashboard)
 #: ``-v`` is the worker command's own flag: it may stand before or after the subcommand.
 _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "log every message received, done, retried or failed"

@@ -52,10 +52,11 @@ def render_status(status: Status) -> str:
         return "unknown" if seconds is None else duration(seconds)
 
     queues = [("queue", "ready", "delayed", "in flight", "working", "failed", "oldest",
-               "workers")]  # fmt: skip
+               "workers", "paused")]  # fmt: skip
     for q in status.queues:
         queues.append((q.name, count(q.ready), count(q.delayed), count(q.in_flight),
-                       str(q.working), str(q.failed), age(q.latency), str(q.workers)))  # fmt: skip
+                       str(q.working), str(q.failed), age(q.latency), str(q.workers),
+                       "paused" if q.paused else "-"))  # fmt: skip
     workers = [("host", "pid", "queue", "concurrency", "processed", "failed", "current", "rss",
                 "seen")]  # fmt: skip
     for w in status.workers:

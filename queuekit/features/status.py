@@ -1,4 +1,4 @@
-"""What the queues are doing now: one snapshot for ``worker status`` (and later the dashboard).
+"""What the queues are doing now: one snapshot for ``worker status`` and the dashboard.
 
 A snapshot joins three sources, each for what it alone knows:
 
@@ -6,7 +6,7 @@ A snapshot joins three sources, each for what it alone knows:
   delay), in flight, and the oldest ready message's age, each ``None`` where the adapter
   cannot count (STOMP counts nothing; AMQP counts ready only; SQLite counts all four);
 - the **job store**: its delayed store and failed store per queue
-  (:meth:`~queuekit.jobstore.base.JobStore.queue_counts`);
+  (:meth:`~queuekit.jobstore.base.JobStore.queue_counts`), and which queues are paused;
 - the **worker registry**: the live workers (heard from within the heartbeat timeout) with
   their host, pid, concurrency, counts, messages in hand and memory.
 
@@ -35,7 +35,7 @@ class QueueStatus:
     """One queue. ``delayed`` adds the broker's native delayed messages (``None`` when it
     has native delay it cannot count) to the job store's; ``working`` is what live workers
     reported in hand at their last heartbeat; ``latency`` the oldest ready message's age in
-    seconds (0.0: none waits)."""
+    seconds (0.0: none waits); ``paused`` whether its workers are told to take nothing."""
 
     name: str
     ready: int | None
@@ -45,6 +45,7 @@ class QueueStatus:
     failed: int
     latency: float | None
     workers: int
+    paused: bool = False
     error: str | None = None
 
 
@@ -77,18 +78,23 @@ def snapshot(broker: Broker, queues: Iterable[str] = (), *, timeout: float | Non
     jobs = broker.jobs
     live = jobs.workers(timeout=timeout)
     stored = jobs.queue_counts()
-    names = sorted({*queues, *(w.queue for w in live), *stored})
+    paused = jobs.paused_queues()
+    names = sorted({*queues, *(w.queue for w in live), *stored, *paused})
     return Status(
         broker=broker.url.redacted(),
         jobstore=jobs.url.redacted(),
         taken_at=time.time(),
         heartbeat_timeout=timeout,
-        queues=tuple(_queue(broker, n, stored.get(n, StoreCounts()), live) for n in names),
+        queues=tuple(
+            _queue(broker, n, stored.get(n, StoreCounts()), live, n in paused) for n in names
+        ),
         workers=tuple(live),
     )
 
 
-def _queue(broker: Broker, name: str, stored: StoreCounts, live: list[WorkerInfo]) -> QueueStatus:
+def _queue(
+    broker: Broker, name: str, stored: StoreCounts, live: list[WorkerInfo], paused: bool
+) -> QueueStatus:
     transport = broker.transport
     error = None
     try:
@@ -111,5 +117,6 @@ def _queue(broker: Broker, name: str, stored: StoreCounts, live: list[WorkerInfo
         failed=stored.failed,
         latency=stats.latency,
         workers=len(mine),
+        paused=paused,
         error=error,
     )

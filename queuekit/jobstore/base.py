@@ -26,7 +26,11 @@
   (see :mod:`queuekit.features.inbox`);
 - the **worker registry**: each running worker (host, pid, queue, concurrency, start, last
   heartbeat, counts), what ``worker status`` reads, and the slots a queue's workers limit
-  hands out (see :mod:`queuekit.features.registry`).
+  hands out (see :mod:`queuekit.features.registry`);
+- **paused queues**, whose workers take no message until resumed, and **throughput**:
+  per queue and minute, how many messages workers settled and how many of them failed, for
+  the dashboard's chart (:mod:`queuekit.features.throughput`). Kept here, it survives
+  restarts of the workers and of the dashboard.
 
 :func:`queuekit.jobstore.open_jobstore` picks the backend by URL: ``sqlite:///path`` (the
 default, an SQLite file, :mod:`queuekit.jobstore.sqlite`) or any PostgreSQL or MySQL/MariaDB
@@ -171,6 +175,17 @@ class FailedMessage:
     failed_at: float
     headers: dict[str, str]
     body: bytes
+
+
+@dataclass(frozen=True)
+class ThroughputBucket:
+    """What the workers of ``queue`` settled in the minute starting at ``minute`` (a Unix
+    time divisible by 60): ``processed`` attempts, ``failed`` of them to the failed store."""
+
+    queue: str
+    minute: int
+    processed: int
+    failed: int
 
 
 @dataclass(frozen=True)
@@ -533,6 +548,36 @@ class JobStore(ABC):
     ) -> list[WorkerInfo]:
         """Registered workers (of ``queue``), by ``started_at``; with ``timeout``, only
         those heard from within ``timeout`` seconds (the live ones)."""
+
+    # -- queue controls and throughput ---------------------------------------------------
+
+    @abstractmethod
+    def pause_queue(self, queue: str) -> None:
+        """Pause ``queue``: its workers, on every host, stop taking messages within about a
+        second (those in hand finish). Pausing a paused queue changes nothing."""
+
+    @abstractmethod
+    def resume_queue(self, queue: str) -> bool:
+        """Let ``queue``'s workers take messages again; ``False`` if it was not paused."""
+
+    @abstractmethod
+    def paused_queues(self) -> dict[str, float]:
+        """The paused queues, each with the time it was paused: one small read, cheap
+        enough for every worker to call about once a second."""
+
+    @abstractmethod
+    def add_throughput(self, buckets: Sequence[ThroughputBucket]) -> None:
+        """Add these counts to the stored ones of the same queue and minute (one
+        transaction). Concurrent callers add up: no count is lost."""
+
+    @abstractmethod
+    def throughput(self, since: float, queue: str | None = None) -> list[ThroughputBucket]:
+        """The buckets of minutes starting at or after ``since`` (of ``queue``), by queue,
+        then minute."""
+
+    @abstractmethod
+    def prune_throughput(self, before: float) -> int:
+        """Delete the buckets of minutes starting before ``before``; return how many."""
 
 
 class MissingStoreDependency(MissingDependency):

@@ -105,6 +105,7 @@ from .base import (
     Schedule,
     StepRejected,
     StoreCounts,
+    ThroughputBucket,
     WorkerInfo,
     delayed_batches,
     group_heads,
@@ -314,6 +315,23 @@ def _schema(prefix: str) -> MetaData:
         **_MYSQL,
     )
     Table(
+        f"{prefix}paused",
+        meta,
+        Column("queue", _NAME, primary_key=True),
+        Column("paused_at", Double, nullable=False),
+        **_MYSQL,
+    )
+    Table(
+        f"{prefix}throughput",
+        meta,
+        Column("minute", BigInteger, nullable=False),
+        Column("queue", _NAME, nullable=False),
+        Column("processed", BigInteger, nullable=False),
+        Column("failed", BigInteger, nullable=False),
+        PrimaryKeyConstraint("minute", "queue"),
+        **_MYSQL,
+    )
+    Table(
         f"{prefix}starts",
         meta,
         Column("message_id", _NAME, primary_key=True),
@@ -373,6 +391,8 @@ class SQLJobStore(JobStore):
                                                ("workers", "worker_queues"))  # fmt: skip
         self._processes, self._handled = (meta.tables[prefix + n] for n in
                                           ("processes", "process_handled"))  # fmt: skip
+        self._paused, self._throughput = (meta.tables[prefix + n] for n in
+                                          ("paused", "throughput"))  # fmt: skip
         self._created = False
         self._create_lock = threading.Lock()
         _open_stores.add(self)
@@ -1087,6 +1107,63 @@ class SQLJobStore(JobStore):
         if timeout is not None:
             query = query.where(t.c.last_seen >= time.time() - timeout)
         return self._run(lambda conn: [to_worker(row) for row in conn.execute(query)])
+
+    # -- queue controls and throughput ---------------------------------------------------
+
+    def pause_queue(self, queue: str) -> None:
+        t = self._paused
+        row = {"queue": queue, "paused_at": time.time()}
+        if self._postgres:
+            statement: Any = postgresql.insert(t).values(row).on_conflict_do_nothing()
+        else:
+            statement = mysql.insert(t).values(row).on_duplicate_key_update(queue=queue)
+        self._run(lambda conn: conn.execute(statement))
+
+    def resume_queue(self, queue: str) -> bool:
+        statement = delete(self._paused).where(self._paused.c.queue == queue)
+        return bool(self._run(lambda conn: conn.execute(statement).rowcount))
+
+    def paused_queues(self) -> dict[str, float]:
+        t = self._paused
+        rows = self._run(lambda conn: list(conn.execute(select(t.c.queue, t.c.paused_at))))
+        return {str(queue): float(at) for queue, at in rows}
+
+    def add_throughput(self, buckets: Sequence[ThroughputBucket]) -> None:
+        if not buckets:
+            return
+        t = self._throughput
+        rows = [{"queue": b.queue, "minute": b.minute, "processed": b.processed,
+                 "failed": b.failed} for b in buckets]  # fmt: skip
+        if self._postgres:
+            pg = postgresql.insert(t)
+            statement: Any = pg.on_conflict_do_update(
+                index_elements=[t.c.minute, t.c.queue],
+                set_={"processed": t.c.processed + pg.excluded.processed,
+                      "failed": t.c.failed + pg.excluded.failed},
+            )  # fmt: skip
+        else:
+            my = mysql.insert(t)
+            statement = my.on_duplicate_key_update(
+                processed=t.c.processed + my.inserted.processed,
+                failed=t.c.failed + my.inserted.failed,
+            )
+        self._run(lambda conn: conn.execute(statement, rows))
+
+    def throughput(self, since: float, queue: str | None = None) -> list[ThroughputBucket]:
+        t = self._throughput
+        query = (
+            select(t.c.queue, t.c.minute, t.c.processed, t.c.failed)
+            .where(t.c.minute >= since)
+            .order_by(t.c.queue, t.c.minute)
+        )
+        if queue is not None:
+            query = query.where(t.c.queue == queue)
+        rows = self._run(lambda conn: list(conn.execute(query)))
+        return [ThroughputBucket(str(q), int(m), int(p), int(f)) for q, m, p, f in rows]
+
+    def prune_throughput(self, before: float) -> int:
+        statement = delete(self._throughput).where(self._throughput.c.minute < before)
+        return int(self._run(lambda conn: conn.execute(statement).rowcount))
 
 
 def _job_row(job: JobUpdate) -> dict[str, object]:

@@ -44,6 +44,7 @@ from .base import (
     Schedule,
     StepRejected,
     StoreCounts,
+    ThroughputBucket,
     WorkerInfo,
     delayed_batches,
     group_heads,
@@ -175,6 +176,17 @@ CREATE TABLE IF NOT EXISTS queuekit_inbox (
     done INTEGER NOT NULL,
     at REAL NOT NULL,
     PRIMARY KEY (consumer, message_id)
+);
+CREATE TABLE IF NOT EXISTS queuekit_paused (
+    queue TEXT PRIMARY KEY,
+    paused_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queuekit_throughput (
+    queue TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    processed INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    PRIMARY KEY (minute, queue)
 );
 CREATE TABLE IF NOT EXISTS queuekit_starts (
     message_id TEXT PRIMARY KEY,
@@ -754,6 +766,53 @@ class SQLiteJobStore(JobStore):
                 args,
             ).fetchall()
         return [to_worker(row) for row in rows]
+
+    # -- queue controls and throughput ---------------------------------------------------
+
+    def pause_queue(self, queue: str) -> None:
+        with self._connection() as db:
+            db.execute(
+                "INSERT INTO queuekit_paused (queue, paused_at) VALUES (?, ?)"
+                " ON CONFLICT (queue) DO NOTHING",
+                (queue, time.time()),
+            )
+
+    def resume_queue(self, queue: str) -> bool:
+        with self._connection() as db:
+            gone = db.execute("DELETE FROM queuekit_paused WHERE queue = ?", (queue,)).rowcount
+        return gone > 0
+
+    def paused_queues(self) -> dict[str, float]:
+        with self._connection() as db:
+            rows = db.execute("SELECT queue, paused_at FROM queuekit_paused").fetchall()
+        return {str(queue): float(at) for queue, at in rows}
+
+    def add_throughput(self, buckets: Sequence[ThroughputBucket]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO queuekit_throughput (queue, minute, processed, failed)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (minute, queue) DO UPDATE SET"
+                " processed = processed + excluded.processed,"
+                " failed = failed + excluded.failed",
+                [(b.queue, b.minute, b.processed, b.failed) for b in buckets],
+            )
+
+    def throughput(self, since: float, queue: str | None = None) -> list[ThroughputBucket]:
+        where, args = "minute >= ?", list[object]([since])
+        if queue is not None:
+            where, args = f"{where} AND queue = ?", [since, queue]
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT queue, minute, processed, failed FROM queuekit_throughput"
+                f" WHERE {where} ORDER BY queue, minute",
+                args,
+            ).fetchall()
+        return [ThroughputBucket(*row) for row in rows]
+
+    def prune_throughput(self, before: float) -> int:
+        with self._connection() as db:
+            cursor = db.execute("DELETE FROM queuekit_throughput WHERE minute < ?", (before,))
+        return int(cursor.rowcount)
 
     def start_job(self, update: JobUpdate) -> None:
         with self._connection() as db:  # one statement: one transaction

@@ -22,6 +22,10 @@ rows committed to that application database's outbox (:mod:`queuekit.features.ou
 Before it takes a message the worker registers in the job store's worker registry (taking
 a slot when its queue has a workers limit), heartbeats from that periodic work and
 deregisters when it stops (:mod:`queuekit.features.registry`).
+About once a second it also asks the job store whether its queue is paused: while it is,
+the loop takes nothing (what is in hand finishes, what was prefetched is given back); it
+adds its throughput counts to the store's per-minute buckets every few seconds
+(:mod:`queuekit.features.throughput`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from ..features.broker import Broker, needs
 from ..features.hooks import Hooks
 from ..features.outbox import holder_id, relay
 from ..features.registry import Registration
+from ..features.throughput import Meter
 from ..jobstore.outbox import open_outbox
 from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
 from ..spi.priorities import PriorityBands, PriorityRange
@@ -54,6 +59,7 @@ _BUSY_RECEIVE = 0.02  # ... while messages are in flight, whose outcomes wait to
 _SCHEDULER_EVERY = 0.5  # seconds between forwards of due messages from the delayed store
 _GROUP_SWEEP_EVERY = 5.0  # seconds between sweeps for serial-group heads nobody sent
 _RECONNECT_CAP = 5.0  # longest wait between reconnect attempts
+_PAUSE_CHECK_EVERY = 1.0  # seconds between asks whether the queue is paused
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,10 @@ class Worker:
         self._registration = Registration(broker.jobs, queue, stop=self.stop,
                                           limit=workers_limit, wait=wait_for_slot,
                                           concurrency=concurrency)  # fmt: skip
+        self._meter = Meter(broker.jobs, queue)
+        #: The queue is paused (``worker pause``, the dashboard): take nothing until resumed.
+        self.paused = False
+        self._next_pause_check = 0.0
 
     @property
     def _transport(self) -> Transport:
@@ -181,12 +191,17 @@ class Worker:
                     if runner.full or self._enough_taken(runner):
                         self._settle(runner.collect(_HEARTBEAT))
                         continue
+                if self.paused:
+                    self._idle(runner)
+                    continue
                 self._take(runner)
             self._finish(runner)
         finally:
             runner.close()
             self._restore_signals(previous)
             self._release()
+            self._meter.tally(self.processed, self._pipeline.failed)
+            self._meter.flush()
             self._registration.deregister()
             if self._outbox is not None:
                 self._outbox.close()
@@ -215,6 +230,13 @@ class Worker:
         outcome = runner.submit(attempt)
         if outcome is not None:  # it ran in this thread: settle it now
             self._settle([(attempt, outcome)])
+
+    def _idle(self, runner: Runner) -> None:
+        """Paused: settle what is in hand, take nothing new."""
+        if runner.in_flight:
+            self._settle(runner.collect(_HEARTBEAT))
+        else:
+            time.sleep(_HEARTBEAT)
 
     def _enough_taken(self, runner: Runner) -> bool:
         """``max_messages`` is near: take no more than it leaves room for."""
@@ -287,6 +309,12 @@ class Worker:
             log.warning("could not forward due or grouped messages: %s", exc)
         for instrument in self._pipeline.instruments:
             instrument.periodic(self._jobs)
+        if time.monotonic() >= self._next_pause_check:
+            self._next_pause_check = time.monotonic() + _PAUSE_CHECK_EVERY
+            self._check_paused()
+        self._meter.tally(self.processed, self._pipeline.failed)
+        if self._meter.due():
+            self._meter.flush()
         current = [attempt.message.id for attempt in runner.in_flight.values()]
         self._registration.beat(processed=self.processed, failed=self._pipeline.failed,
                                 current=current, rss=resident_memory)  # fmt: skip
@@ -296,6 +324,24 @@ class Worker:
             self._reached_limit(
                 f"resident memory reached {rss} bytes (limit {self.limits.max_memory} bytes)"
             )
+
+    def _check_paused(self) -> None:
+        """Follow the queue's paused flag in the job store (kept as it was when the store
+        cannot be read: the forward above has said so already)."""
+        try:
+            paused = self.queue in self._jobs.paused_queues()
+        except QueuekitError:
+            return
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            log.info("queue %r is paused: worker %d takes no messages until it is resumed",
+                     self.queue, os.getpid())  # fmt: skip
+            self._release()
+        else:
+            log.info("queue %r is resumed: worker %d takes messages again", self.queue,
+                     os.getpid())  # fmt: skip
 
     def _forward(self) -> None:
         """Fire this queue's due recurring jobs, then send what the job store holds for the
