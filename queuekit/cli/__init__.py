@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -180,9 +181,6 @@ def _optional(module: str, extra: str, option: str) -> ModuleType:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if (args.processes or args.reload) and args.metrics_port is not None:
-        raise UsageError("--metrics-port with --processes or --reload is not supported yet: "
-                         "give each worker its own port without --processes")  # fmt: skip
     if args.processes or args.reload:
         return _supervise(args)
     # A child of a supervisor in Prometheus multiprocess mode records and the parent serves
@@ -191,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics.enable_metrics()
         if args.metrics_port is not None:
             try:
-                metrics.serve_metrics(args.metrics_port)
+                metrics.serve_metrics(args.metrics_port)  # serves until the process exits
             except OSError as exc:
                 raise UsageError(f"--metrics-port {args.metrics_port}: {exc}") from None
     cls = load_queue_class(args.queue_class, args.queue)
@@ -237,7 +235,17 @@ def _supervise(args: argparse.Namespace) -> int:
     limits = Limits(args.max_messages, args.max_seconds, args.max_memory)
     command = supervisor.child_command(args.argv)
     logging.getLogger("queuekit.supervisor").setLevel(logging.INFO)  # a few lines, all useful
-    return supervisor.Supervisor(command, args.processes or 1, limits, watch=watch).run()
+    if args.metrics_port is None:
+        return supervisor.Supervisor(command, args.processes or 1, limits, watch=watch).run()
+    # The supervisor serves the sum of its children's metrics (Prometheus multiprocess mode)
+    metrics = _optional("queuekit.worker.metrics", "metrics", "--metrics-port")
+    with ExitStack() as stack:
+        try:
+            exited = stack.enter_context(metrics.serving_children(args.metrics_port))
+        except OSError as exc:
+            raise UsageError(f"--metrics-port {args.metrics_port}: {exc}") from None
+        return supervisor.Supervisor(command, args.processes or 1, limits, watch=watch,
+                                     exited=exited).run()  # fmt: skip
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -450,7 +458,8 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
                      "(default: $QUEUEKIT_LOG_FORMAT, else text)")  # fmt: skip
     run.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics "
-                     "(needs queuekit[metrics])")  # fmt: skip
+                     "(needs queuekit[metrics]); with --processes the supervisor serves the "
+                     "sum over its workers")  # fmt: skip
     run.add_argument("--processes", type=_positive, metavar="P",
                      help="a supervisor and P worker processes: it restarts one that dies, "
                           "replaces one that reaches a --max-* limit (each child's), passes "
