@@ -15,7 +15,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +25,7 @@ from ..client.abstract import AbstractQueue
 from ..client.config import resolve_url
 from ..client.connection import Connection, connect
 from ..client.functions import JobFunction, functions_of, serving
+from ..client.progress import progress
 from ..features.delays import parse_duration
 from ..features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from ..jobstore.base import FailedMessage
@@ -34,7 +35,7 @@ from ..spi.urls import redact
 from ..worker import deploy, supervisor
 from ..worker.logs import JSONFormatter
 from ..worker.loop import Limits
-from . import processes, relay, schedule, status
+from . import processes, publish, relay, schedule, status
 from .common import UsageError
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
@@ -43,7 +44,7 @@ _DELEGATED = {
     "zmq-proxy": ("queuekit.adapters.zmq.proxy", "main", "run the ZeroMQ routing device"),
 }
 #: Subcommands in their own module here, each with ``register(subparsers)``.
-_COMMANDS = (relay, schedule, status, processes)
+_COMMANDS = (publish, relay, schedule, status, processes)
 #: ``-v`` is the worker command's own flag: it may stand before or after the subcommand.
 _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "log every message received, done, retried or failed"
@@ -276,26 +277,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"payload is not JSON: {exc}") from None
-    delay: float | str | datetime | None = args.delay
-    with connect(resolve_url(args.url, queue=args.queue)) as conn:
-        try:
-            if args.at:
-                delay = datetime.fromisoformat(args.at)
-            message_id = conn.queue(args.queue).publish(
-                payload, name=args.name, delay=delay, priority=args.priority, key=args.key,
-                dedup="ever" if args.ever else "pending", group=args.group,
-            )  # fmt: skip
-        except (TypeError, ValueError) as exc:  # a bad --delay/--at/--priority or payload
-            raise UsageError(str(exc)) from None
-    print(message_id)
-    return 0
-
-
 def cmd_failed(args: argparse.Namespace) -> int:
     """With ``--url`` or ``--queue``: that broker's job store. Without: the store of every
     broker the configuration names (the default and each ``[queues]`` route), once each."""
@@ -351,11 +332,15 @@ def _failed_retry(conn: Connection, stores: list[Connection], args: argparse.Nam
     else:  # an unknown id says so, as `failed show` does, not "0 message(s)"
         entries = [_find_failed(stores, args)]
     retried = 0
-    for store, entry in entries:
-        target = conn.connection_for(entry.queue)
-        if target.jobs.url != store.jobs.url:
-            target = store
-        retried += target.failed.retry(entry.id)
+    shown = progress("failed retry", len(entries)) if args.id == "all" else nullcontext(None)
+    with shown as advance:
+        for store, entry in entries:
+            target = conn.connection_for(entry.queue)
+            if target.jobs.url != store.jobs.url:
+                target = store
+            retried += target.failed.retry(entry.id)
+            if advance is not None:
+                advance(1)
     print(f"{retried} message(s) back on their queue", file=sys.stderr)
     return 0 if retried == len(entries) else 1
 
@@ -516,19 +501,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     _add_deploy_parser(sub)
-
-    publish = sub.add_parser("publish", help="publish one JSON payload to a queue")
-    publish.add_argument("queue", metavar="QUEUE")
-    publish.add_argument("payload", metavar="JSON")
-    publish.add_argument("--url")
-    publish.add_argument("--name", default="", help="handler name stored in the metadata")
-    publish.add_argument("--delay", help="seconds, '10 minutes' or an ISO 8601 duration")
-    publish.add_argument("--at", help="an ISO 8601 moment to deliver at")
-    publish.add_argument("--priority", type=int, help="0-255, higher first")
-    publish.add_argument("--key", help="dedup key: dropped while one with this key is pending")
-    publish.add_argument("--ever", action="store_true", help="the key holds for ever")
-    publish.add_argument("--group", help="serial group: runs after the group's earlier ones")
-    publish.set_defaults(func=cmd_publish)
 
     failed = sub.add_parser("failed", help="list, show, retry or purge dead letters")
     failed.add_argument("action", choices=sorted(_FAILED_ACTIONS))
