@@ -1,11 +1,16 @@
-"""``worker status`` with real worker processes, on SQLite and RabbitMQ.
+"""``worker status`` with real worker processes, on every broker queuekit has an adapter for.
 
 Given a queue with known contents (one failed message, two messages in the hands of two
 live workers on two "hosts", three ready, one delayed) and a worker on another queue killed
 with SIGKILL, ``worker status --json`` reports each count the broker can tell, null where
-it cannot (RabbitMQ cannot count delayed or in-flight messages, nor their age), the live
-workers with host, pid, concurrency, messages in hand and memory, and drops the killed
-worker once its heartbeat is older than ``QUEUEKIT_WORKER_TIMEOUT``.
+it cannot (:data:`BROKERS` says which, as docs/observability.md does), the live workers with
+host, pid, concurrency, messages in hand and memory, and drops the killed worker once its
+heartbeat is older than ``QUEUEKIT_WORKER_TIMEOUT``.
+
+Not here: XMPP, whose queues have no competing consumers (a second worker of a queue gets
+duplicates, docs/xmpp.md), and ZeroMQ, whose worker takes one message beyond its prefetch
+window while it works on one, so "one message in each of two workers' hands" cannot be
+arranged there.
 """
 
 from __future__ import annotations
@@ -26,12 +31,34 @@ from tests.support import require_broker, wait_until
 from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop
 
 TIMEOUT = 3.0  # seconds without a heartbeat before a worker counts as dead
-AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@dataclass(frozen=True)
+class Tells:
+    """The counts a broker tells for the scenario above; ``None``: it cannot (null)."""
+
+    ready: int | None
+    delayed: int | None
+    in_flight: int | None
+    latency: bool
+
+
+#: name -> (URL, the port that must answer, what the broker tells); sqlite's URL is a file.
+BROKERS = {
+    "sqlite": ("", 0, Tells(3, 1, 2, latency=True)),
+    "rabbitmq": ("amqp://guest:guest@127.0.0.1:5672/", 5672, Tells(3, None, None, latency=False)),
+    "rabbitmq-stomp": ("stomp://guest:guest@127.0.0.1:61613", 61613,
+                       Tells(None, 1, None, latency=False)),  # no native delay: the job store
+    "activemq": ("stomp://guest:guest@127.0.0.1:61623", 61623,
+                 Tells(None, None, None, latency=False)),
+    "gearman": ("gearman://127.0.0.1:4730?durable=1", 4730, Tells(3, 1, None, latency=False)),
+}  # fmt: skip
 
 
 @dataclass
 class Setup:
     kind: str
+    tells: Tells
     url: str
     queue: str
     tmp: Path
@@ -62,18 +89,19 @@ class Setup:
         return data
 
 
-@pytest.fixture(params=["sqlite", "rabbitmq"])
+@pytest.fixture(params=sorted(BROKERS))
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
-    if request.param == "rabbitmq":
-        require_broker("rabbitmq", "127.0.0.1", 5672)
-        url = AMQP
+    url, port, tells = BROKERS[request.param]
+    if port:
+        require_broker(request.param, "127.0.0.1", port)
     else:
         url = sqlite_url(tmp_path / "queues.db")
-    made = Setup(request.param, url, f"status-{uuid.uuid4().hex[:10]}", tmp_path,
+    made = Setup(request.param, tells, url, f"status-{uuid.uuid4().hex[:10]}", tmp_path,
                  sqlite_url(tmp_path / "jobs.db"))  # fmt: skip
     yield made
     with connect(url, jobstore=made.jobstore) as conn:
-        conn.transport.delete(made.queue)
+        for queue in (made.queue, f"{made.queue}-other"):
+            conn.transport.delete(queue)
 
 
 def queue_row(data: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -119,11 +147,11 @@ def test_status_reports_counts_workers_and_drops_a_killed_worker(setup: Setup) -
         # Then the queue's counts are the broker's, or null where it cannot count
         row = queue_row(data, queue)
         assert row is not None
-        native = setup.kind == "sqlite"
-        assert (row["ready"], row["failed"], row["workers"], row["working"]) == (3, 1, 2, 2)
-        assert row["delayed"] == (1 if native else None)
-        assert row["in_flight"] == (2 if native else None)
-        assert (row["latency"] is not None) == native
+        tells = setup.tells
+        assert (row["failed"], row["workers"], row["working"]) == (1, 2, 2)
+        assert (row["ready"], row["delayed"], row["in_flight"]) == (
+            tells.ready, tells.delayed, tells.in_flight)  # fmt: skip
+        assert (row["latency"] is not None) == tells.latency
         assert row["error"] is None
         # And the live workers are listed with what they hold
         mine = [w for w in data["workers"] if w["queue"] == queue]
@@ -138,9 +166,10 @@ def test_status_reports_counts_workers_and_drops_a_killed_worker(setup: Setup) -
 
         # And the table says "unknown" where the broker cannot count
         [line] = [x for x in setup.status().stdout.splitlines() if x.startswith(f"{queue} ")]
-        assert line.split()[1:] == (
-            ["3", "1", "2", "2", "1", line.split()[6], "2"] if native
-            else ["3", "unknown", "unknown", "2", "1", "unknown", "2"])  # fmt: skip
+        shown = ["unknown" if n is None else str(n)
+                 for n in (tells.ready, tells.delayed, tells.in_flight)]  # fmt: skip
+        oldest = line.split()[6] if tells.latency else "unknown"
+        assert line.split()[1:] == [*shown, "2", "1", oldest, "2"]
 
         # And the killed worker drops out once its heartbeat is older than the timeout
         wait_until(lambda: queue_row(setup.snapshot(), other) is None, TIMEOUT + 15,
