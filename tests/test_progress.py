@@ -237,3 +237,20 @@ def test_failed_retry_of_one_shows_no_progress(tmp_path: Path, url: str) -> None
     failed(url, 1)
     done = run_worker("failed", "retry", "1", "--url", url, cwd=tmp_path)
     assert done.stderr.splitlines() == ["1 message(s) back on their queue"]
+
+
+# -- conformance ----------------------------------------------------------------------------
+
+
+def test_conformance_counts_cases_off_and_on_a_terminal(tmp_path: Path) -> None:
+    args = ("conformance", "memory://progress", "--short", "--only", "fifo", "priority")
+    # Off a terminal: the table on stdout, one plain line on stderr
+    done = run_worker(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "fifo " in done.stdout and "priority " in done.stdout
+    assert done.stderr.splitlines() == ["conformance memory://progress: 2/2 (100%)"]
+    # On a terminal: the bar on stderr; the table (stdout) goes to the pipe untouched
+    status, stdout, shown = on_terminal(*args, cwd=tmp_path)
+    assert status == 0, shown
+    assert "fifo " in stdout and "priority " in stdout and "\x1b" not in stdout
+    assert BAR in shown and "2/2" in shown and "fifo" not in shown

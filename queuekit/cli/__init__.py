@@ -250,6 +250,11 @@ def _supervise(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.target == "supervisor" and (args.processes or 1) > 1 and args.metrics_port:
+        raise UsageError("supervisord runs --processes as separate programs that would all "
+                         f"serve --metrics-port {args.metrics_port}: deploy with systemd "
+                         "(the built-in supervisor serves their sum), or one program per "
+                         "port")  # fmt: skip
     executable = Path(sys.executable).parent / "worker"
     found = str(executable) if executable.exists() else shutil.which("worker")
     if found is None:
