@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from queuekit import connect
 from queuekit.jobstore import open_jobstore
 from tests.support import wait_until
-from tests.workers.harness import child_env, lines, sqlite_url, start_worker, stop
+from tests.workers.harness import child_env, lines, run_worker, sqlite_url, start_worker, stop
 
 
 def free_port() -> int:
@@ -134,7 +134,7 @@ def test_a_supervisor_serves_its_childrens_sum_and_forgets_a_killed_childs_gauge
     )
     out, events, release = tmp_path / "out.txt", tmp_path / "events.txt", tmp_path / "release"
     env = {"QUEUEKIT_JOBSTORE": jobstore, "QK_OUT": str(out), "QK_EVENTS": str(events),
-           "QK_RELEASE": str(release)}  # fmt: skip
+           "QK_RELEASE": str(release), "TMPDIR": str(tmp_path)}  # fmt: skip
     labels = {"queue": "gated", "handler": "GatedQueue"}
 
     def metric(name: str, **more: str) -> float:
@@ -157,6 +157,7 @@ def test_a_supervisor_serves_its_childrens_sum_and_forgets_a_killed_childs_gauge
     try:
         wait_until(lambda: len(children()) == 2, 30, "two children")
         directory = Path(psutil.Process(children()[0]).environ()["PROMETHEUS_MULTIPROC_DIR"])
+        assert directory.parent == tmp_path and directory.name.startswith("queuekit-metrics-")
         # When each child has done one message
         hold_two(1)
         release.touch()
@@ -188,6 +189,19 @@ def test_a_supervisor_serves_its_childrens_sum_and_forgets_a_killed_childs_gauge
     assert status == 0, (tmp_path / "supervisor.log").read_text()
     assert not directory.exists()
     assert scrape(port) == {}
+
+
+def test_a_supervisor_whose_port_is_taken_stops_and_leaves_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = run_worker("run", "tests.workers.queues.RecordingQueue", "--processes", "2",
+                          "--metrics-port", port, "--url", sqlite_url(tmp_path / "q.db"),
+                          cwd=tmp_path, env={"TMPDIR": str(tmp_path)})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"worker: --metrics-port {port}: ")
+    assert not list(tmp_path.glob("queuekit-metrics-*"))
 
 
 PRODUCER = """
