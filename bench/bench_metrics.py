@@ -2,7 +2,9 @@
 
 Rows (messages per second of ``Queue.dispatch`` with a no-op ``work()``, median of
 ``--reps`` runs): instruments off; Prometheus metrics on (:func:`enable_metrics`: counters,
-two histograms and a gauge per message); OpenTelemetry tracing on (:func:`enable_tracing`
+two histograms and a gauge per message); the same metrics in prometheus_client's
+multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, as in a ``--processes`` child: every
+value lives in a memory-mapped file); OpenTelemetry tracing on (:func:`enable_tracing`
 with an SDK tracer provider and no exporter: the spans are made, then dropped); both. The
 ratio is each row's rate over "off" of the same broker, the issue's bar being 0.9x for
 metrics. Instruments are process-wide, so every measurement runs in a fresh child process,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -28,12 +31,20 @@ import uuid
 import report
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
-CASES = ("off", "metrics", "tracing", "both")
+CASES = ("off", "metrics", "metrics-mp", "tracing", "both")
 
 
 def child(broker: str, case: str, count: int) -> None:
     """Measure one case in this (fresh) process; print the rate."""
-    if case in ("metrics", "both"):
+    with tempfile.TemporaryDirectory(prefix="qk-bench-metrics-") as directory:
+        if case == "metrics-mp":  # before prometheus_client is imported, as a child has it
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        rate = measure(broker, case, count, directory)
+    print(json.dumps(rate))
+
+
+def measure(broker: str, case: str, count: int, directory: str) -> float:
+    if case in ("metrics", "metrics-mp", "both"):
         from queuekit.worker.metrics import enable_metrics
 
         enable_metrics()
@@ -45,20 +56,19 @@ def child(broker: str, case: str, count: int) -> None:
         enable_tracing(TracerProvider())
     from queuekit import connect
 
-    with tempfile.TemporaryDirectory(prefix="qk-bench-metrics-") as directory:
-        url = f"sqlite:///{directory}/q.db" if broker == "sqlite" else AMQP
-        name = f"bench-{uuid.uuid4().hex[:8]}"
-        with connect(url, jobstore=f"sqlite:///{directory}/j.db") as conn:
-            queue = conn.queue(name)
-            try:
-                queue.publish_many(range(count))
-                start = time.perf_counter()
-                done = queue.dispatch(lambda m: None, max_messages=count, handle_signals=False)
-                elapsed = time.perf_counter() - start
-            finally:
-                conn.transport.delete(name)
+    url = f"sqlite:///{directory}/q.db" if broker == "sqlite" else AMQP
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    with connect(url, jobstore=f"sqlite:///{directory}/j.db") as conn:
+        queue = conn.queue(name)
+        try:
+            queue.publish_many(range(count))
+            start = time.perf_counter()
+            done = queue.dispatch(lambda m: None, max_messages=count, handle_signals=False)
+            elapsed = time.perf_counter() - start
+        finally:
+            conn.transport.delete(name)
     assert done == count, done
-    print(json.dumps(count / elapsed))
+    return count / elapsed
 
 
 def rabbitmq_answers() -> bool:

@@ -2,13 +2,16 @@
 
 Given messages a worker accepts and messages its ``validate()`` rejects, ``/metrics`` counts
 each outcome exactly, times every attempt and shows none in progress; the failed-store gauge
-follows. Given two workers sharing ``PROMETHEUS_MULTIPROC_DIR`` (what a supervisor sets for
-``--processes``), the one serving sums both. A producer counts what it published.
+follows. Given two workers sharing ``PROMETHEUS_MULTIPROC_DIR``, the one serving sums both;
+given ``worker run --processes 2 --metrics-port``, the supervisor serves its children's sum,
+keeps a SIGKILLed child's counts and drops its in-progress gauge. A producer counts what it
+published.
 The test process never enables metrics itself: they are process-wide.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -17,6 +20,7 @@ import urllib.request
 from contextlib import closing
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytest.importorskip("prometheus_client")
@@ -25,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from queuekit import connect
 from queuekit.jobstore import open_jobstore
 from tests.support import wait_until
-from tests.workers.harness import child_env, lines, sqlite_url, start_worker, stop
+from tests.workers.harness import child_env, lines, run_worker, sqlite_url, start_worker, stop
 
 
 def free_port() -> int:
@@ -118,6 +122,86 @@ def test_two_processes_sharing_a_multiprocess_dir_add_up(tmp_path: Path) -> None
         for worker in (serving, other):
             worker.send_signal(signal.SIGTERM)
             stop(worker)
+
+
+def test_a_supervisor_serves_its_childrens_sum_and_forgets_a_killed_childs_gauges(
+    tmp_path: Path,
+) -> None:
+    url, jobstore, port = (
+        sqlite_url(tmp_path / "q.db", lease="2"),
+        sqlite_url(tmp_path / "j.db"),
+        free_port(),
+    )
+    out, events, release = tmp_path / "out.txt", tmp_path / "events.txt", tmp_path / "release"
+    env = {"QUEUEKIT_JOBSTORE": jobstore, "QK_OUT": str(out), "QK_EVENTS": str(events),
+           "QK_RELEASE": str(release), "TMPDIR": str(tmp_path)}  # fmt: skip
+    labels = {"queue": "gated", "handler": "GatedQueue"}
+
+    def metric(name: str, **more: str) -> float:
+        return value(scrape(port), name, **labels, **more)
+
+    def children() -> list[int]:
+        return sorted(c.pid for c in psutil.Process(supervisor.pid).children())
+
+    def hold_two(first: int) -> None:
+        """Publish two gated messages and wait until each child holds one."""
+        with connect(url, jobstore=jobstore) as conn:
+            conn.queue("gated").publish_many([{"n": first}, {"n": first + 1}])
+        wait_until(lambda: {f"started {first}", f"started {first + 1}"} <= set(lines(events)),
+                   30, f"messages {first} and {first + 1} in hand")  # fmt: skip
+
+    # Given a supervisor of two workers (one message each at a time) serving metrics
+    supervisor = start_worker("run", "tests.workers.queues.GatedQueue", "--url", url,
+                              "--processes", "2", "--prefetch", "1", "--metrics-port", str(port),
+                              cwd=tmp_path, env=env, log=tmp_path / "supervisor.log")  # fmt: skip
+    try:
+        wait_until(lambda: len(children()) == 2, 30, "two children")
+        directory = Path(psutil.Process(children()[0]).environ()["PROMETHEUS_MULTIPROC_DIR"])
+        assert directory.parent == tmp_path and directory.name.startswith("queuekit-metrics-")
+        # When each child has done one message
+        hold_two(1)
+        release.touch()
+        wait_until(lambda: metric("queuekit_messages_processed_total", outcome="done") == 2,
+                   30, "two done")  # fmt: skip
+        # And each holds another when one of them is killed
+        release.unlink()
+        hold_two(3)
+        wait_until(lambda: metric("queuekit_messages_in_progress") == 2, 30, "two in progress")
+        killed = children()[0]
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: len(children()) == 2 and killed not in children(), 30,
+                   "the killed child replaced")  # fmt: skip
+        release.touch()
+        # Then the total is every message processed: the killed child's one done is still
+        # counted, and its message in hand, redelivered, is done once more by another child
+        wait_until(lambda: sorted(lines(out)) == ["1", "2", "3", "4"], 30, "four done")
+        wait_until(lambda: metric("queuekit_messages_processed_total", outcome="done") == 4,
+                   30, "four counted")  # fmt: skip
+        # And its in-progress gauge left the sum; its counter file stayed
+        assert metric("queuekit_messages_in_progress") == 0
+        assert (directory / f"counter_{killed}.db").exists()
+        assert not (directory / f"gauge_livesum_{killed}.db").exists()
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        status = supervisor.wait(timeout=60)
+        stop(supervisor)
+    # And the supervisor leaves no directory behind
+    assert status == 0, (tmp_path / "supervisor.log").read_text()
+    assert not directory.exists()
+    assert scrape(port) == {}
+
+
+def test_a_supervisor_whose_port_is_taken_stops_and_leaves_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = run_worker("run", "tests.workers.queues.RecordingQueue", "--processes", "2",
+                          "--metrics-port", port, "--url", sqlite_url(tmp_path / "q.db"),
+                          cwd=tmp_path, env={"TMPDIR": str(tmp_path)})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"worker: --metrics-port {port}: ")
+    assert not list(tmp_path.glob("queuekit-metrics-*"))
 
 
 PRODUCER = """

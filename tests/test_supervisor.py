@@ -341,6 +341,16 @@ def test_deploy_supervisor_waits_the_shutdown_timeout_and_escapes_percent(tmp_pa
     assert "password" in config.splitlines()[1]  # a comment says the file holds one
 
 
+def test_deploy_supervisor_refuses_one_metrics_port_for_several_programs(tmp_path: Path) -> None:
+    result = run_worker("deploy", "supervisor", "app.jobs:EmailQueue", "--processes", "2",
+                        "--metrics-port", "9191", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert "would all serve --metrics-port 9191: deploy with systemd" in result.stderr
+    single = run_worker("deploy", "supervisor", "app.jobs:EmailQueue", "--metrics-port", "9191",
+                        cwd=tmp_path)  # fmt: skip
+    assert single.returncode == 0, single.stderr
+
+
 def test_deploy_supervisor_runs_under_supervisord_and_stops_gracefully(
     tmp_path: Path,
 ) -> None:

@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack, nullcontext
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +25,7 @@ from ..client.abstract import AbstractQueue
 from ..client.config import resolve_url
 from ..client.connection import Connection, connect
 from ..client.functions import JobFunction, functions_of, serving
+from ..client.progress import progress
 from ..features.delays import parse_duration
 from ..features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from ..jobstore.base import FailedMessage
@@ -33,7 +35,7 @@ from ..spi.urls import redact
 from ..worker import deploy, supervisor
 from ..worker.logs import JSONFormatter
 from ..worker.loop import Limits
-from . import dashboard, pause, processes, relay, schedule, status
+from . import dashboard, pause, processes, publish, relay, schedule, status
 from .common import UsageError
 
 #: Subcommands implemented elsewhere: name -> (module, function taking argv, summary).
@@ -42,7 +44,7 @@ _DELEGATED = {
     "zmq-proxy": ("queuekit.adapters.zmq.proxy", "main", "run the ZeroMQ routing device"),
 }
 #: Subcommands in their own module here, each with ``register(subparsers)``.
-_COMMANDS = (relay, schedule, status, processes, pause, dashboard)
+_COMMANDS = (publish, relay, schedule, status, processes, pause, dashboard)
 #: ``-v`` is the worker command's own flag: it may stand before or after the subcommand.
 _VERBOSE = ("-v", "--verbose")
 _VERBOSE_HELP = "log every message received, done, retried or failed"
@@ -180,9 +182,6 @@ def _optional(module: str, extra: str, option: str) -> ModuleType:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if (args.processes or args.reload) and args.metrics_port is not None:
-        raise UsageError("--metrics-port with --processes or --reload is not supported yet: "
-                         "give each worker its own port without --processes")  # fmt: skip
     if args.processes or args.reload:
         return _supervise(args)
     # A child of a supervisor in Prometheus multiprocess mode records and the parent serves
@@ -191,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics.enable_metrics()
         if args.metrics_port is not None:
             try:
-                metrics.serve_metrics(args.metrics_port)
+                metrics.serve_metrics(args.metrics_port)  # serves until the process exits
             except OSError as exc:
                 raise UsageError(f"--metrics-port {args.metrics_port}: {exc}") from None
     cls = load_queue_class(args.queue_class, args.queue)
@@ -237,10 +236,25 @@ def _supervise(args: argparse.Namespace) -> int:
     limits = Limits(args.max_messages, args.max_seconds, args.max_memory)
     command = supervisor.child_command(args.argv)
     logging.getLogger("queuekit.supervisor").setLevel(logging.INFO)  # a few lines, all useful
-    return supervisor.Supervisor(command, args.processes or 1, limits, watch=watch).run()
+    if args.metrics_port is None:
+        return supervisor.Supervisor(command, args.processes or 1, limits, watch=watch).run()
+    # The supervisor serves the sum of its children's metrics (Prometheus multiprocess mode)
+    metrics = _optional("queuekit.worker.metrics", "metrics", "--metrics-port")
+    with ExitStack() as stack:
+        try:
+            exited = stack.enter_context(metrics.serving_children(args.metrics_port))
+        except OSError as exc:
+            raise UsageError(f"--metrics-port {args.metrics_port}: {exc}") from None
+        return supervisor.Supervisor(command, args.processes or 1, limits, watch=watch,
+                                     exited=exited).run()  # fmt: skip
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.target == "supervisor" and (args.processes or 1) > 1 and args.metrics_port:
+        raise UsageError("supervisord runs --processes as separate programs that would all "
+                         f"serve --metrics-port {args.metrics_port}: deploy with systemd "
+                         "(the built-in supervisor serves their sum), or one program per "
+                         "port")  # fmt: skip
     executable = Path(sys.executable).parent / "worker"
     found = str(executable) if executable.exists() else shutil.which("worker")
     if found is None:
@@ -265,26 +279,6 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     render = deploy.supervisor_program if args.target == "supervisor" else deploy.systemd_unit
     print(render(deployment), end="")
-    return 0
-
-
-def cmd_publish(args: argparse.Namespace) -> int:
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"payload is not JSON: {exc}") from None
-    delay: float | str | datetime | None = args.delay
-    with connect(resolve_url(args.url, queue=args.queue)) as conn:
-        try:
-            if args.at:
-                delay = datetime.fromisoformat(args.at)
-            message_id = conn.queue(args.queue).publish(
-                payload, name=args.name, delay=delay, priority=args.priority, key=args.key,
-                dedup="ever" if args.ever else "pending", group=args.group,
-            )  # fmt: skip
-        except (TypeError, ValueError) as exc:  # a bad --delay/--at/--priority or payload
-            raise UsageError(str(exc)) from None
-    print(message_id)
     return 0
 
 
@@ -343,11 +337,15 @@ def _failed_retry(conn: Connection, stores: list[Connection], args: argparse.Nam
     else:  # an unknown id says so, as `failed show` does, not "0 message(s)"
         entries = [_find_failed(stores, args)]
     retried = 0
-    for store, entry in entries:
-        target = conn.connection_for(entry.queue)
-        if target.jobs.url != store.jobs.url:
-            target = store
-        retried += target.failed.retry(entry.id)
+    shown = progress("failed retry", len(entries)) if args.id == "all" else nullcontext(None)
+    with shown as advance:
+        for store, entry in entries:
+            target = conn.connection_for(entry.queue)
+            if target.jobs.url != store.jobs.url:
+                target = store
+            retried += target.failed.retry(entry.id)
+            if advance is not None:
+                advance(1)
     print(f"{retried} message(s) back on their queue", file=sys.stderr)
     return 0 if retried == len(entries) else 1
 
@@ -450,7 +448,8 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
                      "(default: $QUEUEKIT_LOG_FORMAT, else text)")  # fmt: skip
     run.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics "
-                     "(needs queuekit[metrics])")  # fmt: skip
+                     "(needs queuekit[metrics]); with --processes the supervisor serves the "
+                     "sum over its workers")  # fmt: skip
     run.add_argument("--processes", type=_positive, metavar="P",
                      help="a supervisor and P worker processes: it restarts one that dies, "
                           "replaces one that reaches a --max-* limit (each child's), passes "
@@ -507,19 +506,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     _add_deploy_parser(sub)
-
-    publish = sub.add_parser("publish", help="publish one JSON payload to a queue")
-    publish.add_argument("queue", metavar="QUEUE")
-    publish.add_argument("payload", metavar="JSON")
-    publish.add_argument("--url")
-    publish.add_argument("--name", default="", help="handler name stored in the metadata")
-    publish.add_argument("--delay", help="seconds, '10 minutes' or an ISO 8601 duration")
-    publish.add_argument("--at", help="an ISO 8601 moment to deliver at")
-    publish.add_argument("--priority", type=int, help="0-255, higher first")
-    publish.add_argument("--key", help="dedup key: dropped while one with this key is pending")
-    publish.add_argument("--ever", action="store_true", help="the key holds for ever")
-    publish.add_argument("--group", help="serial group: runs after the group's earlier ones")
-    publish.set_defaults(func=cmd_publish)
 
     failed = sub.add_parser("failed", help="list, show, retry or purge dead letters")
     failed.add_argument("action", choices=sorted(_FAILED_ACTIONS))

@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from typing import Any, TextIO
 
+from ..client.progress import Advance, progress
 from ..spi.errors import QueuekitError
 from ..spi.urls import TransportURL, redact
 from .cases import Case, all_cases, select
@@ -52,7 +53,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def command(argv: list[str], out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+    """Run the suite as ``argv`` asks; the table goes to ``out`` (stdout), the progress
+    through the cases to stderr (a bar on a terminal, see :mod:`queuekit.client.progress`)."""
     args = parser().parse_args(argv)
     raw_url = os.environ[URL_ENV] if args.url == "-" else args.url
     if args.factory:
@@ -72,26 +74,40 @@ def command(argv: list[str], out: TextIO | None = None) -> int:
         cases = select(all_cases(), args.only)
         found = probe(url)
     except (QueuekitError, ValueError) as exc:
-        out.write(f"worker conformance: {redact(str(exc))}\n")
+        (out or sys.stdout).write(f"worker conformance: {redact(str(exc))}\n")
         return 2
     started = time.monotonic()
-    header(url.redacted(), found, out)
-    if args.stress > 1:
-        results = _stress(raw_url, args, found, cases, out)
-    else:
-        results = run_suite(url, cases, settings, caps=found.capabilities,
-                            on_result=lambda r: row(r, out))  # fmt: skip
+    stress = args.stress > 1
+    with progress(f"conformance {url.redacted()}", args.stress if stress else len(cases)) as step:
+        rows = out or sys.stdout  # looked up here: on a terminal, rows go above the bar
+        header(url.redacted(), found, rows)
+        if stress:
+            results = _stress(raw_url, args, found, cases, rows, step=step)
+        else:
+
+            def done(result: CaseResult) -> None:
+                row(result, rows)
+                step(1)
+
+            results = run_suite(url, cases, settings, caps=found.capabilities, on_result=done)
     seconds = time.monotonic() - started
-    footer(results, seconds, out)
+    footer(results, seconds, out or sys.stdout)
     if args.json:
         write_json(args.json, url.redacted(), found, results, seconds)
     return 1 if any(r.status == FAIL for r in results) else 0
 
 
 def _stress(
-    raw_url: str, args: argparse.Namespace, found: Probe, cases: list[Case], out: TextIO
+    raw_url: str,
+    args: argparse.Namespace,
+    found: Probe,
+    cases: list[Case],
+    out: TextIO,
+    *,
+    step: Advance,
 ) -> list[CaseResult]:
-    """Run ``args.stress`` copies in child processes; merge their results case by case."""
+    """Run ``args.stress`` copies in child processes (``step`` as each ends); merge their
+    results case by case."""
     scheme = TransportURL.parse(raw_url).scheme
     factory = args.factory or factory_reference(scheme)
     env = {**os.environ, URL_ENV: raw_url, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -113,6 +129,7 @@ def _stress(
         reports: list[dict[str, Any]] = []
         for index, (process, report) in enumerate(copies):
             _, err = process.communicate()
+            step(1)
             if not os.path.exists(report):
                 tail = redact(err.decode(errors="replace"))[-300:]
                 reports.append({"cases": [], "error": f"copy {index} crashed: {tail}"})

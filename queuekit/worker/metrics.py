@@ -10,20 +10,23 @@ registry the way its web framework does. Every metric is documented in
 their number stays bounded (never a message id or a user's job name).
 
 **Several processes** (``worker run --processes N``): prometheus_client's multiprocess mode.
-The supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory before its children
-start (prometheus_client reads it when first imported), serves ``/metrics`` itself with
-:func:`serve_metrics` (which then aggregates every child's files) and calls
-:func:`child_exited` with the pid of each child that exits, so its gauges leave the sum.
-The children run ``worker run`` (or the loop) without ``--metrics-port``: with the variable
-set they record metrics into that directory and serve nothing.
+The supervisor enters :func:`serving_children` before its children start: it sets
+``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory of its own (prometheus_client reads it when
+first imported, so each child writes its values there), serves ``/metrics`` as the sum over
+every file in it, and gives the supervisor the call to make with the pid of each child that
+exits, so that child's live gauges leave the sum while its counters and histograms stay
+counted. The children run ``worker run`` without ``--metrics-port``: with the variable set
+they record metrics into that directory and serve nothing.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -42,6 +45,8 @@ from ..spi.errors import QueuekitError
 from .observers import Instrument, add_instrument
 from .pipeline import Attempt
 
+#: Where prometheus_client's multiprocess mode keeps every process's values.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds between refreshes of the job-store gauges (one grouped count each time).
 STORE_REFRESH = 15.0
 #: Queue wait spans milliseconds to hours (a backlog, a delay, a retry later).
@@ -178,16 +183,46 @@ def enable_metrics() -> None:
         add_instrument(_metrics)
 
 
-def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:
+def serve_metrics(port: int, addr: str = "0.0.0.0") -> Callable[[], None]:
     """Serve ``/metrics`` on ``port`` from a daemon thread: this process's metrics, or with
-    ``PROMETHEUS_MULTIPROC_DIR`` set, the sum over every process writing there."""
+    ``PROMETHEUS_MULTIPROC_DIR`` set, the sum over every process writing there. Returns the
+    call that stops serving."""
     registry = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=addr, registry=registry)
+    server, _ = start_http_server(port, addr=addr, registry=registry)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop
 
 
-def child_exited(pid: int) -> None:
-    """For a supervisor in multiprocess mode: drop an exited child's live gauges."""
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+@contextmanager
+def serving_children(port: int, addr: str = "0.0.0.0") -> Iterator[Callable[[int], None]]:
+    """For a supervisor of worker processes: point ``PROMETHEUS_MULTIPROC_DIR`` (in this
+    process's environment, which its children inherit) at a fresh private directory, serve
+    the sum of every child's metrics on ``port``, and yield the call to make with each exited
+    child's pid. On leaving: stop serving, remove the directory, restore the variable.
+    ``OSError`` when the port cannot be bound (nothing is left behind then)."""
+    previous = os.environ.get(MULTIPROC_ENV)
+    directory = tempfile.mkdtemp(prefix="queuekit-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+
+    def exited(pid: int) -> None:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+    try:
+        stop = serve_metrics(port, addr)
+        try:
+            yield exited
+        finally:
+            stop()
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)

@@ -74,7 +74,8 @@ Command = Callable[[Limits], list[str]]
 #: ``worker run`` options the supervisor keeps for itself (name -> takes a value); its
 #: children get the rest of its command line unchanged, and their limits from it.
 SUPERVISOR_OPTIONS = {"--processes": True, "--reload": False, "--max-messages": True,
-                      "--max-seconds": True, "--limit-exit-code": True}  # fmt: skip
+                      "--max-seconds": True, "--limit-exit-code": True,
+                      "--metrics-port": True}  # fmt: skip
 
 
 def child_command(argv: Sequence[str]) -> Command:
@@ -143,8 +144,9 @@ class Supervisor:
     """Keeps ``processes`` children of ``command`` running; see the module docstring.
 
     ``limits`` are each child's; ``watch`` lists directories (their ``.py`` files, recursively)
-    and files whose change restarts the children (``--reload``). :meth:`run` returns the exit
-    status (one of the ``EXIT_*`` values).
+    and files whose change restarts the children (``--reload``); ``exited`` is called with the
+    pid of each child once it has exited (metrics drop its live gauges). :meth:`run` returns
+    the exit status (one of the ``EXIT_*`` values).
     """
 
     def __init__(
@@ -154,10 +156,12 @@ class Supervisor:
         limits: Limits,
         *,
         watch: Sequence[Path] = (),
+        exited: Callable[[int], None] = lambda pid: None,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, not {processes}")
         self.command, self.limits, self.watch = command, limits, list(watch)
+        self.exited = exited
         self._slots = [_Slot(number) for number in range(1, processes + 1)]
         self._flags = _Flags()
         self._crashes: list[float] = []  # when children crashed, within the window
@@ -205,6 +209,7 @@ class Supervisor:
                 continue
             pid, status = slot.process.pid, slot.process.returncode
             slot.process = None
+            self.exited(pid)
             if slot.retiring:
                 self._start(slot, self.limits)
             elif status in (EXIT_CLEAN, EXIT_LIMIT):
@@ -273,6 +278,7 @@ class Supervisor:
                     log.warning("worker %d (pid %d) stopped with status %d", slot.number,
                                 slot.process.pid, status)  # fmt: skip
                     outcome = outcome or EXIT_ERROR
+                self.exited(slot.process.pid)
                 slot.process = None
             if any(slot.process is not None for slot in self._slots):
                 self._wait(wakeup)
