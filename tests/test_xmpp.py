@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from queuekit import connect
+from queuekit.features.registry import Registration
 from queuekit.spi.errors import (
     ConfigurationError,
     ConnectionLost,
@@ -400,3 +402,21 @@ def test_a_deleted_queue_leaves_nothing_for_the_next_node(opened: Opened) -> Non
         fresh = name("fresh")
         assert producer.depth(fresh) == 0
         producer.delete(fresh)
+
+
+def test_a_second_worker_of_a_queue_is_told_each_job_would_run_twice(
+    opened: Opened, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a worker of the queue alive in the registry (pub/sub has no competing consumers)
+    queue = name("shared")
+    with connect(opened.url, jobstore=f"sqlite:///{tmp_path}/jobs.db") as conn:
+        first = Registration(conn.broker.jobs, queue, stop=lambda reason: None)
+        first.register(lambda: False)
+        # When a second one starts
+        with caplog.at_level(logging.WARNING, logger="queuekit.worker"):
+            conn.queue(queue).dispatch(lambda message: None, max_messages=0,
+                                       handle_signals=False)  # fmt: skip
+        first.deregister()
+    # Then it says so, naming the other worker
+    [warning] = [r.getMessage() for r in caplog.records if "competing" in r.getMessage()]
+    assert f"pid {os.getpid()}" in warning and "each job runs 2 times" in warning

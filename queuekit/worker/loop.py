@@ -142,6 +142,26 @@ class Worker:
         self.paused = False
         self._next_pause_check = 0.0
 
+    def _warn_if_not_shared(self) -> None:
+        """On a broker without competing consumers (XMPP pub/sub) every worker of a queue
+        gets every message: a second worker runs each job twice, so say so loudly."""
+        if self._transport.capabilities.competing_consumers:
+            return
+        me = self._registration
+        try:
+            alive = self.broker.jobs.workers(self.queue, timeout=me.timeout)
+        except QueuekitError:
+            return
+        others = [w for w in alive if w.id != me.info.id]
+        if others:
+            log.warning(
+                "%s has no competing consumers: every worker of %r gets every message, so "
+                "with %d other worker(s) alive (%s) each job runs %d times; run one worker "
+                "process per queue there (-c N for concurrency)",
+                self._transport.name, self.queue, len(others),
+                ", ".join(f"{w.host} pid {w.pid}" for w in others), len(others) + 1,
+            )  # fmt: skip
+
     @property
     def _transport(self) -> Transport:
         return self.broker.transport  # replaced by a fresh one after a reconnect
@@ -177,6 +197,7 @@ class Worker:
             self._reached_limit("max_messages is 0")
         try:
             self._registration.register(lambda: self._stop_reason is not None)
+            self._warn_if_not_shared()
             while self._stop_reason is None:
                 now = time.monotonic()
                 if now >= next_check:
