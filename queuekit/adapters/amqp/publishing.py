@@ -48,6 +48,12 @@ log = logging.getLogger("queuekit.amqp")
 _SLICE = 1.0
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(eq=False)
 class _Job:
     """One caller's request to the I/O thread: messages to publish, or an admin call."""
@@ -67,7 +73,9 @@ class _Job:
     nacked: int = 0
     result: Any = None
     error: BaseException | None = None
-    finished: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
+    #: Held until the job is done: the caller blocks on it (cheaper than an Event).
+    finished: threading.Lock = field(default_factory=_held_lock)
 
 
 class _Waker:
@@ -164,7 +172,7 @@ class Publisher:
                 )
                 self._thread.start()
         self._waker.wake()
-        job.finished.wait()
+        job.finished.acquire()
         if job.error is not None:
             raise job.error
         return job.result
@@ -271,7 +279,7 @@ class Publisher:
         """Wake the callers whose messages are all confirmed; return the others."""
         left = []
         for job in active:
-            if job.finished.is_set():
+            if job.done:
                 continue
             if job.outstanding or job.items:
                 left.append(job)
@@ -362,6 +370,8 @@ class Publisher:
         self._lost(exc)
         now, left = time.monotonic(), []
         for job in active:
+            if job.done:
+                continue
             if self._owner.closed:
                 self._end(job, self._owner.closed_error())
             elif now >= job.deadline:
@@ -404,11 +414,15 @@ class Publisher:
         self._returned.clear()
 
     def _end(self, job: _Job, error: BaseException | None = None) -> None:
+        """Wake the caller (once), with ``error`` if there is one."""
+        if job.done:
+            return
         if error is not None:
             for seq in [s for s, (_, j) in self._unconfirmed.items() if j is job]:
                 del self._unconfirmed[seq]
             job.error = error
-        job.finished.set()
+        job.done = True
+        job.finished.release()
 
     # -- confirms and returns: py-amqp calls these while the I/O thread drains ---------
 
