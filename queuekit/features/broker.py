@@ -8,7 +8,9 @@ beside it. Everything that sends a message goes through it, so the rules live in
   forwards it;
 - a priority out of range, or on a broker that cannot honour it, is refused
   (:class:`Unsupported` names the capability), never ignored;
-- a body above the adapter's ``max_message_size`` is refused before anything is sent;
+- a body above :attr:`Broker.max_body` (the adapter's ``max_message_size``, else the URL's
+  ``max_message_size`` option, else :data:`DEFAULT_MAX_BODY`) is refused before anything
+  is sent, and a worker refuses a delivery above it before reading it;
 - with signing keys, every body is signed for its queue (:mod:`.signing`);
 - a dedup key the broker cannot keep is held in the job store (:mod:`.keys`), a serial group
   lines up there (:mod:`.groups`), and a job record is written before the send and taken
@@ -43,6 +45,10 @@ from .envelope import Message, Metadata, encode
 from .signing import Signer
 
 log = logging.getLogger("queuekit")
+
+#: The largest body sent or read where the adapter declares no ``max_message_size``
+#: (sqlite, memory, gearman) and the URL sets none (``?max_message_size=BYTES``).
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ class Broker:
         self.url, self.jobs = url, jobs
         #: Signs every body this broker encodes; the worker verifies with it too.
         self.signer = signer
+        self._default_max_body = url.integer("max_message_size", DEFAULT_MAX_BODY)
         #: ``jobs`` is this host's default store for the broker, not a configured one.
         self.per_host = per_host
         self._prefetch = prefetch
@@ -156,14 +163,20 @@ class Broker:
         if not self.transport.capabilities.priority:
             raise Unsupported("priority", self.transport.name, needs("priority"))
 
+    @property
+    def max_body(self) -> int:
+        """The largest body this broker sends or a worker reads (the module docstring)."""
+        declared = self.transport.capabilities.max_message_size
+        return self._default_max_body if declared is None else declared
+
     def encode(self, message: Message, queue: str) -> bytes:
         """The body of ``message`` for ``queue`` (signed when keys are set), refused when
         the broker could not take it."""
         body = encode(message)
         if self.signer is not None:
             body = self.signer.sign(queue, body)
-        limit = self.transport.capabilities.max_message_size
-        if limit is not None and len(body) > limit:
+        limit = self.max_body
+        if len(body) > limit:
             raise MessageTooLarge(len(body), limit, self.transport.name)
         return body
 

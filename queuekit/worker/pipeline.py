@@ -244,8 +244,12 @@ class Pipeline:
         body that is not verified or does not decode; on gearmand, a message whose workers
         died too often)."""
         transport = self.broker.transport
+        body, limit = delivery.body, self.broker.max_body
         try:
-            message = decode(envelope_of(self.broker.signer, self.queue, delivery.body))
+            if len(body) > limit:  # never parsed: what a sender may not send is not read
+                raise MalformedMessage(f"the body is {len(body)} bytes, above the limit of "
+                                       f"{limit} (max_message_size)", body)  # fmt: skip
+            message = decode(envelope_of(self.broker.signer, self.queue, body))
         except MalformedMessage as exc:
             self._drop_malformed(transport, delivery, exc.reason)
             return None
