@@ -106,7 +106,7 @@ def feature_connection(kind: str, tmp_path: Path) -> Iterator[Connection]:
 def publish_undecodable(conn: Connection, queue: str, group: str) -> str:
     """A grouped message from a newer producer: its envelope has a metadata field this
     worker does not know, so its body does not decode here. Returns its id."""
-    prepared = conn.broker.prepare("from the future", Metadata(group=group), None, None)
+    prepared = conn.broker.prepare(queue, "from the future", Metadata(group=group), None, None)
     envelope = json.loads(prepared.outgoing.body)
     envelope["metadata"]["future"] = 1
     body = json.dumps(envelope).encode()

@@ -120,6 +120,21 @@ def database_path(url: TransportURL) -> str:
     return url.path
 
 
+def decode_headers(text: str | bytes | None) -> dict[str, str]:
+    """A row's headers column as string headers. The file is ours, but another process
+    (or a damaged file) may have written anything: what is not a JSON object of strings
+    reads as no headers, so the body still reaches the worker's failed store."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
 class SQLiteTransport(Transport):
     """Durable queues in one SQLite file; see the module docstring."""
 
@@ -237,7 +252,7 @@ class SQLiteTransport(Transport):
                 Delivery(
                     queue=queue,
                     body=bytes(body),
-                    headers=json.loads(headers) if headers else {},
+                    headers=decode_headers(headers),
                     redelivered=count > 1,
                     delivery_count=count,
                     handle=ident,

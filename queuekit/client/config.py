@@ -18,8 +18,13 @@ job store of a broker in a file named after the broker (:func:`broker_jobstore`)
     url = "sqlite:///var/jobs.db"          # every queue not routed below
     jobstore = "sqlite:///var/jobs.db"     # failed store, delayed store (optional)
 
+    signing_keys = "k2:BASE64,k1:BASE64"   # sign every message (optional; see below)
+
     [queues]                               # per-queue routes
     reports = "amqp://guest:guest@localhost:5672/"
+
+Signing keys (:mod:`queuekit.features.signing`) come from ``signing_keys=`` (``connect``) >
+``QUEUEKIT_SIGNING_KEYS`` > ``signing_keys`` in the config file; :func:`resolve_signer`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..features.signing import Signer, parse_keys
 from ..spi.errors import ConfigurationError
 from ..spi.urls import TransportURL
 
@@ -68,6 +74,7 @@ class Config:
     url: str | None = None
     jobstore: str | None = None
     queues: dict[str, str] = field(default_factory=dict)
+    signing_keys: str | None = field(default=None, repr=False)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -86,10 +93,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if not isinstance(queues, dict) or not all(isinstance(v, str) for v in queues.values()):
         raise ConfigurationError(f"{candidate}: [queues] must map queue names to URLs")
     url, jobstore = data.get("url"), data.get("jobstore")
-    for key, value in (("url", url), ("jobstore", jobstore)):
+    signing_keys = data.get("signing_keys")
+    for key, value in (("url", url), ("jobstore", jobstore), ("signing_keys", signing_keys)):
         if value is not None and not isinstance(value, str):
             raise ConfigurationError(f"{candidate}: {key} must be a string")
-    return Config(url=url, jobstore=jobstore, queues=dict(queues))
+    return Config(url=url, jobstore=jobstore, queues=dict(queues), signing_keys=signing_keys)
 
 
 def resolve_url(explicit: str | None = None, *, queue: str | None = None) -> str:
@@ -118,3 +126,19 @@ def resolve_outbox(explicit: str | None = None) -> str | None:
 def resolve_jobstore(explicit: str | None = None) -> str | None:
     """The job store URL if one is configured (``QUEUEKIT_JOBSTORE`` or the config file)."""
     return explicit or os.environ.get("QUEUEKIT_JOBSTORE") or load_config().jobstore
+
+
+def resolve_signer(explicit: str | None = None) -> Signer | None:
+    """The signer of the configured keys (``explicit`` > ``QUEUEKIT_SIGNING_KEYS`` > the
+    config file's ``signing_keys``), or ``None`` when none are set. Errors name where the
+    keys came from, never a secret."""
+    if explicit:
+        return Signer(parse_keys(explicit, source="signing_keys"))
+    from_env = os.environ.get("QUEUEKIT_SIGNING_KEYS")
+    if from_env:
+        return Signer(parse_keys(from_env))
+    config = load_config()
+    if config.signing_keys:
+        where = os.environ.get("QUEUEKIT_CONFIG") or CONFIG_FILE
+        return Signer(parse_keys(config.signing_keys, source=f"{where}: signing_keys"))
+    return None

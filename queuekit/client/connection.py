@@ -32,17 +32,24 @@ from ..jobstore.base import JobStore, Schedule
 from ..jobstore.records import JobRecord
 from ..spi.transport import Transport
 from ..spi.urls import TransportURL
-from .config import broker_jobstore, resolve_jobstore, routes
+from .config import broker_jobstore, resolve_jobstore, resolve_signer, routes
 from .queue import Queue, Topic
 
 
 def connect(
-    url: str | None = None, *, jobstore: str | None = None, prefetch: int = 16
+    url: str | None = None,
+    *,
+    jobstore: str | None = None,
+    prefetch: int = 16,
+    signing_keys: str | None = None,
 ) -> Connection:
     """Open a connection to ``url``, or to the configured broker with the configured queue
-    routes (see :mod:`queuekit.client.config`)."""
+    routes (see :mod:`queuekit.client.config`). ``signing_keys`` (else
+    ``QUEUEKIT_SIGNING_KEYS``, else the config file) signs and verifies every message
+    (:mod:`queuekit.features.signing`)."""
     main, queues = routes(url)
-    return Connection(main, jobstore=jobstore, prefetch=prefetch, routes=queues)
+    return Connection(main, jobstore=jobstore, prefetch=prefetch, routes=queues,
+                      signing_keys=signing_keys)  # fmt: skip
 
 
 def default_jobstore(url: TransportURL) -> str:
@@ -68,18 +75,21 @@ class Connection:
         jobstore: str | None = None,
         prefetch: int = 16,
         routes: dict[str, str] | None = None,
+        signing_keys: str | None = None,
     ) -> None:
         self.url = TransportURL.parse(url)
+        signer = resolve_signer(signing_keys)
         #: Queues that live on another broker: name -> URL (``queuekit.toml``'s [queues]).
         self.routes = {q: u for q, u in (routes or {}).items() if TransportURL.parse(u) != self.url}
-        self._jobstore, self._prefetch = jobstore, prefetch
+        self._jobstore, self._prefetch, self._signing_keys = jobstore, prefetch, signing_keys
         self._routed: dict[str, Connection] = {}  # by URL, opened on first use
         self._routed_lock = threading.Lock()
         store = resolve_jobstore(jobstore) or default_jobstore(self.url)
         jobs = open_jobstore(store)
         per_host = store == broker_jobstore(self.url)
         try:
-            self.broker = Broker(self.url, jobs, prefetch=prefetch, per_host=per_host)
+            self.broker = Broker(self.url, jobs, prefetch=prefetch, per_host=per_host,
+                                 signer=signer)  # fmt: skip
         except BaseException:
             jobs.close()
             raise
@@ -114,8 +124,9 @@ class Connection:
             routed = self._routed.get(url)
             if routed is None:
                 routed = self._routed[url] = Connection(
-                    url, jobstore=self._jobstore, prefetch=self._prefetch
-                )
+                    url, jobstore=self._jobstore, prefetch=self._prefetch,
+                    signing_keys=self._signing_keys,
+                )  # fmt: skip
             return routed
 
     def connections(self) -> list[Connection]:

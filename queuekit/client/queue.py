@@ -22,7 +22,7 @@ from ..features import keys, outbox
 from ..features.broker import future, publishing
 from ..features.bulk import DEFAULT_BULK_SIZE, Bulk, active_bulk
 from ..features.delays import Delay
-from ..features.envelope import Message, Metadata, encode
+from ..features.envelope import Message, Metadata
 from ..features.hooks import (
     DEFAULT_NOTIFY_AFTER,
     AfterHook,
@@ -91,13 +91,10 @@ class Queue:
         broker = self._broker
         headers = dict(headers or {})
         with publishing(broker, self.name, headers, 1):
-            prepared = broker.prepare(
-                payload, Metadata(name=name, key=key, once=dedup == keys.EVER, group=group,
-                                  headers=headers, correlation_id=correlation_id,
-                                  reply_to=reply_to, retry=retry.to_json() if retry else None,
-                                  record=record),
-                delay, priority,
-            )  # fmt: skip
+            meta = Metadata(name=name, key=key, once=dedup == keys.EVER, group=group,
+                            headers=headers, correlation_id=correlation_id, reply_to=reply_to,
+                            retry=retry.to_json() if retry else None, record=record)  # fmt: skip
+            prepared = broker.prepare(self.name, payload, meta, delay, priority)
             box = active_outbox()
             buffer = active_bulk(broker, self.name)
             if box is not None:  # into the application's transaction, sent after commit
@@ -162,7 +159,7 @@ class Queue:
                             headers=dict(headers) if headers else {}, retry=retry_json,
                             store=store)  # fmt: skip
             ids.append(meta.id)
-            outgoing.append(Outgoing(broker.encode(Message(payload, meta)), {}, options))
+            outgoing.append(Outgoing(broker.encode(Message(payload, meta), self.name), {}, options))
         if outgoing and record:
             state = QUEUED if due is None else WAITING
             created = time.time()
@@ -303,5 +300,6 @@ class Topic:
         self, payload: Any, *, name: str = "", headers: dict[str, str] | None = None
     ) -> str:
         message = Message(payload, Metadata(name=name, headers=dict(headers or {})))
-        self.connection.broker.transport.broadcast(self.name, encode(message), {})
+        broker = self.connection.broker
+        broker.transport.broadcast(self.name, broker.encode(message, self.name), {})
         return message.id

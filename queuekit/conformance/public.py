@@ -20,6 +20,7 @@ from typing import Any
 
 from ..client.connection import Connection, connect
 from ..features.envelope import Message, decode
+from ..features.signing import envelope_of
 from ..spi.errors import MalformedMessage
 from .cases import case
 from .consumers import Consumer, ProcessConsumer
@@ -121,13 +122,10 @@ def graceful_stop(ctx: Context) -> None:
         check(started[0] in finished, f"the message in hand ({started[0]}) was not finished")
         check(len(started) == 1, f"after SIGTERM the worker started {started[1:]}")
         waiting = len(payloads) - len(finished)
-        left = [
-            decode(d.body).payload
-            for d in drain(conn.transport, queue, waiting, ctx.settings.receive_timeout)
-        ]
-        left += [
-            decode(d.body).payload for d in drain(conn.transport, queue, 3, ctx.settings.quiet)
-        ]
+        bodies = drain(conn.transport, queue, waiting, ctx.settings.receive_timeout)
+        bodies += drain(conn.transport, queue, 3, ctx.settings.quiet)
+        # signed when QUEUEKIT_SIGNING_KEYS is set, like every message of the connection
+        left = [decode(envelope_of(conn.broker.signer, queue, d.body)).payload for d in bodies]
     twice = [p for p in finished if p in left]
     check(not twice, f"finished but not acked (came back): {twice}")
     lost = [p for p in payloads if p not in finished and p not in left]

@@ -8,7 +8,10 @@ beside it. Everything that sends a message goes through it, so the rules live in
   forwards it;
 - a priority out of range, or on a broker that cannot honour it, is refused
   (:class:`Unsupported` names the capability), never ignored;
-- a body above the adapter's ``max_message_size`` is refused before anything is sent;
+- a body above :attr:`Broker.max_body` (the adapter's ``max_message_size``, else the URL's
+  ``max_message_size`` option, else :data:`DEFAULT_MAX_BODY`) is refused before anything
+  is sent, and a worker refuses a delivery above it before reading it;
+- with signing keys, every body is signed for its queue (:mod:`.signing`);
 - a dedup key the broker cannot keep is held in the job store (:mod:`.keys`), a serial group
   lines up there (:mod:`.groups`), and a job record is written before the send and taken
   back if the send fails; such a message carries the job store's identity (:mod:`.storeid`).
@@ -39,8 +42,13 @@ from ..spi.urls import TransportURL
 from . import groups, keys, storeid
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
+from .signing import Signer
 
 log = logging.getLogger("queuekit")
+
+#: The largest body sent or read where the adapter declares no ``max_message_size``
+#: (sqlite, memory, gearman) and the URL sets none (``?max_message_size=BYTES``).
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,9 +109,18 @@ class Broker:
     """The transport and the job store of one connection; see the module docstring."""
 
     def __init__(
-        self, url: TransportURL, jobs: JobStore, *, prefetch: int = 16, per_host: bool = False
+        self,
+        url: TransportURL,
+        jobs: JobStore,
+        *,
+        prefetch: int = 16,
+        per_host: bool = False,
+        signer: Signer | None = None,
     ) -> None:
         self.url, self.jobs = url, jobs
+        #: Signs every body this broker encodes; the worker verifies with it too.
+        self.signer = signer
+        self._default_max_body = url.integer("max_message_size", DEFAULT_MAX_BODY)
         #: ``jobs`` is this host's default store for the broker, not a configured one.
         self.per_host = per_host
         self._prefetch = prefetch
@@ -146,11 +163,20 @@ class Broker:
         if not self.transport.capabilities.priority:
             raise Unsupported("priority", self.transport.name, needs("priority"))
 
-    def encode(self, message: Message) -> bytes:
-        """The envelope of ``message``, refused when the broker could not take it."""
+    @property
+    def max_body(self) -> int:
+        """The largest body this broker sends or a worker reads (the module docstring)."""
+        declared = self.transport.capabilities.max_message_size
+        return self._default_max_body if declared is None else declared
+
+    def encode(self, message: Message, queue: str) -> bytes:
+        """The body of ``message`` for ``queue`` (signed when keys are set), refused when
+        the broker could not take it."""
         body = encode(message)
-        limit = self.transport.capabilities.max_message_size
-        if limit is not None and len(body) > limit:
+        if self.signer is not None:
+            body = self.signer.sign(queue, body)
+        limit = self.max_body
+        if len(body) > limit:
             raise MessageTooLarge(len(body), limit, self.transport.name)
         return body
 
@@ -167,6 +193,7 @@ class Broker:
 
     def prepare(
         self,
+        queue: str,
         payload: Any,
         metadata: Metadata,
         delay: Delay | None,
@@ -174,7 +201,7 @@ class Broker:
         *,
         fresh: bool = True,
     ) -> Prepared:
-        """Encode and check a message. ``fresh=False`` (a resend of a message already
+        """Encode and check a message for ``queue``. ``fresh=False`` (a resend of a message already
         published) skips its key and its group: the original holds both."""
         caps = self.transport.capabilities
         due = future(delay)
@@ -192,7 +219,7 @@ class Broker:
             storeid.stamp(metadata, self.jobs)
         metadata.not_before, metadata.priority = due, priority
         message = Message(payload, metadata)
-        body = self.encode(message)
+        body = self.encode(message, queue)
         options = self.send_options(due, priority, metadata.key if fresh else None)
         headers = {} if metadata.group is None else groups.headers_for(metadata.group, metadata.id)
         return Prepared(message, Outgoing(body, headers, options), due, keyed)
@@ -288,7 +315,7 @@ class Broker:
         the copy) and does not line up in its group again (the group waits for it).
         """
         meta = message.metadata
-        prepared = self.prepare(message.payload, meta, delay, meta.priority, fresh=False)
+        prepared = self.prepare(queue, message.payload, meta, delay, meta.priority, fresh=False)
         self.send(queue, [prepared.outgoing], prepared.due)
 
     def requeue(
@@ -302,7 +329,7 @@ class Broker:
         the delivery is acked.
         """
         meta = message.metadata
-        prepared = self.prepare(message.payload, meta, delay, meta.priority, fresh=False)
+        prepared = self.prepare(queue, message.payload, meta, delay, meta.priority, fresh=False)
         outgoing = prepared.outgoing
         if prepared.due is not None and not self.transport.capabilities.delay:
             self.send(queue, [outgoing], prepared.due)

@@ -30,7 +30,13 @@ from uuid import UUID
 from ..spi.errors import MalformedMessage
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_decode_json = json.JSONDecoder().decode
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # queuekit never writes NaN or Infinity
+
+
+_decode_json = json.JSONDecoder(parse_constant=_no_constant).decode
 
 
 def _make_encode() -> Callable[[object], str]:
@@ -214,10 +220,13 @@ _UNTAG: dict[str, Callable[[Any], object]] = {
 }
 
 
-def _untagged(value: object) -> object:
-    """The payload :func:`_tagged` wrote, typed again; ``ValueError`` for a broken tag."""
+def _untagged(value: object, depth: int = 0) -> object:
+    """The payload :func:`_tagged` wrote, typed again; ``ValueError`` for a broken tag or
+    one nested deeper than :func:`_tagged` writes."""
+    if depth > _MAX_DEPTH + 1:
+        raise ValueError("it nests too deeply")
     if isinstance(value, list):
-        return [_untagged(item) for item in value]
+        return [_untagged(item, depth + 1) for item in value]
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
@@ -229,11 +238,23 @@ def _untagged(value: object) -> object:
             if key == _TAG + "dict":
                 if not isinstance(inner, dict):
                     raise ValueError("an escaped dict is not an object")
-                return {k: _untagged(v) for k, v in inner.items()}
+                return {k: _untagged(v, depth + 1) for k, v in inner.items()}
             if not isinstance(inner, str):
                 raise ValueError(f"{key!r} is not a string")
             return convert(inner)
-    return {key: _untagged(item) for key, item in value.items()}
+    return {key: _untagged(item, depth + 1) for key, item in value.items()}
+
+
+def _out_of_range(name: str, value: Any) -> str | None:
+    """Why a well-typed metadata value cannot be used, or ``None``: what the worker does
+    with it later (a retry re-publishes the priority) must not fail on a hostile value."""
+    if name == "priority" and not 0 <= value <= 255:
+        return "is not 0-255"
+    if name == "attempts" and value < 0:
+        return "is negative"
+    if name == "headers" and not all(type(v) is str for v in value.values()):
+        return "has a value that is not a string"
+    return None
 
 
 def decode(body: bytes) -> Message:
@@ -278,6 +299,9 @@ def decode(body: bytes) -> Message:
             raise MalformedMessage(f"unknown metadata field {name!r}", body)
         if type(value) not in expected:
             raise MalformedMessage(f"metadata field {name!r} has the wrong type", body)
+        problem = _out_of_range(name, value)
+        if problem:
+            raise MalformedMessage(f"metadata field {name!r} {problem}", body)
     if "id" not in raw_meta:
         raise MalformedMessage("metadata has no id", body)
     return Message(payload, Metadata(**raw_meta))

@@ -13,6 +13,7 @@ from ..jobstore.records import QUEUED, JobUpdate
 from ..spi.errors import MalformedMessage
 from . import storeid
 from .envelope import decode
+from .signing import envelope_of
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -33,13 +34,15 @@ class FailedStore:
     def retry(self, failed_id: int) -> bool:
         """Put a dead letter back on its queue with attempts reset; ``False`` if unknown.
 
-        A body that never decoded goes back as it was, for a fixed worker to judge.
+        A body that never decoded, or whose signature this connection's keys do not verify,
+        goes back as it was, for a fixed worker to judge: retrying never signs a message
+        that was not signed by a listed key.
         """
         entry = self._broker.jobs.get_failed(failed_id)
         if entry is None:
             return False
         try:
-            message = decode(entry.body)
+            message = decode(envelope_of(self._broker.signer, entry.queue, entry.body))
         except MalformedMessage:
             self._broker.transport.send(entry.queue, entry.body, entry.headers)
         else:

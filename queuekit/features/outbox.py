@@ -42,6 +42,7 @@ from ..spi.transport import Outgoing
 from . import keys
 from .broker import Broker, Prepared, future
 from .envelope import decode
+from .signing import envelope_of
 
 log = logging.getLogger("queuekit")
 
@@ -99,7 +100,7 @@ def relay(
                 rows = table.pending(name, batch)
                 if rows:
                     broker = broker_for(name)
-                    good, bad = _prepared(broker, rows)
+                    good, bad = _prepared(broker, name, rows)
                     broker.send_prepared(name, good)
                     for row, reason in bad:  # not an envelope: kept with its reason
                         broker.jobs.add_failed(name, row.body, reason, message_id=row.message_id,
@@ -116,16 +117,17 @@ def relay(
 
 
 def _prepared(
-    broker: Broker, rows: list[OutboxRow]
+    broker: Broker, queue: str, rows: list[OutboxRow]
 ) -> tuple[list[Prepared], list[tuple[OutboxRow, str]]]:
     """Rows as ``Broker.send_prepared`` takes them, with this broker's send options; and
-    the rows that are no envelope (written by something else) with the reason, for the
-    failed store: such a row neither blocks its queue nor is lost."""
+    the rows that are no envelope (written by something else) or, with signing keys, not
+    signed for ``queue`` by one of them, with the reason, for the failed store: such a row
+    neither blocks its queue nor is lost."""
     batch: list[Prepared] = []
     bad: list[tuple[OutboxRow, str]] = []
     for row in rows:
         try:
-            message = decode(row.body)
+            message = decode(envelope_of(broker.signer, queue, row.body))
         except MalformedMessage as exc:
             bad.append((row, f"outbox row {row.id}: {exc.reason}"))
             continue

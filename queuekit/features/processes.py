@@ -265,5 +265,5 @@ def _sends(
         if due > now:
             to, meta.name, timeouts[meta.id] = manager.queue, TIMEOUT, due
             body = {"key": key, "queue": queue, "name": name, "payload": payload}
-        sends.append((to, due, broker.prepare(body, meta, None, None).outgoing))
+        sends.append((to, due, broker.prepare(to, body, meta, None, None).outgoing))
     return sends

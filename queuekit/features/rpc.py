@@ -24,11 +24,17 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..spi.errors import ConnectionLost, MalformedMessage, QueuekitError, RemoteError
-from .envelope import Message, Metadata, decode, encode
+from ..spi.errors import (
+    ConnectionLost,
+    MalformedMessage,
+    MessageTooLarge,
+    QueuekitError,
+    RemoteError,
+)
+from .envelope import Message, Metadata, decode
+from .signing import envelope_of
 
 if TYPE_CHECKING:
-    from ..spi.transport import Transport
     from .broker import Broker
 
 log = logging.getLogger("queuekit")
@@ -111,7 +117,7 @@ class ReplyQueue:
             return
         transport.ack(delivery)
         try:
-            message = decode(delivery.body)
+            message = decode(envelope_of(self.broker.signer, self.name, delivery.body))
         except MalformedMessage as exc:
             log.warning("dropped a malformed reply on %s: %s", self.name, exc.reason)
             return
@@ -139,7 +145,7 @@ def _reply(message: Message) -> Reply:
 
 
 def send_reply(
-    transport: Transport,
+    broker: Broker,
     request: Metadata,
     to: str,
     *,
@@ -148,6 +154,7 @@ def send_reply(
 ) -> None:
     """Tell the caller of ``request``, waiting at ``to`` (the request's ``reply_to``, or the
     broker's own reply address for the delivery), how it ended (worker side, before the ack).
+    The reply is signed for ``to`` when signing keys are set, like any message.
 
     A value JSON cannot carry, or one too large for the broker, becomes an error reply; a
     reply the broker refuses is logged (the caller times out) except ``ConnectionLost``,
@@ -155,16 +162,16 @@ def send_reply(
     """
     cid = request.correlation_id or request.id
     try:
-        body = encode(_outcome(cid, value, error))
-    except TypeError as exc:
-        body = encode(_outcome(cid, None, f"the result cannot be sent: {exc}"))
+        body = broker.encode(_outcome(cid, value, error), to)
+    except (TypeError, MessageTooLarge) as exc:
+        body = broker.encode(_outcome(cid, None, f"the result cannot be sent: {exc}"), to)
     try:
-        transport.send(to, body, {})
+        broker.transport.send(to, body, {})
     except ConnectionLost:
         raise
     except QueuekitError as exc:
         if error is None:  # e.g. too large: say so instead
-            send_reply(transport, request, to, error=f"the result cannot be sent: {exc}")
+            send_reply(broker, request, to, error=f"the result cannot be sent: {exc}")
         else:
             log.warning("could not reply to %s for message %s: %s", to, request.id, exc)
 

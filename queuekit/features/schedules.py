@@ -33,16 +33,16 @@ from ..spi.transport import Outgoing, SendOptions
 from . import cron as crontab
 from .delays import Delay, due_time
 from .envelope import Message, Metadata, encode
+from .signing import Signer
 
 if TYPE_CHECKING:
-    from ..jobstore.base import JobStore
     from .broker import Broker
 
 log = logging.getLogger("queuekit")
 
 
-def make_run(schedule: Schedule, run_time: float) -> Outgoing:
-    """The message of one run of ``schedule``."""
+def make_run(schedule: Schedule, run_time: float, signer: Signer | None = None) -> Outgoing:
+    """The message of one run of ``schedule`` (signed for its queue by ``signer``)."""
     template = schedule.template
     meta = Metadata(
         name=template.get("name", ""),
@@ -51,7 +51,10 @@ def make_run(schedule: Schedule, run_time: float) -> Outgoing:
         created_at=run_time,
     )
     options = SendOptions(priority=meta.priority)
-    return Outgoing(encode(Message(template["payload"], meta)), {}, options)
+    body = encode(Message(template["payload"], meta))
+    if signer is not None:
+        body = signer.sign(schedule.queue, body)
+    return Outgoing(body, {}, options)
 
 
 def add(
@@ -108,6 +111,7 @@ def next_run(schedule: Schedule, now: float) -> float:
     return next_run_after(schedule, now)
 
 
-def fire(jobs: JobStore, queue: str) -> int:
+def fire(broker: Broker, queue: str) -> int:
     """Fire ``queue``'s due runs into the delayed store (a worker's periodic work)."""
-    return jobs.fire_schedules(queue, make_run, next_run)
+    signer = broker.signer
+    return broker.jobs.fire_schedules(queue, lambda s, t: make_run(s, t, signer), next_run)

@@ -9,6 +9,7 @@ core and applications never catch ``kombu`` or ``stomp`` errors::
     │   └── MissingDependency
     ├── Unsupported                 a capability the adapter does not declare
     ├── MalformedMessage            a body that is not a queuekit envelope
+    │   └── UnverifiedMessage       unsigned or forged where signatures are required
     ├── MessageTooLarge             refused at publish, never truncated
     ├── TransportError              the broker or the connection failed
     │   ├── ConnectionLost          recoverable: reconnecting may succeed
@@ -64,6 +65,11 @@ class MalformedMessage(QueuekitError):
     def __init__(self, reason: str, body: bytes = b"") -> None:
         self.reason, self.body = reason, body
         super().__init__(f"malformed message: {reason}")
+
+
+class UnverifiedMessage(MalformedMessage):
+    """A body whose signature is missing, unknown or wrong where signing keys are set
+    (:mod:`queuekit.features.signing`): it goes to the failed store and never runs."""
 
 
 class MessageTooLarge(QueuekitError):

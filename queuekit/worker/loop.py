@@ -193,6 +193,10 @@ class Worker:
         log.info("worker %d consuming %r on %s (concurrency %d)", os.getpid(), self.queue,
                  self.broker.url.redacted(), self.concurrency)  # fmt: skip
         self._announce_jobstore()
+        signer = self.broker.signer
+        if signer is not None:  # key ids only: a secret is never logged
+            log.info("messages are signed with key %r and must verify with one of %s",
+                     signer.key_ids[0], ", ".join(signer.key_ids))  # fmt: skip
         if self.limits.max_messages is not None and self.limits.max_messages <= 0:
             self._reached_limit("max_messages is 0")
         try:
@@ -369,7 +373,7 @@ class Worker:
         broker: due delayed messages (and fired runs), and heads of serial groups nobody
         sent; then relay the queue's committed outbox rows. Each is one cheap read when
         there is nothing to do."""
-        schedules.fire(self._jobs, self.queue)
+        schedules.fire(self.broker, self.queue)
         self._jobs.forward_due(self._transport.send_many)
         if self._sweeps_groups and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + _GROUP_SWEEP_EVERY

@@ -224,7 +224,7 @@ class Replies(Observer):
 
     def finished(self, attempt: Attempt, *, result: object, error: str | None) -> None:
         assert attempt.reply_to is not None
-        send_reply(self.broker.transport, attempt.message.metadata, attempt.reply_to,
+        send_reply(self.broker, attempt.message.metadata, attempt.reply_to,
                    value=result, error=error)  # fmt: skip
 
 

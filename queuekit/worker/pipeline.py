@@ -3,8 +3,9 @@
 At-least-once: a message is acked only after ``work()`` returns. What goes wrong is
 recorded, never lost:
 
-- a body that does not decode, or that ``validate()`` rejects, goes to the failed store
-  with the reason and is dropped from the queue (no retries: it cannot get better);
+- a body that does not decode, that lacks a valid signature where signing keys are set
+  (:mod:`queuekit.features.signing`), or that ``validate()`` rejects, goes to the failed
+  store with the reason and is dropped from the queue (no retries: it cannot get better);
 - an exception from ``work()`` consults the retry strategy (the message's own, else the
   handler's): the message goes back due later with ``attempts + 1`` (in place where the
   adapter can, else published again before the original is acked); when the strategy is
@@ -35,6 +36,7 @@ from ..features.broker import Broker
 from ..features.envelope import Message, decode
 from ..features.hooks import Hooks
 from ..features.retry import DEFAULT_RETRY, NoRetry, RetryStrategy, strategy_from_json
+from ..features.signing import envelope_of
 from ..jobstore.records import JobUpdate
 from ..spi.errors import (
     ConfigurationError,
@@ -239,10 +241,15 @@ class Pipeline:
 
     def begin(self, delivery: Delivery) -> Attempt | None:
         """The attempt to work on, or ``None`` when the delivery was settled already (a
-        body that does not decode; on gearmand, a message whose workers died too often)."""
+        body that is not verified or does not decode; on gearmand, a message whose workers
+        died too often)."""
         transport = self.broker.transport
+        body, limit = delivery.body, self.broker.max_body
         try:
-            message = decode(delivery.body)
+            if len(body) > limit:  # never parsed: what a sender may not send is not read
+                raise MalformedMessage(f"the body is {len(body)} bytes, above the limit of "
+                                       f"{limit} (max_message_size)", body)  # fmt: skip
+            message = decode(envelope_of(self.broker.signer, self.queue, body))
         except MalformedMessage as exc:
             self._drop_malformed(transport, delivery, exc.reason)
             return None

@@ -96,12 +96,18 @@ def as_bytes(body: Any) -> bytes:
 
 
 def user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
-    """The headers the sender set, as strings (py-amqp may hand back bytes)."""
+    """The headers the sender set, as strings (py-amqp may hand back bytes; another client
+    may have sent any AMQP table value: bytes that are not UTF-8 keep their bytes as
+    backslash escapes rather than stop the consumer)."""
     if not raw:
         return {}
     headers = {}
     for key, value in raw.items():
-        if key == delays.DESTINATION_HEADER or key.startswith(_BROKER_HEADERS):
+        name = str(key)
+        if name == delays.DESTINATION_HEADER or name.startswith(_BROKER_HEADERS):
             continue
-        headers[key] = value.decode() if isinstance(value, bytes) else str(value)
+        if isinstance(value, bytes | bytearray):
+            headers[name] = bytes(value).decode("utf-8", "backslashreplace")
+        else:
+            headers[name] = str(value)
     return headers

@@ -110,7 +110,7 @@ def decode(data: bytes) -> Job:
     try:
         (length,) = _LENGTH.unpack_from(data, len(MAGIC))
         meta = json.loads(data[start : start + length])
-    except (struct.error, ValueError):
+    except (struct.error, ValueError, RecursionError):
         return Job(data)
     if not isinstance(meta, dict):
         return Job(data)

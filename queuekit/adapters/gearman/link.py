@@ -22,6 +22,7 @@ Not thread-safe: the transport serialises use. Every wait also watches a wake-up
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import time
@@ -92,6 +93,20 @@ class Assignment:
         self.data: bytes = args["data"]
 
 
+log = logging.getLogger("queuekit.gearman")
+
+#: Bytes read from the socket at once.
+_READ = 65536
+#: Room in a packet beside the job data: header, function name, handle, unique id.
+_PACKET_ALLOWANCE = 64 * 1024
+
+
+def max_packet(max_message_size: int) -> int:
+    """The largest packet a link reads for job data of up to ``max_message_size`` bytes
+    (the frame of queuekit headers counts in the job data, see :mod:`.frame`)."""
+    return max_message_size + _PACKET_ALLOWANCE
+
+
 class Link:
     """A connection to ``host:port``; a worker able to do ``functions`` when given any."""
 
@@ -103,8 +118,12 @@ class Link:
         wakeup: socket.socket,
         *,
         io_timeout: float = 30.0,
+        max_packet: int = 64 * 1024 * 1024 + _PACKET_ALLOWANCE,  # see max_packet()
     ) -> None:
         self.host, self.port = host, port
+        #: The largest packet read: a server that sends more is dropped (LinkDown), so a
+        #: packet header announcing gigabytes cannot grow the read buffer without bound.
+        self.max_packet = max_packet
         self.functions = functions
         self.wakeup = wakeup
         self.io_timeout = io_timeout
@@ -263,7 +282,14 @@ class Link:
         try:
             readable, _, _ = select.select([conn.gearman_socket], [], [], None if block else 0)
             if readable:
-                conn.read_data_from_socket(65536)
+                # After each parse the buffer holds less than one packet; more than the
+                # largest packet plus this read means a packet above the limit.
+                if conn.read_data_from_socket(_READ) > self.max_packet + _READ:
+                    self.drop()  # the job goes back to gearmand, for a worker with room
+                    reason = (f"{self.host}:{self.port} sent a packet above {self.max_packet} "
+                              "bytes (raise ?max_message_size= or purge the queue)")  # fmt: skip
+                    log.warning("gearman: dropped the connection: %s", reason)
+                    raise LinkDown(reason)
                 conn.read_commands_from_buffer()
         except (GearmanConnectionError, OSError) as exc:
             self.drop()

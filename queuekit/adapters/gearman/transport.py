@@ -1,4 +1,5 @@
-"""``gearman://host:4730[,host2:4730][?durable=1]``: queues as Gearman background jobs.
+"""``gearman://host:4730[,host2:4730][?durable=1&max_message_size=BYTES]``: queues as
+Gearman background jobs.
 
 How the contract maps onto Gearman (docs/gearman.md says more):
 
@@ -59,6 +60,7 @@ from .link import (
     Refused,
     Woken,
     _Connection,
+    max_packet,
 )
 from .rpc import Callers, CallFailed
 
@@ -66,6 +68,8 @@ __all__ = ["CallFailed", "GearmanTransport"]
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 4730
+#: Largest job body (``?max_message_size=BYTES``); a link drops a server sending more.
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 _PURGE_BATCH = 64
 #: How ``Delivery.reply_to`` of a foreground job starts: queue names starting so are reserved.
 _CALLER = "#caller-"
@@ -116,11 +120,14 @@ class GearmanTransport(Transport):
         self._io_timeout = url.number("timeout", 30.0)
         self._publish_timeout = publish_timeout(url)
         self._bands = PriorityBands.from_url(url)
-        self.capabilities = _capabilities(url.flag("durable"), self._bands)
+        size = url.integer("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        self._max_packet = max_packet(size)
+        self.capabilities = _capabilities(url.flag("durable"), self._bands, size)
         self._wake_r, self._wake_w = socket.socketpair()
         self._send_lock = threading.Lock()
         self._publishers = [
-            Link(h, p, [], self._wake_r, io_timeout=self._io_timeout) for h, p in self._hosts
+            Link(h, p, [], self._wake_r, io_timeout=self._io_timeout, max_packet=self._max_packet)
+            for h, p in self._hosts
         ]
         self._callers = Callers(self._host_list)
         self._consume_lock = threading.Lock()
@@ -243,7 +250,14 @@ class GearmanTransport(Transport):
         if consumer is None:
             functions = frame.functions(queue, self._bands, None if starts is None else [*starts])
             links = [
-                Link(h, p, functions, self._wake_r, io_timeout=self._io_timeout)
+                Link(
+                    h,
+                    p,
+                    functions,
+                    self._wake_r,
+                    io_timeout=self._io_timeout,
+                    max_packet=self._max_packet,
+                )
                 for h, p in self._hosts
             ]
             consumer = self._consumers[queue, starts] = _Consumer(queue, links)
@@ -446,7 +460,14 @@ class GearmanTransport(Transport):
             functions = frame.functions(queue, self._bands)
             reachable = 0
             for host, port in self._hosts:
-                link = Link(host, port, functions, self._wake_r, io_timeout=self._io_timeout)
+                link = Link(
+                    host,
+                    port,
+                    functions,
+                    self._wake_r,
+                    io_timeout=self._io_timeout,
+                    max_packet=self._max_packet,
+                )
                 try:
                     link.connect()
                     while jobs := link.grab(_PURGE_BATCH):
@@ -527,7 +548,7 @@ def _fresh_unique() -> bytes:
     return uuid.uuid4().hex.encode()
 
 
-def _capabilities(durable: bool, bands: PriorityBands) -> Capabilities:
+def _capabilities(durable: bool, bands: PriorityBands, max_message_size: int) -> Capabilities:
     reasons = {
         "fanout": "Gearman has no fan-out: each job goes to one worker",
         "topics": "Gearman has no fan-out: each job goes to one worker",
@@ -553,5 +574,6 @@ def _capabilities(durable: bool, bands: PriorityBands) -> Capabilities:
         priority_bands=bands.starts,
         dedup=True,
         inspect=True,
+        max_message_size=max_message_size,
         reasons=reasons,
     )

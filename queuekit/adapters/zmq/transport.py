@@ -19,7 +19,6 @@ default 10), ``hwm`` (ZeroMQ high-water mark per socket, default 10000).
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
 import uuid
@@ -52,6 +51,7 @@ from .wire import (
     TOPIC_END,
     WINDOW,
     Endpoints,
+    decode_headers,
     frame_limit,
     make_head,
     max_message_size_option,
@@ -60,8 +60,8 @@ from .wire import (
     recv_message,
     send_message,
     set_heartbeat,
-    unpack_index,
     unpack_record,
+    unpack_work,
 )
 
 #: Most messages ``send_many`` packs into one frame (each frame is atomic in ZeroMQ).
@@ -133,16 +133,6 @@ class _Subscription:
 
 def _encode_headers(headers: Headers) -> bytes:
     return json.dumps(dict(headers), separators=(",", ":")).encode() if headers else b""
-
-
-def _decode_headers(raw: bytes) -> dict[str, str]:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def subscription_prefix(pattern: str) -> bytes:
@@ -354,41 +344,17 @@ class ZeroMQTransport(Transport):
                 return got
             got = True
             if kind == DELIVER and items:
-                queue = name.decode()
+                queue = name.decode("utf-8", "replace")  # a name we never asked for: ignored
                 inbox = self._inboxes.get(queue)
                 if inbox is not None:  # always: the device sends only queues we asked for
-                    self._unpack_work(queue, inbox, items[0], items[1:])
+                    # what the device counted against this worker's credit, parsed or not
+                    deliveries, dropped = unpack_work(queue, items[0], items[1:])
+                    inbox.items.extend(deliveries)
+                    inbox.consumed += dropped
             elif kind == LEFT:
-                left = self._inboxes.get(name.decode())
+                left = self._inboxes.get(name.decode("utf-8", "replace"))
                 if left is not None:
                     left.left = True
-
-    def _unpack_work(self, queue: str, inbox: _Inbox, index: bytes, frames: list[bytes]) -> None:
-        """Turn packed frames into deliveries, all at once (one loop, not a call each).
-
-        ``index`` says how many records each frame holds, which is what the device counted
-        against this worker's credit; records that do not parse are dropped but still
-        counted as consumed, so the credit stays right.
-        """
-        try:
-            counts = unpack_index(index)
-        except ValueError:
-            return  # not from a queuekit device
-        append, unpack_from, head = inbox.items.append, RECORD.unpack_from, RECORD.size
-        for n, frame in zip(counts, frames, strict=False):
-            pos, end = 0, len(frame)
-            for done in range(n):
-                try:
-                    size, count, header_size = unpack_from(frame, pos)
-                except struct.error:
-                    size, count, header_size = end, 0, 0  # overruns: handled below
-                start = pos + head + header_size
-                if start + size > end:
-                    inbox.consumed += n - done
-                    break
-                headers = _decode_headers(frame[pos + head : start]) if header_size else {}
-                pos = start + size
-                append(Delivery(queue, frame[start:pos], headers, count > 0, count + 1, count))
 
     def ack(self, delivery: Delivery) -> None:
         self.check_open()
@@ -484,12 +450,12 @@ class ZeroMQTransport(Transport):
             except ValueError:
                 continue
             if not subscription.exact and not topic_matches(
-                subscription.pattern, topic_frame[:-1].decode()
+                subscription.pattern, topic_frame[:-1].decode("utf-8", "replace")
             ):
                 continue
             handle = _Broadcast(subscription)
             subscription.items.append(
-                Delivery(subscription.name, body, _decode_headers(raw_headers), False, 1, handle)
+                Delivery(subscription.name, body, decode_headers(raw_headers), False, 1, handle)
             )
 
     def _receive_broadcast(self, subscription: _Subscription, timeout: float) -> Delivery | None:

@@ -30,6 +30,7 @@ Frames are sent and read one call each with the count known up front: pyzmq's
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 from array import array
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 import zmq
 
 from ...spi.errors import ConfigurationError
+from ...spi.transport import Delivery
 from ...spi.urls import TransportURL
 
 #: Default largest encoded message body, bytes; clients and the device must agree.
@@ -113,6 +115,51 @@ def unpack_record(record: bytes) -> tuple[int, bytes, bytes]:
     if start + size != len(record):
         raise ValueError("record lengths do not match its frame")
     return count, record[RECORD.size : start], record[start:]
+
+
+def decode_headers(raw: bytes) -> dict[str, str]:
+    """A record's headers JSON as strings; ``{}`` for anything that is not a JSON object
+    (the body still reaches the worker, whose failed store keeps what does not decode)."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def unpack_work(queue: str, index: bytes, frames: Sequence[bytes]) -> tuple[list[Delivery], int]:
+    """The deliveries in a worker's packed frames, all at once (one loop, not a call each),
+    and how many records did not parse.
+
+    ``index`` says how many records each frame holds, which is what the device counted
+    against the worker's credit: records that do not parse are dropped but counted, so the
+    credit stays right. A frame's lengths are checked against the frame before any slice,
+    so a lying record costs nothing; an index that is not one drops the lot.
+    """
+    try:
+        counts = unpack_index(index)
+    except ValueError:
+        return [], 0  # not from a queuekit device
+    deliveries: list[Delivery] = []
+    append, unpack_from, head = deliveries.append, RECORD.unpack_from, RECORD.size
+    dropped = 0
+    for n, frame in zip(counts, frames, strict=False):
+        pos, end = 0, len(frame)
+        for done in range(n):
+            try:
+                size, count, header_size = unpack_from(frame, pos)
+            except struct.error:
+                size, count, header_size = end, 0, 0  # overruns: handled below
+            start = pos + head + header_size
+            if start + size > end:
+                dropped += n - done
+                break
+            headers = decode_headers(frame[pos + head : start]) if header_size else {}
+            pos = start + size
+            append(Delivery(queue, frame[start:pos], headers, count > 0, count + 1, count))
+    return deliveries, dropped
 
 
 def pack_index(values: Sequence[int]) -> bytes:
