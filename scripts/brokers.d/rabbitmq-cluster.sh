@@ -40,6 +40,7 @@ node_of() {  # 1, qk1 or qk1@localhost -> 1
 }
 
 configure() {
+  local n
   mkdir -p "$base"
   [ -f "$base/.erlang.cookie" ] || {
     head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$base/.erlang.cookie"
@@ -79,7 +80,7 @@ clustered() {  # true when node $1 runs with all three nodes in its cluster
 
 up() {
   apt_install rabbitmq-server
-  local any=0
+  local n any=0
   for n in "${nodes[@]}"; do running "$n" && any=1; done
   if [ "$any" = 0 ]; then  # nothing left to rejoin: begin afresh (tests delete their queues)
     rm -rf "$base"
@@ -102,9 +103,10 @@ up() {
 }
 
 restart() {  # every node's app at once: quorum queues lose their majority, then recover
+  local n
   for n in "${nodes[@]}"; do running "$n" || { up; return; }; done
   log "restarting the rabbitmq cluster's apps"
-  local pids=()
+  local n pids=()
   for n in "${nodes[@]}"; do ctl "$n" stop_app & pids+=($!); done
   wait "${pids[@]}"
   pids=()
@@ -123,7 +125,7 @@ kill_node() {
 }
 
 leader() {  # the leader of quorum queue $1, asked of any running node
-  local queue=$1
+  local n queue=$1
   for n in "${nodes[@]}"; do
     running "$n" || continue
     ctl "$n" list_queues name leader --no-table-headers 2>/dev/null \
@@ -142,8 +144,8 @@ case "$verb" in
   restart) restart ;;
   urls) urls ;;
   kill) kill_node "${1:?usage: $0 kill NODE}" ;;
-  start) n=$(node_of "${1:?usage: $0 start NODE}"); configure; start_node "$n"; ready_node "$n" ;;
+  start) node=$(node_of "${1:?usage: $0 start NODE}"); configure; start_node "$node"; ready_node "$node" ;;
   leader) leader "${1:?usage: $0 leader QUEUE}" ;;
-  ctl) n=$(node_of "${1:?usage: $0 ctl NODE ARGS}"); shift; ctl "$n" "$@" ;;
+  ctl) node=$(node_of "${1:?usage: $0 ctl NODE ARGS}"); shift; ctl "$node" "$@" ;;
   *) echo "usage: $0 up|restart|urls|kill NODE|start NODE|leader QUEUE|ctl NODE ARGS" >&2; exit 2 ;;
 esac

@@ -33,8 +33,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: Failures the broker reports on one channel (it closes that channel, not the connection).
 CHANNEL_ERRORS: tuple[type[BaseException], ...] = (amqp_errors.ChannelError,)
-#: RabbitMQ's PRECONDITION_FAILED text when a queue exists with another ``x-queue-type``.
-_QUEUE_TYPE_CLASH = "inequivalent arg 'x-queue-type'"
+#: RabbitMQ's PRECONDITION_FAILED text when a queue exists with other arguments (its
+#: ``x-queue-type`` or ``x-max-priority``: it names the first that differs).
+_ARGUMENTS_CLASH = "inequivalent arg '"
 #: The oldest RabbitMQ with quorum queues.
 QUORUM_SINCE = (3, 8)
 #: What a reconnect may fix: the above plus our own ConnectionLost from a failed connect.
@@ -43,11 +44,12 @@ RECOVERABLE: tuple[type[BaseException], ...] = (ConnectionLost, *CONNECTION_ERRO
 
 def map_channel_error(exc: BaseException, what: str) -> Exception:
     """queuekit's error for a channel-level failure of ``what``."""
-    if isinstance(exc, amqp_errors.PreconditionFailed) and _QUEUE_TYPE_CLASH in str(exc):
+    if isinstance(exc, amqp_errors.PreconditionFailed) and _ARGUMENTS_CLASH in str(exc):
         return ConfigurationError(
-            f"{what}: the queue exists as another type than ?queue_type= asks for (RabbitMQ"
-            " cannot turn a classic queue into a quorum queue or back): drain and delete it,"
-            f" or use another queue name ({exc})"
+            f"{what}: the queue exists with other arguments than the URL asks for (RabbitMQ"
+            " cannot turn a classic queue into a quorum queue or back, nor change its"
+            " ?max_priority=): drain and delete it, or use another queue name"
+            f" ({exc})"
         )
     if isinstance(exc, amqp_errors.PreconditionFailed | amqp_errors.AccessRefused):
         return ConfigurationError(f"{what}: {exc}")
