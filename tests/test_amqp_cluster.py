@@ -155,3 +155,25 @@ def test_a_quorum_url_declares_what_quorum_queues_serve_and_refuses_the_rest() -
     for option in ("max_priority=5", "delay=1", "queue_type=stream"):
         with pytest.raises(ConfigurationError, match=option.split("=")[0]):
             AMQPTransport(TransportURL.parse(f"{URL}&{option}"))
+
+
+def test_a_quorum_queue_counts_deliveries() -> None:
+    require_broker("rabbitmq-cluster", "127.0.0.1", 5681)
+    name = f"test-cluster-count-{uuid.uuid4().hex}"
+    transport = AMQPTransport(TransportURL.parse(f"{URL}&priority_bands="), prefetch=1)
+    try:
+        # Given a message delivered once and handed back
+        transport.send(name, b"x", {"k": "v"})
+        first = transport.receive(name, 10)
+        assert first is not None and first.delivery_count == 1
+        transport.nack(first, requeue=True)
+        # When it comes again
+        again = transport.receive(name, 10)
+        # Then the broker's count says so, and its header is not the user's
+        assert again is not None and again.body == b"x"
+        assert again.delivery_count == 2 and again.redelivered
+        assert again.headers == {"k": "v"}
+        transport.ack(again)
+    finally:
+        transport.delete(name)
+        transport.close()
