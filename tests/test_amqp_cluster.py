@@ -146,6 +146,7 @@ def test_a_classic_queue_of_the_same_name_is_one_clear_error(tmp_path: Path) -> 
 def test_a_quorum_url_declares_what_quorum_queues_serve_and_refuses_the_rest() -> None:
     # Given a quorum URL (nothing connects before the first call)
     transport = AMQPTransport(TransportURL.parse(URL))
+    transport.close()
     caps = transport.capabilities
     # Then ranges are served by bands, but neither order by priority nor native delay
     assert caps.priority_range and caps.takes_priority and caps.durable and caps.redelivery
