@@ -373,8 +373,9 @@ def unsupported(ctx: Context) -> None:
         "priority": SendOptions(priority=9),
         "dedup": SendOptions(dedup_key="k"),
     }
+    takes_priority = ctx.capabilities.takes_priority
     for flag, option in options.items():
-        if not ctx.declares(flag):
+        if not ctx.declares(flag) and not (flag == "priority" and takes_priority):
             probes.append(
                 (f"send with {flag}", partial(transport.send, queue, b"x", {}, options=option))
             )

@@ -160,7 +160,7 @@ class Broker:
             raise ValueError(f"priority must be an int 0-{MAX_PRIORITY}, not {priority!r}")
         if not 0 <= priority <= MAX_PRIORITY:
             raise ValueError(f"priority must be 0-{MAX_PRIORITY}, not {priority}")
-        if not self.transport.capabilities.priority:
+        if not self.transport.capabilities.takes_priority:
             raise Unsupported("priority", self.transport.name, needs("priority"))
 
     @property

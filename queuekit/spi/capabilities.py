@@ -36,6 +36,8 @@ class Capabilities:
     - ``delay``: ``SendOptions.not_before`` is honoured by the broker.
     - ``priority``: with several waiting, higher ``SendOptions.priority`` is received first.
     - ``priority_range``: ``receive_priorities`` takes only messages in a priority range.
+      Declared without ``priority`` (RabbitMQ quorum queues), a send's priority still picks
+      which ranges' consumers take it, but not its order among the messages waiting.
     - ``priority_bands``: where ranges must fall on band boundaries (the adapter keeps one
       broker queue per band: :class:`~queuekit.spi.priorities.PriorityBands`), where each
       band but the first starts; ``None`` when any range is served.
@@ -65,6 +67,11 @@ class Capabilities:
     #: in the job store so an attempt that died with its worker still counts.
     marks_redelivery: bool = True
     reasons: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def takes_priority(self) -> bool:
+        """Whether a send may carry ``SendOptions.priority`` (for order, or for ranges)."""
+        return self.priority or self.priority_range
 
     def declared(self) -> tuple[str, ...]:
         """The flags this adapter declares, in table order."""

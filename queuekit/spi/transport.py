@@ -285,7 +285,7 @@ class Transport(ABC):
         caps = self.capabilities
         if options.not_before is not None and not caps.delay:
             raise Unsupported("delay", self.name)
-        if options.priority is not None and not caps.priority:
+        if options.priority is not None and not caps.takes_priority:
             raise Unsupported("priority", self.name)
         if options.dedup_key is not None and not caps.dedup:
             raise Unsupported("dedup", self.name)

@@ -36,7 +36,7 @@ from .link import (
     map_channel_error,
     sleep_until,
 )
-from .messages import as_bytes, user_headers
+from .messages import as_bytes, delivery_count, user_headers
 from .settings import Settings
 from .topology import SUBSCRIPTION_PREFIX, declare_queue
 
@@ -129,16 +129,19 @@ class Consumer:
         buffer = self._buffers[source]
         generation = self._link.generation
         headers_of = user_headers
+        quorum = self.settings.quorum
 
         def on_message(message: Any) -> None:
             info = message.delivery_info
             body = message.body
+            raw = message.properties.get("application_headers")
             buffer.append(
                 Delivery(
                     queue=queue,
                     body=body if type(body) is bytes else as_bytes(body),
-                    headers=headers_of(message.properties.get("application_headers")),
+                    headers=headers_of(raw),
                     redelivered=bool(info["redelivered"]),
+                    delivery_count=delivery_count(raw, quorum) if quorum else None,
                     handle=_Handle(generation, info["delivery_tag"]),
                 )
             )
@@ -157,11 +160,13 @@ class Consumer:
         for source in sources:
             message = channel.basic_get(source)
             if message is not None:
+                raw = message.properties.get("application_headers")
                 return Delivery(
                     queue=queue,
                     body=as_bytes(message.body),
-                    headers=user_headers(message.properties.get("application_headers")),
+                    headers=user_headers(raw),
                     redelivered=bool(message.delivery_info["redelivered"]),
+                    delivery_count=delivery_count(raw, self.settings.quorum),
                     handle=_Handle(self._link.generation, message.delivery_info["delivery_tag"]),
                 )
         tags = [self._consume(channel, queue, source) for source in sources]

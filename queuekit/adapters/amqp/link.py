@@ -33,12 +33,24 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 #: Failures the broker reports on one channel (it closes that channel, not the connection).
 CHANNEL_ERRORS: tuple[type[BaseException], ...] = (amqp_errors.ChannelError,)
+#: RabbitMQ's PRECONDITION_FAILED text when a queue exists with other arguments (its
+#: ``x-queue-type`` or ``x-max-priority``: it names the first that differs).
+_ARGUMENTS_CLASH = "inequivalent arg '"
+#: The oldest RabbitMQ with quorum queues.
+QUORUM_SINCE = (3, 8)
 #: What a reconnect may fix: the above plus our own ConnectionLost from a failed connect.
 RECOVERABLE: tuple[type[BaseException], ...] = (ConnectionLost, *CONNECTION_ERRORS)
 
 
 def map_channel_error(exc: BaseException, what: str) -> Exception:
     """queuekit's error for a channel-level failure of ``what``."""
+    if isinstance(exc, amqp_errors.PreconditionFailed) and _ARGUMENTS_CLASH in str(exc):
+        return ConfigurationError(
+            f"{what}: the queue exists with other arguments than the URL asks for (RabbitMQ"
+            " cannot turn a classic queue into a quorum queue or back, nor change its"
+            " ?max_priority=): drain and delete it, or use another queue name"
+            f" ({exc})"
+        )
     if isinstance(exc, amqp_errors.PreconditionFailed | amqp_errors.AccessRefused):
         return ConfigurationError(f"{what}: {exc}")
     return TransportError(f"{what}: {exc}")
@@ -91,11 +103,16 @@ class Link:
                 # reconnect loop (and a publish timeout of a few seconds) would pay.
                 connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
                 self._connection, self._raw = connection, connection.connection
+                self._check_server(host)
                 self._open_channel()
             except amqp_errors.AccessRefused as exc:
                 _quiet_release(connection, self._raw)
                 self._connection = self._raw = self._channel = None
                 raise ConfigurationError(f"amqp {host}: access refused: {exc}") from None
+            except ConfigurationError:
+                _quiet_release(connection, self._raw)
+                self._connection = self._raw = self._channel = None
+                raise
             except (*CONNECTION_ERRORS, *CHANNEL_ERRORS) as exc:
                 _quiet_release(connection, self._raw)
                 self._connection = self._raw = self._channel = None
@@ -110,6 +127,13 @@ class Link:
                 log.info("amqp %s connection made to %s", self.role, host)
             return
         raise ConnectionLost(f"amqp: no broker answered ({'; '.join(errors)})")
+
+    def _check_server(self, host: object) -> None:
+        """Refuse a broker too old for what the URL asks (quorum queues need 3.8)."""
+        version = server_version(self._raw.server_properties)
+        if self.settings.quorum and version is not None and version < QUORUM_SINCE:
+            shown = ".".join(map(str, version))
+            raise ConfigurationError(f"amqp {host}: RabbitMQ {shown} has no quorum queues (3.8+)")
 
     def _open_channel(self) -> None:
         assert self._connection is not None
@@ -179,6 +203,16 @@ def _quiet_release(connection: Any, raw: Any) -> None:
             raw.collect()
 
 
+def server_version(properties: dict[str, Any]) -> tuple[int, ...] | None:
+    """RabbitMQ's version from the connection's server properties (None if not told)."""
+    raw = properties.get("version")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+    parts = text.split(".")
+    if len(parts) < 2 or not all(part.isdigit() for part in parts[:2]):
+        return None
+    return tuple(int(part) for part in parts[:3] if part.isdigit())
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before reconnect attempt ``attempt`` (0.1 s doubling to 2 s)."""
     return float(min(2.0, 0.1 * 2**attempt))
@@ -195,5 +229,6 @@ __all__ = [
     "Link",
     "backoff",
     "map_channel_error",
+    "server_version",
     "sleep_until",
 ]

@@ -23,8 +23,10 @@ from .settings import Settings
 
 #: The adapter's name in the errors raised here (``AMQPTransport.name``).
 ADAPTER = "amqp"
-#: Headers the broker adds on dead-lettering (our delay cascade); not the user's.
-_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+#: A quorum queue's count of a message's earlier deliveries (returned ones).
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+#: Headers the broker adds on dead-lettering (our delay cascade), and the above: not the user's.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", DELIVERY_COUNT_HEADER)
 
 
 def priority_level(priority: int, max_priority: int) -> int:
@@ -93,6 +95,16 @@ def returned(exchange: str, routing_key: str, message: Any) -> Publication:
 
 def as_bytes(body: Any) -> bytes:
     return body.encode() if isinstance(body, str) else bytes(body)
+
+
+def delivery_count(raw: Mapping[str, Any] | None, quorum: bool) -> int | None:
+    """How many times a quorum queue has delivered the message, this time included (it
+    counts the earlier ones in ``x-delivery-count``); None for classic queues, which only
+    say ``redelivered``."""
+    if not quorum:
+        return None
+    earlier = (raw or {}).get(DELIVERY_COUNT_HEADER, 0)
+    return int(earlier) + 1
 
 
 def user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:

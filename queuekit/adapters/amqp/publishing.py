@@ -7,8 +7,10 @@ once the broker has confirmed all of its own (RabbitMQ acks with ``multiple``). 
 publishing threads keep the connection busy instead of queueing behind one another's round
 trips, and py-amqp, which is not thread-safe, is only ever driven by one thread.
 
-A failure is the caller's whose messages it concerns: a nack, or messages returned as
-unroutable three times, fail that caller only. A lost connection, or confirms that stop
+A failure is the caller's whose messages it concerns: messages returned as unroutable three
+times, or nacked until its publish timeout (a nack means the broker does not have them, e.g.
+a quorum queue between leaders: they are written again on a new channel), fail that caller
+only. A lost connection, or confirms that stop
 coming for ``confirm_timeout``, is hidden for up to ``publish_timeout`` (``reconnect_timeout``
 for the admin calls): the thread reconnects and writes again everything not yet confirmed,
 in order (a duplicate is possible, a loss is not). Messages go out ``mandatory``; one
@@ -70,7 +72,8 @@ class _Job:
     confirm_by: float = 0.0  # when the outstanding ones are overdue
     returned: list[Publication] = field(default_factory=list)
     returns: int = 0
-    nacked: int = 0
+    #: Nacked by the broker (it does not have them): written again until ``deadline``.
+    nacked: list[Publication] = field(default_factory=list)
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -284,7 +287,12 @@ class Publisher:
             if job.outstanding or job.items:
                 left.append(job)
             elif job.nacked:
-                self._end(job, TransportError(f"amqp: the broker refused {job.nacked} message(s)"))
+                if time.monotonic() >= job.deadline:
+                    refused = f"amqp: the broker refused {len(job.nacked)} message(s)"
+                    self._end(job, TransportError(refused))
+                    continue
+                self._write_again_nacked(job)
+                left.append(job)
             elif job.returned:  # unroutable: its queue vanished (deleted elsewhere); redeclare
                 job.returns += 1
                 if job.returns > 2:
@@ -297,6 +305,17 @@ class Publisher:
             else:
                 self._end(job)
         return left
+
+    def _write_again_nacked(self, job: _Job) -> None:
+        """The broker nacked some of ``job``'s messages: the queue could not take them (a
+        quorum queue between leaders), so they are not in the broker. Write them again on
+        a new channel (RabbitMQ 3.10 kept nacking on a channel that first met the queue
+        while its dead leader was not yet noticed: seen here), after a short pause."""
+        log.warning("amqp: the broker refused %d message(s); sending them again", len(job.nacked))
+        self._link.reset_channel()
+        self._take_back()  # the old channel's confirms are gone: its unconfirmed go again
+        job.items, job.nacked = [*job.nacked, *job.items], []
+        self._pause(job.deadline)
 
     def _await_confirms(self, active: list[_Job]) -> None:
         """Read frames (confirms, returns) until one comes, a caller arrives, or a slice
@@ -460,7 +479,7 @@ class Publisher:
             job = entry[1]
             job.outstanding -= 1
             if nacked:
-                job.nacked += 1
+                job.nacked.append(entry[0])
 
     def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
         """The broker sends a return before the confirm of the same message, and in the

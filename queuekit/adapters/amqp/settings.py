@@ -20,9 +20,20 @@ RABBITMQ_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: ``x-max-priority`` of the queues the adapter declares: queuekit's 0-255 maps onto 0-10.
 #: Measured here: 10 levels cost nothing against a plain queue; 255 levels cut consuming ~10x.
 DEFAULT_MAX_PRIORITY = 10
+#: ``?queue_type=``: RabbitMQ's classic queues (one node) or quorum queues (replicated by Raft
+#: over a cluster's nodes; RabbitMQ 3.8+).
+QUEUE_TYPES = ("classic", "quorum")
+#: Options a quorum queue cannot honour, and why (refused rather than silently ignored).
+_NOT_ON_QUORUM = {
+    "max_priority": "RabbitMQ 3.x quorum queues have no x-max-priority (4.x: two fixed"
+    " levels); priority bands (?priority_bands=) still give ranges",
+    "delay": "the delay cascade's TTL queues are classic queues on one node, which a cluster"
+    " can lose; on quorum queues the core's delayed store (the job store) keeps delays",
+}
 
 _OPTIONS = frozenset(
     {
+        "queue_type",
         "confirm",
         "max_priority",
         BANDS_OPTION,
@@ -47,6 +58,8 @@ class Settings:
     password: str
     vhost: str
     tls: TLSSettings | None  # amqps:// only
+    #: Work and subscription queues are quorum queues (``?queue_type=quorum``).
+    quorum: bool
     confirm: bool
     max_priority: int
     #: One work queue per band (a single band when priorities are off): see docs/amqp.md.
@@ -73,7 +86,9 @@ class Settings:
         secure = url.scheme == "amqps"
         default_port = 5671 if secure else 5672
         hosts = tuple(Host(h.name or "localhost", h.port or default_port) for h in url.hosts)
+        quorum = _quorum(url)
         max_priority = url.integer("max_priority", DEFAULT_MAX_PRIORITY, allow_zero=True)
+        max_priority = 0 if quorum else max_priority
         if not 0 <= max_priority <= 255:
             raise ConfigurationError(f"{url.redacted()}: max_priority must be 0-255")
         return cls(
@@ -82,10 +97,11 @@ class Settings:
             password=url.password if url.password is not None else "guest",
             vhost=url.path or "/",
             tls=TLSSettings.from_url(url) if secure else None,
+            quorum=quorum,
             confirm=url.flag("confirm", True),
             max_priority=max_priority,
-            bands=PriorityBands.from_url(url) if max_priority else PriorityBands(()),
-            delay=url.flag("delay", True),
+            bands=PriorityBands.from_url(url) if max_priority or quorum else PriorityBands(()),
+            delay=not quorum and url.flag("delay", True),
             heartbeat=url.integer("heartbeat", 0, allow_zero=True),
             connect_timeout=url.number("connect_timeout", 5.0),
             reconnect_timeout=url.number("reconnect_timeout", 60.0),
@@ -108,6 +124,23 @@ class Settings:
             "heartbeat": self.heartbeat,
             "transport": "pyamqp",
         }
+
+
+def _quorum(url: TransportURL) -> bool:
+    """Whether ``?queue_type=`` asks for quorum queues; refuses what they cannot honour."""
+    queue_type = url.option("queue_type") or "classic"
+    if queue_type not in QUEUE_TYPES:
+        raise ConfigurationError(
+            f"{url.redacted()}: queue_type={queue_type!r}; known: {', '.join(QUEUE_TYPES)}"
+        )
+    if queue_type != "quorum":
+        return False
+    for option, why in _NOT_ON_QUORUM.items():
+        if url.option(option) not in (None, "0"):
+            raise ConfigurationError(
+                f"{url.redacted()}: {option}= does not apply to quorum queues: {why}"
+            )
+    return True
 
 
 def _ssl_options(tls: TLSSettings, hostname: str) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """What the adapter declares on the broker, and what the publisher channel declared already.
 
-Work queues are durable classic queues, with ``x-max-priority`` when priorities are on (a
-queue made with other arguments is a PRECONDITION_FAILED, never a silent change). Broadcasts
-go through one durable topic exchange; a subscription is a durable queue bound to it by a
-pattern, which RabbitMQ deletes after ``subscription_ttl`` without a consumer. Declaring is
-idempotent but costs a round trip, so the publisher declares each queue once per channel
-(``Declarations``). The delay cascade's own exchanges and queues are in ``delays``.
+Work queues are durable classic queues, with ``x-max-priority`` when priorities are on, or
+quorum queues (``?queue_type=quorum``: replicated over a cluster's nodes, no priorities, no
+delivery limit so the broker never drops a message the core did not settle). A queue made
+with other arguments or of the other type is a PRECONDITION_FAILED, never a silent change.
+Broadcasts go through one durable topic exchange; a subscription is a durable queue (of the
+same type) bound to it by a pattern, which RabbitMQ deletes after ``subscription_ttl``
+without a consumer. Declaring is idempotent but costs a round trip, so the publisher
+declares each queue once per channel (``Declarations``). The delay cascade's own
+exchanges and queues are in ``delays``.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ SUBSCRIPTION_PREFIX = "queuekit.sub."
 
 
 def declare_queue(channel: Any, queue: str, settings: Settings) -> None:
+    channel.queue_declare(queue, durable=True, auto_delete=False, arguments=_arguments(settings))
+
+
+def _arguments(settings: Settings) -> dict[str, Any]:
+    if settings.quorum:
+        return {"x-queue-type": "quorum"}
     mp = settings.max_priority
-    channel.queue_declare(
-        queue, durable=True, auto_delete=False, arguments={"x-max-priority": mp} if mp else {}
-    )
+    return {"x-max-priority": mp} if mp else {}
 
 
 def declare_topic_exchange(channel: Any, settings: Settings) -> None:
@@ -36,7 +43,8 @@ def declare_subscription(channel: Any, name: str, pattern: str, settings: Settin
     """A subscription queue ``name`` collecting what is broadcast to topics ``pattern`` matches."""
     ttl = int(settings.subscription_ttl * 1000)
     declare_topic_exchange(channel, settings)
-    channel.queue_declare(name, durable=True, auto_delete=False, arguments={"x-expires": ttl})
+    arguments = {"x-expires": ttl, **({"x-queue-type": "quorum"} if settings.quorum else {})}
+    channel.queue_declare(name, durable=True, auto_delete=False, arguments=arguments)
     channel.queue_bind(name, settings.exchange, pattern)
 
 

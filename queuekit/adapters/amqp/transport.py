@@ -46,21 +46,13 @@ class AMQPTransport(Transport):
             topics=True,
             delay=settings.delay,
             priority=settings.max_priority > 0,
-            priority_range=settings.max_priority > 0,
+            priority_range=settings.max_priority > 0 or settings.quorum,
             priority_bands=settings.bands.starts,
             inspect=True,
             max_message_size=settings.max_message_size,
             reasons={
                 "dedup": "RabbitMQ keeps no dedup keys; the core's job store does",
-                **({"delay": "turned off by ?delay=0"} if not settings.delay else {}),
-                **(
-                    {
-                        "priority": "turned off by ?max_priority=0",
-                        "priority_range": "turned off by ?max_priority=0",
-                    }
-                    if not settings.max_priority
-                    else {}
-                ),
+                **_reasons(settings),
             },
         )
         self._publisher = Publisher(settings, self)
@@ -185,6 +177,21 @@ class AMQPTransport(Transport):
         self.closed = True
         self._consumer.close()
         self._publisher.close()
+
+
+def _reasons(settings: Settings) -> dict[str, str]:
+    """Why ``delay``, ``priority`` and ``priority_range`` are not declared, where not."""
+    if settings.quorum:
+        return {
+            "delay": "quorum queues: the delay cascade is classic queues on one node; the"
+            " core's delayed store keeps delays",
+            "priority": "RabbitMQ 3.x quorum queues ignore priorities (4.x: two levels);"
+            " priority bands still serve ranges",
+        }
+    reasons = {"delay": "turned off by ?delay=0"} if not settings.delay else {}
+    if not settings.max_priority:
+        reasons["priority"] = reasons["priority_range"] = "turned off by ?max_priority=0"
+    return reasons
 
 
 def _waiting(queue: str, channel: Any) -> int:
