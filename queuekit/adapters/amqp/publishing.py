@@ -82,16 +82,26 @@ class _Job:
 
 
 class _Waker:
-    """A socket pair: writing to one end wakes the I/O thread out of ``select``."""
+    """A socket pair: writing to one end wakes the I/O thread out of ``select``. Opened
+    with the thread, so a transport that never publishes holds no sockets for it."""
 
     def __init__(self) -> None:
-        self.reader, self._writer = socket.socketpair()
-        self.reader.setblocking(False)
-        self._writer.setblocking(False)
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+
+    def open(self) -> None:
+        self._pair = socket.socketpair()
+        for end in self._pair:
+            end.setblocking(False)
+
+    @property
+    def reader(self) -> socket.socket:
+        assert self._pair is not None, "opened before the I/O thread starts"
+        return self._pair[0]
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: a wake is pending anyway
-            self._writer.send(b"\0")
+        if self._pair is not None:
+            with contextlib.suppress(BlockingIOError):  # full: a wake is pending anyway
+                self._pair[1].send(b"\0")
 
     def clear(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -99,8 +109,10 @@ class _Waker:
                 pass
 
     def close(self) -> None:
-        self.reader.close()
-        self._writer.close()
+        if self._pair is not None:
+            for end in self._pair:
+                end.close()
+            self._pair = None
 
 
 class Publisher:
@@ -170,6 +182,7 @@ class Publisher:
                 self._after_fork()
             self._inbox.append(job)
             if self._thread is None:
+                self._waker.open()
                 self._thread = threading.Thread(
                     target=self._run, name="queuekit-amqp-publisher", daemon=True
                 )
