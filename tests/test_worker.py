@@ -33,7 +33,7 @@ from queuekit.adapters.memory import MemoryTransport
 from queuekit.jobstore.base import JobStoreError
 from queuekit.spi import Delivery, register_transport
 from queuekit.worker.loop import Worker
-from queuekit.worker.pipeline import FunctionHandler
+from queuekit.worker.pipeline import MAX_DELIVERIES, FunctionHandler
 from tests.support import wait_until
 from tests.workers.transports import NODELAY
 
@@ -83,6 +83,27 @@ def test_rejected_by_validate_goes_to_the_failed_store_without_retry(
     assert failed.reason == "rejected by validate()"
     assert failed.attempts == 0
     assert b'"no":"to"' in failed.body
+
+
+def test_a_message_delivered_too_often_unsettled_goes_to_the_failed_store_unrun(
+    conn: Connection, name: str
+) -> None:
+    # Given a message whose workers died with it (handed back unsettled) 20 times
+    queue = conn.queue(name)
+    message_id = queue.publish({"poison": True})
+    for _ in range(MAX_DELIVERIES):
+        delivery = conn.transport.receive(name, 5)
+        assert delivery is not None
+        conn.transport.nack(delivery, requeue=True)
+    # When a worker receives it once more
+    work = Calls()
+    queue.dispatch(work, max_messages=1, max_seconds=SAFETY)
+    # Then it is not run: it is in the failed store, saying why
+    assert work.messages == []
+    assert queue.depth() == 0
+    [failed] = conn.failed.list(name)
+    assert failed.message_id == message_id
+    assert failed.reason.startswith(f"delivered {MAX_DELIVERIES + 1} times and never settled")
 
 
 def test_validate_raising_is_recorded_as_failed(conn: Connection, name: str) -> None:

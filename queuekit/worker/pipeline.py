@@ -57,6 +57,11 @@ from .observers import (
 )
 
 log = logging.getLogger("queuekit.worker")
+#: A message the broker has delivered more often than this without it being settled (its
+#: workers died with it, or handed it back) is a poison message: it goes to the failed store
+#: unrun. Brokers that count deliveries say so (quorum queues, SQLite, memory, XMPP); a
+#: broker that does not is covered by the start journal (``_died_too_often``).
+MAX_DELIVERIES = 20
 
 
 class Handler(Protocol):
@@ -261,6 +266,13 @@ class Pipeline:
             self._fail(attempt, refused)
             return None
         if self._counts_starts and self._died_too_often(attempt):
+            return None
+        if (delivery.delivery_count or 0) > MAX_DELIVERIES:
+            attempt.rejected = True
+            self._fail(attempt, f"delivered {delivery.delivery_count} times and never "
+                                "settled: each time its worker died or handed it back (a "
+                                f"poison message?); after {MAX_DELIVERIES} it is not run "
+                                "again")  # fmt: skip
             return None
         if log.isEnabledFor(logging.INFO):  # `worker -v`; one cheap check when it is off
             log.info("message %s received on %r (attempt %d)", message.id, self.queue,
