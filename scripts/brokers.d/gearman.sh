@@ -62,7 +62,8 @@ stop_persistent() {
     kill -9 "$pid" 2>/dev/null || true
     stop_pid "$pid" "gearmand (persistent)" 5
   fi
-  rm -f "$pidfile"
+  # Meanwhile another `up` may have started a daemon that wrote its own pid here: keep that.
+  [ "$(cat "$pidfile" 2>/dev/null)" != "$pid" ] || rm -f "$pidfile"
 }
 
 case "${1:-up}" in
