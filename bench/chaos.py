@@ -344,10 +344,8 @@ def run(args: argparse.Namespace, directory: Path) -> Result:
     finally:
         if restarting is not None:
             restarting.join()
-        stop(supervisors)
-        producer.kill() if producer.poll() is None else None
-        producer.wait()
-        forget(args.url, queue)
+        stop(supervisors, producer)
+        forget(args.url, queue, drained)
     tally.update()
     out = producer.stdout.read().decode() if producer.stdout else ""
     resent = int(out.split()[-1]) if out.startswith("resent") else None
@@ -358,8 +356,12 @@ def run(args: argparse.Namespace, directory: Path) -> Result:
     return Result(label, args.messages, tally, chaos, bound, resent, elapsed, drained, restart)
 
 
-def stop(supervisors: Sequence[Supervisor]) -> None:
-    """SIGTERM every supervisor (each stops its children) and wait; SIGKILL after 60 s."""
+def stop(supervisors: Sequence[Supervisor], producer: subprocess.Popen[bytes]) -> None:
+    """SIGTERM every supervisor (each stops its children) and wait, SIGKILL after 60 s;
+    end the producer if it still runs."""
+    if producer.poll() is None:
+        producer.kill()
+    producer.wait()
     for supervisor in supervisors:
         if supervisor.process is not None and supervisor.process.poll() is None:
             supervisor.process.send_signal(signal.SIGTERM)
@@ -374,8 +376,12 @@ def stop(supervisors: Sequence[Supervisor]) -> None:
             supervisor.process.wait()
 
 
-def forget(url: str, queue: str) -> None:
-    """Delete the run's queue on the broker (a shared broker keeps durable queues)."""
+def forget(url: str, queue: str, drained: bool) -> None:
+    """Delete the run's queue on the broker (a shared broker keeps durable queues); keep
+    it when ids are missing: what is left on it tells a stall from a loss."""
+    if not drained:
+        print(f"chaos: queue {queue} kept on the broker", file=sys.stderr)
+        return
     try:
         with connect(url) as conn:
             conn.transport.delete(queue)
