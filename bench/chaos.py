@@ -32,8 +32,8 @@ x worker processes) x 2 x prefetch + resent batches x batch size (a batch resent
 restart may have reached the broker the first time).
 
 Run: ``.venv/bin/python bench/chaos.py URL [--broker NAME] [--messages 100000]``;
-``bench/bench_chaos.py --quick`` is the smoke run (SQLite, 2,000 messages) that
-``scripts/bench-smoke`` runs. Broker URLs: ``scripts/brokers urls``.
+``bench/bench_chaos.py --quick`` is the smoke run (SQLite, 5,000 messages, a kill every
+0.5 s) that ``scripts/bench-smoke`` runs. Broker URLs: ``scripts/brokers urls``.
 """
 
 from __future__ import annotations
@@ -436,7 +436,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the run's directory")
     parser.add_argument("--produce", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--queue", help=argparse.SUPPRESS)
-    args = report.parse_args(parser, {"messages": 2_000, "restarts": 1, "timeout": 150})
+    quick = {"messages": 5_000, "restarts": 1, "kill_every": 0.5, "settle": 5, "timeout": 150}
+    args = report.parse_args(parser, quick)
     if args.produce:
         produce(producer_url(args.url), args.queue, args.messages, args.batch)
         return
