@@ -39,6 +39,7 @@ Run: ``.venv/bin/python bench/chaos.py URL [--broker NAME] [--messages 100000]``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shlex
@@ -127,6 +128,7 @@ class Tally:
         self.seen = self.records = 0
         self.last_record = time.monotonic()
         self.complete_at: float | None = None  # when the last missing id came
+        self.dead: set[int] = set()  # ids the workers put in the failed store
         self._offsets: dict[Path, int] = {}
 
     def update(self) -> None:
@@ -151,7 +153,8 @@ class Tally:
         return self.records - self.seen
 
     def missing(self) -> list[int]:
-        return [i for i, count in enumerate(self.counts) if count == 0]
+        """Ids never run and not in the failed store."""
+        return [i for i, count in enumerate(self.counts) if count == 0 and i not in self.dead]
 
 
 # -- the workers and the chaos -------------------------------------------------------------
@@ -285,11 +288,11 @@ class Result:
     restart: str | None
 
     def row(self) -> list[report.Cell]:
-        lost = self.messages - self.tally.seen
+        lost = len(self.tally.missing())
         restarts = "n/a (embedded)" if self.restart is None else str(len(self.chaos.restarts))
         return [
             self.label, self.messages, self.tally.records,
-            lost if self.drained else f"{lost} (timeout)",
+            lost if self.drained else f"{lost} (timeout)", len(self.tally.dead),
             self.tally.duplicates, self.bound,
             f"{self.chaos.children_killed} + {self.chaos.supervisors_killed}",
             restarts, round(self.elapsed),
@@ -345,7 +348,7 @@ def run(args: argparse.Namespace, directory: Path) -> Result:
         if restarting is not None:
             restarting.join()
         stop(supervisors, producer)
-        forget(args.url, queue, drained)
+        tally.dead = forget(args.url, queue, drained)
     tally.update()
     out = producer.stdout.read().decode() if producer.stdout else ""
     resent = int(out.split()[-1]) if out.startswith("resent") else None
@@ -376,17 +379,23 @@ def stop(supervisors: Sequence[Supervisor], producer: subprocess.Popen[bytes]) -
             supervisor.process.wait()
 
 
-def forget(url: str, queue: str, drained: bool) -> None:
-    """Delete the run's queue on the broker (a shared broker keeps durable queues); keep
-    it when ids are missing: what is left on it tells a stall from a loss."""
-    if not drained:
-        print(f"chaos: queue {queue} kept on the broker", file=sys.stderr)
-        return
+def forget(url: str, queue: str, drained: bool) -> set[int]:
+    """The ids the workers put in the failed store (e.g. delivered over 20 times unsettled:
+    not lost, but not run), purged from it; delete the run's queue on the broker (a shared
+    broker keeps durable queues), or keep it when ids are missing: what is left on it tells
+    a stall from a loss."""
+    dead: set[int] = set()
     try:
         with connect(url) as conn:
-            conn.transport.delete(queue)
+            dead = {json.loads(f.body)["payload"] for f in conn.failed.list(queue, limit=10**6)}
+            conn.failed.purge(queue)
+            if drained:
+                conn.transport.delete(queue)
     except QueuekitError as exc:
-        print(f"chaos: could not delete queue {queue}: {exc}", file=sys.stderr)
+        print(f"chaos: could not clean up queue {queue}: {exc}", file=sys.stderr)
+    if not drained:
+        print(f"chaos: queue {queue} kept on the broker", file=sys.stderr)
+    return dead
 
 
 def describe(result: Result) -> Iterator[str]:
@@ -455,13 +464,13 @@ def main() -> None:
         "supervisors. Elapsed: from the producer's start to the last id's first run.",
     )
     report.table(
-        ["broker", "messages", "processed", "lost", "duplicates", "bound", "kills",
+        ["broker", "messages", "processed", "lost", "failed store", "duplicates", "bound", "kills",
          "restarts", "elapsed s"],
         [result.row()],
     )  # fmt: skip
     for line in describe(result):
         print(line)
-    lost = args.messages - result.tally.seen
+    lost = len(result.tally.missing())
     if lost or args.keep:
         print(f"\nRun directory kept: {directory} (worker logs, id files)")
     else:
