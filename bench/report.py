@@ -13,6 +13,7 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -35,7 +36,7 @@ def parse_args(parser: argparse.ArgumentParser, quick: Mapping[str, object]) -> 
 
 def heading(title: str, note: str = "") -> None:
     """Print the title, the day, the exact command and the machine, then ``note``."""
-    command = " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"## {title}, {datetime.date.today().isoformat()}\n")
     print(

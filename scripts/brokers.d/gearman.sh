@@ -52,8 +52,18 @@ start_memory() { start_daemon "$memory_port" memory; }
 stop_persistent() {
   local pidfile="$dir/persistent.pid"
   [ -f "$pidfile" ] || { log "no $pidfile: gearmand (persistent) was not started by this script"; return 1; }
-  stop_pid "$(cat "$pidfile")" "gearmand (persistent)" 15
-  rm -f "$pidfile"
+  local pid; pid=$(cat "$pidfile")
+  # gearmand 1.1 sometimes hangs on SIGTERM (GEARMAND_WAKEUP_RUN: Bad file descriptor in its
+  # log) after closing its port; left so, `up` would start a second daemon on the same
+  # queue.db. SIGKILL loses nothing: libsqlite3 stores a background job before it is
+  # confirmed and deletes it only when a worker completes it.
+  if ! stop_pid "$pid" "gearmand (persistent)" 15; then
+    log "killing gearmand (persistent) (pid $pid)"
+    kill -9 "$pid" 2>/dev/null || true
+    stop_pid "$pid" "gearmand (persistent)" 5
+  fi
+  # Meanwhile another `up` may have started a daemon that wrote its own pid here: keep that.
+  [ "$(cat "$pidfile" 2>/dev/null)" != "$pid" ] || rm -f "$pidfile"
 }
 
 case "${1:-up}" in
