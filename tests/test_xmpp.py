@@ -78,6 +78,28 @@ def open_transport(opened: Opened, url: str | None = None, **kw: Any) -> XMPPTra
 # -- no broker needed -----------------------------------------------------------------------
 
 
+def test_a_dropped_stream_fails_every_outstanding_iq_tasks_included() -> None:
+    """slixmpp hands back futures and the adapter wraps coroutines in Tasks: both kinds
+    must end in ConnectionLost when the stream drops, or their callers wait for ever."""
+    from queuekit.adapters.xmpp.connection import Connection
+
+    async def scenario() -> list[str]:
+        connection = Connection(XMPPSettings.from_url(TransportURL.parse(URL)),
+                                restore=asyncio.sleep, notifications={})  # fmt: skip
+        client = connection.client = object()
+        connection.connected = True
+        plain: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        never = asyncio.Event()
+        waiting = [asyncio.ensure_future(connection.iq(never.wait())),
+                   asyncio.ensure_future(connection.iq(plain))]  # fmt: skip
+        await asyncio.sleep(0)  # both registered
+        connection._on_disconnected(client)
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        return [type(o).__name__ for o in outcomes]
+
+    assert asyncio.run(scenario()) == ["ConnectionLost", "ConnectionLost"]
+
+
 def test_tls_is_required_unless_plaintext_is_opted_in() -> None:
     settings = XMPPSettings.from_url(TransportURL.parse(BASE))
     assert settings.tls and not settings.allow_plaintext

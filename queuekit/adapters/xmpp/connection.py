@@ -157,8 +157,12 @@ class Connection:
         if client is not self.client:
             return
         self.connected = False
-        for future in self.iqs:
-            if not future.done():
+        for future in list(self.iqs):
+            if future.done():
+                continue
+            if isinstance(future, asyncio.Task):  # a Task takes no exception: cancel it; its
+                future.cancel()  # awaiter in iq() turns that into ConnectionLost
+            else:
                 future.set_exception(ConnectionLost("xmpp: connection lost"))
 
     async def drop_client(self) -> None:
@@ -183,6 +187,11 @@ class Connection:
             return await fut
         except IqTimeout:
             raise ConnectionLost("xmpp: the server did not answer in time") from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this caller itself is cancelled
+            raise ConnectionLost("xmpp: connection lost") from None  # _on_disconnected
         finally:
             self.iqs.discard(fut)
 
