@@ -139,6 +139,40 @@ def test_a_child_killed_with_sigkill_is_replaced_and_its_message_redone(
         assert conn.queue(queue_name).depth() == 0
 
 
+def test_children_of_a_supervisor_killed_with_sigkill_finish_their_message_and_stop(
+    tmp_path: Path, supervise: type[Supervised]
+) -> None:
+    # Given a supervisor whose child is in the middle of a message
+    url, queue = sqlite_url(tmp_path / "queues.db", lease="2"), "orphans"
+    with connect(url) as conn:
+        conn.queue(queue).publish({"n": 0})
+    env = gated_env(tmp_path)
+    supervisor = supervise("tests.workers.queues:GatedQueue", "--url", url, "--queue", queue,
+                           "--processes", "1", env=env)  # fmt: skip
+    wait_until(lambda: lines(Path(env["QK_EVENTS"])) == ["started 0"], 60, "the message to start")
+    [(_, child)] = supervisor.children()
+
+    # When the supervisor is killed with SIGKILL (it cannot pass a signal on)
+    supervisor.process.kill()
+    supervisor.process.wait(10)
+
+    # Then its child finishes the message in hand, settles it and exits by itself
+    Path(env["QK_RELEASE"]).touch()
+    wait_until(lambda: not _alive(child), 30, "the orphaned child to exit")
+    assert lines(Path(env["QK_OUT"])) == ["0"]
+    with connect(url) as conn:
+        assert conn.queue(queue).depth() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie (reaped by init soon) is not alive
+        return stat.read().split(") ")[1][0] != "Z"
+
+
 def test_max_messages_recycles_the_children_one_at_a_time_while_the_queue_drains(
     tmp_path: Path, supervise: type[Supervised]
 ) -> None:

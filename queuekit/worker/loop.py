@@ -52,6 +52,8 @@ from .pipeline import Attempt, Handler, Outcome, Pipeline
 from .runners import Runner, runner_for
 
 log = logging.getLogger("queuekit.worker")
+#: Set by the ``--processes`` supervisor in its children's environment: its pid.
+SUPERVISOR_PID_ENV = "QUEUEKIT_SUPERVISOR_PID"
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEARTBEAT = 0.5  # seconds a receive may block before the loop checks flags and limits
@@ -141,6 +143,9 @@ class Worker:
         #: The queue is paused (``worker pause``, the dashboard): take nothing until resumed.
         self.paused = False
         self._next_pause_check = 0.0
+        #: Started by a ``--processes`` supervisor: stop once it is gone (a SIGKILLed one
+        #: would otherwise leave its children working beside the workers of its successor).
+        self._supervisor = int(os.environ.get(SUPERVISOR_PID_ENV, "0")) or None
 
     def _warn_if_not_shared(self) -> None:
         """On a broker without competing consumers (XMPP pub/sub) every worker of a queue
@@ -343,6 +348,8 @@ class Worker:
         current = [attempt.message.id for attempt in runner.in_flight.values()]
         self._registration.beat(processed=self.processed, failed=self._pipeline.failed,
                                 current=current, rss=resident_memory)  # fmt: skip
+        if self._supervisor is not None and os.getppid() != self._supervisor:
+            self.stop(f"its supervisor (pid {self._supervisor}) is gone")
         if self.limits.max_seconds and time.monotonic() - started >= self.limits.max_seconds:
             self._reached_limit(f"ran {self.limits.max_seconds:g}s")
         if self.limits.max_memory and (rss := resident_memory()) >= self.limits.max_memory:

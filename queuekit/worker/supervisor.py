@@ -48,7 +48,7 @@ from pathlib import Path
 from types import FrameType
 
 from ..features.registry import OVER_LIMIT_EXIT
-from .loop import STOP_SIGNALS, Limits
+from .loop import STOP_SIGNALS, SUPERVISOR_PID_ENV, Limits
 
 log = logging.getLogger("queuekit.supervisor")
 
@@ -188,7 +188,8 @@ class Supervisor:
     # -- children ------------------------------------------------------------------------
 
     def _start(self, slot: _Slot, limits: Limits) -> None:
-        slot.process = subprocess.Popen(self.command(limits), stdin=subprocess.DEVNULL)
+        env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}  # it stops when we are gone
+        slot.process = subprocess.Popen(self.command(limits), stdin=subprocess.DEVNULL, env=env)
         slot.restart_at, slot.retiring = None, False
         log.info("worker %d started: pid %d", slot.number, slot.process.pid)
 
