@@ -157,7 +157,8 @@ class Worker:
             alive = self.broker.jobs.workers(self.queue, timeout=me.timeout)
         except QueuekitError:
             return
-        others = [w for w in alive if w.id != me.info.id]
+        others = [w for w in alive if w.id != me.info.id
+                  and (w.host != me.info.host or _running(w.pid))]  # fmt: skip
         if others:
             log.warning(
                 "%s has no competing consumers: every worker of %r gets every message, so "
@@ -429,3 +430,15 @@ class Worker:
         if signum == signal.SIGINT and self._signals_seen > 1:
             raise KeyboardInterrupt
         self.stop(f"received {signal.Signals(signum).name}")
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of this host still runs: a SIGKILLed worker stays in the registry
+    until its heartbeat times out, and must not be counted as a second consumer."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: it exists
+        return True
+    return True
