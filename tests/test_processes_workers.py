@@ -108,7 +108,9 @@ def test_two_workers_at_c8_with_a_kill_change_each_instance_once(
         assert done.version == 1 + bumps + 2 * (bumps // 10), done.key  # one step per message
 
 
-@pytest.mark.parametrize("options", [[], ["--twice", "--workers", "2"]], ids=["once", "twice"])
+@pytest.mark.parametrize(
+    "options", [[], ["--twice", "--workers", "2"], ["--kill"]], ids=["once", "twice", "killed"]
+)
 def test_the_order_tracking_example_runs_end_to_end(
     url: str, options: list[str], tmp_path: Path
 ) -> None:

@@ -1,7 +1,9 @@
 """The order-tracking story end to end, with real worker processes:
 ``python -m examples.order_tracking.demo`` (SQLite in ``var/``; ``QUEUEKIT_URL`` for
 another broker, e.g. ``amqp://guest:guest@127.0.0.1:5672/``; ``--twice`` sends every event
-twice, ``--workers 2`` starts two of each worker).
+twice, ``--workers 2`` starts two of each worker, ``--kill`` SIGKILLs an ``OrderTracking``
+worker while the line events are in hand and starts another: on SQLite its messages come
+back when their lease ends, ``?lease=2`` on the URL makes that quick).
 
 1. Three workers start: the ``OrderTracking`` manager (``-c 8``), the ``OrderStates``
    command handler (it asks the fake print provider, ``var/partner.json``) and the
@@ -76,6 +78,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--twice", action="store_true", help="send every event twice")
     parser.add_argument("--workers", type=int, default=1, help="of each class (default 1)")
+    parser.add_argument("--kill", action="store_true",
+                        help="SIGKILL an OrderTracking worker, start another")  # fmt: skip
     args = parser.parse_args()
     Path("var").mkdir(exist_ok=True)
     for leftover in [*Path("var").glob("orders.db*"), Path(f"{PARTNER}.log")]:
@@ -89,8 +93,15 @@ def main() -> int:
                 conn.queue(cls.queue).purge()
         workers = [start(spec, env) for spec in WORKERS for _ in range(args.workers)]
         print(f"started {len(workers)} workers on {conn.url.redacted()}")
+
+        def kill() -> None:  # workers[0] is an OrderTracking worker
+            workers[0].kill()
+            workers[0].wait()
+            workers[0] = start(WORKERS[0], env)
+            TIMELINE.append((time.time() - START, "SIGKILLed an OrderTracking worker"))
+
         try:
-            story(conn, copies=2 if args.twice else 1)
+            story(conn, copies=2 if args.twice else 1, kill=kill if args.kill else None)
             asked_late = settle(conn)
         finally:
             for worker in workers:
@@ -118,9 +129,10 @@ def start(spec: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "queuekit", "run", target, *options], env=env)
 
 
-def story(conn: Connection, copies: int) -> None:
+def story(conn: Connection, copies: int, kill: Callable[[], None] | None) -> None:
     """``copies``: how many times each event is published (each copy its own message, as a
-    producer that sends again after a timeout would)."""
+    producer that sends again after a timeout would); ``kill`` runs once the line events
+    are sent."""
     tracking, devices = OrderTracking(conn), DeviceHealth(conn)
 
     def send(manager: OrderTracking | DeviceHealth, event: object, **options: Any) -> str:
@@ -135,6 +147,8 @@ def story(conn: Connection, copies: int) -> None:
     for line in ("front", "back"):
         for event in (OrderLinePicked, OrderLinePrinted, OrderLinePackaged):
             send(tracking, event("o-1", line))
+    if kill is not None:
+        kill()
 
     def stalled() -> bool:
         found = instance(conn, "OrderTracking", "o-1")
@@ -195,7 +209,7 @@ def asked() -> list[dict[str, Any]]:
 def print_timeline() -> None:
     answers = [(a["at"] - START, f"provider asked about {a['order']}: {a['answer']}")
                for a in asked()]  # fmt: skip
-    print("timeline (seconds since the start):")
+    print("timeline (seconds since the start; a milestone when the demo saw it):")
     for at, what in sorted(TIMELINE + answers):
         print(f"  +{at:5.1f}s  {what}")
 
