@@ -3,13 +3,16 @@ process manager), ``...:OrderStates`` (the check command's handler) and ``...:De
 
 The waits come from the environment so the demo and the tests run in seconds:
 ``ORDER_CHECK_DELAY`` (default 30 minutes) and ``HEALTH_CHECK_EVERY`` (10 minutes). The
-production partner's API is a JSON file, ``PARTNER_FILE``: ``{order_id: state}``.
+print provider (the production partner) is a fake: its answers are a JSON file,
+``PARTNER_FILE`` (``{order_id: state}``), and every question asked is a line appended to
+``PARTNER_FILE`` + ``.log`` (time, order, answer), so the demo can show when it was asked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +123,22 @@ class OrderStates(AbstractQueue):
 
     def work(self, message: Message) -> str:
         command = UpdateOrderState(**message.payload)
-        partner = json.loads(PARTNER.read_text(encoding="utf-8")) if PARTNER.exists() else {}
-        now = str(partner.get(command.order_id, command.known))
+        now = ask_partner(command.order_id, command.known)
         answer = OrderStateChecked(command.order_id, now, changed=now != command.known)
         OrderTracking(self.connection).publish(answer, key=f"checked:{message.id}",
                                                dedup="ever")  # fmt: skip
         return now
+
+
+def ask_partner(order_id: str, known: str) -> str:
+    """The fake print provider: the order's state in ``PARTNER_FILE`` (else ``known``),
+    and a line in its log saying it was asked."""
+    partner = json.loads(PARTNER.read_text(encoding="utf-8")) if PARTNER.exists() else {}
+    now = str(partner.get(order_id, known))
+    asked = {"at": time.time(), "order": order_id, "answer": now}
+    with open(f"{PARTNER}.log", "a", encoding="utf-8") as log:
+        log.write(json.dumps(asked) + "\n")
+    return now
 
 
 class DeviceHealth(ProcessManager):
