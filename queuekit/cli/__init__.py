@@ -575,10 +575,20 @@ def _configure_logging(*, verbose: bool, json_lines: bool = False) -> None:
             handler.setFormatter(JSONFormatter())
 
 
+#: A reader closed our stdout early (``worker status --json | head -1``): the status a shell
+#: gives a process that SIGPIPE ended (128 + 13), which is what a C tool would exit with.
+BROKEN_PIPE_EXIT = 141
+
+
 def _guarded(call: Callable[[], int]) -> int:
     """Expected failures become one line on stderr, never a traceback or a leaked secret."""
     try:
-        return call()
+        code = call()
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
     except UsageError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
@@ -587,3 +597,15 @@ def _guarded(call: Callable[[], int]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so the interpreter's last flush of what is still buffered
+    for the closed pipe raises no second BrokenPipeError ("Exception ignored ...")."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # stdout replaced by a file-less stream
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
