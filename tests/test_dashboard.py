@@ -320,3 +320,32 @@ def test_the_dashboard_reopens_the_broker_after_it_went_away(site: Site) -> None
         proxy.stop()
         with connect("amqp://guest:guest@127.0.0.1:5672/", jobstore=site.jobstore) as conn:
             conn.transport.delete(site.queue)
+
+
+def test_a_retried_message_goes_back_through_the_broker_its_queue_is_routed_to(
+    site: Site,
+) -> None:
+    # Given a queuekit.toml routing one queue to a second broker, one job store for both,
+    # and a dead letter of the routed queue
+    routed, default = sqlite_url(site.tmp / "routed.db"), site.url
+    (site.tmp / "queuekit.toml").write_text(
+        f'url = "{default}"\njobstore = "{site.jobstore}"\n[queues]\n"{site.queue}" = "{routed}"\n'
+    )
+    with connect(default, jobstore=site.jobstore) as store:
+        failed_id = store.jobs.add_failed(site.queue, b'{"bad": 1}', "test")
+    # When the dashboard (on the configured default broker) retries it
+    with (
+        dashboard(cwd=site.tmp, env={}) as base,
+        httpx.Client(base_url=base) as client,
+    ):
+        client.get("/failed")
+        form = {"csrf": client.cookies["qk_csrf"], "id": str(failed_id), "back": "/failed"}
+        done = client.post("/failed/retry", data=form)
+        assert done.status_code == 303, done.text
+        assert "1+message" in done.headers["location"]
+    # Then it is on the routed broker's queue, not the default broker's, and not failed
+    with connect(routed, jobstore=site.jobstore) as on_routed:
+        assert on_routed.queue(site.queue).depth() == 1
+        assert on_routed.failed.list() == []
+    with connect(default, jobstore=site.jobstore) as on_default:
+        assert on_default.queue(site.queue).depth() == 0

@@ -26,6 +26,7 @@ from ..client.config import resolve_url
 from ..client.connection import Connection, connect
 from ..client.functions import JobFunction, functions_of, serving
 from ..client.progress import progress
+from ..client.redrive import retry_failed
 from ..features.delays import parse_duration
 from ..features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from ..jobstore.base import FailedMessage
@@ -330,8 +331,8 @@ def _failed_show(conn: Connection, stores: list[Connection], args: argparse.Name
 
 
 def _failed_retry(conn: Connection, stores: list[Connection], args: argparse.Namespace) -> int:
-    """Each entry goes back through the broker its queue is routed to (when that broker's
-    connection shares the entry's store; else through the store's own broker)."""
+    """Each entry goes back through the broker its queue is routed to (see
+    :func:`~queuekit.client.redrive.retry_failed`), a batch per ``send_many``."""
     if args.id == "all":
         entries = [(s, e) for s in stores for e in s.failed.list(args.queue)]
     else:  # an unknown id says so, as `failed show` does, not "0 message(s)"
@@ -339,14 +340,15 @@ def _failed_retry(conn: Connection, stores: list[Connection], args: argparse.Nam
     retried = 0
     shown = progress("failed retry", len(entries)) if args.id == "all" else nullcontext(None)
     with shown as advance:
-        for store, entry in entries:
-            target = conn.connection_for(entry.queue)
-            if target.jobs.url != store.jobs.url:
-                target = store
-            retried += target.failed.retry(entry.id)
-            if advance is not None:
-                advance(1)
-    print(f"{retried} message(s) back on their queue", file=sys.stderr)
+        try:
+            for store in dict.fromkeys(s for s, _ in entries):
+                mine = [e for s, e in entries if s is store]
+                for count in retry_failed(conn, store, mine):
+                    retried += count
+                    if advance is not None:
+                        advance(count)
+        finally:  # exact when a batch fails: its messages stay in the failed store
+            print(f"{retried} message(s) back on their queue", file=sys.stderr)
     return 0 if retried == len(entries) else 1
 
 
