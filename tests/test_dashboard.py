@@ -349,3 +349,28 @@ def test_a_retried_message_goes_back_through_the_broker_its_queue_is_routed_to(
         assert on_routed.failed.list() == []
     with connect(default, jobstore=site.jobstore) as on_default:
         assert on_default.queue(site.queue).depth() == 0
+
+
+def test_a_job_is_found_by_its_dedup_key_and_shows_its_payload(
+    site: Site, driver: webdriver.Chrome
+) -> None:
+    with (
+        connect(site.url, jobstore=site.jobstore) as conn,
+        dashboard("--url", site.url, site.queue, cwd=site.tmp, env=site.env()) as base,
+    ):
+        # Given two recorded messages, one with a dedup key
+        key = f"order-7-{site.queue}"
+        job_id = conn.queue(site.queue).publish({"order": 7, "note": "<b>"}, key=key,
+                                                record=True)  # fmt: skip
+        conn.queue(site.queue).publish({"order": 8}, record=True)
+        # When the key is searched for on the jobs page
+        driver.get(base + "/jobs")
+        search = driver.find_element(By.NAME, "q")
+        search.send_keys(key)
+        search.submit()
+        # Then that one record is shown, with its key and its payload (as text)
+        assert [h.text for h in driver.find_elements(By.TAG_NAME, "h2")] == [job_id]
+        assert driver.find_element(By.CSS_SELECTOR, "dd.key").text == key
+        payload = json.loads(driver.find_element(By.CSS_SELECTOR, "pre.payload").text)
+        assert payload == {"order": 7, "note": "<b>"}
+        assert "64 Ki characters" in driver.page_source

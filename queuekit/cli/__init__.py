@@ -400,7 +400,8 @@ def cmd_job(args: argparse.Namespace) -> int:
           f"created: {when['created']}\nstarted: {when['started']}\n"
           f"finished: {when['finished']}\nworker pid: {record.worker_pid or '-'}\n"
           f"peak memory: {record.peak_memory or '-'}\n"
-          f"result: {json.dumps(record.result)}\nerror: {record.error or '-'}")  # fmt: skip
+          f"result: {json.dumps(record.result)}\nerror: {record.error or '-'}\n"
+          f"key: {record.key or '-'}\npayload: {record.payload or '-'}")  # fmt: skip
     if record.traceback:
         print(record.traceback, end="")
     return 0

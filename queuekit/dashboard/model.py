@@ -105,11 +105,15 @@ class Dashboard:
         self, text: str = "", queue: str | None = None, state: str | None = None
     ) -> list[JobRecord]:
         """The record whose id is ``text``; else the newest records (of ``queue``, in
-        ``state``) whose name contains ``text``."""
+        ``state``) of messages whose dedup key is ``text``; else those whose name contains
+        ``text``."""
+        queue, state = queue or None, state or None
         with self._lock:
             if text and (record := self.conn.jobs.get_job(text)) is not None:
                 return [record]
-            records = self.conn.jobs.jobs(queue or None, state=state or None, limit=200)
+            if text and (keyed := self.conn.jobs.jobs(queue, state=state, key=text, limit=200)):
+                return keyed
+            records = self.conn.jobs.jobs(queue, state=state, limit=200)
         return [r for r in records if not text or text in (r.name or "")]
 
     def schedules(self) -> list[Schedule]:
