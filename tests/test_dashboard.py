@@ -374,3 +374,29 @@ def test_a_job_is_found_by_its_dedup_key_and_shows_its_payload(
         payload = json.loads(driver.find_element(By.CSS_SELECTOR, "pre.payload").text)
         assert payload == {"order": 7, "note": "<b>"}
         assert "64 Ki characters" in driver.page_source
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "rabbitmq-stomp"])
+def test_the_dashboard_answers_while_its_broker_is_gone(broker: str, site: Site) -> None:
+    url, port = BROKERS[broker]
+    require_broker(broker, "127.0.0.1", port)
+    proxy = Proxy(("127.0.0.1", port))
+    # Given a dashboard on the broker's default options (the long reconnect_timeout)
+    through = url.replace(f":{port}", f":{proxy.port}")
+    try:
+        with (
+            dashboard("--url", through, site.queue, cwd=site.tmp, env=site.env()) as base,
+            httpx.Client(base_url=base, timeout=30) as client,  # well under reconnect_timeout
+        ):
+            assert client.get("/").status_code == 200
+            # When the broker goes away, Then the pages still answer, and where the
+            # broker counts (AMQP) the queue says it could not be asked
+            proxy.stop()
+            page = client.get("/")
+            assert page.status_code == 200
+            assert ('class="error"' in page.text) == (broker == "rabbitmq")
+            assert client.get("/workers").status_code == 200
+    finally:
+        proxy.stop()
+        with connect(url, jobstore=site.jobstore) as conn:
+            conn.transport.delete(site.queue)
