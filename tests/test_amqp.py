@@ -376,6 +376,15 @@ def test_no_broker_raises_connection_lost_after_reconnect_timeout(amqp: Open) ->
             transport.receive("q", 0.2)
 
 
+def test_an_inspection_gives_up_after_inspect_timeout_not_reconnect_timeout(amqp: Open) -> None:
+    # Given no broker, a long reconnect_timeout and a short inspect_timeout
+    transport = amqp("?reconnect_timeout=600&inspect_timeout=0.5",
+                     url="amqp://guest:guest@127.0.0.1:1/")  # fmt: skip
+    # When its depth is asked, Then it says the broker is unreachable after the short one
+    with pytest.raises(ConnectionLost, match=r"no broker reachable for 0\.5 s"):
+        transport.depth("q")
+
+
 def test_bad_options_and_credentials_are_configuration_errors(amqp: Open) -> None:
     with pytest.raises(ConfigurationError, match="confrim"):
         amqp("?confrim=1")

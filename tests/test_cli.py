@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from tests.workers.harness import (
     start_worker,
     stop,
     wait_for_line,
+    worker_command,
 )
 
 EXAMPLE = "examples.welcome_mail.queues:EmailQueue"
@@ -321,6 +323,28 @@ def test_a_bad_size_is_a_usage_error(tmp_path: Path, url: str) -> None:
                         cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert "not a size: 'lots'" in result.stderr
+
+
+@pytest.mark.parametrize("command", [("status", "--json", "a", "b"), ("failed", "list")])
+def test_a_reader_closing_stdout_early_ends_the_command_quietly(
+    tmp_path: Path, url: str, command: tuple[str, ...]
+) -> None:
+    # Given a pipe whose reading end is gone before the command writes (as `| head -1` is
+    # once it has its line)
+    with connect(url) as conn:
+        conn.jobs.add_failed("picky", b"{}", "test")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    # When the command prints to it
+    try:
+        result = subprocess.run(worker_command(*command, "--url", url), cwd=tmp_path,
+                                env=child_env(), stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=60, check=False)  # fmt: skip
+    finally:
+        os.close(write_end)
+    # Then it exits with the status of a process SIGPIPE ended, and says nothing about it
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
 
 
 # -- the failed store from the command line ---------------------------------------------------

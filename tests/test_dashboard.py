@@ -320,3 +320,83 @@ def test_the_dashboard_reopens_the_broker_after_it_went_away(site: Site) -> None
         proxy.stop()
         with connect("amqp://guest:guest@127.0.0.1:5672/", jobstore=site.jobstore) as conn:
             conn.transport.delete(site.queue)
+
+
+def test_a_retried_message_goes_back_through_the_broker_its_queue_is_routed_to(
+    site: Site,
+) -> None:
+    # Given a queuekit.toml routing one queue to a second broker, one job store for both,
+    # and a dead letter of the routed queue
+    routed, default = sqlite_url(site.tmp / "routed.db"), site.url
+    (site.tmp / "queuekit.toml").write_text(
+        f'url = "{default}"\njobstore = "{site.jobstore}"\n[queues]\n"{site.queue}" = "{routed}"\n'
+    )
+    with connect(default, jobstore=site.jobstore) as store:
+        failed_id = store.jobs.add_failed(site.queue, b'{"bad": 1}', "test")
+    # When the dashboard (on the configured default broker) retries it
+    with (
+        dashboard(cwd=site.tmp, env={}) as base,
+        httpx.Client(base_url=base) as client,
+    ):
+        client.get("/failed")
+        form = {"csrf": client.cookies["qk_csrf"], "id": str(failed_id), "back": "/failed"}
+        done = client.post("/failed/retry", data=form)
+        assert done.status_code == 303, done.text
+        assert "1+message" in done.headers["location"]
+    # Then it is on the routed broker's queue, not the default broker's, and not failed
+    with connect(routed, jobstore=site.jobstore) as on_routed:
+        assert on_routed.queue(site.queue).depth() == 1
+        assert on_routed.failed.list() == []
+    with connect(default, jobstore=site.jobstore) as on_default:
+        assert on_default.queue(site.queue).depth() == 0
+
+
+def test_a_job_is_found_by_its_dedup_key_and_shows_its_payload(
+    site: Site, driver: webdriver.Chrome
+) -> None:
+    with (
+        connect(site.url, jobstore=site.jobstore) as conn,
+        dashboard("--url", site.url, site.queue, cwd=site.tmp, env=site.env()) as base,
+    ):
+        # Given two recorded messages, one with a dedup key
+        key = f"order-7-{site.queue}"
+        job_id = conn.queue(site.queue).publish({"order": 7, "note": "<b>"}, key=key,
+                                                record=True)  # fmt: skip
+        conn.queue(site.queue).publish({"order": 8}, record=True)
+        # When the key is searched for on the jobs page
+        driver.get(base + "/jobs")
+        search = driver.find_element(By.NAME, "q")
+        search.send_keys(key)
+        search.submit()
+        # Then that one record is shown, with its key and its payload (as text)
+        assert [h.text for h in driver.find_elements(By.TAG_NAME, "h2")] == [job_id]
+        assert driver.find_element(By.CSS_SELECTOR, "dd.key").text == key
+        payload = json.loads(driver.find_element(By.CSS_SELECTOR, "pre.payload").text)
+        assert payload == {"order": 7, "note": "<b>"}
+        assert "64 Ki characters" in driver.page_source
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "rabbitmq-stomp"])
+def test_the_dashboard_answers_while_its_broker_is_gone(broker: str, site: Site) -> None:
+    url, port = BROKERS[broker]
+    require_broker(broker, "127.0.0.1", port)
+    proxy = Proxy(("127.0.0.1", port))
+    # Given a dashboard on the broker's default options (the long reconnect_timeout)
+    through = url.replace(f":{port}", f":{proxy.port}")
+    try:
+        with (
+            dashboard("--url", through, site.queue, cwd=site.tmp, env=site.env()) as base,
+            httpx.Client(base_url=base, timeout=30) as client,  # well under reconnect_timeout
+        ):
+            assert client.get("/").status_code == 200
+            # When the broker goes away, Then the pages still answer, and where the
+            # broker counts (AMQP) the queue says it could not be asked
+            proxy.stop()
+            page = client.get("/")
+            assert page.status_code == 200
+            assert ('class="error"' in page.text) == (broker == "rabbitmq")
+            assert client.get("/workers").status_code == 200
+    finally:
+        proxy.stop()
+        with connect(url, jobstore=site.jobstore) as conn:
+            conn.transport.delete(site.queue)

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from queuekit import (
@@ -21,6 +22,9 @@ from queuekit import (
     connect,
 )
 from queuekit.features.envelope import decode, encode
+from queuekit.jobstore import open_jobstore
+from queuekit.jobstore.records import CUT, PAYLOAD_LIMIT, JobUpdate
+from queuekit.spi.urls import TransportURL
 from tests.workers.harness import run_worker, sqlite_url, start_worker, stop
 from tests.workers.transports import NODELAY
 
@@ -288,6 +292,7 @@ def test_records_written_by_a_worker_process_and_the_cli(tmp_path: Path) -> None
     shown = run_worker("job", ok, "--url", url, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "state: done" in shown.stdout and '"payload": "hello"' in shown.stdout
+    assert 'payload: "hello"' in shown.stdout and "key: -" in shown.stdout
     missing = run_worker("job", "nope", "--url", url, cwd=tmp_path)
     assert missing.returncode == 2 and "no job record nope" in missing.stderr
 
@@ -300,3 +305,72 @@ def test_records_written_by_a_worker_process_and_the_cli(tmp_path: Path) -> None
     with connect(url) as conn:
         assert conn.job(ok) is None
         assert conn.job(failing) is not None
+
+
+def test_a_record_keeps_the_dedup_key_and_the_payload_cut_at_its_limit(
+    conn: Connection, name: str
+) -> None:
+    queue = conn.queue(name)
+    # Given a keyed message and one with a payload past the limit, both recorded
+    keyed = queue.publish({"order": 7}, key=f"order-7-{name}", record=True)
+    huge = queue.publish("x" * (PAYLOAD_LIMIT + 10), record=True)
+    # Then the first record has its key and payload, and is found by its key
+    record = conn.job(keyed)
+    assert record is not None
+    assert (record.key, record.payload) == (f"order-7-{name}", '{"order": 7}')
+    assert conn.jobs.jobs(key=f"order-7-{name}") == [record]
+    # And the huge payload is kept up to the limit, saying it was cut
+    cut = conn.job(huge)
+    assert cut is not None and cut.payload is not None
+    assert cut.payload == '"' + "x" * (PAYLOAD_LIMIT - 1) + CUT
+    # When a worker runs the keyed one, Then its record keeps both
+    assert queue.dispatch(lambda m: None, max_messages=2, max_seconds=SAFETY) == 2
+    done = conn.job(keyed)
+    assert done is not None and done.state == "done"
+    assert (done.key, done.payload) == (f"order-7-{name}", '{"order": 7}')
+
+
+_OLD_JOBS = (
+    "CREATE TABLE {table} (id VARCHAR(255) PRIMARY KEY, queue VARCHAR(255) NOT NULL,"
+    " name TEXT, state VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL, result TEXT,"
+    " error TEXT, traceback TEXT, created_at DOUBLE PRECISION, started_at DOUBLE PRECISION,"
+    " finished_at DOUBLE PRECISION, worker_pid INTEGER, peak_memory BIGINT)"
+)
+
+
+def test_a_jobs_table_of_the_old_schema_gets_the_new_columns_when_opened(
+    store_url: str,
+) -> None:
+    # Given a jobs table as queuekit created it before records kept keys and payloads,
+    # holding one record
+    import sqlalchemy
+
+    parsed = TransportURL.parse(store_url)
+    table = f"{parsed.option('table_prefix') or 'queuekit_'}jobs"
+    engine = sqlalchemy.create_engine(store_url.split("?", 1)[0])
+    try:
+        with engine.begin() as db:
+            db.execute(sqlalchemy.text(_OLD_JOBS.format(table=table)))
+            db.execute(sqlalchemy.text(f"INSERT INTO {table} (id, queue, state, attempts)"
+                                       " VALUES ('old', 'q', 'done', 1)"))  # fmt: skip
+    finally:
+        engine.dispose()
+    # When two processes' stores open it at once, and later once more
+    stores = [open_jobstore(store_url) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            found = list(pool.map(lambda s: s.get_job("old"), stores))
+    finally:
+        for store in stores:
+            store.close()
+    store = open_jobstore(store_url)
+    try:
+        # Then the old record reads as before, with no key and no payload
+        assert [(r.id, r.key, r.payload) for r in found if r] == [("old", None, None)] * 2
+        # And a new record keeps both
+        store.write_jobs([JobUpdate("new", "q", None, "queued", key="k", payload="[1]")])
+        new = store.get_job("new")
+        assert new is not None and (new.key, new.payload) == ("k", "[1]")
+        assert [r.id for r in store.jobs(key="k")] == ["new"]
+    finally:
+        store.close()

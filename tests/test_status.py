@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from queuekit import connect
+from tests.proxy import Proxy
 from tests.support import require_broker, wait_until
 from tests.workers.harness import lines, run_worker, sqlite_url, start_worker, stop
 
@@ -196,3 +197,33 @@ def test_status_reports_counts_workers_and_drops_a_killed_worker(setup: Setup) -
                 process.send_signal(signal.SIGTERM)
         for process in started:
             stop(process)
+
+
+#: Well under the AMQP adapter's default ``reconnect_timeout`` (60 s), which an inspection
+#: used to wait out: a status that takes longer than this has hung on a dead broker.
+UNDER_RECONNECT_TIMEOUT = 30
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "rabbitmq-stomp"])
+def test_status_says_a_broker_that_went_away_is_unreachable_without_waiting_for_it(
+    broker: str, tmp_path: Path
+) -> None:
+    url, port, _ = BROKERS[broker]
+    require_broker(broker, "127.0.0.1", port)
+    # Given a broker reached through a proxy (default options: the long reconnect_timeout),
+    # and the proxy stopped: the broker is gone
+    proxy = Proxy(("127.0.0.1", port))
+    proxy.stop()
+    gone = url.replace(f":{port}", f":{proxy.port}")
+    # When worker status asks it
+    done = run_worker("status", "--url", gone, "--json", "status-gone", cwd=tmp_path,
+                      env={"QUEUEKIT_JOBSTORE": sqlite_url(tmp_path / "jobs.db")},
+                      timeout=UNDER_RECONNECT_TIMEOUT)  # fmt: skip
+    # Then it answers (no hang) and says the broker could not be reached
+    if broker == "rabbitmq":  # an inspection gives up after inspect_timeout: the queue says so
+        assert done.returncode == 0, done.stderr
+        row = queue_row(json.loads(done.stdout), "status-gone")
+        assert row is not None and "no broker reachable" in row["error"]
+    else:  # STOMP connects at open, and says at once that no server answered
+        assert done.returncode == 1
+        assert "no STOMP server answered" in done.stderr

@@ -26,6 +26,7 @@ from ..client.config import resolve_url
 from ..client.connection import Connection, connect
 from ..client.functions import JobFunction, functions_of, serving
 from ..client.progress import progress
+from ..client.redrive import retry_failed
 from ..features.delays import parse_duration
 from ..features.registry import OVER_LIMIT_EXIT, WorkersLimitReached
 from ..jobstore.base import FailedMessage
@@ -330,8 +331,8 @@ def _failed_show(conn: Connection, stores: list[Connection], args: argparse.Name
 
 
 def _failed_retry(conn: Connection, stores: list[Connection], args: argparse.Namespace) -> int:
-    """Each entry goes back through the broker its queue is routed to (when that broker's
-    connection shares the entry's store; else through the store's own broker)."""
+    """Each entry goes back through the broker its queue is routed to (see
+    :func:`~queuekit.client.redrive.retry_failed`), a batch per ``send_many``."""
     if args.id == "all":
         entries = [(s, e) for s in stores for e in s.failed.list(args.queue)]
     else:  # an unknown id says so, as `failed show` does, not "0 message(s)"
@@ -339,14 +340,15 @@ def _failed_retry(conn: Connection, stores: list[Connection], args: argparse.Nam
     retried = 0
     shown = progress("failed retry", len(entries)) if args.id == "all" else nullcontext(None)
     with shown as advance:
-        for store, entry in entries:
-            target = conn.connection_for(entry.queue)
-            if target.jobs.url != store.jobs.url:
-                target = store
-            retried += target.failed.retry(entry.id)
-            if advance is not None:
-                advance(1)
-    print(f"{retried} message(s) back on their queue", file=sys.stderr)
+        try:
+            for store in dict.fromkeys(s for s, _ in entries):
+                mine = [e for s, e in entries if s is store]
+                for count in retry_failed(conn, store, mine):
+                    retried += count
+                    if advance is not None:
+                        advance(count)
+        finally:  # exact when a batch fails: its messages stay in the failed store
+            print(f"{retried} message(s) back on their queue", file=sys.stderr)
     return 0 if retried == len(entries) else 1
 
 
@@ -398,7 +400,8 @@ def cmd_job(args: argparse.Namespace) -> int:
           f"created: {when['created']}\nstarted: {when['started']}\n"
           f"finished: {when['finished']}\nworker pid: {record.worker_pid or '-'}\n"
           f"peak memory: {record.peak_memory or '-'}\n"
-          f"result: {json.dumps(record.result)}\nerror: {record.error or '-'}")  # fmt: skip
+          f"result: {json.dumps(record.result)}\nerror: {record.error or '-'}\n"
+          f"key: {record.key or '-'}\npayload: {record.payload or '-'}")  # fmt: skip
     if record.traceback:
         print(record.traceback, end="")
     return 0
@@ -575,10 +578,20 @@ def _configure_logging(*, verbose: bool, json_lines: bool = False) -> None:
             handler.setFormatter(JSONFormatter())
 
 
+#: A reader closed our stdout early (``worker status --json | head -1``): the status a shell
+#: gives a process that SIGPIPE ended (128 + 13), which is what a C tool would exit with.
+BROKEN_PIPE_EXIT = 141
+
+
 def _guarded(call: Callable[[], int]) -> int:
     """Expected failures become one line on stderr, never a traceback or a leaked secret."""
     try:
-        return call()
+        code = call()
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_EXIT
     except UsageError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
@@ -587,3 +600,15 @@ def _guarded(call: Callable[[], int]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so the interpreter's last flush of what is still buffered
+    for the closed pipe raises no second BrokenPipeError ("Exception ignored ...")."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # stdout replaced by a file-less stream
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)

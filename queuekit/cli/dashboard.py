@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from ..client.config import load_config, resolve_url
+from ..client.config import load_config, resolve_url, routes
 from ..client.connection import connect
 from .common import UsageError
 
@@ -54,7 +54,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     first = args.queues[0] if args.queues else None
     url = resolve_url(args.url, queue=first)
-    with connect(url, jobstore=args.jobstore) as conn:
+    # On the configured default broker, connect as `worker failed` does: with its routes, so
+    # a retried dead letter goes back through the broker its queue is routed to.
+    configured_default = args.url is None and url == routes()[0]
+    with connect(None if configured_default else url, jobstore=args.jobstore) as conn:
         configured = [q for q, routed in load_config().queues.items() if routed == url]
         model = Dashboard(conn, [*args.queues, *configured])
         app = create_app(model, Guard(token=token, read_only=args.read_only))

@@ -33,7 +33,7 @@ from ..features.hooks import (
 from ..features.outbox import active_outbox
 from ..features.retry import RetryStrategy
 from ..features.rpc import Reply, new_correlation_id
-from ..jobstore.records import QUEUED, WAITING, JobUpdate
+from ..jobstore.records import QUEUED, WAITING, JobUpdate, record_payload
 from ..spi.errors import ReplyTimeout
 from ..spi.priorities import PriorityRange
 from ..spi.transport import Outgoing
@@ -154,17 +154,21 @@ class Queue:
         store = broker.jobs.identity() if record else None  # see features.storeid
         ids: list[str] = []
         outgoing: list[Outgoing] = []
+        kept_payloads: list[str | None] = []  # what the records keep, when recorded
         for payload in payloads:  # the loop is lean on purpose: bulk publishing is hot
             meta = Metadata(name=name, not_before=due, priority=priority, record=record,
                             headers=dict(headers) if headers else {}, retry=retry_json,
                             store=store)  # fmt: skip
             ids.append(meta.id)
             outgoing.append(Outgoing(broker.encode(Message(payload, meta), self.name), {}, options))
+            if record:
+                kept_payloads.append(record_payload(payload))
         if outgoing and record:
             state = QUEUED if due is None else WAITING
             created = time.time()
             updates = [
-                JobUpdate(i, self.name, name or None, state, created_at=created) for i in ids
+                JobUpdate(i, self.name, name or None, state, created_at=created, payload=kept)
+                for i, kept in zip(ids, kept_payloads, strict=True)
             ]
             broker.send_recorded(updates, lambda: broker.send(self.name, outgoing, due))
         elif outgoing:

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ..jobstore.records import STATES
+from ..jobstore.records import PAYLOAD_LIMIT, STATES
 from .chart import svg
 from .model import Dashboard
 from .security import CSRF_COOKIE, SESSION_COOKIE, Guard, csrf_ok, csrf_value, same_origin
@@ -75,10 +75,19 @@ def _body(raw: bytes) -> str:
         return text
 
 
+def _payload(text: str) -> str:
+    """A record's payload: JSON indented; one cut at the record's limit as it is kept."""
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("queuekit.dashboard"),
                       autoescape=select_autoescape(default=True))  # fmt: skip
-    env.filters.update(when=_when, count=_count, age=_age, size=_size, body=_body)
+    env.filters.update(when=_when, count=_count, age=_age, size=_size, body=_body,
+                       payload=_payload)  # fmt: skip
     return env
 
 
@@ -197,7 +206,8 @@ class _Site:
         text, queue, state = params.get("q", "").strip(), params.get("queue"), params.get("state")
         records = await run_in_threadpool(self.model.find_jobs, text, queue, state)
         return self.render(request, "jobs.html", records=records, q=text, queue=queue or "",
-                      state=state or "", states=STATES)  # fmt: skip
+                           state=state or "", states=STATES,
+                           payload_limit=PAYLOAD_LIMIT)  # fmt: skip
 
     async def workers(self, request: Request) -> Response:
         status = await run_in_threadpool(self.model.status)

@@ -1,7 +1,7 @@
 """What the dashboard reads and does, over one connection: every page's data, every action.
 
 Each action is also a CLI command (``worker failed retry|purge``, ``worker pause|resume``)
-and goes through the same code (:class:`~queuekit.features.failed.FailedStore`, the job
+and goes through the same code (:func:`~queuekit.client.redrive.retry_failed`, the job
 store), so the two never differ. Calls hold one lock: the transport's contract is one
 thread at a time, and the web server runs handlers on a thread pool.
 """
@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..client.connection import Connection
+from ..client.redrive import retry_failed
 from ..features.status import Status, snapshot
 from ..features.throughput import Series, series
 from ..jobstore.base import FailedMessage, Schedule
@@ -66,21 +67,29 @@ class Dashboard:
             return self.conn.failed.get(failed_id)
 
     def retry(self, ids: Iterable[int]) -> int:
-        """Put these dead letters back on their queues; how many went back."""
+        """Put these dead letters back on their queues, each through the broker its queue
+        is routed to (as ``worker failed retry``); how many went back."""
         with self._lock:
-            return sum(self._resend(failed_id) for failed_id in ids)
+            return self._resend(list(ids))
 
-    def _resend(self, failed_id: int) -> bool:
+    def _resend(self, ids: list[int]) -> int:
+        done = 0
         try:
-            return self.conn.failed.retry(failed_id)
-        except ConnectionLost:  # the link went away while the dashboard idled: once more
-            self.conn.broker.reconnect()
-            return self.conn.failed.retry(failed_id)
+            for count in retry_failed(self.conn, self.conn, self._entries(ids)):
+                done += count
+        except ConnectionLost:  # a link went away while the dashboard idled: once more
+            for each in self.conn.connections():
+                each.broker.reconnect()
+            for count in retry_failed(self.conn, self.conn, self._entries(ids)):
+                done += count
+        return done
+
+    def _entries(self, ids: list[int]) -> list[FailedMessage]:
+        return [e for i in ids if (e := self.conn.failed.get(i)) is not None]
 
     def retry_queue(self, queue: str) -> int:
         with self._lock:
-            ids = [entry.id for entry in self.conn.failed.list(queue)]
-            return sum(self._resend(failed_id) for failed_id in ids)
+            return self._resend([entry.id for entry in self.conn.failed.list(queue)])
 
     def delete(self, ids: Iterable[int]) -> int:
         with self._lock:
@@ -96,11 +105,15 @@ class Dashboard:
         self, text: str = "", queue: str | None = None, state: str | None = None
     ) -> list[JobRecord]:
         """The record whose id is ``text``; else the newest records (of ``queue``, in
-        ``state``) whose name contains ``text``."""
+        ``state``) of messages whose dedup key is ``text``; else those whose name contains
+        ``text``."""
+        queue, state = queue or None, state or None
         with self._lock:
             if text and (record := self.conn.jobs.get_job(text)) is not None:
                 return [record]
-            records = self.conn.jobs.jobs(queue or None, state=state or None, limit=200)
+            if text and (keyed := self.conn.jobs.jobs(queue, state=state, key=text, limit=200)):
+                return keyed
+            records = self.conn.jobs.jobs(queue, state=state, limit=200)
         return [r for r in records if not text or text in (r.name or "")]
 
     def schedules(self) -> list[Schedule]:

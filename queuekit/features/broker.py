@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..jobstore.base import JobStore
-from ..jobstore.records import QUEUED, WAITING, JobUpdate
+from ..jobstore.records import QUEUED, WAITING, JobUpdate, record_payload
 from ..spi.errors import MessageTooLarge, QueuekitError, Unsupported
 from ..spi.priorities import MAX_PRIORITY
 from ..spi.registry import open_transport
@@ -269,7 +269,8 @@ class Broker:
         updates = [
             JobUpdate(p.message.id, queue, p.message.metadata.name or None,
                       QUEUED if p.due is None else WAITING,
-                      created_at=p.message.metadata.created_at)
+                      created_at=p.message.metadata.created_at, key=p.message.metadata.key,
+                      payload=record_payload(p.message.payload))
             for p in batch if p.message.metadata.record
         ]  # fmt: skip
         if updates:

@@ -436,8 +436,9 @@ class JobStore(ABC):
     @abstractmethod
     def write_jobs(self, updates: Sequence[JobUpdate]) -> None:
         """Publish-time records or an attempt's end, in one transaction. A record that
-        exists is updated: ``started_at``, ``worker_pid`` and ``peak_memory`` keep their
-        value where the update has none; every other field takes the update's."""
+        exists is updated: ``started_at``, ``worker_pid``, ``peak_memory``, ``key`` and
+        ``payload`` keep their value where the update has none; every other field takes
+        the update's."""
 
     @abstractmethod
     def start_job(self, update: JobUpdate) -> None:
@@ -454,10 +455,15 @@ class JobStore(ABC):
 
     @abstractmethod
     def jobs(
-        self, queue: str | None = None, *, state: str | None = None, limit: int = 1000
+        self,
+        queue: str | None = None,
+        *,
+        state: str | None = None,
+        key: str | None = None,
+        limit: int = 1000,
     ) -> list[JobRecord]:
         """Records, newest first (by ``created_at``; records without one last),
-        optionally of one queue and/or in one state."""
+        optionally of one queue, in one state and/or of messages with dedup key ``key``."""
 
     @abstractmethod
     def unfinished(self, ids: Iterable[str]) -> set[str]:
@@ -610,6 +616,8 @@ def job_values(job: JobUpdate) -> tuple[object, ...]:
         job.finished_at,
         job.worker_pid,
         job.peak_memory,
+        job.key,
+        job.payload,
     )
 
 

@@ -43,6 +43,8 @@ class JobUpdate:
     finished_at: float | None = None
     worker_pid: int | None = None
     peak_memory: int | None = None
+    key: str | None = None  # the message's dedup key
+    payload: str | None = None  # JSON text, cut at PAYLOAD_LIMIT (see record_payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class JobRecord:
     it. Times are Unix times: ``created_at`` when it was published, ``started_at`` when the
     latest attempt started, ``finished_at`` when the latest attempt ended. ``peak_memory``
     is the worker process's peak resident set size in bytes when the attempt ended.
+    ``key`` is the message's dedup key; ``payload`` the JSON it was published with, its
+    first :data:`PAYLOAD_LIMIT` characters and :data:`CUT` when it was longer.
     """
 
     id: str
@@ -70,6 +74,8 @@ class JobRecord:
     finished_at: float | None
     worker_pid: int | None
     peak_memory: int | None
+    key: str | None
+    payload: str | None
 
     def is_completed(self) -> bool:
         """``work()`` returned: the job is done."""
@@ -109,6 +115,22 @@ def encode_result(value: object) -> tuple[str | None, str | None]:
         return json.dumps(value, ensure_ascii=False, allow_nan=False), None
     except (TypeError, ValueError, RecursionError) as exc:
         return None, f"result not stored: not JSON ({type(exc).__name__}: {exc})"
+
+
+#: The most of a payload's JSON a record keeps, in characters: a huge payload (the broker
+#: carried it once) must not bloat the job store, row after row.
+PAYLOAD_LIMIT = 64 * 1024
+#: What follows a payload cut at :data:`PAYLOAD_LIMIT`.
+CUT = f" ... (cut: a record keeps the first {PAYLOAD_LIMIT // 1024} Ki characters)"
+
+
+def record_payload(value: object) -> str | None:
+    """The payload as a record keeps it: JSON text, cut at :data:`PAYLOAD_LIMIT`."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):  # decoded from JSON, so rare
+        return None
+    return text if len(text) <= PAYLOAD_LIMIT else text[:PAYLOAD_LIMIT] + CUT
 
 
 def decode_result(text: str | None) -> Any:

@@ -62,8 +62,10 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -136,7 +138,7 @@ _MYSQL_DUPLICATE = 1062
 _CHUNK = 500  # ids per IN (...) list
 _JOB_FIELDS = (
     "id", "queue", "name", "state", "attempts", "result", "error", "traceback", "created_at",
-    "started_at", "finished_at", "worker_pid", "peak_memory",
+    "started_at", "finished_at", "worker_pid", "peak_memory", "dedup_key", "payload",
 )  # fmt: skip
 
 # MySQL's TEXT and BLOB stop at 64 KiB: results, tracebacks and bodies get the LONG ones.
@@ -148,6 +150,12 @@ _MYSQL: dict[str, Any] = {
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_bin",  # names and ids compare exactly, as in SQLite
 }
+
+
+def _new_job_columns() -> list[Column[Any]]:
+    """Columns of the jobs table added since it was first released: a store created by an
+    older queuekit gets them when it is opened (see ``SQLJobStore._add_new_columns``)."""
+    return [Column("dedup_key", _TEXT), Column("payload", _TEXT)]
 
 
 def _schema(prefix: str) -> MetaData:
@@ -198,6 +206,7 @@ def _schema(prefix: str) -> MetaData:
         Column("finished_at", Double),
         Column("worker_pid", Integer),
         Column("peak_memory", BigInteger),
+        *_new_job_columns(),
         Index(f"{prefix}jobs_finished", "state", "finished_at"),
         **_MYSQL,
     )
@@ -412,10 +421,30 @@ class SQLJobStore(JobStore):
                     return
                 try:
                     self._meta.create_all(self._engine)
+                    self._add_new_columns()
                     self._created = True
                 except DBAPIError:  # another process created one between check and create:
                     if attempt == tries - 1:  # the next try gets further
                         raise
+
+    def _add_new_columns(self) -> None:
+        """Bring a jobs table of an older schema up to date. Idempotent; when two processes
+        open an old store at once, the one whose ALTER comes second finds the column there
+        (PostgreSQL 42701, MySQL/MariaDB 1060: duplicate column) and goes on."""
+        have = {c["name"] for c in inspect(self._engine).get_columns(self._jobs.name)}
+        preparer = self._engine.dialect.identifier_preparer
+        for column in _new_job_columns():
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=self._engine.dialect)
+            alter = (f"ALTER TABLE {preparer.quote(self._jobs.name)} "
+                     f"ADD COLUMN {preparer.quote(column.name)} {kind}")  # fmt: skip
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(text(alter))
+            except DBAPIError as exc:
+                if not _is_duplicate_column(exc):
+                    raise
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -896,7 +925,7 @@ class SQLJobStore(JobStore):
         return self._upsert_job({
             "state": take, "attempts": take, "result": take, "error": take, "traceback": take,
             "started_at": keep_old, "finished_at": take, "worker_pid": keep_old,
-            "peak_memory": keep_old,
+            "peak_memory": keep_old, "dedup_key": keep_old, "payload": keep_old,
         })  # fmt: skip
 
     def write_jobs(self, updates: Sequence[JobUpdate]) -> None:
@@ -929,14 +958,19 @@ class SQLJobStore(JobStore):
         return to_record(row) if row else None
 
     def jobs(
-        self, queue: str | None = None, *, state: str | None = None, limit: int = 1000
+        self,
+        queue: str | None = None,
+        *,
+        state: str | None = None,
+        key: str | None = None,
+        limit: int = 1000,
     ) -> list[JobRecord]:
         t = self._jobs
         newest = t.c.created_at.desc()
         if self._postgres:  # PostgreSQL sorts NULL first in descending order; SQLite, MySQL last
             newest = newest.nulls_last()
         query = select(*self._job_columns()).order_by(newest).limit(limit)
-        for column, value in ((t.c.queue, queue), (t.c.state, state)):
+        for column, value in ((t.c.queue, queue), (t.c.state, state), (t.c.dedup_key, key)):
             if value is not None:
                 query = query.where(column == value)
         return self._run(lambda conn: [to_record(row) for row in conn.execute(query)])
@@ -1182,6 +1216,10 @@ def _mysql_code(exc: DBAPIError) -> int | None:
 
 def _is_deadlock(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _DEADLOCKS or _mysql_code(exc) in _MYSQL_DEADLOCKS
+
+
+def _is_duplicate_column(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "42701" or _mysql_code(exc) == 1060
 
 
 def _is_operational(exc: DBAPIError) -> bool:

@@ -99,7 +99,9 @@ CREATE TABLE IF NOT EXISTS queuekit_jobs (
     started_at REAL,
     finished_at REAL,
     worker_pid INTEGER,
-    peak_memory INTEGER
+    peak_memory INTEGER,
+    dedup_key TEXT,
+    payload TEXT
 );
 CREATE INDEX IF NOT EXISTS queuekit_jobs_finished
     ON queuekit_jobs (finished_at) WHERE state IN ('done', 'failed');
@@ -197,21 +199,24 @@ CREATE TABLE IF NOT EXISTS queuekit_starts (
 _SCHEDULE_COLUMNS = "name, queue, every, next_run, template"
 _JOB_COLUMNS = (
     "id, queue, name, state, attempts, result, error, traceback, created_at, started_at,"
-    " finished_at, worker_pid, peak_memory"
+    " finished_at, worker_pid, peak_memory, dedup_key, payload"
 )
+_JOB_VALUES = ", ".join("?" * 15)
 # A publish or an attempt's end: the whole row as the writer knows it.
 _WRITE_JOB = (
-    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES})"
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
     " result = excluded.result, error = excluded.error, traceback = excluded.traceback,"
     " started_at = COALESCE(excluded.started_at, started_at),"
     " finished_at = excluded.finished_at,"
     " worker_pid = COALESCE(excluded.worker_pid, worker_pid),"
-    " peak_memory = COALESCE(excluded.peak_memory, peak_memory)"
+    " peak_memory = COALESCE(excluded.peak_memory, peak_memory),"
+    " dedup_key = COALESCE(excluded.dedup_key, dedup_key),"
+    " payload = COALESCE(excluded.payload, payload)"
 )
 # An attempt's start: the last attempt's error stays visible while the next one runs.
 _START_JOB = (
-    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO queuekit_jobs ({_JOB_COLUMNS}) VALUES ({_JOB_VALUES})"
     " ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
     " started_at = excluded.started_at, finished_at = NULL, worker_pid = excluded.worker_pid"
 )
@@ -254,7 +259,9 @@ class SQLiteJobStore(JobStore):
                 if self._db is None:
                     path = self.url.path
                     synchronous = self.url.option("synchronous") or "normal"
-                    self._db = connect_database(path, synchronous=synchronous, schema=_SCHEMA)
+                    db = connect_database(path, synchronous=synchronous, schema=_SCHEMA)
+                    _add_new_columns(db)
+                    self._db = db
                 yield self._db
             except sqlite3.Error as exc:  # the contract's one error type, mapped here
                 raise JobStoreError(
@@ -830,10 +837,15 @@ class SQLiteJobStore(JobStore):
         return to_record(row) if row else None
 
     def jobs(
-        self, queue: str | None = None, *, state: str | None = None, limit: int = 1000
+        self,
+        queue: str | None = None,
+        *,
+        state: str | None = None,
+        key: str | None = None,
+        limit: int = 1000,
     ) -> list[JobRecord]:
         clauses, args = [], []
-        for column, value in (("queue", queue), ("state", state)):
+        for column, value in (("queue", queue), ("state", state), ("dedup_key", key)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 args.append(value)
@@ -872,6 +884,28 @@ class SQLiteJobStore(JobStore):
             return db.execute(query, args).rowcount
 
 
+#: Columns added to ``queuekit_jobs`` since it was first released: a store created by an
+#: older queuekit gets them when it is opened (its rows keep NULL there).
+_NEW_JOB_COLUMNS = {"dedup_key": "TEXT", "payload": "TEXT"}
+
+
+def _add_new_columns(db: sqlite3.Connection) -> None:
+    """Bring a ``queuekit_jobs`` table of an older schema up to date. Idempotent; when two
+    processes open an old store at once, the one whose ALTER comes second finds the column
+    there and goes on."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(queuekit_jobs)")}
+    for name, kind in _NEW_JOB_COLUMNS.items():
+        if name in have:
+            continue
+        try:
+            db.execute(f"ALTER TABLE queuekit_jobs ADD COLUMN {name} {kind}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+    db.execute("CREATE INDEX IF NOT EXISTS queuekit_jobs_key ON queuekit_jobs (dedup_key)"
+               " WHERE dedup_key IS NOT NULL")  # fmt: skip
+
+
 _shares: dict[str, tuple[sqlite3.Connection, threading.RLock, int]] = {}
 _shares_lock = threading.Lock()
 
@@ -881,6 +915,7 @@ def _join_share(name: str) -> tuple[sqlite3.Connection, threading.RLock]:
         db, lock, users = _shares.get(name) or (connect_database(":memory:"), threading.RLock(), 0)
         if not users:
             db.executescript(_SCHEMA)
+            _add_new_columns(db)
         _shares[name] = (db, lock, users + 1)
         return db, lock
 

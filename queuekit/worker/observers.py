@@ -42,6 +42,7 @@ from ..jobstore.records import (
     JobUpdate,
     encode_result,
     peak_memory,
+    record_payload,
 )
 from ..spi.errors import QueuekitError
 
@@ -200,6 +201,9 @@ class Records(Observer):
             finished_at=None if running else time.time(),
             worker_pid=self._pid,
             peak_memory=None if running else peak_memory(),
+            key=meta.key,
+            # at the start only: the row may not exist yet (records kept by the worker)
+            payload=record_payload(attempt.message.payload) if running else None,
         )
 
     def _write_end(self, update: JobUpdate) -> None:

@@ -66,6 +66,8 @@ class _Job:
     items: list[Publication] = field(default_factory=list)
     operation: Callable[[Any], Any] | None = None
     missing: Any = None
+    #: Seconds an admin call reconnects before it gives up (``None``: reconnect_timeout).
+    patience: float | None = None
     #: A publish gives up reconnecting after this (``time.monotonic``).
     deadline: float = 0.0
     outstanding: int = 0  # written, not yet confirmed
@@ -152,10 +154,18 @@ class Publisher:
         deadline = time.monotonic() + self.settings.publish_timeout
         self._call(_Job("publish", queue, list(items), deadline=deadline))
 
-    def admin(self, what: str, operation: Callable[[Any], Any], missing: Any = None) -> Any:
-        """Run ``operation`` on the publisher channel, reconnecting like ``publish``;
-        ``missing`` is the answer when the broker says the queue does not exist."""
-        return self._call(_Job(what, operation=operation, missing=missing))
+    def admin(
+        self,
+        what: str,
+        operation: Callable[[Any], Any],
+        missing: Any = None,
+        *,
+        patience: float | None = None,
+    ) -> Any:
+        """Run ``operation`` on the publisher channel, reconnecting like ``publish`` for up
+        to ``patience`` s (default ``reconnect_timeout``); ``missing`` is the answer when
+        the broker says the queue does not exist."""
+        return self._call(_Job(what, operation=operation, missing=missing, patience=patience))
 
     def forget(self, queues: list[str]) -> None:
         """``queues`` were deleted: declare them again before publishing to them."""
@@ -388,11 +398,11 @@ class Publisher:
             except Exception as exc:  # TransportClosed, or a bug: the caller's to see
                 self._end(job, exc)
                 return
-            if time.monotonic() - (self._failing_since or 0.0) > self.settings.reconnect_timeout:
+            patience = self.settings.reconnect_timeout if job.patience is None else job.patience
+            if time.monotonic() - (self._failing_since or 0.0) > patience:
                 self._failing_since, self._attempt = None, 0
                 self._end(job, ConnectionLost(
-                    f"amqp {job.what}: no broker reachable for "
-                    f"{self.settings.reconnect_timeout:g} s"))  # fmt: skip
+                    f"amqp {job.what}: no broker reachable for {patience:g} s"))  # fmt: skip
                 return
             self._pause(None)
 

@@ -41,6 +41,7 @@ _OPTIONS = frozenset(
         "heartbeat",
         "connect_timeout",
         "reconnect_timeout",
+        "inspect_timeout",
         PUBLISH_TIMEOUT_OPTION,
         "confirm_timeout",
         "max_message_size",
@@ -68,6 +69,9 @@ class Settings:
     heartbeat: int
     connect_timeout: float
     reconnect_timeout: float
+    #: How long an inspection (``depth``, so ``worker status`` and the dashboard) reconnects
+    #: before it says the broker is unreachable: a few seconds, not ``reconnect_timeout``.
+    inspect_timeout: float
     #: How long a publish reconnects before it gives up (:mod:`queuekit.spi.timeouts`).
     publish_timeout: float
     confirm_timeout: float
@@ -105,6 +109,7 @@ class Settings:
             heartbeat=url.integer("heartbeat", 0, allow_zero=True),
             connect_timeout=url.number("connect_timeout", 5.0),
             reconnect_timeout=url.number("reconnect_timeout", 60.0),
+            inspect_timeout=url.number("inspect_timeout", 5.0),
             publish_timeout=publish_timeout(url),
             confirm_timeout=url.number("confirm_timeout", 30.0),
             max_message_size=url.integer("max_message_size", RABBITMQ_MAX_MESSAGE_SIZE),

@@ -141,10 +141,14 @@ class AMQPTransport(Transport):
         """Ready messages (``Transport.depth``): those waiting in the broker's queues (every
         band's). RabbitMQ counts a message a consumer prefetched as un-acked, in flight, and
         so does this (this transport's own buffer included); delayed messages wait in the
-        shared delay cascade, not counted. A band's queue that was never declared counts 0."""
+        shared delay cascade, not counted. A band's queue that was never declared counts 0.
+        With no broker reachable it gives up after ``inspect_timeout`` s (default 5), so
+        ``worker status`` and the dashboard say so instead of waiting ``reconnect_timeout``."""
         waiting = 0
+        patience = self.settings.inspect_timeout
         for source in self._sources(queue):
-            result = self._publisher.admin("depth", partial(_waiting, source), None)
+            result = self._publisher.admin("depth", partial(_waiting, source), None,
+                                           patience=patience)  # fmt: skip
             waiting += result or 0
         return waiting
 
