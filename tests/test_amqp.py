@@ -12,10 +12,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import kombu
 import pytest
+from amqp import channel as amqp_channel
 from amqp import exceptions as amqp_errors
+from amqp import spec
 
 from queuekit.adapters.amqp import AMQPTransport, delays
 from queuekit.adapters.amqp.messages import priority_level
@@ -466,3 +469,32 @@ def test_close_from_another_thread_ends_a_blocked_receive(amqp: Open) -> None:
     with pytest.raises(TransportClosed):
         transport.send(queue, b"x", {})
     transport.close()  # idempotent
+
+
+def test_a_connection_lost_in_the_middle_of_a_batch_loses_none_of_it(
+    amqp: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a publisher whose connection breaks while it writes the 100th of 500 messages
+    transport = amqp()
+    queue = new_queue()
+    transport.send(queue, b"declared", {})
+    send_method = amqp_channel.Channel.send_method
+    publishes = 0
+
+    def breaking(channel: Any, sig: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal publishes
+        if sig == spec.Basic.Publish:
+            publishes += 1
+            if publishes == 100:
+                raise ConnectionResetError("cut in the middle of a batch")
+        return send_method(channel, sig, *args, **kwargs)
+
+    monkeypatch.setattr(amqp_channel.Channel, "send_method", breaking)
+    # When the batch is sent
+    transport.send_many(queue, [Outgoing(f"{n}".encode()) for n in range(500)])
+    # Then every message of it is in the queue (those written before the break maybe twice)
+    bodies = []
+    while (delivery := transport.receive(queue, 2)) is not None:
+        bodies.append(delivery.body)
+        transport.ack(delivery)
+    assert {f"{n}".encode() for n in range(500)} <= set(bodies)

@@ -287,17 +287,23 @@ class Publisher:
                 continue
             send = channel.send_method
             items, job.items = job.items, []
-            for item in items:
+            for index, item in enumerate(items):
                 if confirm:
                     self._seq += 1
                     self._unconfirmed[self._seq] = (item, job)
                     job.outstanding += 1
-                send(
-                    spec.Basic.Publish,
-                    "Bssbb",
-                    (0, item.exchange, item.routing_key, item.mandatory, False),
-                    item.message,
-                )
+                try:
+                    send(
+                        spec.Basic.Publish,
+                        "Bssbb",
+                        (0, item.exchange, item.routing_key, item.mandatory, False),
+                        item.message,
+                    )
+                except BaseException:
+                    # Not written yet: the rest of the batch (this one too when unconfirmed
+                    # messages are not tracked; with confirms it is, and goes back with them)
+                    job.items = items[index + 1 if confirm else index :] + job.items
+                    raise
             job.confirm_by = time.monotonic() + self.settings.confirm_timeout
             self._failing_since, self._attempt = None, 0
 
