@@ -1,5 +1,6 @@
 """Fixtures shared by the tests: ``conn`` runs a test on memory:// and sqlite://, ``store_url``
-on a job store in SQLite, PostgreSQL and MariaDB; every test has its own state directory."""
+(and ``store``) on a job store in SQLite, PostgreSQL and MariaDB; every test has its own
+state directory."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from queuekit import Connection, connect
+from queuekit.jobstore import open_jobstore
+from queuekit.jobstore.base import JobStore
 from tests.databases import fresh_store_url
 
 
@@ -38,6 +41,16 @@ def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A job store URL on fresh tables of each backend in turn (see tests/databases.py)."""
     yield from fresh_store_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[JobStore]:
+    """A job store opened on each backend in turn (``store_url``), closed after the test."""
+    opened = open_jobstore(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 @pytest.fixture

@@ -4,20 +4,12 @@ once per consumer; a failed attempt or a dead claim lets it run again."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from queuekit import Inbox, RetryLater
 from queuekit.jobstore import open_jobstore
 from queuekit.jobstore.base import INBOX_BUSY, INBOX_DONE, INBOX_NEW, JobStore
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[JobStore]:
-    opened = open_jobstore(store_url)
-    yield opened
-    opened.close()
 
 
 def test_a_claim_is_new_then_busy_then_done(store: JobStore) -> None:

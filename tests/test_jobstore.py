@@ -12,7 +12,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,6 @@ from queuekit.jobstore.base import FORWARD_LEASE, KEY_GRACE, JobStore, StoreCoun
 from queuekit.jobstore.records import JobUpdate
 from queuekit.spi.errors import ConfigurationError, MissingDependency
 from queuekit.spi.transport import Outgoing, SendOptions
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[JobStore]:
-    opened = open_jobstore(store_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def out(body: bytes, **options: Any) -> Outgoing:

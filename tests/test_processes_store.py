@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from queuekit.jobstore import open_jobstore
 from queuekit.jobstore.base import (
     COMMITTED,
     CONFLICT,
@@ -19,15 +17,6 @@ from queuekit.jobstore.base import (
 )
 from queuekit.spi.transport import Outgoing
 from tests.test_jobstore import Sent, clock, race, stores
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[JobStore]:
-    opened = open_jobstore(store_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def step(message: str | None, version: int, state: object, **fields: object) -> ProcessStep:

@@ -7,7 +7,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from queuekit.jobstore import open_jobstore
 from queuekit.jobstore.base import JobStore, ThroughputBucket
 from tests.support import wait_until
 from tests.workers.harness import run_worker, sqlite_url
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[JobStore]:
-    opened = open_jobstore(store_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_a_queue_is_paused_until_resumed(store: JobStore) -> None:

@@ -30,15 +30,6 @@ from queuekit.spi.errors import ConfigurationError
 from tests.test_jobstore import clock, race, stores
 
 
-@pytest.fixture
-def store(store_url: str) -> Iterator[JobStore]:
-    opened = open_jobstore(store_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
 def info(queue: str = "q", host: str = "h1", pid: int = 1, **fields: object) -> WorkerInfo:
     return WorkerInfo(uuid.uuid4().hex, queue, host, pid, concurrency=1, started_at=time.time(),
                       **fields)  # type: ignore[arg-type]  # fmt: skip
