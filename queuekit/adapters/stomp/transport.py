@@ -368,6 +368,10 @@ class StompTransport(Transport):
                 sub = _Subscription(
                     name, queue, f"q-{uuid.uuid4().hex}", "/queue/" + name, headers, bell
                 )
+                # A new subscription is refilling: until its first delivery (or the grace),
+                # a lower band's message is held back, so waiting messages of a higher band
+                # that the server has not sent yet still come first.
+                sub.refilling_since = time.monotonic()
                 self._subscribe(sub)
             subs.append(sub)
         return subs
