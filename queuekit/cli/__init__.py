@@ -339,16 +339,16 @@ def _failed_retry(conn: Connection, stores: list[Connection], args: argparse.Nam
         entries = [_find_failed(stores, args)]
     retried = 0
     shown = progress("failed retry", len(entries)) if args.id == "all" else nullcontext(None)
-    with shown as advance:
-        try:
+    try:
+        with shown as advance:  # its last line is printed as it closes: before the summary
             for store in dict.fromkeys(s for s, _ in entries):
                 mine = [e for s, e in entries if s is store]
                 for count in retry_failed(conn, store, mine):
                     retried += count
                     if advance is not None:
                         advance(count)
-        finally:  # exact when a batch fails: its messages stay in the failed store
-            print(f"{retried} message(s) back on their queue", file=sys.stderr)
+    finally:  # exact when a batch fails: its messages stay in the failed store
+        print(f"{retried} message(s) back on their queue", file=sys.stderr)
     return 0 if retried == len(entries) else 1
 
 
