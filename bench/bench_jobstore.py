@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import postgres
 import report
 import sqlalchemy
 
@@ -31,9 +32,7 @@ from queuekit.jobstore.records import JobUpdate
 from queuekit.spi import Outgoing
 
 DATABASES = {
-    "postgresql": os.environ.get(
-        "QUEUEKIT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    ),
+    "postgresql": postgres.URL,
     "mariadb": os.environ.get("QUEUEKIT_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 
@@ -88,24 +87,12 @@ def fresh(backend: str, directory: str) -> tuple[str, Callable[[], None]]:
     return f"{base}?table_prefix={prefix}", drop
 
 
-def answers(url: str) -> bool:
-    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT 1"))
-        return True
-    except sqlalchemy.exc.SQLAlchemyError:
-        return False
-    finally:
-        engine.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000, help="operations per row")
     parser.add_argument("--reps", type=int, default=3)
     args = report.parse_args(parser, {"count": 50, "reps": 1})
-    backends = ["sqlite"] + [b for b, url in DATABASES.items() if answers(url)]
+    backends = ["sqlite"] + [b for b, url in DATABASES.items() if postgres.answers(url)]
     results: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory() as directory:
         for row, measure in ROWS.items():

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,14 +70,6 @@ def measure(broker: str, case: str, count: int, directory: str) -> float:
     return count / elapsed
 
 
-def rabbitmq_answers() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
@@ -87,7 +78,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000, help="messages per measurement")
     parser.add_argument("--reps", type=int, default=5)
     args = report.parse_args(parser, {"count": 300, "reps": 1})
-    brokers = ["sqlite", *(["amqp"] if rabbitmq_answers() else [])]
+    brokers = ["sqlite", *(["amqp"] if report.answers("127.0.0.1", 5672) else [])]
     rates: dict[tuple[str, str], list[float]] = {(b, c): [] for b in brokers for c in CASES}
     for _ in range(args.reps):
         for (broker, case), measured in rates.items():

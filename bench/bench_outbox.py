@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import socket
 import sqlite3
 import statistics
 import tempfile
@@ -139,20 +138,12 @@ def run_postgres(count: int) -> dict[str, float]:
     return rates
 
 
-def rabbitmq_answers() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=3)
     args = report.parse_args(parser, {"count": 200, "reps": 1})
-    servers = rabbitmq_answers() and postgres.answers()
+    servers = report.answers("127.0.0.1", 5672) and postgres.answers()
     runs: list[dict[str, float]] = []
     for _ in range(args.reps):  # both tables' rows in turn: a noisy moment hits both
         directory = Path(tempfile.mkdtemp(prefix="qk-outbox-"))

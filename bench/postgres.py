@@ -13,8 +13,10 @@ import sqlalchemy
 URL = os.environ.get("QUEUEKIT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def answers() -> bool:
-    engine = sqlalchemy.create_engine(URL, connect_args={"connect_timeout": 3})
+def answers(url: str = URL) -> bool:
+    """Whether the database at ``url`` (any SQLAlchemy URL; the machine's PostgreSQL by
+    default) accepts a query within a few seconds."""
+    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))

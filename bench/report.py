@@ -14,10 +14,20 @@ import datetime
 import os
 import platform
 import shlex
+import socket
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 Cell = str | int | float
+
+
+def answers(host: str, port: int) -> bool:
+    """Whether a server accepts connections there (a row is skipped, and says so, when not)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def parse_args(parser: argparse.ArgumentParser, quick: Mapping[str, object]) -> argparse.Namespace:
