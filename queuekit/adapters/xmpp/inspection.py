@@ -41,7 +41,7 @@ class Inspection:
         self.settings = settings
 
     async def depth(self, queue: str, node: str) -> int:
-        """Items on the node that no consumer has taken (see ``TakenJournal``)."""
+        """Items on the node that no consumer has taken or settled (see ``TakenJournal``)."""
         await self.nodes.ensure(node, persist=True)
         await self.acks.flush()
         # The journal first: an ack retracts the item, then its journal entry, in that order
@@ -54,7 +54,7 @@ class Inspection:
         except IqError as exc:
             raise iq_error(exc, f"count node {node}") from None
         taken = await self.journal.taken_counts(journal, ids, entries)
-        return len(ids) - len(taken)
+        return len(ids - entries.settled_among(ids) - taken.keys())
 
     async def purge(self, queue: str, node: str) -> int:
         await self.nodes.ensure(node, persist=True)
