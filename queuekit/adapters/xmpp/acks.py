@@ -121,7 +121,7 @@ class Acks:
         node = consumer.node
         try:
             if await stuck(self.connection, self.settings, node, item_id):
-                await self.journal.mark_settled(consumer.journal, item_id)
+                await self.journal.mark_settled(consumer.journal, [item_id])
                 log.info(
                     "xmpp: item %s of %s cannot be retracted; recorded as settled", item_id, node
                 )

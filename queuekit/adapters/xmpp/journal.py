@@ -90,10 +90,10 @@ class TakenJournal:
             return entry
         return None
 
-    async def mark_settled(self, journal: str, item_id: str) -> None:
-        """Record an acked item that the node keeps anyway (stuck, see ``retracts``)."""
+    async def mark_settled(self, journal: str, item_ids: list[str]) -> None:
+        """Record acked items that the node keeps anyway (stuck, see ``retracts``)."""
         payload = ET.Element(_SETTLED)
-        payload.text = item_id
+        payload.text = " ".join(item_ids)
         await self.nodes.publish_one(journal, new_id(), payload)
 
     async def retract_quietly(self, node: str, item_id: str) -> None:
