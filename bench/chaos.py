@@ -303,7 +303,9 @@ def run(args: argparse.Namespace, directory: Path) -> Result:
     queue = f"chaos-{uuid.uuid4().hex[:12]}"
     records = directory / "records"
     records.mkdir()
-    env = {**os.environ, RECORDS: str(records), "PYTHONPATH": str(HERE)}
+    # The workers and the producer import this checkout's queuekit (a worktree's, not the
+    # one the virtualenv was installed from) and the handler from bench/.
+    env = {**os.environ, RECORDS: str(records), "PYTHONPATH": f"{HERE}{os.pathsep}{ROOT}"}
     worker = Path(sys.executable).parent / "worker"
     command = [str(worker), "run", "chaos:ChaosJobs", "--url", args.url, "--queue", queue,
                "-c", str(args.concurrency), "--processes", str(args.processes),
@@ -320,7 +322,8 @@ def run(args: argparse.Namespace, directory: Path) -> Result:
         producer = subprocess.Popen(
             [sys.executable, __file__, args.url, "--produce", "--queue", queue,
              "--messages", str(args.messages), "--batch", str(args.batch)],
-            cwd=HERE, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=producer_log,
+            cwd=HERE, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=producer_log,
         )  # fmt: skip
     for supervisor in supervisors:
         supervisor.start()

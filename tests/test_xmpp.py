@@ -35,6 +35,7 @@ from tests.support import require_broker, wait_until
 pytest.importorskip("slixmpp")
 from queuekit.adapters.xmpp import QueueFull, XMPPSettings, XMPPTransport
 from queuekit.adapters.xmpp.settings import decode_payload, encode_payload
+from queuekit.adapters.xmpp.stanzas import read_config
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Each server scripts/brokers starts, and its port (tests/test_tls.py covers their STARTTLS).
@@ -411,6 +412,81 @@ def test_a_cap_the_config_form_does_not_state_is_found(opened: Opened) -> None:
     assert state.cap == int(os.environ.get(env, "100000"))
     assert state.max_items == ("max" if opened.server == "prosody" else str(state.cap))
     transport.delete(queue)
+
+
+def test_finding_the_cap_never_reconfigures_the_queue_node() -> None:
+    """ejabberd: a fresh connection finds max_items_node by trying values. It tried them on
+    the queue node itself, and each accepted guess (1024, 2048, ..., 99968) was that node's
+    max_items until the next one: ejabberd dropped the oldest items beyond it at the next
+    publish, and a consumer SIGKILLed mid-way (the chaos bench) left the node at a guess.
+    The node's owner watches its configuration (XEP-0060 ``notify_config``, which Prosody,
+    whose form states the cap so nothing is tried, does not send): a consumer starting on
+    the node holding more items than the first guess changes nothing, and loses nothing."""
+    opened = Opened("ejabberd")
+    require_broker(opened.server, "127.0.0.1", opened.port)
+    try:
+        producer = open_transport(opened)
+        queue = name("probed")
+        node = producer.settings.queue_node(queue)
+        producer.send_many(queue, [Outgoing(f"{i}".encode()) for i in range(1100)])
+        session = producer._session
+        seen: list[str] = []  # max_items of each configuration the server announced
+
+        async def watch() -> None:
+            client = session.connection.client
+            client.add_event_handler(
+                "pubsub_config", lambda m: seen.append(read_config(m.xml).max_items)
+            )
+            await session.nodes._set_config(node, {"pubsub#notify_config": True}, "notify")
+            await session.nodes.subscribe(node)
+
+        producer._call(watch())
+        consumer = open_transport(opened)  # a fresh connection: it has to find the cap
+        first = consumer.receive(queue, 10.0)
+        assert first is not None and first.body == b"0"
+        assert consumer._session.nodes.service_cap == producer._session.nodes.states[node].cap
+        producer.send(queue, b"1100", {})
+        assert len(producer._call(session.nodes.item_ids(node))) == 1101
+        # Given the watch works: a change of our own is announced (after anything earlier)
+        producer._call(session.nodes._set_config(node, {"pubsub#title": "probed"}, "title"))
+        wait_until(lambda: len(seen) > 0, 10.0, "the configuration notification")
+        assert seen == [producer._session.nodes.states[node].max_items]
+        consumer.ack(first)
+        producer.delete(queue)
+    finally:
+        for transport in opened:
+            transport.close()
+
+
+def test_items_acked_while_another_connection_publishes_never_come_back(opened: Opened) -> None:
+    """ejabberd keeps a list of item ids per account and node and rewrites it without
+    isolation: a producer and a consumer of one account at once left items on the node
+    that every retract answers item-not-found for, and every later consumer ran them again
+    (469 of 2,001 here). A consumer records such an item as settled in the journal; then
+    neither a listing nor ``depth`` counts it. On Prosody every retract removes its item."""
+    producer, consumer = open_transport(opened), open_transport(opened)
+    queue = name("concurrent")
+    total = 1000
+
+    def produce() -> None:
+        for start in range(0, total, 50):
+            batch = range(start, start + 50)
+            producer.send_many(queue, [Outgoing(f"{i}".encode()) for i in batch])
+
+    publishing = threading.Thread(target=produce)
+    publishing.start()
+    seen: set[bytes] = set()
+    while (delivery := consumer.receive(queue, 5.0)) is not None:
+        seen.add(delivery.body)
+        consumer.ack(delivery)
+    publishing.join()
+    assert seen == {f"{i}".encode() for i in range(total)}
+    consumer.close()  # waits for its acks, and for recording the stuck ones
+    assert producer.depth(queue) == 0
+    assert producer.purge(queue) == 0  # ejabberd's purge leaves them too: still settled
+    later = open_transport(opened)
+    assert later.receive(queue, 1.0) is None
+    producer.delete(queue)
 
 
 def test_a_deleted_queue_leaves_nothing_for_the_next_node(opened: Opened) -> None:

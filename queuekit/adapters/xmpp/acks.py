@@ -3,7 +3,10 @@
 The retract goes out at once and its answer is awaited in the background (like an AMQP
 basic.ack, which the broker never answers), keeping at most ``inflight`` outstanding;
 ``close``, ``depth`` and ``purge`` wait for them (:meth:`Acks.flush`). A confirmed retract
-settles the item's taken-journal entry. ``ack_nowait`` is the consumer thread's fast path.
+settles the item's taken-journal entry. A queue item's retract answered item-not-found is
+checked in a task (outstanding until done): an item the node keeps anyway (ejabberd, see
+``retracts``) is recorded as settled in the journal. ``ack_nowait`` is the consumer
+thread's fast path.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from typing import Any
 
 from slixmpp.exceptions import IqError
 
+from ...spi.errors import QueuekitError
 from .connection import Connection
 from .journal import TakenJournal
 from .queue_consumer import QueueConsumer
+from .retracts import stuck
 from .settings import XMPPSettings
 from .stanzas import Item
 
@@ -85,27 +90,54 @@ class Acks:
         outstanding.add(future)
         iqs.add(future)
 
-        def confirmed(done: asyncio.Future[Any]) -> None:
-            outstanding.discard(done)
-            iqs.discard(done)
-            exc = None if done.cancelled() else done.exception()
-            if isinstance(exc, IqError):
-                if exc.condition != "item-not-found":
-                    log.warning("xmpp: retract on %s failed: %s", node, exc.condition)
-            elif exc is not None or done.cancelled():
-                log.info("xmpp: retract on %s lost (%s); it will be redelivered", node, exc)
-            if consumer is not None:
+        def settled(_: object = None) -> None:
+            if consumer is not None:  # until now a notification of it is not a new item
                 consumer.known.discard(item_id)
                 entry = self.journal.settled(consumer, item_id)
                 if entry is not None:
                     self._send_retract(consumer.journal, entry, None)
 
+        def confirmed(done: asyncio.Future[Any]) -> None:
+            outstanding.discard(done)
+            iqs.discard(done)
+            exc = None if done.cancelled() else done.exception()
+            if isinstance(exc, IqError) and exc.condition == "item-not-found":
+                if consumer is not None and self.connection.connected:  # gone, or stuck
+                    task = asyncio.ensure_future(self._settle_stuck(consumer, item_id))
+                    outstanding.add(task)
+                    task.add_done_callback(outstanding.discard)
+                    task.add_done_callback(settled)
+                    return
+            elif isinstance(exc, IqError):
+                log.warning("xmpp: retract on %s failed: %s", node, exc.condition)
+            elif exc is not None or done.cancelled():
+                log.info("xmpp: retract on %s lost (%s); it will be redelivered", node, exc)
+            settled()
+
         future.add_done_callback(confirmed)
+
+    async def _settle_stuck(self, consumer: QueueConsumer, item_id: str) -> None:
+        """The retract found no item: record it as settled if the node keeps it anyway."""
+        node = consumer.node
+        try:
+            if await stuck(self.connection, self.settings, node, item_id):
+                await self.journal.mark_settled(consumer.journal, [item_id])
+                log.info(
+                    "xmpp: item %s of %s cannot be retracted; recorded as settled", item_id, node
+                )
+        except (QueuekitError, IqError) as exc:
+            log.warning(
+                "xmpp: item %s of %s stays (%s); it will be redelivered", item_id, node, exc
+            )
 
     async def flush(self) -> None:
         """Wait until every pipelined ack is answered."""
-        if self.outstanding:
-            await asyncio.wait(set(self.outstanding), timeout=self.settings.timeout)
+        deadline = asyncio.get_running_loop().time() + self.settings.timeout
+        while self.outstanding:  # a retract's check of a stuck item joins it when answered
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await asyncio.wait(set(self.outstanding), timeout=left)
 
     @staticmethod
     def requeue(consumer: QueueConsumer, item: Item) -> None:

@@ -114,7 +114,11 @@ class QueueReader:
                 connection.pubsub.get_items(self.settings.pubsub, consumer.node)
             )
             items = list(parse_items(reply.xml.iter(f"{{{PUBSUB}}}item")))
-            counts = await self.journal.taken_counts(consumer.journal, {item.id for item in items})
+            present = {item.id for item in items}
+            entries = await self.journal.entries(consumer.journal)
+            settled = entries.settled_among(present)  # acked, but stuck on the node
+            items = [item for item in items if item.id not in settled]
+            counts = await self.journal.taken_counts(consumer.journal, present, entries)
             consumer.taken_before = counts
             for item in items:
                 item.taken = counts.get(item.id, 0)

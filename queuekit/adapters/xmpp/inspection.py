@@ -41,7 +41,7 @@ class Inspection:
         self.settings = settings
 
     async def depth(self, queue: str, node: str) -> int:
-        """Items on the node that no consumer has taken (see ``TakenJournal``)."""
+        """Items on the node that no consumer has taken or settled (see ``TakenJournal``)."""
         await self.nodes.ensure(node, persist=True)
         await self.acks.flush()
         # The journal first: an ack retracts the item, then its journal entry, in that order
@@ -54,19 +54,25 @@ class Inspection:
         except IqError as exc:
             raise iq_error(exc, f"count node {node}") from None
         taken = await self.journal.taken_counts(journal, ids, entries)
-        return len(ids) - len(taken)
+        return len(ids - entries.settled_among(ids) - taken.keys())
 
     async def purge(self, queue: str, node: str) -> int:
+        """Purge the node and its journal. Items recorded as settled but stuck on the node
+        (ejabberd, see ``retracts``) survive a purge: they are recorded again."""
         await self.nodes.ensure(node, persist=True)
         count = await self.depth(queue, node)
+        journal = self.settings.journal_node(queue)
+        settled = await self.journal.entries(journal)
         connection = self.connection
         try:
             await connection.iq(connection.pubsub.purge(self.settings.pubsub, node))
         except IqError as exc:
             raise iq_error(exc, f"purge node {node}") from None
-        journal = self.settings.journal_node(queue)
         with contextlib.suppress(IqError):
             await connection.iq(connection.pubsub.purge(self.settings.pubsub, journal))
+        stuck = settled.settled_among(set(await self.nodes.item_ids(node)))
+        if stuck:
+            await self.journal.mark_settled(journal, sorted(stuck))
         consumer = self.reader.consumers.get(queue)
         if consumer is not None:
             consumer.reset()

@@ -4,23 +4,39 @@ A queue node's items never move (that keeps FIFO); what a consumer took is recor
 second node, ``taken/NAME``: one journal entry per batch, listing item ids, written before
 any of them is handed out. A later consumer that finds an id there knows the item was
 delivered before (``redelivered``, ``delivery_count``), and ``depth`` does not count taken
-items. An entry is retracted once all its items are settled.
+items. An entry is retracted once all its items are settled. A *settled* entry lists items
+acked but stuck on the node (ejabberd, see ``retracts``): listings and ``depth`` skip them.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from xml.etree import ElementTree as ET
 
 from slixmpp.exceptions import IqError
 
+from ...spi.errors import TransportError
 from .connection import Connection
 from .nodes import Nodes
 from .queue_consumer import QueueConsumer
+from .retracts import retract
 from .settings import NS, XMPPSettings
 from .stanzas import PUBSUB, iq_error, new_id
 
 _TAKEN = f"{{{NS}}}taken"
+_SETTLED = f"{{{NS}}}settled"
+
+
+@dataclass(slots=True)
+class Entries:
+    """A journal as read: entry id -> the item ids it lists, by kind."""
+
+    taken: dict[str, list[str]] = field(default_factory=dict)
+    settled: dict[str, list[str]] = field(default_factory=dict)
+
+    def settled_among(self, present: set[str]) -> set[str]:
+        return {i for ids in self.settled.values() for i in ids if i in present}
 
 
 class TakenJournal:
@@ -74,41 +90,45 @@ class TakenJournal:
             return entry
         return None
 
-    async def retract_quietly(self, node: str, item_id: str) -> None:
-        with contextlib.suppress(IqError):
-            await self.connection.iq(
-                self.connection.pubsub.retract(self.settings.pubsub, node, item_id)
-            )
+    async def mark_settled(self, journal: str, item_ids: list[str]) -> None:
+        """Record acked items that the node keeps anyway (stuck, see ``retracts``)."""
+        payload = ET.Element(_SETTLED)
+        payload.text = " ".join(item_ids)
+        await self.nodes.publish_one(journal, new_id(), payload)
 
-    async def entries(self, journal: str) -> dict[str, list[str]]:
-        """The journal's entries: entry id -> ids of the items it took."""
+    async def retract_quietly(self, node: str, item_id: str) -> None:
+        with contextlib.suppress(IqError, TransportError):
+            await retract(self.connection, self.settings, node, item_id)
+
+    async def entries(self, journal: str) -> Entries:
+        """The journal's entries, taken and settled."""
         connection = self.connection
         try:
             reply = await connection.iq(connection.pubsub.get_items(self.settings.pubsub, journal))
         except IqError as exc:
             if exc.condition == "item-not-found":
-                return {}
+                return Entries()
             raise iq_error(exc, f"list node {journal}") from None
-        entries = {}
+        entries = Entries()
         for element in reply.xml.iter(f"{{{PUBSUB}}}item"):
-            taken = element.find(_TAKEN)
-            if taken is not None:
-                entries[element.get("id", "")] = (taken.text or "").split()
+            for tag, kind in ((_TAKEN, entries.taken), (_SETTLED, entries.settled)):
+                listed = element.find(tag)
+                if listed is not None:
+                    kind[element.get("id", "")] = (listed.text or "").split()
         return entries
 
     async def taken_counts(
-        self, journal: str, present: set[str], entries: dict[str, list[str]] | None = None
+        self, journal: str, present: set[str], entries: Entries
     ) -> dict[str, int]:
         """How often each present item was taken (this consumer's own entries included);
         entries whose items are all gone are retracted on the way. ``entries`` is the journal
-        as read beforehand, if the caller had to read it first (see ``Inspection.depth``)."""
+        as read (before the node, see ``Inspection.depth``)."""
         counts: dict[str, int] = {}
-        if entries is None:
-            entries = await self.entries(journal)
-        for entry, ids in entries.items():
-            alive = [i for i in ids if i in present]
-            if not alive:
+        for entry, ids in [*entries.taken.items(), *entries.settled.items()]:
+            if not any(i in present for i in ids):
                 await self.retract_quietly(journal, entry)
-            for item_id in alive:
-                counts[item_id] = counts.get(item_id, 0) + 1
+        for ids in entries.taken.values():
+            for item_id in ids:
+                if item_id in present:
+                    counts[item_id] = counts.get(item_id, 0) + 1
         return counts

@@ -5,7 +5,10 @@ is reconfigured to that, and its cap (how many items the server keeps before it 
 oldest) is learnt once per connection so publishing can refuse to overflow it. Servers
 differ here (docs/xmpp.md, "Servers"): Prosody states its bound in the config form
 (an XEP-0122 range on ``pubsub#max_items``); ejabberd does not, but refuses a larger value
-than its ``max_items_node``, so the bound is found by asking. Which publish-options a server
+than its ``max_items_node``, so the bound is found by asking, on a scratch node of its own:
+never on a queue node, whose items a smaller max_items drops at the next publish (ejabberd
+did, while a killed consumer left a queue node at a probe's 1024 or 99968: docs/xmpp.md,
+"Servers"). Which publish-options a server
 checks is learnt on the first publish. Nodes never send their last item on subscribe
 (ejabberd's default does): a topic subscriber is owed only what is published after
 ``subscribe`` returns. Subscribing is per full JID and done here for queue consumers and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -24,6 +28,7 @@ from slixmpp.exceptions import IqError
 
 from ...spi.errors import TransportError
 from .connection import Connection
+from .retracts import retract
 from .service import PUBSUB_FEATURE
 from .settings import XMPPSettings
 from .stanzas import (
@@ -36,6 +41,8 @@ from .stanzas import (
     publish_options,
     read_config,
 )
+
+log = logging.getLogger("queuekit.adapters.xmpp")
 
 #: Conditions a server answers a max_items it will not keep with (ejabberd:
 #: resource-constraint; Prosody: bad-request).
@@ -113,7 +120,7 @@ class Nodes:
         elif found.range_max is not None:
             cap, value = found.range_max, "max"
         else:  # "max" would mean a bound the server does not tell: find it, and use it
-            cap = self.service_cap = self.service_cap or await self._find_cap(node)
+            cap = self.service_cap = self.service_cap or await self._find_cap()
             value = str(cap)
         wanted: dict[str, Any] = {}
         if not found.persist:
@@ -137,24 +144,47 @@ class Nodes:
         except IqError as exc:
             raise iq_error(exc, f"configure node {node} to {why}") from None
 
-    async def _find_cap(self, node: str) -> int:
-        """The largest max_items the server accepts for ``node``: its bound on how many items
-        a node keeps (ejabberd's ``max_items_node``), which its config form does not state.
-        Doubling from 1024, then bisecting: a few dozen config IQs, once per connection."""
+    async def _find_cap(self) -> int:
+        """The largest max_items the server accepts: its bound on how many items a node
+        keeps (ejabberd's ``max_items_node``), which its config form does not state.
+
+        Asked on a scratch node created for it and deleted after, never on the node to
+        configure: each accepted guess *is* that node's max_items until the next one, and
+        ejabberd drops a node's oldest items beyond it at the next publish (another
+        connection's), or keeps a guess for good if this process dies in between. Doubling
+        from 1024, then bisecting: a few dozen config IQs, once per connection.
+        """
+        scratch = self.settings.scratch_node()
+        connection, service = self.connection, self.settings.pubsub
+        try:
+            await connection.iq(
+                connection.pubsub.create_node(
+                    service, scratch, config=form(NODE_CONFIG, {"pubsub#persist_items": True})
+                )
+            )
+        except IqError as exc:
+            raise iq_error(exc, f"create node {scratch} (to learn its max_items bound)") from None
+        try:
+            return await self._bisect_cap(scratch)
+        finally:
+            with contextlib.suppress(IqError, TransportError):
+                await connection.iq(connection.pubsub.delete_node(service, scratch))
+
+    async def _bisect_cap(self, scratch: str) -> int:
         low, high = 0, 1024
-        while high <= PROBE_LIMIT and await self._accepts(node, high):
+        while high <= PROBE_LIMIT and await self._accepts(scratch, high):
             low, high = high, high * 2
         if low >= PROBE_LIMIT:
             return low
         while high - low > 1:
             middle = (low + high) // 2
-            if await self._accepts(node, middle):
+            if await self._accepts(scratch, middle):
                 low = middle
             else:
                 high = middle
         if low == 0:
             raise TransportError(
-                f"xmpp: {self.settings.pubsub} accepts no max_items for node {node}; "
+                f"xmpp: {self.settings.pubsub} accepts no max_items for a node; "
                 "set max_items=N in the URL to the server's limit"
             )
         return low
@@ -229,25 +259,30 @@ class Nodes:
                 f"{state.max_items}); the server would drop items queuekit has not counted"
             )
 
-    async def delete(self, node: str) -> None:
-        """Retract every item, then delete the node.
+    async def delete(self, node: str) -> bool:
+        """Retract every item, then delete the node; False: the node was kept.
 
         ejabberd 23.01 (Mnesia) can leave items of a deleted node behind and then show them
         in a new node that reuses its index (seen here: a fresh node listing another queue's
-        items); retracting them one by one first removes each item record itself.
+        items); retracting them one by one first removes each item record itself. Stuck
+        items (``retracts``) cannot be removed at all: a node that still lists items after
+        the retracts is kept (empty but for them), so that they stay where they are
+        recorded as settled instead of turning up in the next node created.
         """
         await self.connection.ensure()
         self.states.pop(node, None)
         connection, service = self.connection, self.settings.pubsub
         try:
             ids = await self.item_ids(node)
-            await asyncio.gather(
-                *(connection.iq(connection.pubsub.retract(service, node, i)) for i in ids)
-            )
+            await asyncio.gather(*(retract(connection, self.settings, node, i) for i in ids))
+            if ids and await self.item_ids(node):
+                log.warning("xmpp: node %s keeps items it will not retract; not deleted", node)
+                return False
             await connection.iq(connection.pubsub.delete_node(service, node))
         except IqError as exc:
             if exc.condition != "item-not-found":
                 raise iq_error(exc, f"delete node {node}") from None
+        return True
 
     async def item_ids(self, node: str) -> list[str]:
         connection = self.connection

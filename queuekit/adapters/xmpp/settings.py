@@ -94,6 +94,11 @@ class XMPPSettings:
         """Where consumers record which items of ``queue`` they took (see docs/xmpp.md)."""
         return f"{self.prefix}/taken/{queue}" if self.prefix else f"taken/{queue}"
 
+    def scratch_node(self) -> str:
+        """A node of its own for asking the server something (``Nodes._find_cap``)."""
+        name = f"probe/{uuid.uuid4().hex}"
+        return f"{self.prefix}/{name}" if self.prefix else name
+
     def topic_node(self, topic: str) -> str:
         return f"{self.prefix}/topic/{topic}" if self.prefix else topic
 

@@ -228,8 +228,8 @@ class XMPPTransport(Transport):
     def delete(self, queue: str) -> None:
         node = self.settings.queue_node(queue)
         self._call(_run_sync(self._session.reader.forget, queue))
-        self._call(self._session.nodes.delete(node))
-        self._call(self._session.nodes.delete(self.settings.journal_node(queue)))
+        if self._call(self._session.nodes.delete(node)):  # else keep its settled records
+            self._call(self._session.nodes.delete(self.settings.journal_node(queue)))
 
     # -- publish/subscribe ----------------------------------------------------------------------
 
