@@ -205,7 +205,7 @@ class AsyncRunner(_Handoff):
     again: plain callbacks and timers on the loop then wait for the next message. With
     ``inline_short``, an attempt that finds nothing in flight and the loop parked, while
     recent ``work()`` calls took less than ``_SHORT`` on average, runs in the loop's own
-    thread (``run_until_complete``), like :class:`ThreadRunner`'s quick jobs and with its
+    thread (it runs the event loop), like :class:`ThreadRunner`'s quick jobs and with its
     caveats: no crossing to the event-loop thread and back, which cost a no-op message
     about twice its CPU. Not with a stop deadline, which needs the loop thread free.
     """
@@ -236,6 +236,15 @@ class AsyncRunner(_Handoff):
                                         daemon=True)  # fmt: skip
         self._thread.start()
 
+    @property
+    def full(self) -> bool:
+        """Also while quick jobs are in flight (``inline_short``): the loop then settles
+        them before it takes more, so the next one runs in its thread instead of crossing
+        (a fast broker would otherwise keep a task busy, and the loop thread never idle)."""
+        if self.inline_short and self.in_flight and self._typical < _SHORT:
+            return True
+        return super().full
+
     def submit(self, attempt: Attempt) -> Outcome | None:
         # _lent read unlocked: only this thread sets it, so a False here stays False
         quick = self._typical < _SHORT
@@ -259,7 +268,12 @@ class AsyncRunner(_Handoff):
         """Run ``attempt`` on the parked loop in this thread; tasks ``work()`` started and
         left running go on in the event-loop thread."""
         started = time.perf_counter()
-        outcome = self.loop.run_until_complete(self.pipeline.work_async(attempt))
+        task = self.loop.create_task(self.pipeline.work_async(attempt))
+        self.loop.stop()  # before run_forever(): one pass over what is ready, as documented
+        self.loop.run_forever()  # (half the cost of run_until_complete for a no-op job)
+        if not task.done():  # it awaits something
+            self.loop.run_until_complete(task)
+        outcome = task.result()
         self._typical += (time.perf_counter() - started - self._typical) * _WEIGHT
         if asyncio.all_tasks(self.loop):
             with self._lock:
