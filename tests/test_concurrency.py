@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from queuekit import AbstractQueue, Connection, Message, NoRetry, RetryLater, connect
-from queuekit.worker.loop import Worker
-from queuekit.worker.pipeline import FunctionHandler
+from queuekit.worker.loop import Limits, Worker
+from queuekit.worker.pipeline import FunctionHandler, handler_for
 from tests.support import wait_until
 from tests.test_job_features import (  # noqa: F401 - the broker matrix
     BROKERS,
@@ -352,3 +353,111 @@ def test_a_plain_async_function_is_awaited(conn: Connection) -> None:
 
     assert queue.dispatch(work, concurrency=2, max_messages=4, max_seconds=SAFETY) == 4
     assert sorted(done) == [0, 1, 2, 3]
+
+
+# -- quick async work in the loop thread (AsyncRunner's inline_short) ------------------------
+
+
+def test_quick_async_work_moves_to_the_loop_thread_and_keeps_its_clients(
+    conn: Connection,
+) -> None:
+    """Quick ``async def work`` runs in the loop thread once the event-loop thread parked;
+    a connection opened on the worker's event loop serves every message, wherever it ran;
+    a slow job sends the next one back to the event-loop thread."""
+    quick, slow_one = 300, 300
+    queue = conn.queue("async-inline")
+    queue.publish_many([{"n": n} for n in range(quick + 4)])
+    ran: dict[int, tuple[int, asyncio.AbstractEventLoop]] = {}
+    stream: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Lock]] = []
+    ends: list[asyncio.StreamWriter] = []  # both ends stay open (a lost one closes them)
+
+    async def work(message: Message) -> None:
+        n = message.payload["n"]
+        if not stream:  # one connection for the worker's life, bound to its event loop
+            ours, theirs = socket.socketpair()
+            reader, mine = await asyncio.open_connection(sock=ours)
+            _, writer = await asyncio.open_connection(sock=theirs)
+            stream.append((reader, writer, asyncio.Lock()))
+            ends.extend((mine, writer))
+        reader, writer, lock = stream[0]
+        async with lock:
+            writer.write(b"%d\n" % n)
+            assert await asyncio.wait_for(reader.readline(), 10) == b"%d\n" % n
+        if n == slow_one:
+            await asyncio.sleep(0.05)
+        ran[n] = (threading.get_ident(), asyncio.get_running_loop())
+        if len(ran) == quick + 4:
+            for end in ends:
+                end.close()
+
+    done = queue.dispatch(work, concurrency=8, max_messages=quick + 4, max_seconds=SAFETY)
+    assert done == quick + 4
+    assert len({loop for _, loop in ran.values()}) == 1  # one event loop throughout
+    here = threading.get_ident()
+    assert ran[0][0] != here  # the first ones in the event-loop thread: no record yet
+    # most in the loop thread by then (a hiccup of the machine sends a few back to tasks)
+    assert sum(ran[n][0] == here for n in range(quick - 100, quick)) >= 50
+    assert ran[slow_one + 1][0] != here  # after a slow one: the event-loop thread again
+
+
+def test_tasks_that_async_work_leaves_behind_go_on_while_idle(conn: Connection) -> None:
+    """A task started by a message that ran in the loop thread keeps running after it,
+    with no further message to run the event loop."""
+    quick = 200
+    queue = conn.queue("async-left-behind")
+    queue.publish_many([{"n": n} for n in range(quick)])
+    spawned_in, finished = [0], threading.Event()
+    background: set[asyncio.Task[None]] = set()
+
+    async def later() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+        finished.set()
+
+    async def work(message: Message) -> None:
+        if message.payload["n"] == quick - 1:
+            spawned_in[0] = threading.get_ident()
+            task = asyncio.create_task(later())
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+    worker = Worker(conn.broker, "async-left-behind", handler_for(work),
+                    handle_signals=False, concurrency=4,
+                    limits=Limits(max_messages=quick + 1, max_seconds=SAFETY))  # fmt: skip
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: spawned_in[0], 30, "the last quick message")
+        assert spawned_in[0] == thread.ident  # it ran in the loop thread
+        assert finished.wait(10)  # the queue is empty: nothing but its own thread ran it
+    finally:
+        queue.publish({"n": -1})  # the last message lets the worker end
+        thread.join(30)
+    assert not thread.is_alive()
+    assert worker.processed == quick + 1
+
+
+def test_a_deadline_cancels_unfinished_async_work(conn: Connection) -> None:
+    queue = conn.queue("async-deadline")
+    queue.publish({"n": 1})
+    started, outcome = threading.Event(), []
+
+    async def work(message: Message) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+
+    worker = Worker(conn.broker, "async-deadline", handler_for(work),
+                    handle_signals=False, shutdown_timeout=0.2)  # fmt: skip
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    assert started.wait(30)
+    worker.stop("test")
+    thread.join(30)
+    assert not thread.is_alive()
+    assert (worker.processed, worker.handed_back) == (0, 1)
+    assert outcome == ["cancelled"]  # close() cancelled it on the event loop
+    assert queue.depth() == 1  # back on the queue, not acked

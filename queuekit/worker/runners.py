@@ -13,6 +13,9 @@ loop takes the backlog back unstarted (:meth:`Runner.withdraw`) and hands it to 
 Threads and tasks are daemons: when a stop's deadline passes, the loop hands unfinished
 messages back to the broker and the process may exit while a
 ``work()`` still runs (its late outcome is dropped; the message runs again elsewhere).
+Quick jobs (on average shorter than a handoff costs) run in the loop thread while nothing
+else is in flight, sync or ``async def`` (the event loop is then run by the loop thread:
+see :class:`AsyncRunner`); not with a stop deadline, which needs the loop thread free.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ Done = tuple[Attempt, Outcome]
 #: a worker thread and back (measured: about 60 µs of CPU per handoff on this project's VM).
 _SHORT = 0.0002
 _WEIGHT = 0.1  # of the newest call in the moving average
+_PARK_RETRY = 0.1  # seconds between checks whether tasks that work() left behind are done
 
 
 class Runner(ABC):
@@ -191,28 +195,97 @@ class ThreadRunner(_Handoff):
 
 
 class AsyncRunner(_Handoff):
-    """``async def work()`` as up to ``capacity`` tasks on one event loop, run by a daemon
-    thread for the life of the worker (so clients bound to the loop can be kept). A task
-    that finishes takes the next waiting attempt itself, on the event loop."""
+    """``async def work()`` as up to ``capacity`` tasks on one event loop, kept for the life
+    of the worker (so clients bound to the loop stay valid from one message to the next).
 
-    def __init__(self, pipeline: Pipeline, capacity: int, stopping: Callable[[], bool]) -> None:
+    The loop has one owner at a time, as asyncio requires. While tasks are in flight (or
+    ``work()`` left tasks of its own behind) a daemon thread, the event-loop thread, runs
+    it; a task that finishes takes the next waiting attempt itself, on the loop. Once no
+    task is left, that thread stops the loop and waits (it parks) until it is handed work
+    again: plain callbacks and timers on the loop then wait for the next message. With
+    ``inline_short``, an attempt that finds nothing in flight and the loop parked, while
+    recent ``work()`` calls took less than ``_SHORT`` on average, runs in the loop's own
+    thread (it runs the event loop), like :class:`ThreadRunner`'s quick jobs and with its
+    caveats: no crossing to the event-loop thread and back, which cost a no-op message
+    about twice its CPU. Not with a stop deadline, which needs the loop thread free.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        capacity: int,
+        stopping: Callable[[], bool],
+        *,
+        inline_short: bool = True,
+    ) -> None:
         super().__init__(pipeline, capacity, stopping)
-        self._running = 0  # tasks, guarded by ``_lock``
+        self.inline_short = inline_short
+        # seconds, as in ThreadRunner: slow until calls show otherwise; a task's time is
+        # divided among the tasks that took turns with it on the one event-loop thread
+        self._typical = 1.0
+        self._running = 0  # tasks taking attempts, guarded by ``_lock``
+        #: The event-loop thread runs the loop, or is about to (guarded by ``_lock``; set
+        #: only by the loop thread, cleared only by the event-loop thread once it parked).
+        self._lent = False
+        self._closing = False  # close() began: the loop no longer parks (guarded by _lock)
+        self._quit = False  # the event-loop thread ends after its run_forever()
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references to running tasks
+        self._wake = threading.Condition(self._lock)
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="queuekit-event-loop", daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, name="queuekit-event-loop",
+                                        daemon=True)  # fmt: skip
         self._thread.start()
 
-    def submit(self, attempt: Attempt) -> None:  # never done at once: on the event loop
+    @property
+    def full(self) -> bool:
+        """Also while quick jobs are in flight (``inline_short``): the loop then settles
+        them before it takes more, so the next one runs in its thread instead of crossing
+        (a fast broker would otherwise keep a task busy, and the loop thread never idle)."""
+        if self.inline_short and self.in_flight and self._typical < _SHORT:
+            return True
+        return super().full
+
+    def submit(self, attempt: Attempt) -> Outcome | None:
+        # _lent read unlocked: only this thread sets it, so a False here stays False
+        quick = self._typical < _SHORT
+        if self.inline_short and quick and not self.in_flight and not self._lent:
+            return self._inline(attempt)
         self.in_flight[id(attempt)] = attempt
         with self._lock:
             self._waiting.append(attempt)
             if self._running >= self.capacity:
                 return None
             self._running += 1
-        asyncio.run_coroutine_threadsafe(self._run(), self.loop)
+            if self._lent:
+                self.loop.call_soon_threadsafe(self._start)
+            else:  # parked: nobody runs the loop until told to
+                self.loop.call_soon(self._start)
+                self._lent = True
+                self._wake.notify()
         return None
+
+    def _inline(self, attempt: Attempt) -> Outcome:
+        """Run ``attempt`` on the parked loop in this thread; tasks ``work()`` started and
+        left running go on in the event-loop thread."""
+        started = time.perf_counter()
+        task = self.loop.create_task(self.pipeline.work_async(attempt))
+        self.loop.stop()  # before run_forever(): one pass over what is ready, as documented
+        self.loop.run_forever()  # (half the cost of run_until_complete for a no-op job)
+        if not task.done():  # it awaits something
+            self.loop.run_until_complete(task)
+        outcome = task.result()
+        self._typical += (time.perf_counter() - started - self._typical) * _WEIGHT
+        if asyncio.all_tasks(self.loop):
+            with self._lock:
+                self.loop.call_soon(self._park_if_idle)  # once those are done
+                self._lent = True
+                self._wake.notify()
+        return outcome
+
+    def _start(self) -> None:  # on the loop
+        task = self.loop.create_task(self._run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
         while True:
@@ -220,19 +293,63 @@ class AsyncRunner(_Handoff):
                 attempt = self._next()
                 if attempt is None:
                     self._running -= 1
+                    if not self._running:
+                        self.loop.call_soon(self._park_if_idle)
                     return
-            self._finished.put((attempt, await self.pipeline.work_async(attempt)))
+                sharing = self._running  # tasks taking turns on the one event-loop thread
+            started = time.perf_counter()
+            outcome = await self.pipeline.work_async(attempt)
+            took = (time.perf_counter() - started) / sharing
+            self._typical += (took - self._typical) * _WEIGHT
+            self._finished.put((attempt, outcome))
+
+    def _park_if_idle(self) -> None:  # on the loop
+        """Stop the loop once no task is left (ours or ``work()``'s), so the loop thread
+        may run quick attempts itself; ``_serve`` checks again after it stopped."""
+        with self._lock:
+            if self._running or self._closing:
+                return  # the task that ends next checks again; close() ends the loop
+            if asyncio.all_tasks(self.loop):
+                self.loop.call_later(_PARK_RETRY, self._park_if_idle)
+                return
+            self.loop.stop()
+
+    def _serve(self) -> None:
+        """The event-loop thread: run the loop while it is lent, until ``close``."""
+        while True:
+            with self._wake:
+                while not self._lent:
+                    self._wake.wait()
+            self.loop.run_forever()
+            with self._lock:
+                if self._quit:
+                    return
+                if self._closing or self._running:
+                    continue  # work came in while it stopped: run again
+                if asyncio.all_tasks(self.loop):
+                    self.loop.call_soon(self._park_if_idle)
+                    continue
+                self._lent = False
 
     def close(self) -> None:
         """Cancel what still runs (a stop's deadline passed: those messages were handed
-        back), then stop and close the loop."""
+        back), then stop and close the loop; both on the event-loop thread."""
+        with self._lock:
+            self._closing = True
+            if not self._lent:
+                self._lent = True
+                self._wake.notify()
         done = asyncio.run_coroutine_threadsafe(self._cancel_the_rest(), self.loop)
         with contextlib.suppress(concurrent.futures.TimeoutError, asyncio.CancelledError):
             done.result(timeout=5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop.call_soon_threadsafe(self._end)
         self._thread.join(5)
         if not self._thread.is_alive():
             self.loop.close()
+
+    def _end(self) -> None:  # on the loop
+        self._quit = True
+        self.loop.stop()
 
     async def _cancel_the_rest(self) -> None:
         running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -249,7 +366,7 @@ def runner_for(
     asked for and nothing needs the loop thread free (``threaded``: a stop deadline).
     ``stopping()`` says a stop was asked for: waiting attempts then no longer start."""
     if is_async(pipeline.handler.work):
-        return AsyncRunner(pipeline, concurrency, stopping)
+        return AsyncRunner(pipeline, concurrency, stopping, inline_short=not threaded)
     if concurrency == 1 and not threaded:
         return InlineRunner(pipeline)
     return ThreadRunner(pipeline, concurrency, stopping, inline_short=not threaded)
