@@ -13,6 +13,7 @@ import asyncio
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,6 +354,34 @@ def test_a_plain_async_function_is_awaited(conn: Connection) -> None:
 
     assert queue.dispatch(work, concurrency=2, max_messages=4, max_seconds=SAFETY) == 4
     assert sorted(done) == [0, 1, 2, 3]
+
+
+# -- quick sync work in the loop thread (ThreadRunner's inline_short) -----------------------
+
+
+def test_quick_sync_work_moves_to_the_loop_thread_and_a_slow_one_back(conn: Connection) -> None:
+    """At ``-c 8``, quick sync jobs run in the loop thread once the threads have a record
+    of them, though the broker always has the next message ready (the runner counts as
+    full while quick ones are in flight, so the loop settles them and runs the next one
+    itself); a slow job sends the next ones back to the threads."""
+    quick, slow_one = 300, 300
+    queue = conn.queue("sync-inline")
+    queue.publish_many([{"n": n} for n in range(quick + 4)])
+    ran: dict[int, int] = {}
+
+    def work(message: Message) -> None:
+        n = message.payload["n"]
+        if n == slow_one:
+            time.sleep(0.05)
+        ran[n] = threading.get_ident()
+
+    done = queue.dispatch(work, concurrency=8, max_messages=quick + 4, max_seconds=SAFETY)
+    assert done == quick + 4
+    here = threading.get_ident()
+    assert ran[0] != here  # the first ones in the threads: no record yet
+    # most in the loop thread by then (a hiccup of the machine sends a few back to threads)
+    assert sum(ran[n] == here for n in range(quick - 100, quick)) >= 50
+    assert ran[slow_one + 1] != here  # after a slow one: the threads again
 
 
 # -- quick async work in the loop thread (AsyncRunner's inline_short) ------------------------

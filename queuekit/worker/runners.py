@@ -97,12 +97,38 @@ class _Handoff(Runner):
     signal handler that only sets a flag) nothing new starts, even before the loop thread
     notices the stop and calls :meth:`withdraw`. ``_lock`` guards ``_waiting``."""
 
-    def __init__(self, pipeline: Pipeline, capacity: int, stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        capacity: int,
+        stopping: Callable[[], bool],
+        *,
+        inline_short: bool = True,
+    ) -> None:
         super().__init__(pipeline, capacity, backlog=capacity - 1)
         self.stopping = stopping
+        self.inline_short = inline_short
+        # seconds: a moving average of work() calls (races are harmless), taken as slow at
+        # first, so only a record of quick calls in the threads or tasks brings work inline
+        self._typical = 1.0
         self._finished: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting: collections.deque[Attempt] = collections.deque()
+
+    @property
+    def quick(self) -> bool:
+        """Quick jobs run inline: recent ``work()`` calls took less than a handoff costs."""
+        return self.inline_short and self._typical < _SHORT
+
+    @property
+    def full(self) -> bool:
+        """Also while quick jobs are in flight: the loop then settles them before it takes
+        more, so the next one runs in its thread instead of crossing (a fast broker would
+        otherwise keep a thread or task busy, and the loop thread never idle)."""
+        return (self.quick and bool(self.in_flight)) or super().full
+
+    def _record(self, took: float) -> None:
+        self._typical += (took - self._typical) * _WEIGHT
 
     def collect(self, timeout: float) -> list[Done]:
         done: list[Done] = []
@@ -149,11 +175,7 @@ class ThreadRunner(_Handoff):
         *,
         inline_short: bool = True,
     ) -> None:
-        super().__init__(pipeline, capacity, stopping)
-        self.inline_short = inline_short
-        # seconds: a moving average of work() calls (races are harmless), taken as slow at
-        # first, so only a record of quick calls in the threads brings work inline
-        self._typical = 1.0
+        super().__init__(pipeline, capacity, stopping, inline_short=inline_short)
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._threads = [
@@ -164,7 +186,7 @@ class ThreadRunner(_Handoff):
             thread.start()
 
     def submit(self, attempt: Attempt) -> Outcome | None:
-        if self.inline_short and not self.in_flight and self._typical < _SHORT:
+        if self.quick and not self.in_flight:
             return self._timed(attempt)
         self.in_flight[id(attempt)] = attempt
         with self._wake:
@@ -175,7 +197,7 @@ class ThreadRunner(_Handoff):
     def _timed(self, attempt: Attempt) -> Outcome:
         started = time.perf_counter()
         outcome = self.pipeline.work(attempt)
-        self._typical += (time.perf_counter() - started - self._typical) * _WEIGHT
+        self._record(time.perf_counter() - started)
         return outcome
 
     def _serve(self) -> None:
@@ -218,11 +240,7 @@ class AsyncRunner(_Handoff):
         *,
         inline_short: bool = True,
     ) -> None:
-        super().__init__(pipeline, capacity, stopping)
-        self.inline_short = inline_short
-        # seconds, as in ThreadRunner: slow until calls show otherwise; a task's time is
-        # divided among the tasks that took turns with it on the one event-loop thread
-        self._typical = 1.0
+        super().__init__(pipeline, capacity, stopping, inline_short=inline_short)
         self._running = 0  # tasks taking attempts, guarded by ``_lock``
         #: The event-loop thread runs the loop, or is about to (guarded by ``_lock``; set
         #: only by the loop thread, cleared only by the event-loop thread once it parked).
@@ -236,19 +254,9 @@ class AsyncRunner(_Handoff):
                                         daemon=True)  # fmt: skip
         self._thread.start()
 
-    @property
-    def full(self) -> bool:
-        """Also while quick jobs are in flight (``inline_short``): the loop then settles
-        them before it takes more, so the next one runs in its thread instead of crossing
-        (a fast broker would otherwise keep a task busy, and the loop thread never idle)."""
-        if self.inline_short and self.in_flight and self._typical < _SHORT:
-            return True
-        return super().full
-
     def submit(self, attempt: Attempt) -> Outcome | None:
         # _lent read unlocked: only this thread sets it, so a False here stays False
-        quick = self._typical < _SHORT
-        if self.inline_short and quick and not self.in_flight and not self._lent:
+        if self.quick and not self.in_flight and not self._lent:
             return self._inline(attempt)
         self.in_flight[id(attempt)] = attempt
         with self._lock:
@@ -274,7 +282,7 @@ class AsyncRunner(_Handoff):
         if not task.done():  # it awaits something
             self.loop.run_until_complete(task)
         outcome = task.result()
-        self._typical += (time.perf_counter() - started - self._typical) * _WEIGHT
+        self._record(time.perf_counter() - started)
         if asyncio.all_tasks(self.loop):
             with self._lock:
                 self.loop.call_soon(self._park_if_idle)  # once those are done
@@ -299,8 +307,8 @@ class AsyncRunner(_Handoff):
                 sharing = self._running  # tasks taking turns on the one event-loop thread
             started = time.perf_counter()
             outcome = await self.pipeline.work_async(attempt)
-            took = (time.perf_counter() - started) / sharing
-            self._typical += (took - self._typical) * _WEIGHT
+            # a task's time is shared with the tasks that took turns on the event-loop thread
+            self._record((time.perf_counter() - started) / sharing)
             self._finished.put((attempt, outcome))
 
     def _park_if_idle(self) -> None:  # on the loop
