@@ -489,6 +489,31 @@ def test_items_acked_while_another_connection_publishes_never_come_back(opened: 
     producer.delete(queue)
 
 
+def test_connections_creating_one_node_at_once_all_succeed(opened: Opened) -> None:
+    """A producer and workers starting together create the same queue node at once;
+    ejabberd failed one such create with internal-server-error (seen in CI): each must end
+    with the node, never that error."""
+    transports = [open_transport(opened) for _ in range(6)]
+    errors: list[BaseException] = []
+
+    def create(transport: XMPPTransport, queue: str, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            assert transport.depth(queue) == 0  # creates the node, or finds it
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _ in range(3):
+        queue, start = name("created-together"), threading.Barrier(len(transports), timeout=30)
+        threads = [threading.Thread(target=create, args=(t, queue, start)) for t in transports]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        transports[0].delete(queue)
+
+
 def test_a_deleted_queue_leaves_nothing_for_the_next_node(opened: Opened) -> None:
     """Given a queue deleted with items on it, new queues start empty (ejabberd reuses a
     deleted node's index and showed its leftover items before the adapter retracted them)."""

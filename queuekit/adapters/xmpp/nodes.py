@@ -46,6 +46,9 @@ log = logging.getLogger("queuekit.adapters.xmpp")
 
 #: Conditions a server answers a max_items it will not keep with (ejabberd:
 #: resource-constraint; Prosody: bad-request).
+#: Tries at creating a node the server failed to create (see ``Nodes._create``).
+_CREATE_ATTEMPTS = 4
+
 _REFUSED = frozenset({"bad-request", "not-acceptable", "resource-constraint", "policy-violation"})
 #: Stop looking for a bound past this many items: a server accepting it keeps "enough".
 PROBE_LIMIT = 1 << 30
@@ -87,18 +90,30 @@ class Nodes:
         }
         if persist:
             config["pubsub#max_items"] = s.max_items
-        try:
-            await self.connection.iq(
-                self.connection.pubsub.create_node(s.pubsub, node, config=form(NODE_CONFIG, config))
-            )
-        except IqError as exc:
-            if exc.condition != "conflict":
-                raise iq_error(exc, f"create node {node}") from None
+        await self._create(node, config)
         state = NodeState(cap=None)
         if persist:
             state.cap, state.max_items = await self._configure_queue_node(node)
         self.states[node] = state
         return state
+
+    async def _create(self, node: str, config: dict[str, Any]) -> None:
+        """Create ``node``; one that exists already is fine. ejabberd 23.01 answers two
+        connections creating one node at once (a producer and a worker starting together)
+        with internal-server-error "Database failure" for one of them (its Mnesia
+        transaction aborted; seen in CI): that one asks again, and then finds it."""
+        create = self.connection.pubsub.create_node
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                await self.connection.iq(create(self.settings.pubsub, node,
+                                                config=form(NODE_CONFIG, config)))  # fmt: skip
+                return
+            except IqError as exc:
+                if exc.condition == "conflict":
+                    return
+                if exc.condition != "internal-server-error" or attempt + 1 == _CREATE_ATTEMPTS:
+                    raise iq_error(exc, f"create node {node}") from None
+            await asyncio.sleep(0.1 * (attempt + 1))
 
     async def read_config(self, node: str) -> NodeConfig:
         connection = self.connection
