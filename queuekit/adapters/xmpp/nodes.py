@@ -149,15 +149,18 @@ class Nodes:
         return cap, value
 
     async def _set_config(self, node: str, values: dict[str, Any], why: str) -> None:
+        """Configure ``node``; asked again on ejabberd's internal-server-error, which two
+        connections configuring one node at once get as creating it (``_create``)."""
         connection = self.connection
-        try:
-            await connection.iq(
-                connection.pubsub.set_node_config(
-                    self.settings.pubsub, node, form(NODE_CONFIG, values)
-                )
-            )
-        except IqError as exc:
-            raise iq_error(exc, f"configure node {node} to {why}") from None
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                await connection.iq(connection.pubsub.set_node_config(
+                    self.settings.pubsub, node, form(NODE_CONFIG, values)))  # fmt: skip
+                return
+            except IqError as exc:
+                if exc.condition != "internal-server-error" or attempt + 1 == _CREATE_ATTEMPTS:
+                    raise iq_error(exc, f"configure node {node} to {why}") from None
+            await asyncio.sleep(0.1 * (attempt + 1))
 
     async def _find_cap(self) -> int:
         """The largest max_items the server accepts: its bound on how many items a node
