@@ -14,7 +14,7 @@ from slixmpp.exceptions import IqError
 from .acks import Acks
 from .connection import Connection
 from .consuming import QueueReader
-from .journal import TakenJournal
+from .journal import Entries, TakenJournal
 from .nodes import Nodes
 from .settings import XMPPSettings
 from .stanzas import iq_error
@@ -42,6 +42,11 @@ class Inspection:
 
     async def depth(self, queue: str, node: str) -> int:
         """Items on the node that no consumer has taken or settled (see ``TakenJournal``)."""
+        count, _ = await self._count(queue, node)
+        return count
+
+    async def _count(self, queue: str, node: str) -> tuple[int, Entries]:
+        """``depth``, and the journal as read for it."""
         await self.nodes.ensure(node, persist=True)
         await self.acks.flush()
         # The journal first: an ack retracts the item, then its journal entry, in that order
@@ -54,15 +59,13 @@ class Inspection:
         except IqError as exc:
             raise iq_error(exc, f"count node {node}") from None
         taken = await self.journal.taken_counts(journal, ids, entries)
-        return len(ids - entries.settled_among(ids) - taken.keys())
+        return len(ids - entries.settled_among(ids) - taken.keys()), entries
 
     async def purge(self, queue: str, node: str) -> int:
         """Purge the node and its journal. Items recorded as settled but stuck on the node
         (ejabberd, see ``retracts``) survive a purge: they are recorded again."""
-        await self.nodes.ensure(node, persist=True)
-        count = await self.depth(queue, node)
+        count, settled = await self._count(queue, node)
         journal = self.settings.journal_node(queue)
-        settled = await self.journal.entries(journal)
         connection = self.connection
         try:
             await connection.iq(connection.pubsub.purge(self.settings.pubsub, node))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -46,8 +47,8 @@ log = logging.getLogger("queuekit.adapters.xmpp")
 
 #: Conditions a server answers a max_items it will not keep with (ejabberd:
 #: resource-constraint; Prosody: bad-request).
-#: Tries at creating a node the server failed to create (see ``Nodes._create``).
-_CREATE_ATTEMPTS = 4
+#: Tries at a node's create or configure the server failed (see ``Nodes._administer``).
+_ADMIN_ATTEMPTS = 4
 
 _REFUSED = frozenset({"bad-request", "not-acceptable", "resource-constraint", "policy-violation"})
 #: Stop looking for a bound past this many items: a server accepting it keeps "enough".
@@ -98,21 +99,28 @@ class Nodes:
         return state
 
     async def _create(self, node: str, config: dict[str, Any]) -> None:
-        """Create ``node``; one that exists already is fine. ejabberd 23.01 answers two
-        connections creating one node at once (a producer and a worker starting together)
-        with internal-server-error "Database failure" for one of them (its Mnesia
-        transaction aborted; seen in CI): that one asks again, and then finds it."""
-        create = self.connection.pubsub.create_node
-        for attempt in range(_CREATE_ATTEMPTS):
+        """Create ``node``; one that exists already is fine."""
+        pubsub, service = self.connection.pubsub, self.settings.pubsub
+        try:
+            await self._administer(
+                lambda: pubsub.create_node(service, node, config=form(NODE_CONFIG, config))
+            )
+        except IqError as exc:
+            if exc.condition != "conflict":
+                raise iq_error(exc, f"create node {node}") from None
+
+    async def _administer(self, send: Callable[[], Awaitable[Any]]) -> None:
+        """Send a node's create or configure IQ (``send()`` sends it anew each call).
+        ejabberd 23.01 answers two connections doing either to one node at once (a producer
+        and a worker starting together) with internal-server-error "Database failure" for
+        one of them (its Mnesia transaction aborted; seen in CI): that one asks again."""
+        for attempt in range(_ADMIN_ATTEMPTS):
             try:
-                await self.connection.iq(create(self.settings.pubsub, node,
-                                                config=form(NODE_CONFIG, config)))  # fmt: skip
+                await self.connection.iq(send())
                 return
             except IqError as exc:
-                if exc.condition == "conflict":
-                    return
-                if exc.condition != "internal-server-error" or attempt + 1 == _CREATE_ATTEMPTS:
-                    raise iq_error(exc, f"create node {node}") from None
+                if exc.condition != "internal-server-error" or attempt + 1 == _ADMIN_ATTEMPTS:
+                    raise
             await asyncio.sleep(0.1 * (attempt + 1))
 
     async def read_config(self, node: str) -> NodeConfig:
@@ -149,18 +157,13 @@ class Nodes:
         return cap, value
 
     async def _set_config(self, node: str, values: dict[str, Any], why: str) -> None:
-        """Configure ``node``; asked again on ejabberd's internal-server-error, which two
-        connections configuring one node at once get as creating it (``_create``)."""
-        connection = self.connection
-        for attempt in range(_CREATE_ATTEMPTS):
-            try:
-                await connection.iq(connection.pubsub.set_node_config(
-                    self.settings.pubsub, node, form(NODE_CONFIG, values)))  # fmt: skip
-                return
-            except IqError as exc:
-                if exc.condition != "internal-server-error" or attempt + 1 == _CREATE_ATTEMPTS:
-                    raise iq_error(exc, f"configure node {node} to {why}") from None
-            await asyncio.sleep(0.1 * (attempt + 1))
+        pubsub, service = self.connection.pubsub, self.settings.pubsub
+        try:
+            await self._administer(
+                lambda: pubsub.set_node_config(service, node, form(NODE_CONFIG, values))
+            )
+        except IqError as exc:
+            raise iq_error(exc, f"configure node {node} to {why}") from None
 
     async def _find_cap(self) -> int:
         """The largest max_items the server accepts: its bound on how many items a node
