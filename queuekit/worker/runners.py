@@ -114,6 +114,10 @@ class _Handoff(Runner):
         self._finished: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting: collections.deque[Attempt] = collections.deque()
+        self._open()
+
+    def _open(self) -> None:
+        """Start what runs the attempts (threads, an event loop): the end of ``__init__``."""
 
     @property
     def quick(self) -> bool:
@@ -167,20 +171,12 @@ class ThreadRunner(_Handoff):
     deadline, which needs the loop thread free to hand work back.
     """
 
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        capacity: int,
-        stopping: Callable[[], bool],
-        *,
-        inline_short: bool = True,
-    ) -> None:
-        super().__init__(pipeline, capacity, stopping, inline_short=inline_short)
+    def _open(self) -> None:
         self._wake = threading.Condition(self._lock)
         self._closed = False
         self._threads = [
             threading.Thread(target=self._serve, name=f"queuekit-work-{n}", daemon=True)
-            for n in range(capacity)
+            for n in range(self.capacity)
         ]
         for thread in self._threads:
             thread.start()
@@ -232,15 +228,7 @@ class AsyncRunner(_Handoff):
     about twice its CPU. Not with a stop deadline, which needs the loop thread free.
     """
 
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        capacity: int,
-        stopping: Callable[[], bool],
-        *,
-        inline_short: bool = True,
-    ) -> None:
-        super().__init__(pipeline, capacity, stopping, inline_short=inline_short)
+    def _open(self) -> None:
         self._running = 0  # tasks taking attempts, guarded by ``_lock``
         #: The event-loop thread runs the loop, or is about to (guarded by ``_lock``; set
         #: only by the loop thread, cleared only by the event-loop thread once it parked).
