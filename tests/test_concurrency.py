@@ -392,10 +392,11 @@ def test_quick_async_work_moves_to_the_loop_thread_and_keeps_its_clients(
 ) -> None:
     """Quick ``async def work`` runs in the loop thread once the event-loop thread parked;
     a connection opened on the worker's event loop serves every message, wherever it ran;
-    a slow job sends the next one back to the event-loop thread."""
-    quick, slow_one = 300, 300
+    a slow job sends the next ones back to the event-loop thread (those after the up to 8
+    taken with it, which ran with it in the loop thread)."""
+    quick, slow_one, total = 300, 300, 312
     queue = conn.queue("async-inline")
-    queue.publish_many([{"n": n} for n in range(quick + 4)])
+    queue.publish_many([{"n": n} for n in range(total)])
     ran: dict[int, tuple[int, asyncio.AbstractEventLoop]] = {}
     stream: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Lock]] = []
     ends: list[asyncio.StreamWriter] = []  # both ends stay open (a lost one closes them)
@@ -415,18 +416,41 @@ def test_quick_async_work_moves_to_the_loop_thread_and_keeps_its_clients(
         if n == slow_one:
             await asyncio.sleep(0.05)
         ran[n] = (threading.get_ident(), asyncio.get_running_loop())
-        if len(ran) == quick + 4:
+        if len(ran) == total:
             for end in ends:
                 end.close()
 
-    done = queue.dispatch(work, concurrency=8, max_messages=quick + 4, max_seconds=SAFETY)
-    assert done == quick + 4
+    done = queue.dispatch(work, concurrency=8, max_messages=total, max_seconds=SAFETY)
+    assert done == total
     assert len({loop for _, loop in ran.values()}) == 1  # one event loop throughout
     here = threading.get_ident()
     assert ran[0][0] != here  # the first ones in the event-loop thread: no record yet
     # most in the loop thread by then (a hiccup of the machine sends a few back to tasks)
     assert sum(ran[n][0] == here for n in range(quick - 100, quick)) >= 50
-    assert ran[slow_one + 1][0] != here  # after a slow one: the event-loop thread again
+    assert ran[slow_one + 8][0] != here  # after a slow one: the event-loop thread again
+
+
+def test_quick_async_work_delivered_together_runs_together_within_max_messages(
+    conn: Connection,
+) -> None:
+    """Quick ``async def work`` in the loop thread takes up to ``-c`` messages that are there
+    at once and runs them as tasks side by side; it never takes more than ``max_messages``
+    leaves room for: the rest stay queued."""
+    queue = conn.queue("async-together")
+    queue.publish_many([{"n": n} for n in range(500)])
+    here = threading.get_ident()
+    seen: list[tuple[bool, int]] = []  # (in the loop thread, tasks alive on the loop)
+
+    async def work(message: Message) -> None:
+        seen.append((threading.get_ident() == here, len(asyncio.all_tasks())))
+        await asyncio.sleep(0)  # each lets the others run: together, they overlap
+
+    assert queue.dispatch(work, concurrency=8, max_messages=450, max_seconds=SAFETY) == 450
+    assert len(seen) == 450
+    assert queue.depth() == 50
+    together = [alive for inline, alive in seen if inline]
+    assert together and max(together) == 8  # a full -c of them at once, in the loop thread
+    assert max(alive for _, alive in seen) <= 8
 
 
 def test_tasks_that_async_work_leaves_behind_go_on_while_idle(conn: Connection) -> None:

@@ -74,6 +74,36 @@ def no_loss(ctx: Context) -> None:
     check(not problem, f"of {len(bodies)} messages: {problem}")
 
 
+@case(2, "poll")
+def poll(ctx: Context) -> None:
+    """``receive(queue, 0)`` takes a message that is there, or returns None at once; none lost."""
+    queue = ctx.queue("poll")
+    bodies = _bodies("p", 100)
+    _send_batched(ctx.open(), queue, bodies)
+    consumer = ctx.open()
+    got: list[str] = []
+    longest = 0.0  # the longest receive(queue, 0) once messages were arriving
+    deadline = time.monotonic() + ctx.settings.receive_timeout
+    while len(got) < len(bodies) and time.monotonic() < deadline:
+        started = time.monotonic()
+        delivery = consumer.receive(queue, 0)
+        if got:
+            longest = max(longest, time.monotonic() - started)
+        if delivery is None:
+            time.sleep(0.01)
+            continue
+        consumer.ack(delivery)
+        got.append(delivery.body.decode())
+    got += [d.body.decode() for d in drain(consumer, queue, len(bodies), ctx.settings.quiet)]
+    problem = _ids_report([b.decode() for b in bodies], got)
+    check(not problem, f"of {len(bodies)} messages polled with receive(queue, 0): {problem}")
+    check(
+        longest < ctx.settings.quiet,
+        f"receive(queue, 0) blocked for {longest:.2f} s (it must return at once when nothing"
+        " is there: the worker takes messages that are there already with it)",
+    )
+
+
 @case(3, "fifo", needs="fifo")
 def fifo(ctx: Context) -> None:
     """One producer, one consumer: received in the order sent (single sends and batches)."""

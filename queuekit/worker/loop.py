@@ -47,7 +47,7 @@ from ..features.throughput import Meter
 from ..jobstore.outbox import open_outbox
 from ..spi.errors import ConnectionLost, QueuekitError, Unsupported
 from ..spi.priorities import PriorityBands, PriorityRange
-from ..spi.transport import Transport
+from ..spi.transport import Delivery, Transport
 from .pipeline import Attempt, Handler, Outcome, Pipeline
 from .runners import Runner, runner_for
 
@@ -241,26 +241,42 @@ class Worker:
         return self.processed
 
     def _take(self, runner: Runner) -> None:
-        """Receive one message and start it (or settle it, when it cannot start)."""
+        """Receive a message and start it, with up to ``runner.takes - 1`` more that are
+        there already (a message that cannot start is settled instead)."""
         wait = _BUSY_RECEIVE if runner.in_flight else _HEARTBEAT
+        taken: list[Attempt] = []
         try:
-            if self.priorities is None:
-                delivery = self._transport.receive(self.queue, wait)
-            else:
-                delivery = self._transport.receive_priorities(self.queue, wait, self.priorities)
-            if delivery is None:
-                return
-            attempt = self._pipeline.begin(delivery)
+            for _ in range(self._room(runner)):
+                delivery = self._receive(wait)
+                if delivery is None:
+                    break
+                wait = 0.0  # the others only if they are there already
+                attempt = self._pipeline.begin(delivery)
+                if attempt is None:  # settled already (malformed)
+                    self._count()
+                else:
+                    taken.append(attempt)
+                if self._stop_reason is not None:
+                    break
         except ConnectionLost as exc:
-            # Un-acked work on the lost connection is the broker's to redeliver.
-            self._reconnect(exc)
-            return
-        if attempt is None:  # settled already (malformed)
-            self._count()
-            return
-        outcome = runner.submit(attempt)
-        if outcome is not None:  # it ran in this thread: settle it now
-            self._settle([(attempt, outcome)])
+            if not taken:  # un-acked work on the lost connection is the broker's to redeliver
+                self._reconnect(exc)
+                return
+            # those taken run (at least once); the next receive meets the loss and reconnects
+        if taken:
+            self._settle(runner.submit(taken))
+
+    def _receive(self, wait: float) -> Delivery | None:
+        if self.priorities is None:
+            return self._transport.receive(self.queue, wait)
+        return self._transport.receive_priorities(self.queue, wait, self.priorities)
+
+    def _room(self, runner: Runner) -> int:
+        """How many messages to take at once: what the runner takes, within ``max_messages``."""
+        most = self.limits.max_messages
+        if most is None:
+            return runner.takes
+        return max(1, min(runner.takes, most - self.processed - len(runner.in_flight)))
 
     def _idle(self, runner: Runner) -> None:
         """Paused: settle what is in hand, take nothing new."""
