@@ -45,11 +45,10 @@ from .stanzas import (
 
 log = logging.getLogger("queuekit.adapters.xmpp")
 
-#: Conditions a server answers a max_items it will not keep with (ejabberd:
-#: resource-constraint; Prosody: bad-request).
 #: Tries at a node's create, configure or delete the server failed (``Nodes._administer``).
 _ADMIN_ATTEMPTS = 4
-
+#: Conditions a server answers a max_items it will not keep with (ejabberd:
+#: resource-constraint; Prosody: bad-request).
 _REFUSED = frozenset({"bad-request", "not-acceptable", "resource-constraint", "policy-violation"})
 #: Stop looking for a bound past this many items: a server accepting it keeps "enough".
 PROBE_LIMIT = 1 << 30
