@@ -162,9 +162,9 @@ class Transport(ABC):
 
     @abstractmethod
     def receive(self, queue: str, timeout: float) -> Delivery | None:
-        """One delivery from ``queue``, or ``None`` if none arrived within ``timeout`` s;
-        with 0, one that is there already or ``None`` at once (the worker takes messages
-        that are there with one it waited for so; conformance case ``poll``)."""
+        """One delivery from ``queue``, or ``None`` if none arrived within ``timeout`` s.
+        With 0: one that is there already, or ``None`` at once; the worker asks so for the
+        messages that arrived with the one it waited for (conformance case ``poll``)."""
 
     def receive_priorities(
         self, queue: str, timeout: float, priorities: PriorityRange
