@@ -209,6 +209,27 @@ def test_a_sqlite_url_with_a_host_is_refused() -> None:
         open_transport("sqlite://host/jobs.db")
 
 
+def test_a_new_file_at_a_relative_path_is_named_with_its_absolute_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A producer and a worker started in different directories would each create their own
+    ``sqlite:///jobs.db``: the one creating it says where it is and how to name it from
+    anywhere; opening it again, or a new file at an absolute path, says nothing."""
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="queuekit"):
+        with connect("sqlite:///jobs.db") as conn:
+            conn.queue("email").publish({"to": "a@example.com"})
+        created = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        with connect("sqlite:///jobs.db") as conn:
+            assert conn.queue("email").depth() == 1
+        with connect(sqlite_url(tmp_path / "elsewhere" / "abs.db")):
+            pass
+        assert caplog.records == []
+    assert len(created) == 1, created
+    assert f"sqlite:///{tmp_path / 'jobs.db'}" in created[0]
+
+
 # -- real worker processes --------------------------------------------------------------------
 
 

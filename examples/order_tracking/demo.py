@@ -48,7 +48,7 @@ from .events import (
 )
 from .tracking import DeviceHealth, OrderStates, OrderTracking
 
-URL = os.environ.get("QUEUEKIT_URL", "sqlite:///var/orders.db")
+URL = os.environ.get("QUEUEKIT_URL", f"sqlite:///{Path('var/orders.db').resolve()}")
 PARTNER = Path("var/partner.json")
 WORKERS = ("OrderTracking -c 8", "OrderStates", "DeviceHealth")
 #: What happened when: (seconds since the start, what), printed at the end.

@@ -21,7 +21,7 @@ from queuekit import connect, outbox
 
 from .queues import SHIPPED
 
-URL = os.environ.get("QUEUEKIT_URL", "sqlite:///var/orders-broker.db")
+URL = os.environ.get("QUEUEKIT_URL", f"sqlite:///{Path('var/orders-broker.db').resolve()}")
 APP_DB = "sqlite:///var/orders-app.db"
 
 

@@ -18,7 +18,7 @@ from queuekit import EventManager, bridge, connect
 from .queues import OUTBOX
 from .services import User, UserService
 
-URL = os.environ.get("QUEUEKIT_URL", "sqlite:///var/demo.db")
+URL = os.environ.get("QUEUEKIT_URL", f"sqlite:///{Path('var/demo.db').resolve()}")
 
 
 def welcome(event: object) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -11,6 +12,17 @@ from contextlib import contextmanager
 from .errors import ConfigurationError
 
 _OPEN_TRIES = 20  # opens of a new file racing other opens (see connect_database)
+
+log = logging.getLogger("queuekit")
+
+
+def _warn_relative(path: str) -> None:
+    """A new file at a relative path: a producer and a worker started in different
+    directories would each create their own and never meet (the first hour's trap)."""
+    where = os.path.abspath(path)
+    log.warning("creating the SQLite file %s (a relative path, so in %s): a process started "
+                "in another directory opens a file of its own there; an absolute path, "
+                "sqlite:///%s, names this one from anywhere", path, os.getcwd(), where)  # fmt: skip
 
 
 def connect_database(
@@ -27,6 +39,8 @@ def connect_database(
     if synchronous.lower() not in {"normal", "full"}:
         raise ConfigurationError(f"synchronous must be normal or full, not {synchronous!r}")
     if path != ":memory:":
+        if not os.path.isabs(path) and not os.path.exists(path):
+            _warn_relative(path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     for attempt in range(_OPEN_TRIES):
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
